@@ -1,4 +1,6 @@
 //! sigild: keeps signing keys on hardware and signs for the identity stack.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod crypto;
+pub mod secret;

@@ -1,0 +1,14 @@
+//! Compiles `proto/sigil/v1/*.proto` into the fenced `pb` module.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("sigil_v1_descriptor.bin"))
+        // Key material must never reach a Debug print: ImportKeyRequest gets a hand-written one.
+        .skip_debug(["sigil.v1.ImportKeyRequest"])
+        .compile_protos(
+            &["proto/sigil/v1/keys.proto", "proto/sigil/v1/signing.proto"],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Parsing PKCS#8 private keys for migration onto a device. The parsed material lives only in
+//! zeroizing buffers, is handed to one backend call, and is gone when that call returns.
+//!
+//! Parsing uses the RustCrypto `pkcs8`/`sec1`/`pkcs1` DER decoders; the Ed25519 public key is
+//! derived from the seed with `ring` (PKCS#8 v1 does not carry it).
+
+use der::Decode as _;
+use zeroize::Zeroizing;
+
+use crate::crypto::{Curve, PublicKey, trim_leading_zeros};
+
+const OID_EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_RSA: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_ED25519: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("1.3.101.112");
+
+/// Private key material ready for a device's "create object" call. Every secret field zeroizes
+/// on drop; `Debug` shows only the public half.
+pub enum PrivateKeyMaterial {
+    /// An EC private scalar.
+    Ec {
+        /// The curve.
+        curve: Curve,
+        /// The private scalar, `curve.field_len()` bytes.
+        d: Zeroizing<Vec<u8>>,
+        /// The public point from the PKCS#8 document.
+        public: PublicKey,
+    },
+    /// An RSA private key with its CRT parameters.
+    Rsa {
+        /// Private exponent.
+        d: Zeroizing<Vec<u8>>,
+        /// First prime.
+        p: Zeroizing<Vec<u8>>,
+        /// Second prime.
+        q: Zeroizing<Vec<u8>>,
+        /// d mod (p-1).
+        dp: Zeroizing<Vec<u8>>,
+        /// d mod (q-1).
+        dq: Zeroizing<Vec<u8>>,
+        /// q^-1 mod p.
+        qinv: Zeroizing<Vec<u8>>,
+        /// Modulus and public exponent.
+        public: PublicKey,
+    },
+    /// An Ed25519 seed (RFC 8032 private key).
+    Ed25519 {
+        /// The 32-byte seed.
+        seed: Zeroizing<Vec<u8>>,
+        /// The public key derived from it.
+        public: PublicKey,
+    },
+}
+
+impl PrivateKeyMaterial {
+    /// The public half.
+    pub fn public(&self) -> &PublicKey {
+        match self {
+            PrivateKeyMaterial::Ec { public, .. }
+            | PrivateKeyMaterial::Rsa { public, .. }
+            | PrivateKeyMaterial::Ed25519 { public, .. } => public,
+        }
+    }
+}
+
+impl std::fmt::Debug for PrivateKeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateKeyMaterial({}, ***)", self.public().kind())
+    }
+}
+
+/// Parse a DER PKCS#8 `PrivateKeyInfo` (v1 or v2, unencrypted).
+///
+/// # Errors
+/// A message fit for the caller: unsupported algorithm or curve, malformed DER, EC key without
+/// its public point. Never contains key bytes.
+pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
+    let info = pkcs8::PrivateKeyInfo::try_from(der)
+        .map_err(|e| format!("not an unencrypted PKCS#8 private key (DER): {e}"))?;
+    let oid = info.algorithm.oid;
+    if oid == OID_EC_PUBLIC_KEY {
+        let curve_oid = info
+            .algorithm
+            .parameters_oid()
+            .map_err(|_| "EC key without a named curve".to_owned())?;
+        let curve = match curve_oid {
+            c if c == OID_P256 => Curve::P256,
+            c if c == OID_P384 => Curve::P384,
+            c => return Err(format!("unsupported EC curve {c}: use P-256 or P-384")),
+        };
+        let ec = sec1::EcPrivateKey::from_der(info.private_key)
+            .map_err(|e| format!("malformed EC private key: {e}"))?;
+        let len = curve.field_len();
+        let d = left_pad(ec.private_key, len)
+            .ok_or_else(|| "EC private scalar longer than the curve".to_owned())?;
+        let point = ec.public_key.ok_or_else(|| {
+            "EC private key without its public point; re-export it with `openssl pkey`".to_owned()
+        })?;
+        let public = ec_point(curve, point)?;
+        Ok(PrivateKeyMaterial::Ec { curve, d, public })
+    } else if oid == OID_RSA {
+        let rsa = pkcs1::RsaPrivateKey::from_der(info.private_key)
+            .map_err(|e| format!("malformed RSA private key: {e}"))?;
+        if rsa.other_prime_infos.is_some() {
+            return Err("multi-prime RSA keys are not supported".to_owned());
+        }
+        let z = |u: pkcs1::UintRef<'_>| Zeroizing::new(u.as_bytes().to_vec());
+        Ok(PrivateKeyMaterial::Rsa {
+            d: z(rsa.private_exponent),
+            p: z(rsa.prime1),
+            q: z(rsa.prime2),
+            dp: z(rsa.exponent1),
+            dq: z(rsa.exponent2),
+            qinv: z(rsa.coefficient),
+            public: PublicKey::Rsa {
+                n: trim_leading_zeros(rsa.modulus.as_bytes()),
+                e: trim_leading_zeros(rsa.public_exponent.as_bytes()),
+            },
+        })
+    } else if oid == OID_ED25519 {
+        let inner = der::asn1::OctetStringRef::from_der(info.private_key)
+            .map_err(|e| format!("malformed Ed25519 private key: {e}"))?;
+        let seed = Zeroizing::new(inner.as_bytes().to_vec());
+        if seed.len() != 32 {
+            return Err("Ed25519 private key must be 32 bytes".to_owned());
+        }
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|_| "invalid Ed25519 seed".to_owned())?;
+        let x = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+        if let Some(given) = info.public_key {
+            if given != x.as_slice() {
+                return Err("Ed25519 public key does not match the private key".to_owned());
+            }
+        }
+        Ok(PrivateKeyMaterial::Ed25519 {
+            seed,
+            public: PublicKey::Ed25519 { x },
+        })
+    } else {
+        Err(format!(
+            "unsupported key algorithm {oid}: use EC P-256/P-384, RSA or Ed25519"
+        ))
+    }
+}
+
+/// Decode an uncompressed SEC1 point (`04‖x‖y`).
+///
+/// # Errors
+/// A message when the point is compressed or has the wrong length.
+pub fn ec_point(curve: Curve, point: &[u8]) -> Result<PublicKey, String> {
+    let len = curve.field_len();
+    match point.split_first() {
+        Some((0x04, xy)) if xy.len() == 2 * len => {
+            let (x, y) = xy.split_at(len);
+            Ok(PublicKey::Ec {
+                curve,
+                x: x.to_vec(),
+                y: y.to_vec(),
+            })
+        }
+        _ => Err(format!(
+            "EC point is not an uncompressed {}-byte point",
+            2 * len + 1
+        )),
+    }
+}
+
+fn left_pad(v: &[u8], len: usize) -> Option<Zeroizing<Vec<u8>>> {
+    let v = v.get(v.iter().position(|b| *b != 0).unwrap_or(v.len())..)?;
+    if v.len() > len {
+        return None;
+    }
+    let mut out = Zeroizing::new(vec![0u8; len - v.len()]);
+    out.extend_from_slice(v);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 8037 A.1 private key as PKCS#8 (from `openssl pkey` of the RFC's JWK).
+    const RFC8037_PKCS8: &str = "302e020100300506032b6570042204209d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn ed25519_public_is_derived() -> Result<(), String> {
+        let m = parse_pkcs8(&unhex(RFC8037_PKCS8))?;
+        let PublicKey::Ed25519 { x } = m.public() else {
+            return Err("not Ed25519".into());
+        };
+        // RFC 8037 A.1 "x": 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo
+        assert_eq!(
+            x.as_slice(),
+            unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a").as_slice()
+        );
+        assert!(!format!("{m:?}").contains("9d61"));
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_message() {
+        let err = parse_pkcs8(b"not der").err().unwrap_or_default();
+        assert!(err.contains("PKCS#8"), "{err}");
+    }
+
+    #[test]
+    fn ec_point_checks_length_and_form() {
+        assert!(ec_point(Curve::P256, &[4; 65]).is_ok());
+        assert!(ec_point(Curve::P256, &[2; 33]).is_err());
+        assert!(ec_point(Curve::P384, &[4; 65]).is_err());
+    }
+
+    #[test]
+    fn left_pad_pads_and_refuses_overlong() {
+        assert_eq!(left_pad(&[0, 1], 3).map(|v| v.to_vec()), Some(vec![0, 0, 1]));
+        assert!(left_pad(&[1, 2, 3, 4], 3).is_none());
+    }
+}

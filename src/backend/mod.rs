@@ -1,0 +1,191 @@
+//! Backends: the hardware that holds private keys (PKCS#11 tokens today, YubiKey PIV next).
+//!
+//! A backend owns its device sessions and the worker threads that call into the device. It takes
+//! typed requests ([`SignOp`], [`KeySpec`]) and returns normalised results (see [`SignOp`]). It
+//! knows nothing of JOSE, policy, gRPC or config files: the composition root builds it from typed
+//! settings, the keyring and service drive it.
+//!
+//! Every method returns a [`BackendFuture`]: the device call itself runs on the backend's own
+//! blocking workers and the future only waits for the reply, so the async runtime never blocks
+//! on hardware. A full work queue is reported at once as [`BackendError::Busy`].
+
+pub mod import;
+pub mod pkcs11;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::crypto::{KeyKind, PublicKey, SignOp};
+use crate::secret::SecretBytes;
+
+pub use import::PrivateKeyMaterial;
+
+/// The future every backend method returns; `'static` so callers can spawn or time it out.
+pub type BackendFuture<T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send>>;
+
+/// The backend's stable identifier of a key pair on its device (PKCS#11: `CKA_ID`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub Vec<u8>);
+
+impl KeyId {
+    /// Lower-case hex, as stored in keyring records and shown to operators.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parse lower- or upper-case hex.
+    ///
+    /// # Errors
+    /// `None` for odd length or non-hex characters.
+    pub fn from_hex(s: &str) -> Option<KeyId> {
+        if s.len() % 2 != 0 {
+            return None;
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .map(KeyId)
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({})", self.to_hex())
+    }
+}
+
+/// A key pair as a backend reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyObject {
+    /// The backend's identifier.
+    pub id: KeyId,
+    /// The device label (PKCS#11 `CKA_LABEL`), what operators see in vendor tools.
+    pub label: String,
+    /// A URI that names the private key (RFC 7512 for PKCS#11), for operators and logs.
+    pub uri: String,
+    /// The public half, read from the device.
+    pub public: PublicKey,
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Kind and size of the key pair.
+    pub kind: KeyKind,
+    /// The device label to give both halves.
+    pub label: String,
+}
+
+/// A small metadata record kept on the device next to the keys (the keyring's persistence), so
+/// every replica using the same device sees the same keyring without a database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Unique name of the record within the backend.
+    pub label: String,
+    /// Opaque contents (the keyring stores JSON).
+    pub value: Vec<u8>,
+}
+
+/// Why a backend operation failed. Device return codes are kept for the log (`CKR_…`); the
+/// service decides what a caller is told.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The device (token, card) is not present or cannot be reached right now.
+    #[error("device unavailable: {0}")]
+    Unavailable(String),
+    /// Every worker is busy and the queue is full: shed load rather than pile up.
+    #[error("backend queue is full ({0} requests waiting)")]
+    Busy(usize),
+    /// The key is not on the device (destroyed, or never there).
+    #[error("key {0:?} not found on the device")]
+    KeyNotFound(KeyId),
+    /// The device refused the PIN; the backend will not retry it (retries lock tokens).
+    #[error("the device rejected the PIN ({0})")]
+    PinRejected(String),
+    /// The PIN is locked on the device.
+    #[error("the PIN is locked on the device")]
+    PinLocked,
+    /// The device does not support this key kind or mechanism.
+    #[error("not supported by this device: {0}")]
+    Unsupported(String),
+    /// The request does not fit the key (e.g. ECDSA on an RSA key) or is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Key material to import could not be parsed or is not allowed.
+    #[error("cannot import key: {0}")]
+    Import(String),
+    /// The device returned something that is not a valid result (wrong length, bad encoding).
+    #[error("device returned a malformed result: {0}")]
+    Malformed(String),
+    /// Any other device error, with its return code.
+    #[error("device error in {function}: {code}")]
+    Device {
+        /// The device function that failed (e.g. `C_Sign`).
+        function: String,
+        /// The device's return code (e.g. `CKR_DEVICE_ERROR`).
+        code: String,
+    },
+    /// The backend's workers are gone (shutting down).
+    #[error("backend is shutting down")]
+    ShuttingDown,
+}
+
+/// A device that holds private keys and signs with them.
+///
+/// Contract: the caller hashes for ECDSA and RSA (see [`SignOp`]); results are normalised
+/// (ECDSA fixed-size `r‖s`, RSA raw, Ed25519 64 bytes). Keys are created non-extractable.
+pub trait Backend: Send + Sync + 'static {
+    /// A short human name for logs and `key show` (e.g. `pkcs11:token=sigild-dev`).
+    fn describe(&self) -> String;
+
+    /// Sign with the private key `key` of kind `kind`.
+    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>>;
+
+    /// Generate a key pair on the device.
+    fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject>;
+
+    /// Put existing private key material on the device (migration only), non-extractable.
+    /// The material is zeroized when the call completes.
+    fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject>;
+
+    /// Find an existing key pair by URI (keys made by other tools) and report it.
+    fn adopt(&self, uri: String) -> BackendFuture<KeyObject>;
+
+    /// Read a key pair's public half and label (used when loading the keyring).
+    fn key(&self, key: &KeyId) -> BackendFuture<KeyObject>;
+
+    /// Destroy both halves of a key pair.
+    fn destroy(&self, key: &KeyId) -> BackendFuture<()>;
+
+    /// All metadata records this backend holds for sigild.
+    fn records(&self) -> BackendFuture<Vec<Record>>;
+
+    /// Create or replace the record with `record.label`.
+    fn put_record(&self, record: Record) -> BackendFuture<()>;
+
+    /// Whether the device is reachable and logged in, checked cheaply (no signature).
+    fn check(&self) -> BackendFuture<()>;
+}
+
+/// Parse a PKCS#8 DER private key for [`Backend::import`].
+///
+/// # Errors
+/// [`BackendError::Import`] for anything that is not a supported, well-formed key.
+pub fn parse_pkcs8(der: &SecretBytes) -> Result<PrivateKeyMaterial, BackendError> {
+    import::parse_pkcs8(der.expose()).map_err(BackendError::Import)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_id_hex_round_trip() {
+        let id = KeyId(vec![0x00, 0xab, 0x10]);
+        assert_eq!(id.to_hex(), "00ab10");
+        assert_eq!(KeyId::from_hex("00AB10"), Some(id));
+        assert_eq!(KeyId::from_hex("0"), None);
+        assert_eq!(KeyId::from_hex("zz"), None);
+    }
+}

@@ -1,0 +1,681 @@
+//! The PKCS#11 backend (crate `cryptoki`): any module loaded by path, one token selected by an
+//! RFC 7512 URI, a bounded pool of worker threads each owning one logged-in session.
+//!
+//! Owns: module loading, token resolution (by label/serial, re-resolved after faults because slot
+//! ids change), login (once per token; a rejected PIN is never retried, since retries lock real
+//! tokens), object templates, the private-key handle cache, metadata records as `CKO_DATA`
+//! objects. Never touches JOSE, policy, gRPC or config files.
+//!
+//! Hot path per signature: one channel hop to a worker, one cached-handle lookup, one `C_Sign`.
+//! No session is opened, no login made and no object searched per request.
+
+mod objects;
+pub mod uri;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::{
+    Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+};
+use crate::crypto::{KeyKind, SignOp};
+use crate::secret::Secret;
+pub use uri::Pkcs11Uri;
+
+/// Typed settings for one token. Built by the composition root from the config file.
+#[derive(Debug)]
+pub struct Pkcs11Settings {
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Which token: label, serial, manufacturer and/or model from an RFC 7512 URI.
+    pub token: Pkcs11Uri,
+    /// The user PIN.
+    pub pin: Secret,
+    /// Number of worker threads, hence of logged-in sessions.
+    pub workers: usize,
+    /// Requests that may wait for a worker before callers get [`BackendError::Busy`].
+    pub queue_depth: usize,
+}
+
+/// A job for a worker: runs with the worker's session and replies through its own channel.
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// A PKCS#11 token behind a pool of session-owning workers.
+pub struct Pkcs11Backend {
+    /// State shared with the workers.
+    shared: Arc<Shared>,
+    /// The bounded work queue; `try_send` so a full queue fails fast.
+    tx: Sender<Job>,
+    /// Capacity of `tx`, reported in [`BackendError::Busy`].
+    queue_depth: usize,
+}
+
+/// What the workers share: the module, the token selector, the PIN and the caches.
+struct Shared {
+    /// The loaded and initialised module.
+    ctx: Pkcs11,
+    /// Which token to use.
+    selector: Pkcs11Uri,
+    /// The user PIN, used for the (rare) logins.
+    pin: Secret,
+    /// The token's current slot and identity, cleared after a fault so it is found again.
+    token: Mutex<Option<TokenRef>>,
+    /// Private-key handles by `CKA_ID`, so signing never searches objects.
+    handles: RwLock<HashMap<KeyId, ObjectHandle>>,
+    /// Set once the token refused the PIN: further logins would only burn retries.
+    pin_rejected: AtomicBool,
+}
+
+/// Where the selected token is right now.
+#[derive(Debug, Clone)]
+struct TokenRef {
+    /// Its slot (unstable across re-initialisation, hence re-resolved after faults).
+    slot: Slot,
+    /// Its label, for URIs.
+    label: String,
+    /// Its serial number, for URIs.
+    serial: String,
+}
+
+/// A worker thread's state: its session, opened lazily and reopened after faults.
+struct Worker {
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// The worker's logged-in session, `None` until first use or after a fault.
+    session: Option<Session>,
+}
+
+/// A failure inside a worker: either a raw PKCS#11 error (classified for retry) or one already
+/// mapped.
+enum Fail {
+    /// A PKCS#11 call failed.
+    Ck(CkError),
+    /// Already mapped.
+    Backend(BackendError),
+}
+
+impl From<CkError> for Fail {
+    fn from(e: CkError) -> Self {
+        Fail::Ck(e)
+    }
+}
+
+impl From<BackendError> for Fail {
+    fn from(e: BackendError) -> Self {
+        Fail::Backend(e)
+    }
+}
+
+/// How much of a failed operation may be retried on a fresh session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Idempotent (sign, read): retry after any session or device fault.
+    AfterFault,
+    /// Not idempotent (generate, create, destroy): retry only when the operation surely did
+    /// not happen (the session was gone before the call).
+    IfNotRun,
+}
+
+impl Pkcs11Backend {
+    /// Load the module, start the workers and, when the token is present, log in once so a bad
+    /// PIN or a missing token is reported at start-up rather than on the first request.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the module cannot be loaded or initialised;
+    /// [`BackendError::PinRejected`] / [`BackendError::PinLocked`] when the token refuses the
+    /// PIN. A token that is merely absent is not an error here: requests get `Unavailable` and
+    /// the workers find the token when it appears.
+    pub fn open(settings: Pkcs11Settings) -> Result<(Self, Option<BackendError>), BackendError> {
+        let module = &settings.module;
+        if !module.exists() {
+            return Err(BackendError::Unavailable(format!(
+                "PKCS#11 module {} does not exist",
+                module.display()
+            )));
+        }
+        let ctx = Pkcs11::new(module).map_err(|e| {
+            BackendError::Unavailable(format!("cannot load PKCS#11 module {}: {e}", module.display()))
+        })?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                return Err(BackendError::Unavailable(format!(
+                    "C_Initialize failed for {}: {}",
+                    module.display(),
+                    ck_code(&e)
+                )));
+            }
+        }
+        let shared = Arc::new(Shared {
+            ctx,
+            selector: settings.token,
+            pin: settings.pin,
+            token: Mutex::new(None),
+            handles: RwLock::new(HashMap::new()),
+            pin_rejected: AtomicBool::new(false),
+        });
+        let queue_depth = settings.queue_depth.max(1);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_depth);
+        for i in 0..settings.workers.max(1) {
+            let rx: Receiver<Job> = rx.clone();
+            let mut worker = Worker {
+                shared: Arc::clone(&shared),
+                session: None,
+            };
+            std::thread::Builder::new()
+                .name(format!("pkcs11-worker-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job(&mut worker);
+                    }
+                })
+                .map_err(|e| BackendError::Unavailable(format!("cannot start worker: {e}")))?;
+        }
+        let backend = Pkcs11Backend {
+            shared,
+            tx,
+            queue_depth,
+        };
+        // Log in now, on this thread, with a throwaway session: the login is per token, so
+        // the workers' sessions inherit it.
+        let first = backend.shared.connect().map(drop);
+        match first {
+            Ok(()) => Ok((backend, None)),
+            Err(e @ (BackendError::PinRejected(_) | BackendError::PinLocked)) => Err(e),
+            Err(e) => Ok((backend, Some(e))),
+        }
+    }
+
+    /// The module context, for benchmarks that compare the daemon with direct calls.
+    pub fn context(&self) -> &Pkcs11 {
+        &self.shared.ctx
+    }
+
+    /// Open a new logged-in session on the token outside the pool (benchmarks, tooling).
+    ///
+    /// # Errors
+    /// As for a worker's session.
+    pub fn open_session(&self) -> Result<Session, BackendError> {
+        self.shared.connect()
+    }
+
+    /// Find the private key handle for `id` (benchmarks, tooling).
+    ///
+    /// # Errors
+    /// [`BackendError::KeyNotFound`] or a device error.
+    pub fn private_key_handle(&self, session: &Session, id: &KeyId) -> Result<ObjectHandle, BackendError> {
+        objects::find_one(session, ObjectClass::PRIVATE_KEY, id).map_err(Fail::into_backend)
+    }
+
+    /// Queue `f` for a worker. A full queue is answered at once.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Worker) -> Result<T, BackendError> + Send + 'static,
+    ) -> BackendFuture<T> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            // The caller may have gone (timeout, cancelled request): nothing to do then.
+            let _ = reply.send(f(w));
+        });
+        match self.tx.try_send(job) {
+            Ok(()) => Box::pin(async move { rx.await.map_err(|_| BackendError::ShuttingDown)? }),
+            Err(TrySendError::Full(_)) => {
+                let depth = self.queue_depth;
+                Box::pin(async move { Err(BackendError::Busy(depth)) })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Box::pin(async { Err(BackendError::ShuttingDown) })
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Find the token's slot (cached) or search the slots for it.
+    fn token(&self) -> Result<TokenRef, BackendError> {
+        let mut cached = self.token.lock().map_err(|_| poisoned())?;
+        if let Some(t) = cached.as_ref() {
+            return Ok(t.clone());
+        }
+        let slots = self.ctx.get_slots_with_token().map_err(|e| {
+            BackendError::Unavailable(format!("C_GetSlotList failed: {}", ck_code(&e)))
+        })?;
+        let mut found = Vec::new();
+        for slot in slots {
+            let Ok(info) = self.ctx.get_token_info(slot) else {
+                continue;
+            };
+            let sel = &self.selector;
+            let fits = |want: &Option<String>, have: &str| {
+                want.as_deref().is_none_or(|w| w.trim_end() == have.trim_end())
+            };
+            if fits(&sel.token, info.label())
+                && fits(&sel.serial, info.serial_number())
+                && fits(&sel.manufacturer, info.manufacturer_id())
+                && fits(&sel.model, info.model())
+                && sel.slot_id.is_none_or(|id| id == slot.id())
+            {
+                found.push(TokenRef {
+                    slot,
+                    label: info.label().trim_end().to_owned(),
+                    serial: info.serial_number().trim_end().to_owned(),
+                });
+            }
+        }
+        match found.len() {
+            1 => {
+                let t = found.remove(0);
+                *cached = Some(t.clone());
+                Ok(t)
+            }
+            0 => Err(BackendError::Unavailable(format!(
+                "no token matches {}",
+                self.describe_selector()
+            ))),
+            n => Err(BackendError::Unavailable(format!(
+                "{n} tokens match {}; add serial= to the token URI",
+                self.describe_selector()
+            ))),
+        }
+    }
+
+    fn describe_selector(&self) -> String {
+        let s = &self.selector;
+        let mut parts = Vec::new();
+        if let Some(v) = &s.token {
+            parts.push(format!("token={}", uri::percent_encode(v.as_bytes())));
+        }
+        if let Some(v) = &s.serial {
+            parts.push(format!("serial={v}"));
+        }
+        if let Some(v) = &s.manufacturer {
+            parts.push(format!("manufacturer={}", uri::percent_encode(v.as_bytes())));
+        }
+        if let Some(v) = &s.model {
+            parts.push(format!("model={}", uri::percent_encode(v.as_bytes())));
+        }
+        format!("pkcs11:{}", parts.join(";"))
+    }
+
+    /// Forget the slot and the handles after a fault: the token may come back elsewhere.
+    fn invalidate(&self) {
+        if let Ok(mut t) = self.token.lock() {
+            *t = None;
+        }
+        if let Ok(mut h) = self.handles.write() {
+            h.clear();
+        }
+    }
+
+    /// Open a read-write session on the token and make sure the user is logged in.
+    fn connect(&self) -> Result<Session, BackendError> {
+        let token = self.token()?;
+        let session = self.ctx.open_rw_session(token.slot).map_err(|e| {
+            self.invalidate();
+            BackendError::Unavailable(format!(
+                "cannot open a session on {}: {}",
+                self.describe_selector(),
+                ck_code(&e)
+            ))
+        })?;
+        let logged_in = session
+            .get_session_info()
+            .map(|i| i.session_state() == SessionState::RwUser)
+            .unwrap_or(false);
+        if !logged_in {
+            self.login(&session)?;
+        }
+        Ok(session)
+    }
+
+    fn login(&self, session: &Session) -> Result<(), BackendError> {
+        if self.pin_rejected.load(Ordering::Acquire) {
+            return Err(BackendError::PinRejected(
+                "rejected earlier; not retried to protect the token's retry counter".into(),
+            ));
+        }
+        let pin = cryptoki::types::AuthPin::from(self.pin.expose().to_owned());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+                self.pin_rejected.store(true, Ordering::Release);
+                Err(BackendError::PinRejected("CKR_PIN_INCORRECT".into()))
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                self.pin_rejected.store(true, Ordering::Release);
+                Err(BackendError::PinLocked)
+            }
+            Err(e) => Err(BackendError::Unavailable(format!("C_Login failed: {}", ck_code(&e)))),
+        }
+    }
+
+    /// The private-key handle for `id`, from the cache or found once and cached.
+    fn private_handle(&self, session: &Session, id: &KeyId) -> Result<ObjectHandle, Fail> {
+        if let Some(h) = self.handles.read().map_err(|_| poisoned())?.get(id) {
+            return Ok(*h);
+        }
+        let h = objects::find_one(session, ObjectClass::PRIVATE_KEY, id)?;
+        self.handles.write().map_err(|_| poisoned())?.insert(id.clone(), h);
+        Ok(h)
+    }
+
+    fn forget_handle(&self, id: &KeyId) {
+        if let Ok(mut h) = self.handles.write() {
+            h.remove(id);
+        }
+    }
+
+    fn key_uri(&self, object: &str, id: &KeyId) -> String {
+        match self.token.lock().ok().and_then(|t| t.clone()) {
+            Some(t) => uri::key_uri(&t.label, Some(&t.serial), object, &id.0),
+            None => uri::key_uri(
+                self.selector.token.as_deref().unwrap_or_default(),
+                self.selector.serial.as_deref(),
+                object,
+                &id.0,
+            ),
+        }
+    }
+}
+
+impl Worker {
+    /// Run `f` on this worker's session, (re)connecting first when needed; after a session or
+    /// device fault reconnect and run it once more when `retry` allows.
+    fn run<T>(
+        &mut self,
+        retry: Retry,
+        mut f: impl FnMut(&Session, &Shared) -> Result<T, Fail>,
+    ) -> Result<T, BackendError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let session = match self.session.take() {
+                Some(s) => s,
+                None => self.shared.connect()?,
+            };
+            let result = f(&session, &self.shared);
+            match result {
+                Err(Fail::Ck(ref e)) if is_session_fault(e) => {
+                    tracing::warn!(code = %ck_code(e), attempt, "PKCS#11 session fault; reconnecting");
+                    drop(session);
+                    self.shared.invalidate();
+                    let may_retry = match retry {
+                        Retry::AfterFault => true,
+                        Retry::IfNotRun => is_session_gone(e),
+                    };
+                    if attempt >= 2 || !may_retry {
+                        return result.map_err(Fail::into_backend);
+                    }
+                }
+                other => {
+                    self.session = Some(session);
+                    return other.map_err(Fail::into_backend);
+                }
+            }
+        }
+    }
+
+    fn sign(&mut self, key: &KeyId, kind: KeyKind, op: &SignOp) -> Result<Vec<u8>, BackendError> {
+        if !op.fits(kind) {
+            return Err(BackendError::InvalidRequest(format!(
+                "this operation needs a different key type than {kind}"
+            )));
+        }
+        let (mechanism, data) = objects::sign_mechanism(op);
+        self.run(Retry::AfterFault, |session, shared| {
+            let handle = shared.private_handle(session, key)?;
+            match session.sign(&mechanism, handle, data.as_ref()) {
+                Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
+                    // Stale cache (key destroyed and re-created, token re-inserted): look
+                    // it up once more.
+                    shared.forget_handle(key);
+                    let handle = shared.private_handle(session, key)?;
+                    Ok(session.sign(&mechanism, handle, data.as_ref())?)
+                }
+                other => Ok(other?),
+            }
+        })
+        .and_then(|sig| objects::normalise_signature(kind, sig))
+    }
+}
+
+impl Backend for Pkcs11Backend {
+    fn describe(&self) -> String {
+        self.shared.describe_selector()
+    }
+
+    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>> {
+        let key = key.clone();
+        self.submit(move |w| w.sign(&key, kind, &op))
+    }
+
+    fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
+        self.submit(move |w| {
+            let id = KeyId(objects::random_id()?);
+            w.run(Retry::IfNotRun, |session, shared| {
+                let public = objects::generate(session, &spec, &id)?;
+                Ok(KeyObject {
+                    id: id.clone(),
+                    label: spec.label.clone(),
+                    uri: shared.key_uri(&spec.label, &id),
+                    public,
+                })
+            })
+        })
+    }
+
+    fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject> {
+        self.submit(move |w| {
+            let id = KeyId(objects::random_id()?);
+            let result = w.run(Retry::IfNotRun, |session, shared| {
+                objects::import(session, &label, &id, &material)?;
+                Ok(KeyObject {
+                    id: id.clone(),
+                    label: label.clone(),
+                    uri: shared.key_uri(&label, &id),
+                    public: material.public().clone(),
+                })
+            });
+            drop(material); // zeroizes
+            result
+        })
+    }
+
+    fn adopt(&self, uri: String) -> BackendFuture<KeyObject> {
+        self.submit(move |w| {
+            let parsed: Pkcs11Uri = uri
+                .parse()
+                .map_err(|e| BackendError::InvalidRequest(format!("{e}")))?;
+            w.run(Retry::AfterFault, |session, shared| {
+                let token = shared.token()?;
+                let fits = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+                if !fits(&parsed.token, &token.label) || !fits(&parsed.serial, &token.serial) {
+                    return Err(BackendError::InvalidRequest(format!(
+                        "the URI names another token than this backend's ({})",
+                        shared.describe_selector()
+                    ))
+                    .into());
+                }
+                let (id, label, public) = objects::adopt(session, &parsed)?;
+                Ok(KeyObject {
+                    uri: shared.key_uri(&label, &id),
+                    id,
+                    label,
+                    public,
+                })
+            })
+        })
+    }
+
+    fn key(&self, key: &KeyId) -> BackendFuture<KeyObject> {
+        let key = key.clone();
+        self.submit(move |w| {
+            w.run(Retry::AfterFault, |session, shared| {
+                let (label, public) = objects::read_key(session, &key)?;
+                Ok(KeyObject {
+                    uri: shared.key_uri(&label, &key),
+                    id: key.clone(),
+                    label,
+                    public,
+                })
+            })
+        })
+    }
+
+    fn destroy(&self, key: &KeyId) -> BackendFuture<()> {
+        let key = key.clone();
+        self.submit(move |w| {
+            w.run(Retry::IfNotRun, |session, shared| {
+                shared.forget_handle(&key);
+                objects::destroy(session, &key)
+            })
+        })
+    }
+
+    fn records(&self) -> BackendFuture<Vec<Record>> {
+        self.submit(|w| w.run(Retry::AfterFault, |session, _| objects::records(session)))
+    }
+
+    fn put_record(&self, record: Record) -> BackendFuture<()> {
+        self.submit(move |w| {
+            w.run(Retry::IfNotRun, |session, _| objects::put_record(session, &record))
+        })
+    }
+
+    fn check(&self) -> BackendFuture<()> {
+        self.submit(|w| {
+            w.run(Retry::AfterFault, |session, _| {
+                session.get_session_info()?;
+                Ok(())
+            })
+        })
+    }
+}
+
+impl Fail {
+    fn into_backend(self) -> BackendError {
+        match self {
+            Fail::Backend(b) => b,
+            Fail::Ck(e) => map_ck(&e),
+        }
+    }
+}
+
+/// Map a PKCS#11 error to the backend's vocabulary, keeping the `CKR_…` code.
+fn map_ck(e: &CkError) -> BackendError {
+    match e {
+        CkError::Pkcs11(rv, function) => match rv {
+            RvError::PinIncorrect => BackendError::PinRejected(ck_code(e)),
+            RvError::PinLocked => BackendError::PinLocked,
+            RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => {
+                BackendError::Device { function: format!("{function}"), code: ck_code(e) }
+            }
+            RvError::MechanismInvalid
+            | RvError::MechanismParamInvalid
+            | RvError::KeyTypeInconsistent
+            | RvError::KeyFunctionNotPermitted
+            | RvError::CurveNotSupported
+            | RvError::AttributeValueInvalid
+            | RvError::TemplateInconsistent
+            | RvError::KeySizeRange
+            | RvError::DomainParamsInvalid => BackendError::Unsupported(ck_code(e)),
+            RvError::DataLenRange | RvError::DataInvalid => BackendError::InvalidRequest(ck_code(e)),
+            _ if is_session_fault(e) => BackendError::Unavailable(ck_code(e)),
+            _ => BackendError::Device {
+                function: format!("{function}"),
+                code: ck_code(e),
+            },
+        },
+        other => BackendError::Device {
+            function: "cryptoki".into(),
+            code: other.to_string(),
+        },
+    }
+}
+
+/// Errors after which the session (or the token) must be found again.
+fn is_session_fault(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceError
+                | RvError::GeneralError
+                | RvError::SlotIdInvalid
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
+}
+
+/// Faults that show the operation cannot have run (safe to retry anything).
+fn is_session_gone(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn,
+            _
+        )
+    )
+}
+
+/// `CKR_SESSION_HANDLE_INVALID` from `RvError::SessionHandleInvalid`: the name operators and
+/// vendor docs use.
+fn ck_code(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, _) => {
+            let name = format!("{rv:?}");
+            let mut out = String::from("CKR");
+            for c in name.chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        }
+        other => other.to_string(),
+    }
+}
+
+fn poisoned() -> BackendError {
+    BackendError::Device {
+        function: "internal".into(),
+        code: "lock poisoned".into(),
+    }
+}
+
+/// Used by [`objects`] to turn a mechanism into what `C_Sign` takes.
+pub(crate) type SignData = (Mechanism<'static>, Vec<u8>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ckr_names() {
+        let e = CkError::Pkcs11(
+            RvError::SessionHandleInvalid,
+            cryptoki::context::Function::Sign,
+        );
+        assert_eq!(ck_code(&e), "CKR_SESSION_HANDLE_INVALID");
+        assert!(is_session_fault(&e));
+        assert!(matches!(map_ck(&e), BackendError::Unavailable(_)));
+        let pin = CkError::Pkcs11(RvError::PinIncorrect, cryptoki::context::Function::Login);
+        assert!(matches!(map_ck(&pin), BackendError::PinRejected(_)));
+    }
+}
