@@ -1052,6 +1052,46 @@ mod tests {
     }
 
     #[test]
+    fn dpop_proof_verifies_with_its_own_header_jwk() -> R {
+        // Independent signer and verifier: ring, with the RFC 8037 A.1 key.
+        let seed = b64_decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")?;
+        let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|e| format!("{e}"))?;
+        let pk = PublicKey::Ed25519 {
+            x: ring::signature::KeyPair::public_key(&kp).as_ref().to_vec(),
+        };
+        assert_eq!(
+            thumbprint(&pk),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        let parts = dpop_proof(&pk, Alg::Ed25519, &dpop_req())?;
+        let input = parts.signing_input();
+        let crate::crypto::SignOp::Ed25519 { message } = parts.alg.sign_op(input.as_bytes()) else {
+            return Err("Ed25519 signs the whole input".into());
+        };
+        let sig = kp.sign(&message);
+        parts.alg.check_signature(pk.kind(), sig.as_ref())?;
+        let jws = crate::jose::compact(&input, sig.as_ref());
+
+        // A verifier's view: split the compact JWS, take the key from the header's jwk.
+        let mut segs = jws.split('.');
+        let (h, p, s) = (
+            segs.next().ok_or("header")?,
+            segs.next().ok_or("payload")?,
+            segs.next().ok_or("signature")?,
+        );
+        let header = parse(&b64_decode(h)?)?;
+        assert_eq!(header["alg"], "Ed25519");
+        let PublicKey::Ed25519 { x } = public_key_from_jwk(&header["jwk"])? else {
+            return Err("header jwk is not Ed25519".into());
+        };
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, x)
+            .verify(format!("{h}.{p}").as_bytes(), &b64_decode(s)?)
+            .map_err(|_| "signature does not verify with the header jwk")?;
+        Ok(())
+    }
+
+    #[test]
     fn htu_normalisation() -> R {
         for (input, want) in [
             (
