@@ -82,9 +82,7 @@ impl PublicKey {
     pub fn kind(&self) -> KeyKind {
         match self {
             PublicKey::Ec { curve, .. } => KeyKind::Ec(*curve),
-            PublicKey::Rsa { n, .. } => KeyKind::Rsa {
-                bits: rsa_bits(n),
-            },
+            PublicKey::Rsa { n, .. } => KeyKind::Rsa { bits: rsa_bits(n) },
             PublicKey::Ed25519 { .. } => KeyKind::Ed25519,
         }
     }
@@ -101,7 +99,10 @@ fn rsa_bits(n: &[u8]) -> u32 {
 
 /// Strip leading zero bytes from a big-endian unsigned integer (keeping at least one byte).
 pub fn trim_leading_zeros(v: &[u8]) -> Vec<u8> {
-    let start = v.iter().position(|b| *b != 0).unwrap_or(v.len().saturating_sub(1));
+    let start = v
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(v.len().saturating_sub(1));
     v.get(start..).map(<[u8]>::to_vec).unwrap_or_default()
 }
 
@@ -127,6 +128,8 @@ impl HashAlg {
     }
 
     /// Output length in bytes (also the RSA-PSS salt length JOSE requires).
+    // A digest length is never zero, so an `is_empty` would be meaningless.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
@@ -210,7 +213,14 @@ mod tests {
         assert_eq!(rsa_bits(&[0x01]), 1);
         assert_eq!(rsa_bits(&[]), 0);
         let n2048 = [0xffu8; 256];
-        assert_eq!(PublicKey::Rsa { n: n2048.to_vec(), e: vec![1, 0, 1] }.kind(), KeyKind::Rsa { bits: 2048 });
+        assert_eq!(
+            PublicKey::Rsa {
+                n: n2048.to_vec(),
+                e: vec![1, 0, 1]
+            }
+            .kind(),
+            KeyKind::Rsa { bits: 2048 }
+        );
     }
 
     #[test]

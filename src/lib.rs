@@ -3,4 +3,7 @@
 
 pub mod backend;
 pub mod crypto;
+pub mod jose;
+pub mod keyring;
 pub mod secret;
+pub mod service;

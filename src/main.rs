@@ -1,1 +1,2 @@
+//! The `sigild` binary.
 fn main() {}

@@ -167,7 +167,9 @@ impl From<JoseError> for Error {
                 tracing::error!(error = %e, "device returned a signature of the wrong length");
                 Error::Unavailable("the signing device returned an invalid signature; it was not released".into())
             }
-            JoseError::Fapi2Disallowed { .. } => Error::FailedPrecondition(e.to_string()),
+            JoseError::FapiAlgNotAllowed { .. } | JoseError::FapiKeyTooSmall { .. } => {
+                Error::FailedPrecondition(e.to_string())
+            }
             other => Error::InvalidArgument(other.to_string()),
         }
     }

@@ -1,0 +1,243 @@
+//! The generic check for a protected header that the caller built itself ("sign these bytes").
+//!
+//! It owns the rules any JWS header must satisfy before sigild signs it with a given key: a
+//! UTF-8 JSON object with unique member names, an `alg` sigild supports that fits the key, and a
+//! `kid` (if present) naming that key. It only reads: the caller's bytes are signed exactly as
+//! sent and are never re-serialized. Token-specific rules live in `profiles.rs`, policy in
+//! `policy/`.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::{Alg, JoseError, shown};
+use crate::crypto::KeyKind;
+
+/// Parse a header into its members, mapping every failure to a caller-facing error.
+///
+/// Member names must be unique (RFC 7515 §4: "Header Parameter names within the JOSE Header MUST
+/// be unique"). serde_json's own `Map` silently keeps the last duplicate, which would let a
+/// verifier and sigild read different `alg`s from the same bytes, so the top level is read with
+/// [`UniqueVisitor`]. Nested objects (a `jwk` member, say) are not checked for duplicates.
+fn parse_object(header: &[u8]) -> Result<Map<String, Value>, JoseError> {
+    let text = std::str::from_utf8(header).map_err(|_| JoseError::HeaderNotUtf8)?;
+    // First: is it JSON at all, and an object? This gives the caller a precise syntax error.
+    let value: Value = serde_json::from_str(text).map_err(|e| JoseError::HeaderNotJson {
+        line: e.line(),
+        column: e.column(),
+    })?;
+    if !value.is_object() {
+        return Err(JoseError::HeaderNotObject);
+    }
+    // Then read it again, refusing repeated names.
+    let mut duplicate = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = de::Deserializer::deserialize_map(
+        &mut de,
+        UniqueVisitor {
+            duplicate: &mut duplicate,
+        },
+    );
+    match (parsed, duplicate) {
+        (_, Some(name)) => Err(JoseError::DuplicateHeaderMember { name: shown(&name) }),
+        (Ok(m), None) => Ok(m),
+        // Unreachable in practice: the text already parsed as an object above.
+        (Err(_), None) => Err(JoseError::HeaderNotObject),
+    }
+}
+
+/// Reads a JSON object into a `Map`, stopping at the first repeated member name, which it
+/// records in `duplicate` (serde errors are strings, this keeps the name without parsing one).
+struct UniqueVisitor<'a> {
+    /// Where the first repeated name is stored.
+    duplicate: &'a mut Option<String>,
+}
+
+impl<'de> Visitor<'de> for UniqueVisitor<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if m.contains_key(&key) {
+                *self.duplicate = Some(key);
+                return Err(de::Error::custom("duplicate member name"));
+            }
+            let value: Value = access.next_value()?;
+            m.insert(key, value);
+        }
+        Ok(m)
+    }
+}
+
+/// Check a caller-built protected header before signing its exact bytes with a key of
+/// `key_kind` whose kid is `kid`, and return the algorithm to sign with.
+///
+/// Rules: UTF-8; a JSON object with unique top-level member names; `alg` present, a string, a
+/// supported algorithm, never `none`, and fitting the key; `kid`, if present, a string equal to
+/// `kid`; `b64`, if present, `true` (sigild always base64url-encodes the payload, so an RFC 7797
+/// unencoded-payload header would get a signature over the wrong input). Other members, `crit`
+/// included, are the caller's business and are passed through untouched.
+///
+/// # Errors
+///
+/// [`JoseError::HeaderNotUtf8`], [`JoseError::HeaderNotJson`], [`JoseError::HeaderNotObject`],
+/// [`JoseError::DuplicateHeaderMember`], [`JoseError::MissingAlg`],
+/// [`JoseError::InvalidHeaderMember`], [`JoseError::AlgNone`], [`JoseError::UnsupportedAlg`],
+/// [`JoseError::AlgKeyMismatch`] or [`JoseError::KidMismatch`], whichever is found first.
+pub fn check_header(header: &[u8], key_kind: KeyKind, kid: &str) -> Result<Alg, JoseError> {
+    let m = parse_object(header)?;
+    let alg = match m.get("alg") {
+        None => return Err(JoseError::MissingAlg),
+        Some(Value::String(s)) => Alg::parse(s)?,
+        Some(_) => {
+            return Err(JoseError::InvalidHeaderMember {
+                member: "alg",
+                reason: "must be a string",
+            });
+        }
+    };
+    if !alg.fits(key_kind) {
+        return Err(JoseError::AlgKeyMismatch { alg, key: key_kind });
+    }
+    match m.get("kid") {
+        None => {}
+        Some(Value::String(found)) if found == kid => {}
+        Some(Value::String(found)) => {
+            return Err(JoseError::KidMismatch {
+                expected: kid.to_owned(),
+                found: shown(found),
+            });
+        }
+        Some(_) => {
+            return Err(JoseError::InvalidHeaderMember {
+                member: "kid",
+                reason: "must be a string",
+            });
+        }
+    }
+    match m.get("b64") {
+        None | Some(Value::Bool(true)) => {}
+        Some(_) => {
+            return Err(JoseError::InvalidHeaderMember {
+                member: "b64",
+                reason: "must be absent or true: unencoded payloads (RFC 7797) are not supported",
+            });
+        }
+    }
+    Ok(alg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Curve;
+
+    const KID: &str = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+    const RSA: KeyKind = KeyKind::Rsa { bits: 2048 };
+    const P256: KeyKind = KeyKind::Ec(Curve::P256);
+
+    #[test]
+    fn accepts_good_headers() -> Result<(), JoseError> {
+        assert_eq!(check_header(br#"{"alg":"PS256"}"#, RSA, KID)?, Alg::Ps256);
+        assert_eq!(
+            check_header(
+                format!(r#" {{ "alg" : "RS256", "kid":"{KID}", "typ":"JWT" }} "#).as_bytes(),
+                RSA,
+                KID
+            )?,
+            Alg::Rs256
+        );
+        assert_eq!(
+            check_header(br#"{"alg":"Ed25519"}"#, KeyKind::Ed25519, KID)?,
+            Alg::Ed25519
+        );
+        assert_eq!(
+            check_header(br#"{"alg":"EdDSA","b64":true}"#, KeyKind::Ed25519, KID)?,
+            Alg::EdDsa
+        );
+        assert_eq!(check_header(br#"{"alg":"ES256"}"#, P256, KID)?, Alg::Es256);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_bad_headers() {
+        let cases: &[(&[u8], KeyKind, JoseError)] = &[
+            (br#"{"typ":"JWT"}"#, RSA, JoseError::MissingAlg),
+            (br#"{"alg":"none"}"#, RSA, JoseError::AlgNone),
+            (
+                br#"{"alg":"ES256"}"#,
+                RSA,
+                JoseError::AlgKeyMismatch {
+                    alg: Alg::Es256,
+                    key: RSA,
+                },
+            ),
+            (
+                br#"{"alg":"ES384"}"#,
+                P256,
+                JoseError::AlgKeyMismatch {
+                    alg: Alg::Es384,
+                    key: P256,
+                },
+            ),
+            (
+                br#"{"alg":"PS256","kid":"other"}"#,
+                RSA,
+                JoseError::KidMismatch {
+                    expected: KID.into(),
+                    found: "other".into(),
+                },
+            ),
+            (
+                br#"{"alg":"PS256","kid":7}"#,
+                RSA,
+                JoseError::InvalidHeaderMember {
+                    member: "kid",
+                    reason: "must be a string",
+                },
+            ),
+            (
+                br#"{"alg":256}"#,
+                RSA,
+                JoseError::InvalidHeaderMember {
+                    member: "alg",
+                    reason: "must be a string",
+                },
+            ),
+            (br#"[{"alg":"PS256"}]"#, RSA, JoseError::HeaderNotObject),
+            (br#""PS256""#, RSA, JoseError::HeaderNotObject),
+            (b"\xff{}", RSA, JoseError::HeaderNotUtf8),
+            (
+                br#"{"alg":"PS256","alg":"none"}"#,
+                RSA,
+                JoseError::DuplicateHeaderMember { name: "alg".into() },
+            ),
+        ];
+        for (header, kind, want) in cases {
+            assert_eq!(
+                check_header(header, *kind, KID).as_ref(),
+                Err(want),
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(matches!(
+            check_header(br#"{"alg":"PS256""#, RSA, KID),
+            Err(JoseError::HeaderNotJson { .. })
+        ));
+        assert!(matches!(
+            check_header(br#"{"alg":"HS256"}"#, RSA, KID),
+            Err(JoseError::UnsupportedAlg { .. })
+        ));
+        assert!(matches!(
+            check_header(br#"{"alg":"PS256","b64":false}"#, RSA, KID),
+            Err(JoseError::InvalidHeaderMember { member: "b64", .. })
+        ));
+    }
+}
