@@ -217,6 +217,17 @@ impl Pkcs11Backend {
         objects::find_one(session, ObjectClass::PRIVATE_KEY, id).map_err(Fail::into_backend)
     }
 
+    /// One signature on `session` exactly as a worker makes it, without the pool (benchmarks
+    /// compare the daemon against this).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn direct_sign(session: &Session, handle: ObjectHandle, kind: KeyKind, op: &SignOp) -> Result<Vec<u8>, BackendError> {
+        let (mechanism, data) = objects::sign_mechanism(op);
+        let sig = session.sign(&mechanism, handle, &data).map_err(|e| map_ck(&e))?;
+        objects::normalise_signature(kind, sig)
+    }
+
     /// Queue `f` for a worker. A full queue is answered at once.
     fn submit<T: Send + 'static>(
         &self,

@@ -1,0 +1,260 @@
+//! `sigild bench`: signatures/s and p50/p99 latency through the daemon (gRPC client included,
+//! over loopback) side by side with direct in-process PKCS#11 calls on the same SoftHSM token,
+//! at the same concurrency, in one run — ratios from one run are what a noisy shared machine
+//! can honestly show.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::api::{Api, pb};
+use crate::backend::pkcs11::Pkcs11Backend;
+use crate::config::Config;
+use crate::dev::{self, DevPaths};
+use crate::jose::Alg;
+use crate::keyring::VersionInfo;
+use crate::server;
+use crate::service::{Service, SystemClock};
+
+/// Options of `sigild bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// State directory of the benchmark token (default: a new temporary directory, removed after).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Concurrency levels (clients for the daemon, threads for direct calls).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub clients: Vec<usize>,
+    /// Algorithms.
+    #[arg(long, value_delimiter = ',', default_value = "ES256,PS256,EdDSA")]
+    pub algs: Vec<String>,
+}
+
+/// One measured row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Algorithm.
+    pub alg: String,
+    /// Concurrency.
+    pub clients: usize,
+    /// Which path.
+    pub path: &'static str,
+    /// Signatures per second.
+    pub ops_per_sec: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+    /// Errors seen.
+    pub errors: u64,
+}
+
+/// A JWS signing input of typical ID-token size.
+fn sample_input() -> Vec<u8> {
+    let header = br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#;
+    let payload = br#"{"iss":"https://op.example.com","sub":"248289761001","aud":"s6BhdRkqt3","nonce":"n-0S6_WzA2Mj","exp":1311281970,"iat":1311280970,"auth_time":1311280969,"acr":"urn:mace:incommon:iap:silver","at_hash":"77QmUPtjPfzWtF2AnpK9RQ"}"#;
+    crate::jose::signing_input(header, payload).into_bytes()
+}
+
+/// Create the bench token (if needed) and run every measurement, printing a table.
+///
+/// # Errors
+/// Set-up failures, as text.
+pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String> {
+    let paths2 = paths.clone();
+    tokio::task::spawn_blocking(move || dev::ensure_token(&paths2))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
+    let max_clients = args.clients.iter().copied().max().unwrap_or(1);
+    config.pkcs11.workers = max_clients.max(1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let running = server::start_on(&config, &paths.config, listener).await.map_err(|e| e.to_string())?;
+    let service = Arc::clone(&running.service);
+
+    // The same keyring served a second time with signature verification off, to show its cost.
+    let unverified = Arc::new(Service::new(
+        Arc::clone(service.keyring()),
+        Arc::new(SystemClock),
+        crate::service::ServiceOptions { verify_signatures: false, ..service.options().clone() },
+    ));
+    let listener2 = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addr2 = listener2.local_addr().map_err(|e| e.to_string())?;
+    let api2 = Api::new(unverified);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(api2.signing_service())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener2).with_nodelay(Some(true))),
+    );
+
+    let input = Arc::new(sample_input());
+    let duration = Duration::from_secs_f64(args.seconds.clamp(0.2, 600.0));
+    let mut rows = Vec::new();
+    println!(
+        "sigild bench: {} s per row, SoftHSM token in {}, {} worker sessions; input {} bytes",
+        duration.as_secs_f64(),
+        paths.dir.display(),
+        config.pkcs11.workers,
+        input.len()
+    );
+    for alg_name in &args.algs {
+        let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
+        let key = format!("bench-{}", alg.name().to_ascii_lowercase());
+        if service.key(&key).is_err() {
+            service.create_key(&key, alg.name(), 0, false).await.map_err(|e| e.to_string())?;
+        }
+        let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
+        for &clients in &args.clients {
+            let direct = direct_row(&running.backend, &version, alg, clients, duration, &input).await?;
+            let via = daemon_row(running.addr, &key, alg, clients, duration, &input, "daemon gRPC, verified").await?;
+            let via2 = daemon_row(addr2, &key, alg, clients, duration, &input, "daemon gRPC, unverified").await?;
+            for r in [direct, via, via2] {
+                print_row(&r, &rows);
+                rows.push(r);
+            }
+        }
+    }
+    running.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+fn print_row(r: &Row, earlier: &[Row]) {
+    if earlier.is_empty() {
+        println!(
+            "{:<6} {:>7}  {:<24} {:>10} {:>9} {:>9} {:>9} {:>6}",
+            "alg", "clients", "path", "sig/s", "p50 µs", "p99 µs", "vs direct", "errors"
+        );
+    }
+    let direct = earlier
+        .iter()
+        .rev()
+        .find(|d| d.alg == r.alg && d.clients == r.clients && d.path == "direct PKCS#11")
+        .map_or(r.ops_per_sec, |d| d.ops_per_sec);
+    println!(
+        "{:<6} {:>7}  {:<24} {:>10.0} {:>9.1} {:>9.1} {:>8.0}% {:>6}",
+        r.alg,
+        r.clients,
+        r.path,
+        r.ops_per_sec,
+        r.p50_us,
+        r.p99_us,
+        100.0 * r.ops_per_sec / direct.max(f64::MIN_POSITIVE),
+        r.errors
+    );
+}
+
+fn summarise(alg: Alg, clients: usize, path: &'static str, elapsed: Duration, mut lat: Vec<u64>, errors: u64) -> Row {
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat.get(i).copied().unwrap_or_default() as f64 / 1000.0
+    };
+    Row {
+        alg: alg.name().to_owned(),
+        clients,
+        path,
+        ops_per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
+/// `clients` threads, each with its own logged-in session, calling `C_Sign` in a loop (hashing
+/// on the host first, exactly like the daemon).
+async fn direct_row(
+    backend: &Arc<Pkcs11Backend>,
+    version: &Arc<VersionInfo>,
+    alg: Alg,
+    clients: usize,
+    duration: Duration,
+    input: &Arc<Vec<u8>>,
+) -> Result<Row, String> {
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (backend, version, input) = (Arc::clone(backend), Arc::clone(version), Arc::clone(input));
+        handles.push(tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64), String> {
+            let session = backend.open_session().map_err(|e| e.to_string())?;
+            let handle = backend.private_key_handle(&session, &version.key_id).map_err(|e| e.to_string())?;
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0;
+            for _ in 0..50 {
+                let _ = Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input));
+            }
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input)) {
+                    Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            Ok((lat, errors))
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for h in handles {
+        let (lat, e) = h.await.map_err(|e| e.to_string())??;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise(alg, clients, "direct PKCS#11", duration, all, errors))
+}
+
+/// `clients` gRPC clients, each on its own connection, calling `SignRaw` in a loop.
+async fn daemon_row(
+    addr: SocketAddr,
+    key: &str,
+    alg: Alg,
+    clients: usize,
+    duration: Duration,
+    input: &Arc<Vec<u8>>,
+    path: &'static str,
+) -> Result<Row, String> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = pb::signing_service_client::SigningServiceClient::new(channel);
+        let (key, input) = (key.to_owned(), Arc::clone(input));
+        tasks.push(tokio::spawn(async move {
+            let req = || pb::SignRawRequest { key: key.clone(), data: input.to_vec(), alg: String::new() };
+            for _ in 0..50 {
+                let _ = client.sign_raw(req()).await;
+            }
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0u64;
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match client.sign_raw(req()).await {
+                    Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await.map_err(|e| e.to_string())?;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise(alg, clients, path, duration, all, errors))
+}

@@ -1,0 +1,563 @@
+//! The `sigild` command line: the daemon (`serve`, `dev`), config checking, the benchmark, and
+//! client commands against a running daemon. Results go to stdout, errors to stderr. Secrets
+//! are read from files or the environment, never from arguments.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use crate::api::pb;
+use crate::api::pb::key_service_client::KeyServiceClient;
+use crate::api::pb::signing_service_client::SigningServiceClient;
+use crate::config::Config;
+use crate::dev;
+use crate::jose;
+
+/// sigild: keeps signing keys on hardware and signs JOSE objects for the identity stack.
+#[derive(Debug, Parser)]
+#[command(name = "sigild", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon with a config file.
+    Serve {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the daemon on an embedded SoftHSM token (created on first run, with ES256, PS256
+    /// and EdDSA keys), listening on 127.0.0.1:7711.
+    Dev {
+        /// State directory (token, PINs, config).
+        #[arg(long, default_value = ".sigild")]
+        state_dir: PathBuf,
+        /// Listen address (loopback only).
+        #[arg(long, default_value = dev::DEV_LISTEN)]
+        listen: SocketAddr,
+    },
+    /// Check a config file and what it points at (module, PIN file); print what is wrong.
+    CheckConfig {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Measure signatures/s and latency through the daemon against direct PKCS#11 calls on the
+    /// same SoftHSM token.
+    Bench(crate::bench::BenchArgs),
+    /// Manage keys on a running daemon.
+    Key {
+        /// Where the daemon is.
+        #[command(flatten)]
+        conn: Conn,
+        /// The key command.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Print the JWK Set of every published key version.
+    Jwks {
+        /// Where the daemon is.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Sign with a key on a running daemon.
+    Sign {
+        /// Where the daemon is.
+        #[command(flatten)]
+        conn: Conn,
+        /// What to sign.
+        #[command(subcommand)]
+        command: SignCommand,
+    },
+}
+
+/// Connection to a running daemon.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// gRPC endpoint of the daemon.
+    #[arg(long, env = "SIGILD_ENDPOINT", default_value = "http://127.0.0.1:7711", global = true)]
+    pub endpoint: String,
+}
+
+/// Key management commands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a key on the token (version 1, active).
+    Create {
+        /// Key name.
+        name: String,
+        /// ES256, ES384, PS256, PS384, RS256, EdDSA.
+        #[arg(long)]
+        alg: String,
+        /// RSA modulus size (2048, 3072, 4096).
+        #[arg(long, default_value_t = 0)]
+        rsa_bits: u32,
+        /// Restrict this key to what FAPI 2.0 allows.
+        #[arg(long)]
+        fapi2: bool,
+    },
+    /// List keys and versions.
+    List,
+    /// Show a key with its versions (JSON).
+    Show {
+        /// Key name.
+        name: String,
+    },
+    /// Print the public JWK of the active version.
+    Jwk {
+        /// Key name.
+        name: String,
+    },
+    /// Add a version in state `next`.
+    Rotate {
+        /// Key name.
+        name: String,
+        /// A different alg for the new version.
+        #[arg(long, default_value = "")]
+        alg: String,
+        /// RSA modulus size for the new version.
+        #[arg(long, default_value_t = 0)]
+        rsa_bits: u32,
+    },
+    /// Activate a version (default: the newest `next`); the active one is retired.
+    Activate {
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Retire a version (default: the active one).
+    Retire {
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Destroy a retired or next version's key pair on the token.
+    Destroy {
+        /// Key name.
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Import a PKCS#8 private key (PEM or DER) for migration; prefer generating on the token.
+    Import {
+        /// Key name.
+        name: String,
+        /// JOSE alg.
+        #[arg(long)]
+        alg: String,
+        /// PKCS#8 file (`-----BEGIN PRIVATE KEY-----` or DER).
+        #[arg(long)]
+        pkcs8_file: PathBuf,
+        /// FAPI 2.0 mode.
+        #[arg(long)]
+        fapi2: bool,
+    },
+    /// Adopt a key pair made by another tool, by PKCS#11 URI.
+    Adopt {
+        /// Key name.
+        name: String,
+        /// JOSE alg.
+        #[arg(long)]
+        alg: String,
+        /// RFC 7512 URI of the private key.
+        #[arg(long)]
+        uri: String,
+        /// FAPI 2.0 mode.
+        #[arg(long)]
+        fapi2: bool,
+    },
+}
+
+/// Signing commands.
+#[derive(Debug, Subcommand)]
+pub enum SignCommand {
+    /// Sign a JWS from a header and payload given as JSON text (used byte for byte).
+    Jws {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Protected header JSON, e.g. '{"alg":"ES256","typ":"JWT"}'.
+        #[arg(long)]
+        header_json: String,
+        /// Payload JSON.
+        #[arg(long)]
+        payload_json: String,
+    },
+    /// Sign the bytes on stdin; prints the base64url JOSE signature.
+    Raw {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Alg other than the key's own.
+        #[arg(long, default_value = "")]
+        alg: String,
+    },
+    /// An OpenID Connect ID token.
+    IdToken {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Claims JSON with iss, sub, aud, ...
+        #[arg(long)]
+        claims_json: String,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+        /// File holding the access token (for at_hash).
+        #[arg(long)]
+        access_token_file: Option<PathBuf>,
+        /// File holding the authorization code (for c_hash).
+        #[arg(long)]
+        code_file: Option<PathBuf>,
+    },
+    /// A JAR request object (RFC 9101).
+    Jar {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// client_id.
+        #[arg(long)]
+        client_id: String,
+        /// Authorization server issuer.
+        #[arg(long)]
+        audience: String,
+        /// Authorization request parameters as JSON.
+        #[arg(long, default_value = "{}")]
+        claims_json: String,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+    },
+    /// A private_key_jwt client assertion (RFC 7523).
+    ClientAssertion {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// client_id.
+        #[arg(long)]
+        client_id: String,
+        /// Authorization server issuer (one string).
+        #[arg(long)]
+        audience: String,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+    },
+    /// A DPoP proof (RFC 9449).
+    Dpop {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// HTTP method.
+        #[arg(long)]
+        htm: String,
+        /// HTTP URI.
+        #[arg(long)]
+        htu: String,
+        /// File holding the access token (for ath).
+        #[arg(long)]
+        access_token_file: Option<PathBuf>,
+        /// Server nonce.
+        #[arg(long)]
+        nonce: Option<String>,
+    },
+}
+
+/// A CLI failure: printed to stderr, exit code 1 (2 for usage, which clap handles).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The daemon answered with an error status.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] tonic::Status),
+    /// Could not reach the daemon.
+    #[error("cannot reach sigild at {endpoint}: {source}")]
+    Connect {
+        /// Endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A local problem (file, input).
+    #[error("{0}")]
+    Local(String),
+}
+
+fn code_name(c: tonic::Code) -> String {
+    format!("{c:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, ch)| {
+            let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
+            sep.into_iter().chain(std::iter::once(ch.to_ascii_uppercase()))
+        })
+        .collect()
+}
+
+async fn connect(conn: &Conn) -> Result<Channel, CliError> {
+    Channel::from_shared(conn.endpoint.clone())
+        .map_err(|e| CliError::Local(format!("bad endpoint {}: {e}", conn.endpoint)))?
+        .connect()
+        .await
+        .map_err(|source| CliError::Connect { endpoint: conn.endpoint.clone(), source })
+}
+
+fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?);
+    let s = std::str::from_utf8(&bytes).map_err(|_| CliError::Local(format!("{}: not UTF-8", path.display())))?;
+    Ok(Zeroizing::new(s.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+fn opt_secret(path: &Option<PathBuf>) -> Result<Zeroizing<String>, CliError> {
+    match path {
+        Some(p) => read_file_secret(p),
+        None => Ok(Zeroizing::new(String::new())),
+    }
+}
+
+/// Read a PKCS#8 key file as DER (PEM is decoded), in zeroizing buffers.
+///
+/// # Errors
+/// Unreadable file, wrong PEM type (with a hint to convert).
+pub fn read_pkcs8(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    use base64::Engine as _;
+    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?);
+    if !raw.starts_with(b"-----BEGIN") {
+        return Ok(raw);
+    }
+    let text = std::str::from_utf8(&raw).map_err(|_| CliError::Local("PEM file is not UTF-8".into()))?;
+    let first = text.lines().next().unwrap_or_default();
+    if first.trim() != "-----BEGIN PRIVATE KEY-----" {
+        return Err(CliError::Local(format!(
+            "{}: expected an unencrypted PKCS#8 \"PRIVATE KEY\" PEM, found {first:?}; convert with `openssl pkcs8 -topk8 -nocrypt -in KEY -out key.p8.pem`",
+            path.display()
+        )));
+    }
+    let body: Zeroizing<String> = Zeroizing::new(text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect());
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|e| CliError::Local(format!("{}: bad PEM base64: {e}", path.display())))?;
+    Ok(Zeroizing::new(der))
+}
+
+fn print(s: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{s}").map_err(|e| CliError::Local(format!("stdout: {e}")))
+}
+
+fn key_json(k: &pb::Key) -> serde_json::Value {
+    let versions: Vec<serde_json::Value> = k
+        .versions
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "version": v.version,
+                "state": state_name(v.state),
+                "alg": v.alg,
+                "kid": v.kid,
+                "key_type": v.key_type,
+                "origin": v.origin,
+                "uri": v.uri,
+                "created_at": v.created_at,
+                "jwk": serde_json::from_str::<serde_json::Value>(&v.public_jwk_json).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .collect();
+    serde_json::json!({ "name": k.name, "fapi2": k.fapi2, "active_version": k.active_version, "versions": versions })
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::KeyState::try_from(s) {
+        Ok(pb::KeyState::Next) => "next",
+        Ok(pb::KeyState::Active) => "active",
+        Ok(pb::KeyState::Retired) => "retired",
+        Ok(pb::KeyState::Destroyed) => "destroyed",
+        _ => "unknown",
+    }
+}
+
+fn print_key(k: &pb::Key) -> Result<(), CliError> {
+    print(&serde_json::to_string_pretty(&key_json(k)).unwrap_or_default())
+}
+
+/// Run a key command.
+///
+/// # Errors
+/// [`CliError`].
+pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
+    let mut c = KeyServiceClient::new(connect(conn).await?);
+    match cmd {
+        KeyCommand::Create { name, alg, rsa_bits, fapi2 } => {
+            let k = c.create_key(pb::CreateKeyRequest { name, alg, rsa_bits, fapi2 }).await?.into_inner();
+            print_key(&k)
+        }
+        KeyCommand::List => {
+            let keys = c.list_keys(pb::ListKeysRequest {}).await?.into_inner().keys;
+            let mut lines = vec![format!("{:<24} {:>7} {:<9} {:<6} {:<9} {}", "NAME", "VERSION", "STATE", "ALG", "TYPE", "KID")];
+            for k in &keys {
+                for v in &k.versions {
+                    lines.push(format!(
+                        "{:<24} {:>7} {:<9} {:<6} {:<9} {}",
+                        k.name,
+                        v.version,
+                        state_name(v.state),
+                        v.alg,
+                        v.key_type,
+                        v.kid
+                    ));
+                }
+            }
+            print(&lines.join("\n"))
+        }
+        KeyCommand::Show { name } => print_key(&c.get_key(pb::GetKeyRequest { name }).await?.into_inner()),
+        KeyCommand::Jwk { name } => {
+            let k = c.get_key(pb::GetKeyRequest { name: name.clone() }).await?.into_inner();
+            let active = k
+                .versions
+                .iter()
+                .find(|v| v.version == k.active_version && k.active_version != 0)
+                .ok_or_else(|| CliError::Local(format!("key {name:?} has no active version")))?;
+            print(&active.public_jwk_json)
+        }
+        KeyCommand::Rotate { name, alg, rsa_bits } => {
+            print_key(&c.rotate_key(pb::RotateKeyRequest { name, alg, rsa_bits }).await?.into_inner())
+        }
+        KeyCommand::Activate { name, version } => {
+            print_key(&c.activate_key_version(pb::KeyVersionRequest { name, version }).await?.into_inner())
+        }
+        KeyCommand::Retire { name, version } => {
+            print_key(&c.retire_key_version(pb::KeyVersionRequest { name, version }).await?.into_inner())
+        }
+        KeyCommand::Destroy { name, version } => {
+            print_key(&c.destroy_key_version(pb::KeyVersionRequest { name, version }).await?.into_inner())
+        }
+        KeyCommand::Import { name, alg, pkcs8_file, fapi2 } => {
+            let der = read_pkcs8(&pkcs8_file)?;
+            let mut req = pb::ImportKeyRequest { name, alg, pkcs8_der: der.to_vec(), fapi2 };
+            let result = c.import_key(tonic::Request::new(req.clone())).await;
+            zeroize::Zeroize::zeroize(&mut req.pkcs8_der);
+            print_key(&result?.into_inner())
+        }
+        KeyCommand::Adopt { name, alg, uri, fapi2 } => {
+            print_key(&c.adopt_key(pb::AdoptKeyRequest { name, alg, uri, fapi2 }).await?.into_inner())
+        }
+    }
+}
+
+/// Print the JWKS.
+///
+/// # Errors
+/// [`CliError`].
+pub async fn jwks_command(conn: &Conn) -> Result<(), CliError> {
+    let mut c = KeyServiceClient::new(connect(conn).await?);
+    let jwks = c.get_jwks(pb::GetJwksRequest {}).await?.into_inner().jwks_json;
+    let pretty = serde_json::from_str::<serde_json::Value>(&jwks)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(jwks);
+    print(&pretty)
+}
+
+/// Run a sign command.
+///
+/// # Errors
+/// [`CliError`].
+pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError> {
+    let mut c = SigningServiceClient::new(connect(conn).await?);
+    let compact = match cmd {
+        SignCommand::Jws { key, header_json, payload_json } => {
+            let req = pb::SignJwsRequest { key, protected_header: header_json.into_bytes(), payload: payload_json.into_bytes() };
+            c.sign_jws(req).await?.into_inner().compact
+        }
+        SignCommand::Raw { key, alg } => {
+            let mut data = Vec::new();
+            std::io::stdin().read_to_end(&mut data).map_err(|e| CliError::Local(format!("stdin: {e}")))?;
+            let sig = c.sign_raw(pb::SignRawRequest { key, data, alg }).await?.into_inner().signature;
+            jose::b64(&sig)
+        }
+        SignCommand::IdToken { key, claims_json, lifetime, access_token_file, code_file } => {
+            let access_token = opt_secret(&access_token_file)?;
+            let code = opt_secret(&code_file)?;
+            let req = pb::SignIdTokenRequest {
+                key,
+                claims_json,
+                lifetime_seconds: lifetime,
+                access_token: access_token.to_string(),
+                code: code.to_string(),
+            };
+            c.sign_id_token(req).await?.into_inner().compact
+        }
+        SignCommand::Jar { key, client_id, audience, claims_json, lifetime } => {
+            let req = pb::SignRequestObjectRequest { key, client_id, audience, claims_json, lifetime_seconds: lifetime };
+            c.sign_request_object(req).await?.into_inner().compact
+        }
+        SignCommand::ClientAssertion { key, client_id, audience, lifetime } => {
+            let req = pb::SignClientAssertionRequest { key, client_id, audience, lifetime_seconds: lifetime };
+            c.sign_client_assertion(req).await?.into_inner().compact
+        }
+        SignCommand::Dpop { key, htm, htu, access_token_file, nonce } => {
+            let access_token = opt_secret(&access_token_file)?;
+            let req = pb::SignDpopProofRequest {
+                key,
+                htm,
+                htu,
+                access_token: access_token.to_string(),
+                nonce: nonce.unwrap_or_default(),
+            };
+            c.sign_dpop_proof(req).await?.into_inner().compact
+        }
+    };
+    print(&compact)
+}
+
+/// `sigild check-config`: parse, validate, check the module and PIN source.
+///
+/// # Errors
+/// The first problem found, located.
+pub fn check_config(path: &Path) -> Result<(), CliError> {
+    let c = Config::load(path).map_err(|e| CliError::Local(e.to_string()))?;
+    c.check_environment(path).map_err(|e| CliError::Local(e.to_string()))?;
+    print(&format!("{}: OK", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_print_like_grpc() {
+        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+    }
+
+    #[test]
+    fn pem_of_the_wrong_kind_gets_a_hint() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("k.pem");
+        std::fs::write(&p, "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n")?;
+        let err = read_pkcs8(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("openssl pkcs8 -topk8"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn cli_parses() {
+        assert!(Cli::try_parse_from(["sigild", "key", "create", "k", "--alg", "ES256"]).is_ok());
+        assert!(Cli::try_parse_from(["sigild", "sign", "--endpoint", "http://x:1", "raw", "--key", "k"]).is_ok());
+        assert!(Cli::try_parse_from(["sigild", "serve"]).is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! The daemon's TOML configuration: parsed strictly (`deny_unknown_fields`, so a typo is an
+//! error, not a silently ignored setting) and validated into typed values at start-up. Errors
+//! name the file, line and field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::pkcs11::{Pkcs11Settings, Pkcs11Uri};
+use crate::secret::SecretSource;
+use crate::service::ServiceOptions;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how the gRPC API listens.
+    pub server: ServerConfig,
+    /// The PKCS#11 token holding the keys.
+    pub pkcs11: Pkcs11Config,
+    /// Keyring refresh.
+    #[serde(default)]
+    pub keyring: KeyringConfig,
+    /// Signing limits and checks.
+    #[serde(default)]
+    pub signing: SigningConfig,
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// TCP address. Without TLS (issue: caller authentication) only loopback addresses are
+    /// accepted, so keys are never exposed to a network by a default config.
+    pub listen: SocketAddr,
+    /// Concurrent requests per connection.
+    #[serde(default = "default_concurrency")]
+    pub concurrency_per_connection: usize,
+}
+
+/// The PKCS#11 token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// RFC 7512 URI selecting the token by label and/or serial, e.g. `pkcs11:token=sigild`.
+    pub token: String,
+    /// The user PIN: `{ file = "/path" }` or `{ env = "VAR" }`; never a literal.
+    pub pin: SecretSource,
+    /// Logged-in sessions, one per worker thread.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Requests waiting for a worker before callers get RESOURCE_EXHAUSTED.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+/// Keyring refresh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringConfig {
+    /// How often to re-read the keyring from the token, to see other replicas' changes.
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+}
+
+impl Default for KeyringConfig {
+    fn default() -> Self {
+        KeyringConfig { refresh_seconds: default_refresh() }
+    }
+}
+
+/// Signing limits and checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Largest header + payload accepted, bytes.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Deadline for one device signature, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Verify each signature with the public key before returning it.
+    #[serde(default = "default_true")]
+    pub verify_signatures: bool,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            max_payload_bytes: default_max_payload(),
+            timeout_ms: default_timeout_ms(),
+            verify_signatures: true,
+        }
+    }
+}
+
+fn default_concurrency() -> usize {
+    256
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    1024
+}
+fn default_refresh() -> u64 {
+    10
+}
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A configuration problem, located.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or a field of the wrong type / unknown field (message has line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and field.
+        message: String,
+    },
+    /// A value that parses but cannot be used.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted field name.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line and field.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_owned(), field, message };
+        if !self.server.listen.ip().is_loopback() {
+            return Err(invalid(
+                "server.listen",
+                format!("{} is not a loopback address; plaintext gRPC is only served on loopback", self.server.listen),
+            ));
+        }
+        self.token_uri().map_err(|e| invalid("pkcs11.token", e))?;
+        if self.pkcs11.workers == 0 || self.pkcs11.workers > 256 {
+            return Err(invalid("pkcs11.workers", "must be 1..=256".into()));
+        }
+        if self.pkcs11.queue_depth == 0 {
+            return Err(invalid("pkcs11.queue_depth", "must be at least 1".into()));
+        }
+        if self.keyring.refresh_seconds == 0 {
+            return Err(invalid("keyring.refresh_seconds", "must be at least 1".into()));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.signing.max_payload_bytes) {
+            return Err(invalid("signing.max_payload_bytes", "must be between 256 and 16777216".into()));
+        }
+        if self.signing.timeout_ms == 0 {
+            return Err(invalid("signing.timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn token_uri(&self) -> Result<Pkcs11Uri, String> {
+        let uri: Pkcs11Uri = self.pkcs11.token.parse().map_err(|e| format!("{e}"))?;
+        if uri.token.is_none() && uri.serial.is_none() {
+            return Err("name the token by label (token=) or serial (serial=); slot ids are not stable".into());
+        }
+        if uri.object.is_some() || uri.id.is_some() {
+            return Err("the token URI must not name an object".into());
+        }
+        Ok(uri)
+    }
+
+    /// Further checks that look outside the file: the module exists, the PIN can be read.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`].
+    pub fn check_environment(&self, path: &Path) -> Result<(), ConfigError> {
+        if !self.pkcs11.module.is_file() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "pkcs11.module",
+                message: format!("{} is not a file", self.pkcs11.module.display()),
+            });
+        }
+        self.pkcs11.pin.read().map(drop).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: "pkcs11.pin",
+            message: e.to_string(),
+        })
+    }
+
+    /// Typed backend settings, reading the PIN now.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the PIN cannot be read.
+    pub fn pkcs11_settings(&self, path: &Path) -> Result<Pkcs11Settings, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_owned(), field, message };
+        Ok(Pkcs11Settings {
+            module: self.pkcs11.module.clone(),
+            token: self.token_uri().map_err(|e| invalid("pkcs11.token", e))?,
+            pin: self.pkcs11.pin.read().map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
+            workers: self.pkcs11.workers,
+            queue_depth: self.pkcs11.queue_depth,
+        })
+    }
+
+    /// The service's options.
+    pub fn service_options(&self) -> ServiceOptions {
+        ServiceOptions {
+            max_payload_bytes: self.signing.max_payload_bytes,
+            sign_timeout: Duration::from_millis(self.signing.timeout_ms),
+            verify_signatures: self.signing.verify_signatures,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:7711"
+
+[pkcs11]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "pkcs11:token=sigild-dev"
+pin = { file = "/etc/sigild/pin" }
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() -> Result<(), ConfigError> {
+        let c = Config::parse(Path::new("x.toml"), GOOD)?;
+        assert_eq!(c.pkcs11.workers, 2);
+        assert_eq!(c.keyring.refresh_seconds, 10);
+        assert!(c.signing.verify_signatures);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = GOOD.replace("workers", "x").replace("[pkcs11]", "[pkcs11]\nwrokers = 4");
+        let err = Config::parse(Path::new("x.toml"), &text).map(drop).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("x.toml: "), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("wrokers"), "{err}");
+    }
+
+    #[test]
+    fn literal_pin_and_bad_values_are_refused() {
+        let lit = GOOD.replace(r#"pin = { file = "/etc/sigild/pin" }"#, r#"pin = "1234""#);
+        assert!(Config::parse(Path::new("x"), &lit).is_err());
+        let wide = GOOD.replace("127.0.0.1", "0.0.0.0");
+        let err = Config::parse(Path::new("x"), &wide).map(drop).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("server.listen"), "{err}");
+        let slot = GOOD.replace("pkcs11:token=sigild-dev", "pkcs11:slot-id=0");
+        let err = Config::parse(Path::new("x"), &slot).map(drop).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("pkcs11.token"), "{err}");
+    }
+}

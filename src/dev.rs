@@ -1,0 +1,189 @@
+//! The embedded SoftHSM default (`sigild dev`, and the token `sigild bench` measures on): a
+//! state directory holding a SoftHSM token, random PINs in private files, and a config that
+//! points at them. Created on first run, reused afterwards.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+
+use crate::secret::{SecretSource, write_secret_file};
+use crate::service::Service;
+
+/// Label of the dev token.
+pub const DEV_TOKEN_LABEL: &str = "sigild-dev";
+
+/// The fixed localhost address of `sigild dev`, which client commands use by default.
+pub const DEV_LISTEN: &str = "127.0.0.1:7711";
+
+/// Keys `sigild dev` creates on first run: the three algorithms FAPI 2.0 allows.
+pub const DEV_KEYS: [(&str, &str); 3] = [("dev-es256", "ES256"), ("dev-ps256", "PS256"), ("dev-eddsa", "EdDSA")];
+
+/// Where Debian, Ubuntu, Fedora and source builds put the SoftHSM module.
+const SOFTHSM_MODULES: [&str; 4] = [
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+/// The files of a dev state directory.
+#[derive(Debug, Clone)]
+pub struct DevPaths {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// SoftHSM configuration (what `SOFTHSM2_CONF` must point at).
+    pub softhsm_conf: PathBuf,
+    /// The daemon config.
+    pub config: PathBuf,
+    /// User PIN file.
+    pub user_pin: PathBuf,
+    /// SO PIN file.
+    pub so_pin: PathBuf,
+    /// The SoftHSM module found on this machine.
+    pub module: PathBuf,
+}
+
+/// Why dev setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// File system.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// No SoftHSM module.
+    #[error("SoftHSM2 is not installed (looked for {0}); install it with `apt-get install softhsm2`, or set SIGILD_PKCS11_MODULE")]
+    NoModule(String),
+    /// Token initialisation failed.
+    #[error("cannot initialise the dev token: {0}")]
+    Token(String),
+    /// Reading a PIN back.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+}
+
+/// The SoftHSM module: `SIGILD_PKCS11_MODULE` if set, else the first usual path that exists.
+///
+/// # Errors
+/// [`DevError::NoModule`].
+pub fn softhsm_module() -> Result<PathBuf, DevError> {
+    if let Ok(p) = std::env::var("SIGILD_PKCS11_MODULE") {
+        return Ok(PathBuf::from(p));
+    }
+    SOFTHSM_MODULES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| DevError::NoModule(SOFTHSM_MODULES.join(", ")))
+}
+
+/// Create the state directory, SoftHSM config, PINs and daemon config where missing. Does not
+/// touch the token (that needs `SOFTHSM2_CONF` set first; see [`ensure_token`]).
+///
+/// # Errors
+/// [`DevError`].
+pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |e| DevError::Io(p, e)
+    };
+    let module = softhsm_module()?;
+    let tokens = dir.join("tokens");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&tokens).map_err(io(&tokens))?;
+    let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let tokens = dir.join("tokens");
+    let paths = DevPaths {
+        softhsm_conf: dir.join("softhsm2.conf"),
+        config: dir.join("sigild.toml"),
+        user_pin: dir.join("user.pin"),
+        so_pin: dir.join("so.pin"),
+        module,
+        dir,
+    };
+    if !paths.softhsm_conf.exists() {
+        let conf = format!(
+            "# SoftHSM2 token store of sigild dev (created by sigild)\ndirectories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        );
+        std::fs::write(&paths.softhsm_conf, conf).map_err(io(&paths.softhsm_conf))?;
+    }
+    for pin in [&paths.user_pin, &paths.so_pin] {
+        if !pin.exists() {
+            write_secret_file(pin, &random_pin()?).map_err(io(pin))?;
+        }
+    }
+    // Rewritten every start so it follows --listen and the module found on this machine.
+    let config = format!(
+        "# sigild dev config (rewritten by `sigild dev` on each start)\n[server]\nlisten = \"{listen}\"\n\n[pkcs11]\nmodule = \"{}\"\ntoken = \"pkcs11:token={DEV_TOKEN_LABEL}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n",
+        paths.module.display(),
+        paths.user_pin.display()
+    );
+    std::fs::write(&paths.config, config).map_err(io(&paths.config))?;
+    Ok(paths)
+}
+
+fn random_pin() -> Result<String, DevError> {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b).map_err(|e| DevError::Token(format!("random PIN: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Initialise the dev token on first run (SO and user PIN from the state directory). Must run
+/// with `SOFTHSM2_CONF` pointing at `paths.softhsm_conf`, before the daemon loads the module.
+///
+/// # Errors
+/// [`DevError::Token`].
+pub fn ensure_token(paths: &DevPaths) -> Result<bool, DevError> {
+    let tok = |e: cryptoki::error::Error| DevError::Token(e.to_string());
+    let ctx = Pkcs11::new(&paths.module).map_err(tok)?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(tok)?;
+    let exists = ctx
+        .get_slots_with_token()
+        .map_err(tok)?
+        .into_iter()
+        .any(|s| ctx.get_token_info(s).is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL));
+    if exists {
+        return Ok(false);
+    }
+    let free = ctx
+        .get_slots_with_token()
+        .map_err(tok)?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|t| !t.token_initialized()))
+        .ok_or_else(|| DevError::Token("SoftHSM offers no free slot".into()))?;
+    let so = SecretSource::File(paths.so_pin.clone()).read()?;
+    let user = SecretSource::File(paths.user_pin.clone()).read()?;
+    let so_pin = AuthPin::from(so.expose().to_owned());
+    ctx.init_token(free, &so_pin, DEV_TOKEN_LABEL).map_err(tok)?;
+    // SoftHSM renumbers slots after initialisation: find the token again by label.
+    let slot = ctx
+        .get_slots_with_token()
+        .map_err(tok)?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL))
+        .ok_or_else(|| DevError::Token("token vanished after initialisation".into()))?;
+    let session = ctx.open_rw_session(slot).map_err(tok)?;
+    session.login(UserType::So, Some(&so_pin)).map_err(tok)?;
+    session.init_pin(&AuthPin::from(user.expose().to_owned())).map_err(tok)?;
+    session.logout().map_err(tok)?;
+    drop(session);
+    ctx.finalize().map_err(tok)?;
+    Ok(true)
+}
+
+/// Create the default dev keys that are missing.
+///
+/// # Errors
+/// Service errors (the token refused to generate).
+pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, crate::service::Error> {
+    let mut created = Vec::new();
+    for (name, alg) in DEV_KEYS {
+        if service.key(name).is_err() {
+            service.create_key(name, alg, 0, true).await?;
+            created.push(name.to_owned());
+        }
+    }
+    Ok(created)
+}

@@ -1,0 +1,187 @@
+//! The composition root: config → backend → keyring → service → gRPC server (with health and
+//! reflection) and the background tasks that keep the keyring and readiness current. The only
+//! place that names a concrete backend.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+
+use crate::api::{Api, pb};
+use crate::backend::pkcs11::Pkcs11Backend;
+use crate::backend::{Backend, BackendError};
+use crate::config::{Config, ConfigError};
+use crate::keyring::Keyring;
+use crate::service::{Service, SystemClock};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The backend cannot be used (module, PIN).
+    #[error("PKCS#11 backend: {0}")]
+    Backend(#[from] BackendError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection descriptors could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running daemon.
+pub struct Running {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// The service, for in-process callers (benchmarks).
+    pub service: Arc<Service>,
+    /// The backend, for in-process comparisons (benchmarks).
+    pub backend: Arc<Pkcs11Backend>,
+    /// Dropping or sending tells the server and tasks to stop.
+    stop: watch::Sender<bool>,
+    /// The server task.
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stop accepting, drain in-flight requests, stop background tasks.
+    ///
+    /// # Errors
+    /// The server's own error, if it failed.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(StartError::Reflection(format!("server task: {e}"))),
+        }
+    }
+
+    /// Run until the server stops by itself or `signal` completes, then shut down.
+    ///
+    /// # Errors
+    /// As for [`Running::shutdown`].
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+        tokio::select! {
+            () = signal => self.shutdown().await,
+            r = &mut self.server => match r {
+                Ok(r) => Ok(r?),
+                Err(e) => Err(StartError::Reflection(format!("server task: {e}"))),
+            },
+        }
+    }
+}
+
+/// Start the daemon on the configured address.
+///
+/// # Errors
+/// [`StartError`]: config, module, PIN or listener problems. An absent token is not an error:
+/// the daemon starts NOT_SERVING and answers UNAVAILABLE until the token appears.
+pub async fn start(config: &Config, config_path: &Path) -> Result<Running, StartError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    start_on(config, config_path, listener).await
+}
+
+/// Start the daemon on an already-bound listener.
+///
+/// # Errors
+/// As for [`start`].
+pub async fn start_on(config: &Config, config_path: &Path, listener: TcpListener) -> Result<Running, StartError> {
+    let settings = config.pkcs11_settings(config_path)?;
+    let (backend, startup_issue) = tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
+        .await
+        .map_err(|e| StartError::Reflection(format!("backend start task: {e}")))??;
+    let backend = Arc::new(backend);
+    if let Some(issue) = &startup_issue {
+        tracing::warn!(error = %issue, "token not usable yet; serving NOT_SERVING until it is");
+    }
+    let dyn_backend: Arc<dyn Backend> = backend.clone();
+    let keyring = Arc::new(Keyring::new(dyn_backend));
+    if startup_issue.is_none() {
+        if let Err(e) = keyring.refresh().await {
+            tracing::warn!(error = %e, "cannot load the keyring yet");
+        }
+    }
+    let service = Arc::new(Service::new(keyring, Arc::new(SystemClock), config.service_options()));
+    let api = Api::new(Arc::clone(&service));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let (stop, mut stopped) = watch::channel(false);
+    let refresh = Duration::from_secs(config.keyring.refresh_seconds);
+    tokio::spawn(maintain(Arc::clone(&service), health, refresh, stop.subscribe()));
+
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.server.concurrency_per_connection)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(api.key_service())
+        .add_service(api.signing_service());
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    tracing::info!(%addr, backend = %service.keyring().backend().describe(), "listening");
+    Ok(Running { addr, service, backend, stop, server })
+}
+
+/// Keep readiness and the keyring current: check the device, refresh the keyring (other
+/// replicas may have rotated keys), report SERVING only when the device answers.
+async fn maintain(
+    service: Arc<Service>,
+    health: tonic_health::server::HealthReporter,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving: Option<bool> = None;
+    let mut ticker = tokio::time::interval(period.min(Duration::from_secs(5)));
+    let mut since_refresh = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let ok = service.keyring().backend().check().await.is_ok();
+        since_refresh += period.min(Duration::from_secs(5));
+        if ok && (serving != Some(true) || since_refresh >= period) {
+            since_refresh = Duration::ZERO;
+            if let Err(e) = service.keyring().refresh().await {
+                tracing::warn!(error = %e, "keyring refresh failed");
+            }
+        }
+        if serving != Some(ok) {
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            health.set_service_status("sigil.v1.SigningService", status).await;
+            health.set_service_status("sigil.v1.KeyService", status).await;
+            if ok {
+                tracing::info!("device available: SERVING");
+            } else {
+                tracing::warn!("device unavailable: NOT_SERVING");
+            }
+            serving = Some(ok);
+        }
+    }
+}
