@@ -9,16 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tokio::net::TcpListener;
 
-use crate::api::{Api, pb};
+use crate::api::pb;
 use crate::backend::pkcs11::Pkcs11Backend;
 use crate::config::Config;
 use crate::dev::{self, DevPaths};
 use crate::jose::Alg;
 use crate::keyring::VersionInfo;
 use crate::server;
-use crate::service::{Service, SystemClock};
+use crate::service::Service;
 
 /// Options of `sigild bench`.
 #[derive(Debug, Clone, Args)]
@@ -32,6 +31,9 @@ pub struct BenchArgs {
     /// Concurrency levels (clients for the daemon, threads for direct calls).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub clients: Vec<usize>,
+    /// Worker threads of the daemon's runtime (0 = a current-thread runtime).
+    #[arg(long, default_value_t = 2)]
+    pub server_threads: usize,
     /// Algorithms.
     #[arg(long, value_delimiter = ',', default_value = "ES256,PS256,EdDSA")]
     pub algs: Vec<String>,
@@ -76,34 +78,32 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     config.pkcs11.workers = max_clients.max(1);
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let running = server::start_on(&config, &paths.config, listener).await.map_err(|e| e.to_string())?;
+    let threads = args.server_threads;
+    let running = {
+        let (config, path) = (config.clone(), paths.config.clone());
+        tokio::task::spawn_blocking(move || server::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads, true))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
     let service = Arc::clone(&running.service);
 
-    // The same keyring served a second time with signature verification off, to show its cost.
-    let unverified = Arc::new(Service::new(
-        Arc::clone(service.keyring()),
-        Arc::new(SystemClock),
-        crate::service::ServiceOptions { verify_signatures: false, ..service.options().clone() },
-    ));
-    let listener2 = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let addr2 = listener2.local_addr().map_err(|e| e.to_string())?;
-    let api2 = Api::new(unverified);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(api2.signing_service())
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener2).with_nodelay(Some(true))),
-    );
-
+    let addr2 = running.unverified_addr.ok_or("no unverified listener")?;
     let input = Arc::new(sample_input());
     let duration = Duration::from_secs_f64(args.seconds.clamp(0.2, 600.0));
     let mut rows = Vec::new();
     println!(
-        "sigild bench: {} s per row, SoftHSM token in {}, {} worker sessions; input {} bytes",
+        "sigild bench: {} s per row, SoftHSM token in {}, {} PKCS#11 worker sessions, daemon runtime threads {}; input {} bytes",
         duration.as_secs_f64(),
         paths.dir.display(),
         config.pkcs11.workers,
+        threads,
         input.len()
+    );
+    let floor = grpc_floor(running.addr, duration).await?;
+    println!(
+        "gRPC floor (GetJwks, no device call, 1 client): {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs",
+        floor.ops_per_sec, floor.p50_us, floor.p99_us
     );
     for alg_name in &args.algs {
         let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
@@ -114,15 +114,16 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         for &clients in &args.clients {
             let direct = direct_row(&running.backend, &version, alg, clients, duration, &input).await?;
+            let inproc = service_row(&service, &key, alg, clients, duration, &input).await?;
             let via = daemon_row(running.addr, &key, alg, clients, duration, &input, "daemon gRPC, verified").await?;
             let via2 = daemon_row(addr2, &key, alg, clients, duration, &input, "daemon gRPC, unverified").await?;
-            for r in [direct, via, via2] {
+            for r in [direct, inproc, via, via2] {
                 print_row(&r, &rows);
                 rows.push(r);
             }
         }
     }
-    running.shutdown().await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || running.shutdown()).await.map_err(|e| e.to_string())?;
     Ok(rows)
 }
 
@@ -212,7 +213,8 @@ async fn direct_row(
     Ok(summarise(alg, clients, "direct PKCS#11", duration, all, errors))
 }
 
-/// `clients` gRPC clients, each on its own connection, calling `SignRaw` in a loop.
+/// `clients` gRPC clients, each on its own connection and its own thread with a
+/// current-thread runtime (as a caller per thread would run; no hops between client workers).
 async fn daemon_row(
     addr: SocketAddr,
     key: &str,
@@ -222,27 +224,88 @@ async fn daemon_row(
     input: &Arc<Vec<u8>>,
     path: &'static str,
 ) -> Result<Row, String> {
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        let (key, input) = (key.to_owned(), Arc::clone(input));
+        threads.push(tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64), String> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut client = pb::signing_service_client::SigningServiceClient::new(channel);
+                let req = || pb::SignRawRequest { key: key.clone(), data: input.to_vec(), alg: String::new() };
+                for _ in 0..50 {
+                    let _ = client.sign_raw(req()).await;
+                }
+                let mut lat = Vec::with_capacity(65536);
+                let mut errors = 0u64;
+                let deadline = Instant::now() + duration;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match client.sign_raw(req()).await {
+                        Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                Ok((lat, errors))
+            })
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in threads {
+        let (lat, e) = t.await.map_err(|e| e.to_string())??;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise(alg, clients, path, duration, all, errors))
+}
+
+/// The cost of a gRPC round trip that touches no device, for scale.
+async fn grpc_floor(addr: SocketAddr, duration: Duration) -> Result<Row, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = pb::key_service_client::KeyServiceClient::new(channel);
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        match client.get_jwks(pb::GetJwksRequest {}).await {
+            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+            Err(_) => errors += 1,
+        }
+    }
+    Ok(summarise(Alg::Es256, 1, "gRPC floor", duration, lat, errors))
+}
+
+/// The service called in-process (worker pool, hashing, checks; no gRPC): what the daemon adds
+/// before the network.
+async fn service_row(
+    service: &Arc<Service>,
+    key: &str,
+    alg: Alg,
+    clients: usize,
+    duration: Duration,
+    input: &Arc<Vec<u8>>,
+) -> Result<Row, String> {
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut client = pb::signing_service_client::SigningServiceClient::new(channel);
-        let (key, input) = (key.to_owned(), Arc::clone(input));
+        let (service, key, input) = (Arc::clone(service), key.to_owned(), Arc::clone(input));
         tasks.push(tokio::spawn(async move {
-            let req = || pb::SignRawRequest { key: key.clone(), data: input.to_vec(), alg: String::new() };
-            for _ in 0..50 {
-                let _ = client.sign_raw(req()).await;
-            }
             let mut lat = Vec::with_capacity(65536);
             let mut errors = 0u64;
             let deadline = Instant::now() + duration;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match client.sign_raw(req()).await {
+                match service.sign_raw(&key, &input, None).await {
                     Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
                     Err(_) => errors += 1,
                 }
@@ -256,5 +319,5 @@ async fn daemon_row(
         all.extend(lat);
         errors += e;
     }
-    Ok(summarise(alg, clients, path, duration, all, errors))
+    Ok(summarise(alg, clients, "service in-process", duration, all, errors))
 }

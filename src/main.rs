@@ -98,7 +98,12 @@ fn set_softhsm_conf(path: &std::path::Path) {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGILD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {

@@ -185,3 +185,118 @@ async fn maintain(
         }
     }
 }
+
+/// A daemon running on its own OS thread and tokio runtime (benchmarks and embedding: the
+/// caller's runtime and the daemon's do not share worker threads, as with separate processes).
+pub struct Detached {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The service, for in-process calls.
+    pub service: Arc<Service>,
+    /// The backend, for direct comparisons.
+    pub backend: Arc<Pkcs11Backend>,
+    /// A second listener serving the same keyring with signature verification off, when
+    /// asked for (benchmarks show what verification costs).
+    pub unverified_addr: Option<SocketAddr>,
+    /// Tells the daemon thread to shut down.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The daemon thread.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Detached {
+    /// Start the daemon on a new thread; `threads` = 0 runs a current-thread runtime.
+    ///
+    /// # Errors
+    /// As for [`start_on`], plus runtime creation.
+    pub fn start(
+        config: Config,
+        config_path: std::path::PathBuf,
+        listen: SocketAddr,
+        threads: usize,
+        also_unverified: bool,
+    ) -> Result<Detached, StartError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sigild-daemon".into())
+            .spawn(move || {
+                let rt = if threads == 0 {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build()
+                } else {
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+                };
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StartError::Listen { addr: listen, source: e }));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::bind(listen).await {
+                        Ok(l) => l,
+                        Err(source) => {
+                            let _ = ready_tx.send(Err(StartError::Listen { addr: listen, source }));
+                            return;
+                        }
+                    };
+                    match start_on(&config, &config_path, listener).await {
+                        Ok(running) => {
+                            let unverified = if also_unverified {
+                                match serve_unverified(&running.service, listen).await {
+                                    Ok(a) => Some(a),
+                                    Err(e) => {
+                                        let _ = ready_tx.send(Err(e));
+                                        return;
+                                    }
+                                }
+                            } else {
+                                None
+                            };
+                            let _ = ready_tx.send(Ok((running.addr, unverified, Arc::clone(&running.service), Arc::clone(&running.backend))));
+                            let _ = running.run_until(async { let _ = stop_rx.await; }).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| StartError::Listen { addr: listen, source: e })?;
+        let (addr, unverified_addr, service, backend) = ready_rx
+            .recv()
+            .map_err(|_| StartError::Reflection("daemon thread exited during start".into()))??;
+        Ok(Detached { addr, unverified_addr, service, backend, stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    /// Stop the daemon and wait for its thread.
+    pub fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serve `service`'s keyring a second time with verification off (signing API only).
+async fn serve_unverified(service: &Arc<Service>, listen: SocketAddr) -> Result<SocketAddr, StartError> {
+    let unverified = Arc::new(Service::new(
+        Arc::clone(service.keyring()),
+        Arc::new(SystemClock),
+        crate::service::ServiceOptions { verify_signatures: false, ..service.options().clone() },
+    ));
+    let listener = TcpListener::bind(SocketAddr::new(listen.ip(), 0))
+        .await
+        .map_err(|source| StartError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
+    let api = Api::new(unverified);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(api.signing_service())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
+    Ok(addr)
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Independent verifier for sigild's tests: JOSE via jwcrypto, raw signatures via cryptography.
+
+Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a failed check.
+  {"op": "jws", "jws": COMPACT, "jwks": {...}}        verify with the key whose kid matches
+  {"op": "jws", "jws": COMPACT, "header_jwk": true}   verify with the header's own jwk (DPoP)
+  {"op": "raw", "alg": ALG, "jwk": {...}, "data_b64": B64URL, "sig_b64": B64URL}
+  {"op": "thumbprint", "jwk": {...}}
+  {"op": "pkcs8", "jwk": {...}}                       private JWK -> PKCS#8 PEM (test vectors)
+"""
+import base64
+import json
+import sys
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from jwcrypto import jwk, jws
+
+
+def b64d(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+
+
+def verify_raw(req):
+    key = jwk.JWK(**req["jwk"]).get_op_key("verify")
+    alg, data, sig = req["alg"], b64d(req["data_b64"]), b64d(req["sig_b64"])
+    if alg.startswith("ES"):
+        n = len(sig) // 2
+        der = utils.encode_dss_signature(int.from_bytes(sig[:n], "big"), int.from_bytes(sig[n:], "big"))
+        key.verify(der, data, ec.ECDSA(HASHES[alg[2:]]()))
+    elif alg.startswith("PS"):
+        h = HASHES[alg[2:]]()
+        key.verify(sig, data, padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), h)
+    elif alg.startswith("RS"):
+        key.verify(sig, data, padding.PKCS1v15(), HASHES[alg[2:]]())
+    elif alg in ("EdDSA", "Ed25519"):
+        assert isinstance(key, ed25519.Ed25519PublicKey)
+        key.verify(sig, data)
+    else:
+        raise ValueError("unknown alg " + alg)
+    return {"ok": True}
+
+
+def verify_jws(req):
+    token = jws.JWS()
+    token.deserialize(req["jws"])
+    header = token.jose_header
+    if req.get("header_jwk"):
+        key = jwk.JWK(**header["jwk"])
+    else:
+        keys = jwk.JWKSet.from_json(json.dumps(req["jwks"]))
+        key = keys.get_key(header["kid"]) if "kid" in header else list(keys)[0]
+        if key is None:
+            raise ValueError("no key with kid " + header.get("kid", ""))
+    token.allowed_algs = [header["alg"]]
+    token.verify(key)
+    payload = token.payload
+    try:
+        payload = json.loads(payload)
+    except ValueError:
+        payload = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    return {"ok": True, "header": header, "payload": payload, "thumbprint": key.thumbprint()}
+
+
+def to_pkcs8(key):
+    """Private JWK -> PKCS#8 PEM; an RSA JWK with only n, e, d gets its CRT parameters
+    recovered (RFC 7515 A.2 prints them, but n/e/d are what the vector depends on)."""
+    if key.get("kty") == "RSA" and "p" not in key:
+        n, e, d = (int.from_bytes(b64d(key[k]), "big") for k in ("n", "e", "d"))
+        p, q = rsa.rsa_recover_prime_factors(n, e, d)
+        priv = rsa.RSAPrivateNumbers(
+            p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+            rsa.RSAPublicNumbers(e, n),
+        ).private_key()
+        return priv.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    return jwk.JWK(**key).export_to_pem(private_key=True, password=None)
+
+
+def main():
+    req = json.load(sys.stdin)
+    op = req["op"]
+    try:
+        if op == "jws":
+            out = verify_jws(req)
+        elif op == "raw":
+            out = verify_raw(req)
+        elif op == "thumbprint":
+            out = {"ok": True, "thumbprint": jwk.JWK(**req["jwk"]).thumbprint()}
+        elif op == "pkcs8":
+            out = {"ok": True, "pem": to_pkcs8(req["jwk"]).decode()}
+        else:
+            raise ValueError("unknown op " + op)
+    except Exception as e:  # noqa: BLE001 - report every failure as a failed check
+        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
+        sys.exit(1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
