@@ -127,6 +127,12 @@ run_firmware() {
         "pkcs11-tool --module $YKCS11 --login --pin 123456 --sign --id 03 -m SHA256-RSA-PKCS -i data.txt -o sig9d.bin &&
          openssl dgst -sha256 -verify pub9d.pem -signature sig9d.bin data.txt"
 
+    check "touch-policy ALWAYS key in 9e: ykcs11 sign succeeds after the simulated touch" bash -c \
+        "${YK[*]} piv keys generate -a ECCP256 --touch-policy ALWAYS -m $MGM 9e pub9e.pem &&
+         pkcs11-tool --module $YKCS11 --login --pin 123456 --sign --id 04 -m ECDSA -i data.sha256 -o sig9e.der --signature-format openssl &&
+         openssl dgst -sha256 -verify pub9e.pem -signature sig9e.der data.txt &&
+         grep -q 'touch required: simulating a touch' vyk.log"
+
     # persistence: restart only the emulator, keys and certificates must survive
     check "state survives an emulator restart" bash -c \
         "kill -TERM \$(cat vyk.pid) && while kill -0 \$(cat vyk.pid) 2>/dev/null; do sleep 0.1; done &&

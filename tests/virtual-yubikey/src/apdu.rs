@@ -111,7 +111,10 @@ impl Command {
             // Extended: a 00 byte followed by at least two more.
             [0, rest @ ..] if rest.len() >= 2 => {
                 let (lc_bytes, tail) = rest.split_at(2);
-                let n = u16::from_be_bytes([lc_bytes[0], lc_bytes[1]]) as usize;
+                let n = match lc_bytes {
+                    [a, b] => u16::from_be_bytes([*a, *b]) as usize,
+                    _ => return Err(Sw::WrongLength),
+                };
                 if tail.is_empty() {
                     // Case 2E: the two bytes are Le.
                     return Ok(mk(&[], Some(ext_ne(n)), true));
@@ -119,7 +122,11 @@ impl Command {
                 let data = tail.get(..n).ok_or(Sw::WrongLength)?;
                 match tail.get(n..).unwrap_or_default() {
                     [] => Ok(mk(data, None, true)),
-                    [a, b] => Ok(mk(data, Some(ext_ne(u16::from_be_bytes([*a, *b]) as usize)), true)),
+                    [a, b] => Ok(mk(
+                        data,
+                        Some(ext_ne(u16::from_be_bytes([*a, *b]) as usize)),
+                        true,
+                    )),
                     _ => Err(Sw::WrongLength),
                 }
             }
@@ -176,7 +183,10 @@ impl Response {
 
     /// A bare status word.
     pub fn status(sw: Sw) -> Response {
-        Response { data: Vec::new(), sw }
+        Response {
+            data: Vec::new(),
+            sw,
+        }
     }
 
     /// The wire bytes `data ‖ SW1 SW2`.
@@ -225,8 +235,19 @@ mod tests {
 
     #[test]
     fn malformed_lengths() {
-        for bad in ["", "00", "00A404", "00A4040005A0", "00A4040002A00000FF", "00CB3FFF0000055C03"] {
-            assert_eq!(Command::parse(&hex::decode(bad).unwrap()), Err(Sw::WrongLength), "{bad}");
+        for bad in [
+            "",
+            "00",
+            "00A404",
+            "00A4040005A0",
+            "00A4040002A00000FF",
+            "00CB3FFF0000055C03",
+        ] {
+            assert_eq!(
+                Command::parse(&hex::decode(bad).unwrap()),
+                Err(Sw::WrongLength),
+                "{bad}"
+            );
         }
     }
 

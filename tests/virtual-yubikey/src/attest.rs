@@ -78,7 +78,13 @@ pub fn new_f9(root_key: &PrivateKey) -> Result<(PrivateKey, Vec<u8>), KeyError> 
     let key = PrivateKey::generate(Algorithm::Rsa2048)?;
     let issuer = Name::from_str(ROOT_SUBJECT).map_err(der_err)?;
     let subject = Name::from_str(F9_SUBJECT).map_err(der_err)?;
-    let cert = issue(root_key, &issuer, &subject, key.spki_der()?, ca_extensions()?)?;
+    let cert = issue(
+        root_key,
+        &issuer,
+        &subject,
+        key.spki_der()?,
+        ca_extensions()?,
+    )?;
     Ok((key, cert))
 }
 
@@ -87,12 +93,21 @@ pub fn new_f9(root_key: &PrivateKey) -> Result<(PrivateKey, Vec<u8>), KeyError> 
 ///
 /// # Errors
 /// `KeyError` if the F9 key cannot sign or encoding fails.
-pub fn attest_slot(f9_key: &PrivateKey, f9_cert_der: &[u8], facts: &SlotFacts<'_>) -> Result<Vec<u8>, KeyError> {
+pub fn attest_slot(
+    f9_key: &PrivateKey,
+    f9_cert_der: &[u8],
+    facts: &SlotFacts<'_>,
+) -> Result<Vec<u8>, KeyError> {
     let f9 = Certificate::from_der(f9_cert_der).map_err(der_err)?;
     let issuer = f9.tbs_certificate.subject;
-    let subject = Name::from_str(&format!("CN=YubiKey PIV Attestation {:02x}", facts.slot)).map_err(der_err)?;
+    let subject = Name::from_str(&format!("CN=YubiKey PIV Attestation {:02x}", facts.slot))
+        .map_err(der_err)?;
     let raw = |oid, value: Vec<u8>| -> Result<Extension, KeyError> {
-        Ok(Extension { extn_id: oid, critical: false, extn_value: OctetString::new(value).map_err(der_err)? })
+        Ok(Extension {
+            extn_id: oid,
+            critical: false,
+            extn_value: OctetString::new(value).map_err(der_err)?,
+        })
     };
     let exts = vec![
         raw(OID_YK_FIRMWARE, facts.firmware.bytes().to_vec())?,
@@ -117,7 +132,10 @@ pub fn to_pem(der_cert: &[u8]) -> Result<String, KeyError> {
 
 fn ca_extensions() -> Result<Vec<Extension>, KeyError> {
     use der::oid::AssociatedOid;
-    let bc = BasicConstraints { ca: true, path_len_constraint: None };
+    let bc = BasicConstraints {
+        ca: true,
+        path_len_constraint: None,
+    };
     let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
     Ok(vec![
         Extension {
@@ -136,9 +154,12 @@ fn ca_extensions() -> Result<Vec<Extension>, KeyError> {
 fn validity() -> Result<Validity, KeyError> {
     // Fixed, like a device certificate: 2020-01-01 (UTCTime) to 2052-01-01 (GeneralizedTime).
     Ok(Validity {
-        not_before: Time::UtcTime(UtcTime::from_unix_duration(Duration::from_secs(1_577_836_800)).map_err(der_err)?),
+        not_before: Time::UtcTime(
+            UtcTime::from_unix_duration(Duration::from_secs(1_577_836_800)).map_err(der_err)?,
+        ),
         not_after: Time::GeneralTime(
-            GeneralizedTime::from_unix_duration(Duration::from_secs(2_587_766_400)).map_err(der_err)?,
+            GeneralizedTime::from_unix_duration(Duration::from_secs(2_587_766_400))
+                .map_err(der_err)?,
         ),
     })
 }
@@ -184,8 +205,14 @@ fn issue(
 
 fn signature_algorithm(signer: &PrivateKey) -> Result<AlgorithmIdentifierOwned, KeyError> {
     Ok(match signer {
-        PrivateKey::P256(_) => AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA256, parameters: None },
-        PrivateKey::P384(_) => AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA384, parameters: None },
+        PrivateKey::P256(_) => AlgorithmIdentifierOwned {
+            oid: OID_ECDSA_SHA256,
+            parameters: None,
+        },
+        PrivateKey::P384(_) => AlgorithmIdentifierOwned {
+            oid: OID_ECDSA_SHA384,
+            parameters: None,
+        },
         PrivateKey::Rsa(_) => AlgorithmIdentifierOwned {
             oid: OID_RSA_SHA256,
             parameters: Some(der::Any::from_der(&[0x05, 0x00]).map_err(der_err)?),
@@ -214,14 +241,26 @@ mod tests {
     fn verify(issuer_cert: &Certificate, cert: &Certificate) {
         let tbs = cert.tbs_certificate.to_der().unwrap();
         let sig = cert.signature.raw_bytes();
-        let spki = issuer_cert.tbs_certificate.subject_public_key_info.to_der().unwrap();
+        let spki = issuer_cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap();
         if cert.signature_algorithm.oid == OID_ECDSA_SHA256 {
             let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap();
-            vk.verify_prehash(&Sha256::digest(&tbs), &p256::ecdsa::Signature::from_der(sig).unwrap())
-                .unwrap();
+            vk.verify_prehash(
+                &Sha256::digest(&tbs),
+                &p256::ecdsa::Signature::from_der(sig).unwrap(),
+            )
+            .unwrap();
         } else {
             let pk = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
-            pk.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(&tbs), sig).unwrap();
+            pk.verify(
+                rsa::Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(&tbs),
+                sig,
+            )
+            .unwrap();
         }
     }
 
@@ -247,14 +286,28 @@ mod tests {
         verify(&f9, &leaf);
         assert_eq!(leaf.tbs_certificate.issuer, f9.tbs_certificate.subject);
         assert_eq!(
-            leaf.tbs_certificate.subject_public_key_info.to_der().unwrap(),
+            leaf.tbs_certificate
+                .subject_public_key_info
+                .to_der()
+                .unwrap(),
             slot_key.spki_der().unwrap()
         );
         let exts = leaf.tbs_certificate.extensions.unwrap();
-        let get = |oid| exts.iter().find(|e| e.extn_id == oid).unwrap().extn_value.as_bytes().to_vec();
+        let get = |oid| {
+            exts.iter()
+                .find(|e| e.extn_id == oid)
+                .unwrap()
+                .extn_value
+                .as_bytes()
+                .to_vec()
+        };
         assert_eq!(get(OID_YK_FIRMWARE), vec![5, 4, 3]);
         assert_eq!(get(OID_YK_SERIAL), hex::decode("020400BC614E").unwrap());
         assert_eq!(get(OID_YK_POLICY), vec![2, 1]);
-        assert!(to_pem(&root_der).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(
+            to_pem(&root_der)
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
     }
 }

@@ -73,7 +73,15 @@ pub enum Power {
 impl Card {
     /// Creates the card.
     pub fn new(piv: Piv, serial: u32, firmware: Firmware, state_path: Option<PathBuf>) -> Card {
-        Card { piv, serial, firmware, selected: Applet::None, chain: None, pending: None, state_path }
+        Card {
+            piv,
+            serial,
+            firmware,
+            selected: Applet::None,
+            chain: None,
+            pending: None,
+            state_path,
+        }
     }
 
     /// Power off/on/reset: clear every volatile thing; keep keys, PINs and objects.
@@ -89,12 +97,11 @@ impl Card {
     pub fn transmit(&mut self, raw: &[u8]) -> Vec<u8> {
         let resp = self.process(raw);
         trace(raw, &resp);
-        if self.piv.take_dirty() {
-            if let Some(path) = &self.state_path {
-                if let Err(e) = self.piv.state().save(path) {
-                    error!("cannot save state: {e}");
-                }
-            }
+        if self.piv.take_dirty()
+            && let Some(path) = &self.state_path
+            && let Err(e) = self.piv.state().save(path)
+        {
+            error!("cannot save state: {e}");
         }
         resp.to_bytes()
     }
@@ -123,7 +130,10 @@ impl Card {
         if cmd.is_chained() {
             let chain = match self.chain.take() {
                 Some(c) if c.header == header => c,
-                _ => Chain { header, data: Zeroizing::new(Vec::new()) },
+                _ => Chain {
+                    header,
+                    data: Zeroizing::new(Vec::new()),
+                },
             };
             let mut chain = chain;
             if chain.data.len() + cmd.data.len() > MAX_CHAIN {
@@ -137,7 +147,10 @@ impl Card {
             Some(c) if c.header == header => {
                 let mut data = c.data;
                 data.extend_from_slice(&cmd.data);
-                Command { data: data.to_vec(), ..cmd }
+                Command {
+                    data: data.to_vec(),
+                    ..cmd
+                }
             }
             _ => cmd,
         };
@@ -166,7 +179,8 @@ impl Card {
                 return Sw::IncorrectP1P2.into();
             }
             let aid = cmd.data.as_slice();
-            let matches = |full: &[u8]| aid.len() >= 5 && (aid.starts_with(full) || full.starts_with(aid));
+            let matches =
+                |full: &[u8]| aid.len() >= 5 && (aid.starts_with(full) || full.starts_with(aid));
             let (applet, resp) = if aid.starts_with(piv::AID) {
                 (Applet::Piv, self.piv.select())
             } else if matches(mgmt::MGMT_AID) {
@@ -193,7 +207,8 @@ impl Card {
 /// management key).
 fn secret_command(raw: &[u8]) -> bool {
     let ins = raw.get(1).copied().unwrap_or(0);
-    let printed = raw.windows(4).any(|w| w == [0x5C, 0x03, 0x5F, 0xC1]) && raw.windows(3).any(|w| w == [0x5F, 0xC1, 0x09]);
+    let printed = raw.windows(4).any(|w| w == [0x5C, 0x03, 0x5F, 0xC1])
+        && raw.windows(3).any(|w| w == [0x5F, 0xC1, 0x09]);
     matches!(ins, 0x20 | 0x24 | 0x2C | 0xFF | 0xFE) || (matches!(ins, 0xCB | 0xDB) && printed)
 }
 
@@ -204,9 +219,20 @@ fn trace(raw: &[u8], resp: &Response) {
     let head = hex::encode_upper(raw.get(..4).unwrap_or(raw));
     if secret_command(raw) {
         debug!("> {head} <{} bytes redacted>", raw.len().saturating_sub(4));
-        debug!("< {}{}", if resp.data.is_empty() { "" } else { "<redacted> " }, resp.sw);
+        debug!(
+            "< {}{}",
+            if resp.data.is_empty() {
+                ""
+            } else {
+                "<redacted> "
+            },
+            resp.sw
+        );
     } else {
-        debug!("> {head} {}", hex::encode_upper(raw.get(4..).unwrap_or_default()));
+        debug!(
+            "> {head} {}",
+            hex::encode_upper(raw.get(4..).unwrap_or_default())
+        );
         debug!("< {} {}", hex::encode_upper(&resp.data), resp.sw);
     }
 }
@@ -219,8 +245,18 @@ mod tests {
     use std::time::Duration;
 
     fn card(fw: Firmware) -> Card {
-        let cfg = Config { serial: 12_345_678, firmware: fw, touch: TouchMode::Never, touch_delay: Duration::ZERO };
-        Card::new(Piv::new(cfg, Persistent::factory(fw).unwrap()), 12_345_678, fw, None)
+        let cfg = Config {
+            serial: 12_345_678,
+            firmware: fw,
+            touch: TouchMode::Never,
+            touch_delay: Duration::ZERO,
+        };
+        Card::new(
+            Piv::new(cfg, Persistent::factory(fw).unwrap()),
+            12_345_678,
+            fw,
+            None,
+        )
     }
 
     fn tx(c: &mut Card, apdu: &str) -> String {
@@ -231,14 +267,24 @@ mod tests {
     fn select_version_serial_like_the_crate() {
         let mut c = card(Firmware(5, 4, 3));
         assert_eq!(tx(&mut c, "00FD000000"), "6D00", "nothing selected yet");
-        assert_eq!(tx(&mut c, "00A4040005A000000308"), "61114F0600001000010079074F05A0000003089000");
+        assert_eq!(
+            tx(&mut c, "00A4040005A000000308"),
+            "61114F0600001000010079074F05A0000003089000"
+        );
         assert_eq!(tx(&mut c, "00FD000000"), "0504039000");
         assert_eq!(tx(&mut c, "00F8000000"), "00BC614E9000");
         assert_eq!(tx(&mut c, "00A4040007A0000000010199"), "6A82");
-        assert_eq!(tx(&mut c, "00F8000000"), "00BC614E9000", "failed SELECT keeps the applet");
+        assert_eq!(
+            tx(&mut c, "00F8000000"),
+            "00BC614E9000",
+            "failed SELECT keeps the applet"
+        );
         assert_eq!(tx(&mut c, "80F8000000"), "6E00");
         // OpenSC's partial AID.
-        assert_eq!(tx(&mut c, "00A4040009A0000003080000100000"), "61114F0600001000010079074F05A0000003089000");
+        assert_eq!(
+            tx(&mut c, "00A4040009A0000003080000100000"),
+            "61114F0600001000010079074F05A0000003089000"
+        );
         // Management applet.
         assert!(tx(&mut c, "00A4040008A000000527471117").ends_with("9000"));
         assert!(tx(&mut c, "001D000000").starts_with("23"));
@@ -269,7 +315,10 @@ mod tests {
         assert!(rest.is_empty() && obj.value[0] == 0x70);
         // OpenSC: Le = 8 gives 8 bytes and 61 0C.
         assert_eq!(tx(&mut c, "00CB3FFF035C017E08"), "7E124F0BA0000003610C");
-        assert_eq!(tx(&mut c, "00CB3FFF035C017E14"), "7E124F0BA0000003080000100001005F2F0240009000");
+        assert_eq!(
+            tx(&mut c, "00CB3FFF035C017E14"),
+            "7E124F0BA0000003080000100001005F2F0240009000"
+        );
         // Extended Le takes everything at once.
         let r = c.transmit(&hex::decode("00CB3FFF0000055C035FFF010000").unwrap());
         assert_eq!(r[r.len() - 2..], [0x90, 0x00]);

@@ -44,7 +44,10 @@ impl std::str::FromStr for Firmware {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<u8> = s
             .split('.')
-            .map(|p| p.parse::<u8>().map_err(|e| format!("bad version {s:?}: {e}")))
+            .map(|p| {
+                p.parse::<u8>()
+                    .map_err(|e| format!("bad version {s:?}: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         match parts.as_slice() {
             [a, b, c] => Ok(Firmware(*a, *b, *c)),
@@ -157,10 +160,14 @@ impl PrivateKey {
         Ok(match alg {
             Algorithm::EccP256 => PrivateKey::P256(p256::SecretKey::random(&mut OsRng)),
             Algorithm::EccP384 => PrivateKey::P384(p384::SecretKey::random(&mut OsRng)),
-            Algorithm::Ed25519 => PrivateKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
+            Algorithm::Ed25519 => {
+                PrivateKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
+            }
             rsa_alg => {
                 let bits = rsa_alg.rsa_bits().ok_or(KeyError::Unsupported)?;
-                PrivateKey::Rsa(Box::new(RsaPrivateKey::new(&mut OsRng, bits).map_err(crypto)?))
+                PrivateKey::Rsa(Box::new(
+                    RsaPrivateKey::new(&mut OsRng, bits).map_err(crypto)?,
+                ))
             }
         })
     }
@@ -173,12 +180,12 @@ impl PrivateKey {
     pub fn import(alg: Algorithm, items: &[tlv::Tlv<'_>]) -> Result<PrivateKey, KeyError> {
         let get = |tag| tlv::find(items, tag).ok_or(KeyError::BadInput);
         let key = match alg {
-            Algorithm::EccP256 => {
-                PrivateKey::P256(p256::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?)
-            }
-            Algorithm::EccP384 => {
-                PrivateKey::P384(p384::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?)
-            }
+            Algorithm::EccP256 => PrivateKey::P256(
+                p256::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?,
+            ),
+            Algorithm::EccP384 => PrivateKey::P384(
+                p384::SecretKey::from_slice(get(0x06)?).map_err(|_| KeyError::BadInput)?,
+            ),
             Algorithm::Ed25519 => {
                 let seed: [u8; 32] = get(0x07)?.try_into().map_err(|_| KeyError::BadInput)?;
                 PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
@@ -258,14 +265,16 @@ impl PrivateKey {
         match self {
             PrivateKey::P256(k) => {
                 let digest = fit_digest(input, 32)?;
-                let sig: p256::ecdsa::Signature =
-                    p256::ecdsa::SigningKey::from(k).sign_prehash(&digest).map_err(crypto)?;
+                let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(k)
+                    .sign_prehash(&digest)
+                    .map_err(crypto)?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             PrivateKey::P384(k) => {
                 let digest = fit_digest(input, 48)?;
-                let sig: p384::ecdsa::Signature =
-                    p384::ecdsa::SigningKey::from(k).sign_prehash(&digest).map_err(crypto)?;
+                let sig: p384::ecdsa::Signature = p384::ecdsa::SigningKey::from(k)
+                    .sign_prehash(&digest)
+                    .map_err(crypto)?;
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             PrivateKey::Ed25519(k) => {
@@ -311,7 +320,10 @@ impl PrivateKey {
             PrivateKey::P384(k) => Zeroizing::new(k.to_bytes().to_vec()),
             PrivateKey::Ed25519(k) => Zeroizing::new(k.to_bytes().to_vec()),
         };
-        Ok(StoredKey { algorithm: self.algorithm(), secret: hex::encode(secret.as_slice()) })
+        Ok(StoredKey {
+            algorithm: self.algorithm(),
+            secret: hex::encode(secret.as_slice()),
+        })
     }
 
     /// Restores a key from its persisted form.
@@ -321,15 +333,24 @@ impl PrivateKey {
     pub fn from_stored(s: &StoredKey) -> Result<PrivateKey, KeyError> {
         let bytes = Zeroizing::new(hex::decode(&s.secret).map_err(|_| KeyError::BadInput)?);
         let key = match s.algorithm {
-            Algorithm::EccP256 => PrivateKey::P256(p256::SecretKey::from_slice(&bytes).map_err(|_| KeyError::BadInput)?),
-            Algorithm::EccP384 => PrivateKey::P384(p384::SecretKey::from_slice(&bytes).map_err(|_| KeyError::BadInput)?),
+            Algorithm::EccP256 => PrivateKey::P256(
+                p256::SecretKey::from_slice(&bytes).map_err(|_| KeyError::BadInput)?,
+            ),
+            Algorithm::EccP384 => PrivateKey::P384(
+                p384::SecretKey::from_slice(&bytes).map_err(|_| KeyError::BadInput)?,
+            ),
             Algorithm::Ed25519 => {
-                let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::BadInput)?;
+                let seed: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| KeyError::BadInput)?;
                 PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
             }
             _ => {
                 use rsa::pkcs8::DecodePrivateKey;
-                PrivateKey::Rsa(Box::new(RsaPrivateKey::from_pkcs8_der(&bytes).map_err(|_| KeyError::BadInput)?))
+                PrivateKey::Rsa(Box::new(
+                    RsaPrivateKey::from_pkcs8_der(&bytes).map_err(|_| KeyError::BadInput)?,
+                ))
             }
         };
         Ok(key)
@@ -384,7 +405,9 @@ mod tests {
         let k = PrivateKey::generate(Algorithm::EccP256).unwrap();
         let digest = Sha256::digest(b"hello");
         let der = k.sign(&digest).unwrap();
-        let PrivateKey::P256(sk) = &k else { unreachable!() };
+        let PrivateKey::P256(sk) = &k else {
+            unreachable!()
+        };
         let vk = p256::ecdsa::VerifyingKey::from(sk.public_key());
         let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
         use ecdsa::signature::hazmat::PrehashVerifier;
@@ -398,7 +421,9 @@ mod tests {
         let k = PrivateKey::generate(Algorithm::EccP384).unwrap();
         let digest = Sha384::digest(b"hello");
         let der = k.sign(&digest).unwrap();
-        let PrivateKey::P384(sk) = &k else { unreachable!() };
+        let PrivateKey::P384(sk) = &k else {
+            unreachable!()
+        };
         let vk = p384::ecdsa::VerifyingKey::from(sk.public_key());
         let sig = p384::ecdsa::Signature::from_der(&der).unwrap();
         use ecdsa::signature::hazmat::PrehashVerifier;
@@ -409,7 +434,9 @@ mod tests {
     fn ed25519_sign_verifies() {
         let k = PrivateKey::generate(Algorithm::Ed25519).unwrap();
         let sig = k.sign(b"message").unwrap();
-        let PrivateKey::Ed25519(sk) = &k else { unreachable!() };
+        let PrivateKey::Ed25519(sk) = &k else {
+            unreachable!()
+        };
         let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
         sk.verifying_key().verify_strict(b"message", &sig).unwrap();
     }
@@ -417,7 +444,9 @@ mod tests {
     #[test]
     fn rsa_raw_sign_is_pkcs1_verifiable() {
         let k = PrivateKey::generate(Algorithm::Rsa1024).unwrap();
-        let PrivateKey::Rsa(sk) = &k else { unreachable!() };
+        let PrivateKey::Rsa(sk) = &k else {
+            unreachable!()
+        };
         // Build the PKCS#1 v1.5 block the way a host does and let the card exponentiate.
         let digest = Sha256::digest(b"hello");
         let prefix = hex::decode("3031300d060960864801650304020105000420").unwrap();
@@ -438,14 +467,21 @@ mod tests {
 
     #[test]
     fn stored_roundtrip_and_import() {
-        for alg in [Algorithm::EccP256, Algorithm::EccP384, Algorithm::Ed25519, Algorithm::Rsa1024] {
+        for alg in [
+            Algorithm::EccP256,
+            Algorithm::EccP384,
+            Algorithm::Ed25519,
+            Algorithm::Rsa1024,
+        ] {
             let k = PrivateKey::generate(alg).unwrap();
             let back = PrivateKey::from_stored(&k.to_stored().unwrap()).unwrap();
             assert_eq!(back.public_tlvs(), k.public_tlvs());
             assert!(!format!("{k:?}").contains(&k.to_stored().unwrap().secret));
         }
         let k = PrivateKey::generate(Algorithm::EccP256).unwrap();
-        let PrivateKey::P256(sk) = &k else { unreachable!() };
+        let PrivateKey::P256(sk) = &k else {
+            unreachable!()
+        };
         let data = tlv::item(0x06, &sk.to_bytes());
         let items = tlv::parse_all(&data).unwrap();
         let imported = PrivateKey::import(Algorithm::EccP256, &items).unwrap();
@@ -457,9 +493,14 @@ mod tests {
         let a = PrivateKey::generate(Algorithm::EccP256).unwrap();
         let b = p256::SecretKey::random(&mut OsRng);
         use p256::elliptic_curve::sec1::ToEncodedPoint;
-        let shared = a.ecdh(b.public_key().to_encoded_point(false).as_bytes()).unwrap();
-        let PrivateKey::P256(ask) = &a else { unreachable!() };
-        let expect = p256::ecdh::diffie_hellman(b.to_nonzero_scalar(), ask.public_key().as_affine());
+        let shared = a
+            .ecdh(b.public_key().to_encoded_point(false).as_bytes())
+            .unwrap();
+        let PrivateKey::P256(ask) = &a else {
+            unreachable!()
+        };
+        let expect =
+            p256::ecdh::diffie_hellman(b.to_nonzero_scalar(), ask.public_key().as_affine());
         assert_eq!(shared, expect.raw_secret_bytes().to_vec());
     }
 

@@ -21,8 +21,15 @@ impl Logger {
     ///
     /// # Errors
     /// If a logger was already installed.
-    pub fn install(out: Box<dyn Write + Send>, level: log::LevelFilter) -> Result<(), log::SetLoggerError> {
-        let logger = Logger { out: Mutex::new(out), start: Instant::now(), level };
+    pub fn install(
+        out: Box<dyn Write + Send>,
+        level: log::LevelFilter,
+    ) -> Result<(), log::SetLoggerError> {
+        let logger = Logger {
+            out: Mutex::new(out),
+            start: Instant::now(),
+            level,
+        };
         log::set_boxed_logger(Box::new(logger))?;
         log::set_max_level(level);
         Ok(())
@@ -40,7 +47,12 @@ impl log::Log for Logger {
         }
         if let Ok(mut out) = self.out.lock() {
             let t = self.start.elapsed().as_secs_f64();
-            let _ = writeln!(out, "[{t:9.3} {:5} virtual-yubikey] {}", r.level(), r.args());
+            let _ = writeln!(
+                out,
+                "[{t:9.3} {:5} virtual-yubikey] {}",
+                r.level(),
+                r.args()
+            );
             let _ = out.flush();
         }
     }

@@ -78,10 +78,17 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let out: Box<dyn std::io::Write + Send> = match &args.log {
-        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             Ok(f) => Box::new(f),
             Err(e) => {
-                eprintln!("virtual-yubikey: cannot open log file {}: {e}", path.display());
+                eprintln!(
+                    "virtual-yubikey: cannot open log file {}: {e}",
+                    path.display()
+                );
                 return ExitCode::FAILURE;
             }
         },
@@ -125,7 +132,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         touch_delay: Duration::from_millis(args.touch_delay_ms),
     };
     info!("virtual YubiKey serial {} firmware {fw}", args.serial);
-    let mut card = card::Card::new(piv::Piv::new(cfg, state), args.serial, fw, args.state.clone());
+    let mut card = card::Card::new(
+        piv::Piv::new(cfg, state),
+        args.serial,
+        fw,
+        args.state.clone(),
+    );
     vpcd::run(&args.host, args.port, &mut card, &shutdown, args.log_atr);
     Ok(())
 }

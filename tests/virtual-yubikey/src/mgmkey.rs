@@ -65,7 +65,11 @@ pub fn crypt_block(alg: MgmAlgorithm, key: &[u8], block: &[u8], decrypt: bool) -
     if key.len() != alg.key_len() || block.len() != alg.block_len() {
         return None;
     }
-    fn run<C: BlockEncrypt + BlockDecrypt + KeyInit>(key: &[u8], block: &[u8], decrypt: bool) -> Option<Vec<u8>> {
+    fn run<C: BlockEncrypt + BlockDecrypt + KeyInit>(
+        key: &[u8],
+        block: &[u8],
+        decrypt: bool,
+    ) -> Option<Vec<u8>> {
         let c = C::new_from_slice(key).ok()?;
         let mut b = GenericArray::clone_from_slice(block);
         if decrypt {
@@ -96,13 +100,23 @@ mod tests {
     fn tdes_known_answer_from_transcript() {
         // Notes §5.5 line 5/6: card sent E_K(W) = F9A2E514B9991843 with the default key; the
         // crate decrypted it and sent W back as 29444CBF4E8347B0.
-        let w = crypt_block(MgmAlgorithm::TripleDes, &DEFAULT_KEY, &hex::decode("F9A2E514B9991843").unwrap(), true).unwrap();
+        let w = crypt_block(
+            MgmAlgorithm::TripleDes,
+            &DEFAULT_KEY,
+            &hex::decode("F9A2E514B9991843").unwrap(),
+            true,
+        )
+        .unwrap();
         assert_eq!(hex::encode_upper(w), "29444CBF4E8347B0");
     }
 
     #[test]
     fn aes_roundtrip_and_lengths() {
-        for alg in [MgmAlgorithm::Aes128, MgmAlgorithm::Aes192, MgmAlgorithm::Aes256] {
+        for alg in [
+            MgmAlgorithm::Aes128,
+            MgmAlgorithm::Aes192,
+            MgmAlgorithm::Aes256,
+        ] {
             let key = vec![7u8; alg.key_len()];
             let ct = crypt_block(alg, &key, &[1u8; 16], false).unwrap();
             assert_ne!(ct, vec![1u8; 16]);

@@ -71,6 +71,9 @@ mod tests {
             hex::encode_upper(r.data),
             "230102023B020400BC614E0302023B04010105030504030602000007010F0801000A0100"
         );
-        assert_eq!(select_mgmt(Firmware(5, 7, 1)).data, b"Virtual mgr - FW version 5.7.1");
+        assert_eq!(
+            select_mgmt(Firmware(5, 7, 1)).data,
+            b"Virtual mgr - FW version 5.7.1"
+        );
     }
 }

@@ -51,9 +51,15 @@ pub struct Config {
 /// Pending step of a management-key authentication.
 enum MgmPending {
     /// Mutual auth: the card sent E(W) and expects W back.
-    Witness { alg: MgmAlgorithm, plain: Zeroizing<Vec<u8>> },
+    Witness {
+        alg: MgmAlgorithm,
+        plain: Zeroizing<Vec<u8>>,
+    },
     /// One-way auth: the card sent C and expects E(C).
-    Challenge { alg: MgmAlgorithm, plain: Zeroizing<Vec<u8>> },
+    Challenge {
+        alg: MgmAlgorithm,
+        plain: Zeroizing<Vec<u8>>,
+    },
 }
 
 /// Volatile security state, cleared by power events and by SELECT PIV.
@@ -104,7 +110,10 @@ fn default_pin_policy(slot: u8) -> u8 {
 
 /// The value of a PIN/PUK as entered: FF padding removed; `None` if not 6–8 bytes.
 fn unpadded_len_ok(padded: &[u8]) -> bool {
-    let len = padded.iter().position(|b| *b == 0xFF).unwrap_or(padded.len());
+    let len = padded
+        .iter()
+        .position(|b| *b == 0xFF)
+        .unwrap_or(padded.len());
     padded.len() == 8 && (6..=8).contains(&len) && padded.iter().skip(len).all(|b| *b == 0xFF)
 }
 
@@ -123,7 +132,12 @@ type R = Result<Response, Sw>;
 impl Piv {
     /// Creates the applet over loaded state.
     pub fn new(cfg: Config, state: Persistent) -> Piv {
-        Piv { cfg, state, vol: Volatile::default(), dirty: false }
+        Piv {
+            cfg,
+            state,
+            vol: Volatile::default(),
+            dirty: false,
+        }
     }
 
     /// The persistent state (for saving and for exporting the attestation root).
@@ -223,9 +237,17 @@ impl Piv {
     /// Checks `given` against the PIN (`puk == false`) or PUK, maintaining the counter.
     fn check_reference(&mut self, puk: bool, given: &[u8]) -> Result<(), Sw> {
         let (secret, left, total) = if puk {
-            (&self.state.puk, &mut self.state.puk_left, self.state.puk_total)
+            (
+                &self.state.puk,
+                &mut self.state.puk_left,
+                self.state.puk_total,
+            )
         } else {
-            (&self.state.pin, &mut self.state.pin_left, self.state.pin_total)
+            (
+                &self.state.pin,
+                &mut self.state.pin_left,
+                self.state.pin_total,
+            )
         };
         if *left == 0 {
             return Err(Sw::AuthBlocked);
@@ -236,7 +258,11 @@ impl Piv {
             Ok(())
         } else {
             *left = left.saturating_sub(1);
-            info!("wrong {}, {} retries left", if puk { "PUK" } else { "PIN" }, *left);
+            info!(
+                "wrong {}, {} retries left",
+                if puk { "PUK" } else { "PIN" },
+                *left
+            );
             Err(match *left {
                 0 => Sw::AuthBlocked,
                 n => Sw::RetriesLeft(n),
@@ -324,7 +350,11 @@ impl Piv {
     // ---- management key -----------------------------------------------------------------
 
     fn require_mgm(&self) -> Result<(), Sw> {
-        if self.vol.mgm_authenticated { Ok(()) } else { Err(Sw::SecurityStatus) }
+        if self.vol.mgm_authenticated {
+            Ok(())
+        } else {
+            Err(Sw::SecurityStatus)
+        }
     }
 
     fn mgm_auth(&mut self, alg_id: u8, items: &[tlv::Tlv<'_>]) -> R {
@@ -334,7 +364,9 @@ impl Piv {
         }
         let block = alg.block_len();
         let key = self.state.mgm_key.clone();
-        let crypt = |data: &[u8], decrypt| mgmkey::crypt_block(alg, &key, data, decrypt).ok_or(Sw::IncorrectData);
+        let crypt = |data: &[u8], decrypt| {
+            mgmkey::crypt_block(alg, &key, data, decrypt).ok_or(Sw::IncorrectData)
+        };
         let witness = tlv::find(items, 0x80);
         let challenge = tlv::find(items, 0x81);
         let response = tlv::find(items, 0x82);
@@ -361,7 +393,11 @@ impl Piv {
                 if c.len() != block {
                     return Err(Sw::IncorrectData);
                 }
-                self.touch(if self.state.mgm_touch { TOUCH_ALWAYS } else { TOUCH_NEVER })?;
+                self.touch(if self.state.mgm_touch {
+                    TOUCH_ALWAYS
+                } else {
+                    TOUCH_NEVER
+                })?;
                 let enc = crypt(c, false)?;
                 self.vol.mgm_authenticated = true;
                 Ok(Response::ok(tlv::item(0x7C, &tlv::item(0x82, &enc))))
@@ -386,7 +422,11 @@ impl Piv {
                     info!("management key authentication failed");
                     return Err(Sw::SecurityStatus);
                 }
-                self.touch(if self.state.mgm_touch { TOUCH_ALWAYS } else { TOUCH_NEVER })?;
+                self.touch(if self.state.mgm_touch {
+                    TOUCH_ALWAYS
+                } else {
+                    TOUCH_NEVER
+                })?;
                 self.vol.mgm_authenticated = true;
                 Ok(Sw::Ok.into())
             }
@@ -426,19 +466,30 @@ impl Piv {
         if policy != TOUCH_ALWAYS && policy != TOUCH_CACHED {
             return Ok(());
         }
-        if policy == TOUCH_CACHED && self.vol.touch_cached_until.is_some_and(|t| Instant::now() < t) {
+        if policy == TOUCH_CACHED
+            && self
+                .vol
+                .touch_cached_until
+                .is_some_and(|t| Instant::now() < t)
+        {
             return Ok(());
         }
         match self.cfg.touch {
             TouchMode::Never => Ok(()),
             TouchMode::Accept => {
-                info!("touch required: simulating a touch after {:?}", self.cfg.touch_delay);
+                info!(
+                    "touch required: simulating a touch after {:?}",
+                    self.cfg.touch_delay
+                );
                 std::thread::sleep(self.cfg.touch_delay);
                 self.vol.touch_cached_until = Some(Instant::now() + Duration::from_secs(15));
                 Ok(())
             }
             TouchMode::Timeout => {
-                info!("touch required: simulating a timeout after {:?}", self.cfg.touch_delay);
+                info!(
+                    "touch required: simulating a timeout after {:?}",
+                    self.cfg.touch_delay
+                );
                 std::thread::sleep(self.cfg.touch_delay);
                 Err(Sw::Conditions)
             }
@@ -479,7 +530,10 @@ impl Piv {
             _ => self.vol.pin_verified,
         };
         if !pin_ok {
-            debug!("slot {:02x}: PIN policy {} not satisfied", cmd.p2, pin_policy);
+            debug!(
+                "slot {:02x}: PIN policy {} not satisfied",
+                cmd.p2, pin_policy
+            );
             return Err(Sw::SecurityStatus);
         }
         self.touch(touch_policy)?;
@@ -530,10 +584,19 @@ impl Piv {
         let (pin_policy, touch_policy) = self.policies(cmd.p2, &items)?;
         let key = PrivateKey::generate(alg).map_err(key_sw)?;
         let public = key.public_tlvs();
-        info!("generated {alg:?} in slot {:02x} (pin policy {pin_policy}, touch policy {touch_policy})", cmd.p2);
-        self.state
-            .keys
-            .insert(cmd.p2, SlotKey { key, pin_policy, touch_policy, origin: state::ORIGIN_GENERATED });
+        info!(
+            "generated {alg:?} in slot {:02x} (pin policy {pin_policy}, touch policy {touch_policy})",
+            cmd.p2
+        );
+        self.state.keys.insert(
+            cmd.p2,
+            SlotKey {
+                key,
+                pin_policy,
+                touch_policy,
+                origin: state::ORIGIN_GENERATED,
+            },
+        );
         self.dirty = true;
         Ok(Response::ok(tlv::item(0x7F49, &public)))
     }
@@ -550,9 +613,15 @@ impl Piv {
         let (pin_policy, touch_policy) = self.policies(cmd.p2, &items)?;
         let key = PrivateKey::import(alg, &items).map_err(key_sw)?;
         info!("imported {alg:?} into slot {:02x}", cmd.p2);
-        self.state
-            .keys
-            .insert(cmd.p2, SlotKey { key, pin_policy, touch_policy, origin: state::ORIGIN_IMPORTED });
+        self.state.keys.insert(
+            cmd.p2,
+            SlotKey {
+                key,
+                pin_policy,
+                touch_policy,
+                origin: state::ORIGIN_IMPORTED,
+            },
+        );
         self.dirty = true;
         Ok(Sw::Ok.into())
     }
@@ -596,7 +665,11 @@ impl Piv {
             }
             0x9B => {
                 tlv::push(&mut out, 0x01, &[s.mgm_alg.id()]);
-                let touch = if s.mgm_touch { TOUCH_ALWAYS } else { TOUCH_NEVER };
+                let touch = if s.mgm_touch {
+                    TOUCH_ALWAYS
+                } else {
+                    TOUCH_NEVER
+                };
                 tlv::push(&mut out, 0x02, &[0x00, touch]);
                 tlv::push(&mut out, 0x05, &[u8::from(s.mgm_default)]);
             }
@@ -623,8 +696,16 @@ impl Piv {
         if k.origin != state::ORIGIN_GENERATED {
             return Err(Sw::IncorrectData);
         }
-        let f9 = self.state.keys.get(&state::SLOT_ATTESTATION).ok_or(Sw::RefNotFound)?;
-        let f9_obj = self.state.objects.get(&state::OBJ_ATTESTATION_CERT).ok_or(Sw::RefNotFound)?;
+        let f9 = self
+            .state
+            .keys
+            .get(&state::SLOT_ATTESTATION)
+            .ok_or(Sw::RefNotFound)?;
+        let f9_obj = self
+            .state
+            .objects
+            .get(&state::OBJ_ATTESTATION_CERT)
+            .ok_or(Sw::RefNotFound)?;
         let f9_cert = tlv::parse_all(f9_obj)
             .and_then(|items| tlv::find(&items, 0x70))
             .ok_or(Sw::Unknown)?;
@@ -661,7 +742,9 @@ impl Piv {
         }
         let (id, _) = Self::object_id(&cmd.data)?;
         if id == 0x7E {
-            return Ok(Response::ok(hex_bytes("7E124F0BA0000003080000100001005F2F024000")));
+            return Ok(Response::ok(hex_bytes(
+                "7E124F0BA0000003080000100001005F2F024000",
+            )));
         }
         if id == 0x5F_C109 && !self.vol.pin_verified {
             return Err(Sw::SecurityStatus);
@@ -703,7 +786,12 @@ mod tests {
     use super::*;
 
     pub(crate) fn piv(fw: Firmware) -> Piv {
-        let cfg = Config { serial: 12_345_678, firmware: fw, touch: TouchMode::Accept, touch_delay: Duration::ZERO };
+        let cfg = Config {
+            serial: 12_345_678,
+            firmware: fw,
+            touch: TouchMode::Accept,
+            touch_delay: Duration::ZERO,
+        };
         Piv::new(cfg, Persistent::factory(fw).unwrap())
     }
 
@@ -719,9 +807,20 @@ mod tests {
         let c = vec![0x55u8; alg.block_len()];
         let inner = [tlv::item(0x80, &w), tlv::item(0x81, &c)].concat();
         let data = tlv::item(0x7C, &inner);
-        let r = run(p, &format!("0087{:02X}9B{:02X}{}", alg.id(), data.len(), hex::encode(&data)));
+        let r = run(
+            p,
+            &format!(
+                "0087{:02X}9B{:02X}{}",
+                alg.id(),
+                data.len(),
+                hex::encode(&data)
+            ),
+        );
         if r.sw == Sw::Ok {
-            assert_eq!(&r.data[4..], mgmkey::crypt_block(alg, key, &c, false).unwrap().as_slice());
+            assert_eq!(
+                &r.data[4..],
+                mgmkey::crypt_block(alg, key, &c, false).unwrap().as_slice()
+            );
         }
         r.sw
     }
@@ -730,63 +829,140 @@ mod tests {
     fn pin_counter_and_lockout() {
         let mut p = piv(Firmware(5, 4, 3));
         assert_eq!(run(&mut p, "0020008000").sw, Sw::RetriesLeft(3));
-        assert_eq!(run(&mut p, "002000800839393939393939FF").sw, Sw::RetriesLeft(2));
+        assert_eq!(
+            run(&mut p, "002000800839393939393939FF").sw,
+            Sw::RetriesLeft(2)
+        );
         assert_eq!(run(&mut p, "0020008008313233343536FFFF").sw, Sw::Ok);
-        assert_eq!(run(&mut p, "0020008000").sw, Sw::Ok, "verified status query");
+        assert_eq!(
+            run(&mut p, "0020008000").sw,
+            Sw::Ok,
+            "verified status query"
+        );
         assert_eq!(p.select().sw, Sw::Ok);
-        assert_eq!(run(&mut p, "0020008000").sw, Sw::RetriesLeft(3), "SELECT un-verifies, counter reset");
-        for expect in [Sw::RetriesLeft(2), Sw::RetriesLeft(1), Sw::AuthBlocked, Sw::AuthBlocked] {
+        assert_eq!(
+            run(&mut p, "0020008000").sw,
+            Sw::RetriesLeft(3),
+            "SELECT un-verifies, counter reset"
+        );
+        for expect in [
+            Sw::RetriesLeft(2),
+            Sw::RetriesLeft(1),
+            Sw::AuthBlocked,
+            Sw::AuthBlocked,
+        ] {
             assert_eq!(run(&mut p, "00200080083939393939393939").sw, expect);
         }
-        assert_eq!(run(&mut p, "0020008008313233343536FFFF").sw, Sw::AuthBlocked);
+        assert_eq!(
+            run(&mut p, "0020008008313233343536FFFF").sw,
+            Sw::AuthBlocked
+        );
         // Unblock with the PUK, new PIN 654321.
-        assert_eq!(run(&mut p, "002C0080103132333435363738363534333231FFFF").sw, Sw::Ok);
+        assert_eq!(
+            run(&mut p, "002C0080103132333435363738363534333231FFFF").sw,
+            Sw::Ok
+        );
         assert_eq!(run(&mut p, "0020008008363534333231FFFF").sw, Sw::Ok);
         assert!(!p.state.pin_default);
         // Change back; wrong old PIN counts down.
-        assert_eq!(run(&mut p, "00240080100000000000000000313233343536FFFF").sw, Sw::RetriesLeft(2));
-        assert_eq!(run(&mut p, "0024008010363534333231FFFF313233343536FFFF").sw, Sw::Ok);
+        assert_eq!(
+            run(&mut p, "00240080100000000000000000313233343536FFFF").sw,
+            Sw::RetriesLeft(2)
+        );
+        assert_eq!(
+            run(&mut p, "0024008010363534333231FFFF313233343536FFFF").sw,
+            Sw::Ok
+        );
         assert_eq!(run(&mut p, "0020FF8000").sw, Sw::Ok);
         assert_eq!(run(&mut p, "0020008000").sw, Sw::RetriesLeft(3));
         // Malformed: wrong length, too-short new PIN.
         assert_eq!(run(&mut p, "0020008003313233").sw, Sw::IncorrectData);
-        assert_eq!(run(&mut p, "0024008010313233343536FFFF3132FFFFFFFFFFFF").sw, Sw::IncorrectData);
+        assert_eq!(
+            run(&mut p, "0024008010313233343536FFFF3132FFFFFFFFFFFF").sw,
+            Sw::IncorrectData
+        );
     }
 
     #[test]
     fn mgm_auth_3des_and_aes() {
         let mut p = piv(Firmware(5, 4, 3));
         assert_eq!(run(&mut p, "0047009A05AC03800111").sw, Sw::SecurityStatus);
-        assert_eq!(run(&mut p, "00870A9B047C028000").sw, Sw::IncorrectP1P2, "wrong algorithm");
-        assert_eq!(mgm_auth(&mut p, MgmAlgorithm::TripleDes, &[9u8; 24]), Sw::SecurityStatus);
-        assert_eq!(mgm_auth(&mut p, MgmAlgorithm::TripleDes, &mgmkey::DEFAULT_KEY), Sw::Ok);
-        assert_eq!(run(&mut p, "00FFFFFF1B0A9B18000102030405060708090A0B0C0D0E0F1011121314151617").sw, Sw::Ok);
+        assert_eq!(
+            run(&mut p, "00870A9B047C028000").sw,
+            Sw::IncorrectP1P2,
+            "wrong algorithm"
+        );
+        assert_eq!(
+            mgm_auth(&mut p, MgmAlgorithm::TripleDes, &[9u8; 24]),
+            Sw::SecurityStatus
+        );
+        assert_eq!(
+            mgm_auth(&mut p, MgmAlgorithm::TripleDes, &mgmkey::DEFAULT_KEY),
+            Sw::Ok
+        );
+        assert_eq!(
+            run(
+                &mut p,
+                "00FFFFFF1B0A9B18000102030405060708090A0B0C0D0E0F1011121314151617"
+            )
+            .sw,
+            Sw::Ok
+        );
         assert_eq!(p.state.mgm_alg, MgmAlgorithm::Aes192);
         let key: Vec<u8> = (0u8..24).collect();
         assert_eq!(mgm_auth(&mut p, MgmAlgorithm::Aes192, &key), Sw::Ok);
         let mut p = piv(Firmware(5, 7, 1));
         assert_eq!(p.state.mgm_alg, MgmAlgorithm::Aes192);
-        assert_eq!(run(&mut p, "0087039B047C028000").sw, Sw::IncorrectP1P2, "0.8 crate on 5.7");
-        assert_eq!(mgm_auth(&mut p, MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY), Sw::Ok);
+        assert_eq!(
+            run(&mut p, "0087039B047C028000").sw,
+            Sw::IncorrectP1P2,
+            "0.8 crate on 5.7"
+        );
+        assert_eq!(
+            mgm_auth(&mut p, MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY),
+            Sw::Ok
+        );
         // One-way variant.
         let r = run(&mut p, "00870A9B047C028100");
         let c = &r.data[4..];
         let e = mgmkey::crypt_block(MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY, c, false).unwrap();
         let data = tlv::item(0x7C, &tlv::item(0x82, &e));
-        assert_eq!(run(&mut p, &format!("00870A9B{:02X}{}", data.len(), hex::encode(&data))).sw, Sw::Ok);
+        assert_eq!(
+            run(
+                &mut p,
+                &format!("00870A9B{:02X}{}", data.len(), hex::encode(&data))
+            )
+            .sw,
+            Sw::Ok
+        );
     }
 
     fn sign_apdu(alg: u8, slot: u8, input: &[u8]) -> Command {
         let inner = [tlv::item(0x82, &[]), tlv::item(0x81, input)].concat();
         let data = tlv::item(0x7C, &inner);
-        Command { cla: 0, ins: 0x87, p1: alg, p2: slot, data, ne: None, extended: false }
+        Command {
+            cla: 0,
+            ins: 0x87,
+            p1: alg,
+            p2: slot,
+            data,
+            ne: None,
+            extended: false,
+        }
     }
 
     #[test]
     fn generate_sign_policies_metadata_attest() {
         let mut p = piv(Firmware(5, 4, 3));
-        assert_eq!(mgm_auth(&mut p, MgmAlgorithm::TripleDes, &mgmkey::DEFAULT_KEY), Sw::Ok);
-        assert_eq!(run(&mut p, "0047009E05AC038001E0").sw, Sw::IncorrectData, "no Ed25519 on 5.4");
+        assert_eq!(
+            mgm_auth(&mut p, MgmAlgorithm::TripleDes, &mgmkey::DEFAULT_KEY),
+            Sw::Ok
+        );
+        assert_eq!(
+            run(&mut p, "0047009E05AC038001E0").sw,
+            Sw::IncorrectData,
+            "no Ed25519 on 5.4"
+        );
         let r = run(&mut p, "0047009A05AC03800111");
         assert_eq!(r.sw, Sw::Ok);
         assert_eq!(r.data[..5], [0x7F, 0x49, 0x43, 0x86, 0x41]);
@@ -794,7 +970,10 @@ mod tests {
         assert_eq!(r.data[..5], [0x7F, 0x49, 0x63, 0x86, 0x61]);
         let digest = [0x11u8; 32];
         // 9a = PIN once: needs VERIFY, then any number of signatures.
-        assert_eq!(p.handle(&sign_apdu(0x11, 0x9a, &digest)).sw, Sw::SecurityStatus);
+        assert_eq!(
+            p.handle(&sign_apdu(0x11, 0x9a, &digest)).sw,
+            Sw::SecurityStatus
+        );
         assert_eq!(run(&mut p, "0020008008313233343536FFFF").sw, Sw::Ok);
         for _ in 0..2 {
             let r = p.handle(&sign_apdu(0x11, 0x9a, &digest));
@@ -802,20 +981,37 @@ mod tests {
             let (outer, _) = tlv::parse_one(&r.data).unwrap();
             let items = tlv::parse_all(outer.value).unwrap();
             let sig = p256::ecdsa::Signature::from_der(tlv::find(&items, 0x82).unwrap()).unwrap();
-            let crate::keys::PrivateKey::P256(sk) = &p.state.keys[&0x9a].key else { unreachable!() };
+            let crate::keys::PrivateKey::P256(sk) = &p.state.keys[&0x9a].key else {
+                unreachable!()
+            };
             use ecdsa::signature::hazmat::PrehashVerifier;
-            p256::ecdsa::VerifyingKey::from(sk.public_key()).verify_prehash(&digest, &sig).unwrap();
+            p256::ecdsa::VerifyingKey::from(sk.public_key())
+                .verify_prehash(&digest, &sig)
+                .unwrap();
         }
         // 9c = PIN always: one signature per VERIFY.
         assert_eq!(p.handle(&sign_apdu(0x14, 0x9c, &[1u8; 48])).sw, Sw::Ok);
-        assert_eq!(p.handle(&sign_apdu(0x14, 0x9c, &[1u8; 48])).sw, Sw::SecurityStatus);
-        assert_eq!(p.handle(&sign_apdu(0x11, 0x9c, &[1u8; 32])).sw, Sw::IncorrectP1P2, "wrong alg");
+        assert_eq!(
+            p.handle(&sign_apdu(0x14, 0x9c, &[1u8; 48])).sw,
+            Sw::SecurityStatus
+        );
+        assert_eq!(
+            p.handle(&sign_apdu(0x11, 0x9c, &[1u8; 32])).sw,
+            Sw::IncorrectP1P2,
+            "wrong alg"
+        );
         // Metadata and attestation.
         let r = run(&mut p, "00F7009A00");
         assert_eq!(r.data[..10], hex_bytes("01011102020201030101"));
         assert_eq!(run(&mut p, "00F7009D00").sw, Sw::RefNotFound);
-        assert_eq!(run(&mut p, "00F7008000").data, hex_bytes("0101FF05010106020303"));
-        assert_eq!(run(&mut p, "00F7009B00").data, hex_bytes("01010302020001050101"));
+        assert_eq!(
+            run(&mut p, "00F7008000").data,
+            hex_bytes("0101FF05010106020303")
+        );
+        assert_eq!(
+            run(&mut p, "00F7009B00").data,
+            hex_bytes("01010302020001050101")
+        );
         let r = run(&mut p, "00F99A0000");
         assert_eq!(r.sw, Sw::Ok);
         assert_eq!(r.data[0], 0x30);
@@ -833,16 +1029,33 @@ mod tests {
     fn data_objects_and_reset() {
         let mut p = piv(Firmware(5, 7, 1));
         assert_eq!(run(&mut p, "00CB3FFF055C035FC105").sw, Sw::NotFound);
-        assert_eq!(run(&mut p, "00DB3FFF095C035FC1055302AABB").sw, Sw::SecurityStatus);
-        assert_eq!(mgm_auth(&mut p, MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY), Sw::Ok);
+        assert_eq!(
+            run(&mut p, "00DB3FFF095C035FC1055302AABB").sw,
+            Sw::SecurityStatus
+        );
+        assert_eq!(
+            mgm_auth(&mut p, MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY),
+            Sw::Ok
+        );
         assert_eq!(run(&mut p, "00DB3FFF095C035FC1055302AABB").sw, Sw::Ok);
-        assert_eq!(run(&mut p, "00CB3FFF055C035FC105").data, hex_bytes("5302AABB"));
+        assert_eq!(
+            run(&mut p, "00CB3FFF055C035FC105").data,
+            hex_bytes("5302AABB")
+        );
         assert_eq!(run(&mut p, "00DB3FFF075C035FC1055300").sw, Sw::Ok);
         assert_eq!(run(&mut p, "00CB3FFF055C035FC105").sw, Sw::NotFound);
         assert_eq!(run(&mut p, "00CB3FFF035C017E").data[..2], [0x7E, 0x12]);
-        assert_eq!(run(&mut p, "00CB3FFF055C035FFF01").sw, Sw::Ok, "F9 certificate from the factory");
+        assert_eq!(
+            run(&mut p, "00CB3FFF055C035FFF01").sw,
+            Sw::Ok,
+            "F9 certificate from the factory"
+        );
         assert_eq!(run(&mut p, "00DB3FFF095C035FC1095302AABB").sw, Sw::Ok);
-        assert_eq!(run(&mut p, "00CB3FFF055C035FC109").sw, Sw::SecurityStatus, "PRINTED needs the PIN");
+        assert_eq!(
+            run(&mut p, "00CB3FFF055C035FC109").sw,
+            Sw::SecurityStatus,
+            "PRINTED needs the PIN"
+        );
         assert_eq!(run(&mut p, "00CB3FFF025C00").sw, Sw::IncorrectData);
         // Reset only when PIN and PUK are blocked.
         assert_eq!(run(&mut p, "00FB0000").sw, Sw::Conditions);
@@ -859,7 +1072,10 @@ mod tests {
     #[test]
     fn ed25519_rsa_move_on_57() {
         let mut p = piv(Firmware(5, 7, 1));
-        assert_eq!(mgm_auth(&mut p, MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY), Sw::Ok);
+        assert_eq!(
+            mgm_auth(&mut p, MgmAlgorithm::Aes192, &mgmkey::DEFAULT_KEY),
+            Sw::Ok
+        );
         let r = run(&mut p, "0047009E05AC038001E0");
         assert_eq!(r.data[..5], [0x7F, 0x49, 0x22, 0x86, 0x20]);
         let r = p.handle(&sign_apdu(0xE0, 0x9e, b"hello"));
@@ -872,7 +1088,12 @@ mod tests {
         assert_eq!(run(&mut p, "00F6FF8500").sw, Sw::Ok);
         assert_eq!(run(&mut p, "00F7008500").sw, Sw::RefNotFound);
         // Malformed sign input never panics.
-        for bad in ["0087119A00", "0087119A027C00", "0087119A037C0181", "0087119A047C0282FF"] {
+        for bad in [
+            "0087119A00",
+            "0087119A027C00",
+            "0087119A037C0181",
+            "0087119A047C0282FF",
+        ] {
             let _ = Command::parse(&hex::decode(bad).unwrap()).map(|c| p.handle(&c));
         }
     }

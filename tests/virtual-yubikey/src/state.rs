@@ -126,7 +126,11 @@ pub fn certificate_object(cert_der: &[u8]) -> Vec<u8> {
 
 /// The factory management algorithm for a firmware version.
 pub fn default_mgm_alg(fw: Firmware) -> MgmAlgorithm {
-    if fw >= Firmware(5, 7, 0) { MgmAlgorithm::Aes192 } else { MgmAlgorithm::TripleDes }
+    if fw >= Firmware(5, 7, 0) {
+        MgmAlgorithm::Aes192
+    } else {
+        MgmAlgorithm::TripleDes
+    }
 }
 
 impl Persistent {
@@ -158,9 +162,15 @@ impl Persistent {
         };
         p.keys.insert(
             SLOT_ATTESTATION,
-            SlotKey { key: f9_key, pin_policy: 1, touch_policy: 1, origin: ORIGIN_IMPORTED },
+            SlotKey {
+                key: f9_key,
+                pin_policy: 1,
+                touch_policy: 1,
+                origin: ORIGIN_IMPORTED,
+            },
         );
-        p.objects.insert(OBJ_ATTESTATION_CERT, certificate_object(&f9_cert));
+        p.objects
+            .insert(OBJ_ATTESTATION_CERT, certificate_object(&f9_cert));
         Ok(p)
     }
 
@@ -191,8 +201,8 @@ impl Persistent {
         let name = path.display().to_string();
         match std::fs::read(path) {
             Ok(bytes) => {
-                let file: StateFile =
-                    serde_json::from_slice(&bytes).map_err(|source| StateError::Json { path: name, source })?;
+                let file: StateFile = serde_json::from_slice(&bytes)
+                    .map_err(|source| StateError::Json { path: name, source })?;
                 Persistent::from_file(file)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -210,11 +220,17 @@ impl Persistent {
     /// `StateError` if encoding or writing fails.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let name = path.display().to_string();
-        let json = Zeroizing::new(
-            serde_json::to_vec_pretty(&self.to_file()?).map_err(|source| StateError::Json { path: name.clone(), source })?,
-        );
+        let json = Zeroizing::new(serde_json::to_vec_pretty(&self.to_file()?).map_err(
+            |source| StateError::Json {
+                path: name.clone(),
+                source,
+            },
+        )?);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, json.as_slice()).map_err(|source| StateError::Io { path: name.clone(), source })?;
+        std::fs::write(&tmp, json.as_slice()).map_err(|source| StateError::Io {
+            path: name.clone(),
+            source,
+        })?;
         std::fs::rename(&tmp, path).map_err(|source| StateError::Io { path: name, source })
     }
 
@@ -245,7 +261,11 @@ impl Persistent {
             mgm_touch: self.mgm_touch,
             mgm_default: self.mgm_default,
             keys,
-            objects: self.objects.iter().map(|(id, v)| (format!("{id:06x}"), hex::encode(v))).collect(),
+            objects: self
+                .objects
+                .iter()
+                .map(|(id, v)| (format!("{id:06x}"), hex::encode(v)))
+                .collect(),
             root_key: self.root_key.to_stored()?,
             root_cert: hex::encode(&self.root_cert),
         })
@@ -339,14 +359,26 @@ mod tests {
         assert!(p.objects.contains_key(&OBJ_ATTESTATION_CERT));
         p.keys.insert(
             0x9a,
-            SlotKey { key: PrivateKey::generate(Algorithm::EccP256).unwrap(), pin_policy: 2, touch_policy: 1, origin: 1 },
+            SlotKey {
+                key: PrivateKey::generate(Algorithm::EccP256).unwrap(),
+                pin_policy: 2,
+                touch_policy: 1,
+                origin: 1,
+            },
         );
         p.pin_left = 1;
         p.save(&path).unwrap();
         let q = Persistent::load_or_create(&path, Firmware(5, 4, 3)).unwrap();
         assert_eq!(q.pin_left, 1);
-        assert_eq!(q.mgm_alg, MgmAlgorithm::Aes192, "the file wins over the firmware default");
-        assert_eq!(q.keys[&0x9a].key.public_tlvs(), p.keys[&0x9a].key.public_tlvs());
+        assert_eq!(
+            q.mgm_alg,
+            MgmAlgorithm::Aes192,
+            "the file wins over the firmware default"
+        );
+        assert_eq!(
+            q.keys[&0x9a].key.public_tlvs(),
+            p.keys[&0x9a].key.public_tlvs()
+        );
         assert_eq!(q.root_cert, p.root_cert);
         let mut q = q;
         q.reset_piv(Firmware(5, 4, 3));

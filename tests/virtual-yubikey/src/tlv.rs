@@ -46,14 +46,14 @@ pub fn parse_len(buf: &[u8]) -> Option<(usize, usize)> {
     match first {
         0x00..=0x7F => Some((first as usize, 1)),
         0x81 => Some((*buf.get(1)? as usize, 2)),
-        0x82 => {
-            let b = buf.get(1..3)?;
-            Some(((b[0] as usize) << 8 | b[1] as usize, 3))
-        }
-        0x83 => {
-            let b = buf.get(1..4)?;
-            Some(((b[0] as usize) << 16 | (b[1] as usize) << 8 | b[2] as usize, 4))
-        }
+        0x82 => match buf.get(1..3)? {
+            [a, b] => Some(((*a as usize) << 8 | *b as usize, 3)),
+            _ => None,
+        },
+        0x83 => match buf.get(1..4)? {
+            [a, b, c] => Some(((*a as usize) << 16 | (*b as usize) << 8 | *c as usize, 4)),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -108,7 +108,10 @@ mod tests {
     fn minimal_lengths() {
         assert_eq!(item(0x86, &[0; 0x41])[..2], [0x86, 0x41]);
         assert_eq!(item(0x81, &[0; 0x80])[..3], [0x81, 0x81, 0x80]);
-        assert_eq!(item(0x7F49, &[0; 0x109])[..5], [0x7F, 0x49, 0x82, 0x01, 0x09]);
+        assert_eq!(
+            item(0x7F49, &[0; 0x109])[..5],
+            [0x7F, 0x49, 0x82, 0x01, 0x09]
+        );
     }
 
     #[test]

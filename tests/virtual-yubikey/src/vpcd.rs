@@ -60,15 +60,24 @@ fn sleep_unless(shutdown: &AtomicBool, total: Duration) {
 ///
 /// # Errors
 /// Any socket error, including the peer closing the connection.
-pub fn serve<S: Read + Write>(mut stream: S, card: &mut Card, shutdown: &AtomicBool, log_atr: bool) -> io::Result<()>
-where
-    S: ReadTimeout,
-{
+pub fn serve<S: Read + Write + ReadTimeout>(
+    mut stream: S,
+    card: &mut Card,
+    shutdown: &AtomicBool,
+    log_atr: bool,
+) -> io::Result<()> {
     stream.set_poll_timeout(POLL)?;
     loop {
-        let Some(len) = read_full(&mut stream, 2, shutdown)? else { return Ok(()) };
-        let n = u16::from_be_bytes([len.first().copied().unwrap_or(0), len.get(1).copied().unwrap_or(0)]) as usize;
-        let Some(msg) = read_full(&mut stream, n, shutdown)? else { return Ok(()) };
+        let Some(len) = read_full(&mut stream, 2, shutdown)? else {
+            return Ok(());
+        };
+        let n = u16::from_be_bytes([
+            len.first().copied().unwrap_or(0),
+            len.get(1).copied().unwrap_or(0),
+        ]) as usize;
+        let Some(msg) = read_full(&mut stream, n, shutdown)? else {
+            return Ok(());
+        };
         match msg.as_slice() {
             [] => {}
             [0x00] => card.power(Power::Off),
@@ -108,6 +117,12 @@ impl ReadTimeout for TcpStream {
     }
 }
 
+impl<T: ReadTimeout> ReadTimeout for &mut T {
+    fn set_poll_timeout(&mut self, d: Duration) -> io::Result<()> {
+        (**self).set_poll_timeout(d)
+    }
+}
+
 fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     let len = u16::try_from(payload.len()).map_err(|_| io::Error::other("frame too long"))?;
     let mut buf = Vec::with_capacity(payload.len() + 2);
@@ -118,7 +133,11 @@ fn write_frame(stream: &mut impl Write, payload: &[u8]) -> io::Result<()> {
 }
 
 /// Reads exactly `n` bytes. `Ok(None)` if shutdown was requested while idle.
-fn read_full(stream: &mut impl Read, n: usize, shutdown: &AtomicBool) -> io::Result<Option<Vec<u8>>> {
+fn read_full(
+    stream: &mut impl Read,
+    n: usize,
+    shutdown: &AtomicBool,
+) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; n];
     let mut got = 0;
     while got < n {
@@ -126,7 +145,12 @@ fn read_full(stream: &mut impl Read, n: usize, shutdown: &AtomicBool) -> io::Res
         match stream.read(dst) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(k) => got += k,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if shutdown.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
@@ -177,21 +201,27 @@ mod tests {
     #[test]
     fn framing_control_and_apdu() {
         let fw = Firmware(5, 4, 3);
-        let cfg = Config { serial: 1, firmware: fw, touch: TouchMode::Never, touch_delay: Duration::ZERO };
+        let cfg = Config {
+            serial: 1,
+            firmware: fw,
+            touch: TouchMode::Never,
+            touch_delay: Duration::ZERO,
+        };
         let mut card = Card::new(Piv::new(cfg, Persistent::factory(fw).unwrap()), 1, fw, None);
         let select = hex::decode("00A4040005A000000308").unwrap();
         let input = [frame(&[1]), frame(&[4]), frame(&select), frame(&[2])].concat();
-        let mut pipe = Pipe { input: Cursor::new(input), output: Vec::new() };
+        let mut pipe = Pipe {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        };
         let err = serve(&mut pipe, &mut card, &AtomicBool::new(false), false).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "EOF = card removed");
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::UnexpectedEof,
+            "EOF = card removed"
+        );
         let mut apt = hex::decode("61114F0600001000010079074F05A000000308").unwrap();
         apt.extend_from_slice(&[0x90, 0x00]);
         assert_eq!(pipe.output, [frame(ATR), frame(&apt)].concat());
-    }
-}
-
-impl<T: ReadTimeout> ReadTimeout for &mut T {
-    fn set_poll_timeout(&mut self, d: Duration) -> io::Result<()> {
-        (**self).set_poll_timeout(d)
     }
 }
