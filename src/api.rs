@@ -13,12 +13,19 @@ use crate::service::{self, Service};
 
 /// Generated protobuf and gRPC code for `sigil.v1`, fenced here so nothing else names it by
 /// path.
-#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 pub mod pb {
     tonic::include_proto!("sigil.v1");
 
     /// Encoded file descriptors for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sigil_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("sigil_v1_descriptor");
 
     impl std::fmt::Debug for ImportKeyRequest {
         // Hand-written so the private key can never reach a log through `{:?}`.
@@ -26,7 +33,10 @@ pub mod pb {
             f.debug_struct("ImportKeyRequest")
                 .field("name", &self.name)
                 .field("alg", &self.alg)
-                .field("pkcs8_der", &format_args!("<{} bytes redacted>", self.pkcs8_der.len()))
+                .field(
+                    "pkcs8_der",
+                    &format_args!("<{} bytes redacted>", self.pkcs8_der.len()),
+                )
                 .field("fapi2", &self.fapi2)
                 .finish()
         }
@@ -59,7 +69,8 @@ impl Api {
         // Room for the payload plus the header and envelope, so oversized payloads get our
         // clear INVALID_ARGUMENT up to twice the limit, and tonic's refusal beyond that.
         let max = self.service.options().max_payload_bytes * 2 + 16 * 1024;
-        pb::signing_service_server::SigningServiceServer::new(self.clone()).max_decoding_message_size(max)
+        pb::signing_service_server::SigningServiceServer::new(self.clone())
+            .max_decoding_message_size(max)
     }
 }
 
@@ -120,7 +131,11 @@ fn key_to_pb(k: KeyInfo) -> pb::Key {
                     v.jwk().map(|j| j.to_string()).unwrap_or_default()
                 },
                 uri: v.uri.clone(),
-                key_type: if v.state == KeyState::Destroyed { String::new() } else { v.kind.to_string() },
+                key_type: if v.state == KeyState::Destroyed {
+                    String::new()
+                } else {
+                    v.kind.to_string()
+                },
                 origin: v.origin.as_str().to_owned(),
                 created_at: v.created_at,
             })
@@ -144,7 +159,11 @@ type Result<T> = std::result::Result<Response<T>, Status>;
 impl KeyService for Api {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<pb::Key> {
         let r = req.into_inner();
-        let k = self.service.create_key(&r.name, &r.alg, r.rsa_bits, r.fapi2).await.map_err(status)?;
+        let k = self
+            .service
+            .create_key(&r.name, &r.alg, r.rsa_bits, r.fapi2)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, alg = %r.alg, "key created");
         Ok(Response::new(key_to_pb(k)))
     }
@@ -155,14 +174,22 @@ impl KeyService for Api {
         let der = SecretBytes::new(std::mem::take(&mut r.pkcs8_der));
         let material = parse_pkcs8(&der).map_err(|e| status(e.into()))?;
         drop(der);
-        let k = self.service.import_key(&r.name, &r.alg, r.fapi2, material).await.map_err(status)?;
+        let k = self
+            .service
+            .import_key(&r.name, &r.alg, r.fapi2, material)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, alg = %r.alg, "key imported");
         Ok(Response::new(key_to_pb(k)))
     }
 
     async fn adopt_key(&self, req: Request<pb::AdoptKeyRequest>) -> Result<pb::Key> {
         let r = req.into_inner();
-        let k = self.service.adopt_key(&r.name, &r.alg, r.fapi2, &r.uri).await.map_err(status)?;
+        let k = self
+            .service
+            .adopt_key(&r.name, &r.alg, r.fapi2, &r.uri)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, uri = %r.uri, "key adopted");
         Ok(Response::new(key_to_pb(k)))
     }
@@ -180,21 +207,33 @@ impl KeyService for Api {
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Result<pb::Key> {
         let r = req.into_inner();
-        let k = self.service.rotate_key(&r.name, &r.alg, r.rsa_bits).await.map_err(status)?;
+        let k = self
+            .service
+            .rotate_key(&r.name, &r.alg, r.rsa_bits)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, "key rotated");
         Ok(Response::new(key_to_pb(k)))
     }
 
     async fn activate_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
         let r = req.into_inner();
-        let k = self.service.activate(&r.name, r.version).await.map_err(status)?;
+        let k = self
+            .service
+            .activate(&r.name, r.version)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, version = r.version, "key version activated");
         Ok(Response::new(key_to_pb(k)))
     }
 
     async fn retire_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
         let r = req.into_inner();
-        let k = self.service.retire(&r.name, r.version).await.map_err(status)?;
+        let k = self
+            .service
+            .retire(&r.name, r.version)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, version = r.version, "key version retired");
         Ok(Response::new(key_to_pb(k)))
     }
@@ -202,16 +241,24 @@ impl KeyService for Api {
     async fn destroy_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
         let r = req.into_inner();
         if r.version == 0 {
-            return Err(Status::invalid_argument("destroy needs an explicit version"));
+            return Err(Status::invalid_argument(
+                "destroy needs an explicit version",
+            ));
         }
-        let k = self.service.destroy(&r.name, r.version).await.map_err(status)?;
+        let k = self
+            .service
+            .destroy(&r.name, r.version)
+            .await
+            .map_err(status)?;
         tracing::info!(key = %r.name, version = r.version, "key version destroyed");
         Ok(Response::new(key_to_pb(k)))
     }
 
     async fn get_jwks(&self, _req: Request<pb::GetJwksRequest>) -> Result<pb::GetJwksResponse> {
         let jwks = self.service.jwks().map_err(status)?;
-        Ok(Response::new(pb::GetJwksResponse { jwks_json: jwks.to_string() }))
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: jwks.to_string(),
+        }))
     }
 }
 
@@ -219,7 +266,11 @@ impl KeyService for Api {
 impl SigningService for Api {
     async fn sign_jws(&self, req: Request<pb::SignJwsRequest>) -> Result<pb::SignJwsResponse> {
         let r = req.into_inner();
-        let s = self.service.sign_jws(&r.key, &r.protected_header, &r.payload).await.map_err(status)?;
+        let s = self
+            .service
+            .sign_jws(&r.key, &r.protected_header, &r.payload)
+            .await
+            .map_err(status)?;
         Ok(Response::new(signed(s)))
     }
 
@@ -229,7 +280,11 @@ impl SigningService for Api {
             Some(a) => Some(Alg::parse(&a).map_err(|e| status(e.into()))?),
             None => None,
         };
-        let s = self.service.sign_raw(&r.key, &r.data, alg).await.map_err(status)?;
+        let s = self
+            .service
+            .sign_raw(&r.key, &r.data, alg)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::SignRawResponse {
             signature: s.signature,
             kid: s.kid,
@@ -238,7 +293,10 @@ impl SigningService for Api {
         }))
     }
 
-    async fn sign_id_token(&self, req: Request<pb::SignIdTokenRequest>) -> Result<pb::SignJwsResponse> {
+    async fn sign_id_token(
+        &self,
+        req: Request<pb::SignIdTokenRequest>,
+    ) -> Result<pb::SignJwsResponse> {
         let r = req.into_inner();
         let input = service::IdTokenInput {
             claims_json: r.claims_json,
@@ -246,11 +304,18 @@ impl SigningService for Api {
             access_token: opt(r.access_token),
             code: opt(r.code),
         };
-        let s = self.service.sign_id_token(&r.key, input).await.map_err(status)?;
+        let s = self
+            .service
+            .sign_id_token(&r.key, input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(signed(s)))
     }
 
-    async fn sign_request_object(&self, req: Request<pb::SignRequestObjectRequest>) -> Result<pb::SignJwsResponse> {
+    async fn sign_request_object(
+        &self,
+        req: Request<pb::SignRequestObjectRequest>,
+    ) -> Result<pb::SignJwsResponse> {
         let r = req.into_inner();
         let input = service::RequestObjectInput {
             client_id: r.client_id,
@@ -258,22 +323,36 @@ impl SigningService for Api {
             claims_json: r.claims_json,
             lifetime: r.lifetime_seconds.into(),
         };
-        let s = self.service.sign_request_object(&r.key, input).await.map_err(status)?;
+        let s = self
+            .service
+            .sign_request_object(&r.key, input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(signed(s)))
     }
 
-    async fn sign_client_assertion(&self, req: Request<pb::SignClientAssertionRequest>) -> Result<pb::SignJwsResponse> {
+    async fn sign_client_assertion(
+        &self,
+        req: Request<pb::SignClientAssertionRequest>,
+    ) -> Result<pb::SignJwsResponse> {
         let r = req.into_inner();
         let input = service::ClientAssertionInput {
             client_id: r.client_id,
             audience: r.audience,
             lifetime: r.lifetime_seconds.into(),
         };
-        let s = self.service.sign_client_assertion(&r.key, input).await.map_err(status)?;
+        let s = self
+            .service
+            .sign_client_assertion(&r.key, input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(signed(s)))
     }
 
-    async fn sign_dpop_proof(&self, req: Request<pb::SignDpopProofRequest>) -> Result<pb::SignJwsResponse> {
+    async fn sign_dpop_proof(
+        &self,
+        req: Request<pb::SignDpopProofRequest>,
+    ) -> Result<pb::SignJwsResponse> {
         let r = req.into_inner();
         let input = service::DpopInput {
             htm: r.htm,
@@ -281,7 +360,11 @@ impl SigningService for Api {
             access_token: opt(r.access_token),
             nonce: opt(r.nonce),
         };
-        let s = self.service.sign_dpop_proof(&r.key, input).await.map_err(status)?;
+        let s = self
+            .service
+            .sign_dpop_proof(&r.key, input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(signed(s)))
     }
 }
@@ -292,7 +375,12 @@ mod tests {
 
     #[test]
     fn import_request_debug_hides_key_bytes() {
-        let r = pb::ImportKeyRequest { name: "k".into(), alg: "ES256".into(), pkcs8_der: vec![0x42; 40], fapi2: false };
+        let r = pb::ImportKeyRequest {
+            name: "k".into(),
+            alg: "ES256".into(),
+            pkcs8_der: vec![0x42; 40],
+            fapi2: false,
+        };
         let s = format!("{r:?}");
         assert!(s.contains("40 bytes redacted"));
         assert!(!s.contains("66"));

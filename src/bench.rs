@@ -81,10 +81,18 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     let threads = args.server_threads;
     let running = {
         let (config, path) = (config.clone(), paths.config.clone());
-        tokio::task::spawn_blocking(move || server::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads, true))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || {
+            server::Detached::start(
+                config,
+                path,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                threads,
+                true,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
     };
     let service = Arc::clone(&running.service);
 
@@ -109,21 +117,45 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
         let key = format!("bench-{}", alg.name().to_ascii_lowercase());
         if service.key(&key).is_err() {
-            service.create_key(&key, alg.name(), 0, false).await.map_err(|e| e.to_string())?;
+            service
+                .create_key(&key, alg.name(), 0, false)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         for &clients in &args.clients {
-            let direct = direct_row(&running.backend, &version, alg, clients, duration, &input).await?;
+            let direct =
+                direct_row(&running.backend, &version, alg, clients, duration, &input).await?;
             let inproc = service_row(&service, &key, alg, clients, duration, &input).await?;
-            let via = daemon_row(running.addr, &key, alg, clients, duration, &input, "daemon gRPC, verified").await?;
-            let via2 = daemon_row(addr2, &key, alg, clients, duration, &input, "daemon gRPC, unverified").await?;
+            let via = daemon_row(
+                running.addr,
+                &key,
+                alg,
+                clients,
+                duration,
+                &input,
+                "daemon gRPC, verified",
+            )
+            .await?;
+            let via2 = daemon_row(
+                addr2,
+                &key,
+                alg,
+                clients,
+                duration,
+                &input,
+                "daemon gRPC, unverified",
+            )
+            .await?;
             for r in [direct, inproc, via, via2] {
                 print_row(&r, &rows);
                 rows.push(r);
             }
         }
     }
-    tokio::task::spawn_blocking(move || running.shutdown()).await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || running.shutdown())
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(rows)
 }
 
@@ -152,7 +184,14 @@ fn print_row(r: &Row, earlier: &[Row]) {
     );
 }
 
-fn summarise(alg: Alg, clients: usize, path: &'static str, elapsed: Duration, mut lat: Vec<u64>, errors: u64) -> Row {
+fn summarise(
+    alg: Alg,
+    clients: usize,
+    path: &'static str,
+    elapsed: Duration,
+    mut lat: Vec<u64>,
+    errors: u64,
+) -> Row {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -184,25 +223,40 @@ async fn direct_row(
 ) -> Result<Row, String> {
     let mut handles = Vec::new();
     for _ in 0..clients {
-        let (backend, version, input) = (Arc::clone(backend), Arc::clone(version), Arc::clone(input));
-        handles.push(tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64), String> {
-            let session = backend.open_session().map_err(|e| e.to_string())?;
-            let handle = backend.private_key_handle(&session, &version.key_id).map_err(|e| e.to_string())?;
-            let mut lat = Vec::with_capacity(65536);
-            let mut errors = 0;
-            for _ in 0..50 {
-                let _ = Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input));
-            }
-            let deadline = Instant::now() + duration;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                match Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input)) {
-                    Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
-                    Err(_) => errors += 1,
+        let (backend, version, input) =
+            (Arc::clone(backend), Arc::clone(version), Arc::clone(input));
+        handles.push(tokio::task::spawn_blocking(
+            move || -> Result<(Vec<u64>, u64), String> {
+                let session = backend.open_session().map_err(|e| e.to_string())?;
+                let handle = backend
+                    .private_key_handle(&session, &version.key_id)
+                    .map_err(|e| e.to_string())?;
+                let mut lat = Vec::with_capacity(65536);
+                let mut errors = 0;
+                for _ in 0..50 {
+                    let _ = Pkcs11Backend::direct_sign(
+                        &session,
+                        handle,
+                        version.kind,
+                        &alg.sign_op(&input),
+                    );
                 }
-            }
-            Ok((lat, errors))
-        }));
+                let deadline = Instant::now() + duration;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match Pkcs11Backend::direct_sign(
+                        &session,
+                        handle,
+                        version.kind,
+                        &alg.sign_op(&input),
+                    ) {
+                        Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                Ok((lat, errors))
+            },
+        ));
     }
     let (mut all, mut errors) = (Vec::new(), 0);
     for h in handles {
@@ -210,7 +264,14 @@ async fn direct_row(
         all.extend(lat);
         errors += e;
     }
-    Ok(summarise(alg, clients, "direct PKCS#11", duration, all, errors))
+    Ok(summarise(
+        alg,
+        clients,
+        "direct PKCS#11",
+        duration,
+        all,
+        errors,
+    ))
 }
 
 /// `clients` gRPC clients, each on its own connection and its own thread with a
@@ -227,33 +288,42 @@ async fn daemon_row(
     let mut threads = Vec::new();
     for _ in 0..clients {
         let (key, input) = (key.to_owned(), Arc::clone(input));
-        threads.push(tokio::task::spawn_blocking(move || -> Result<(Vec<u64>, u64), String> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| e.to_string())?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
+        threads.push(tokio::task::spawn_blocking(
+            move || -> Result<(Vec<u64>, u64), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                     .map_err(|e| e.to_string())?;
-                let mut client = pb::signing_service_client::SigningServiceClient::new(channel);
-                let req = || pb::SignRawRequest { key: key.clone(), data: input.to_vec(), alg: String::new() };
-                for _ in 0..50 {
-                    let _ = client.sign_raw(req()).await;
-                }
-                let mut lat = Vec::with_capacity(65536);
-                let mut errors = 0u64;
-                let deadline = Instant::now() + duration;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match client.sign_raw(req()).await {
-                        Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
-                        Err(_) => errors += 1,
+                rt.block_on(async move {
+                    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| e.to_string())?
+                        .tcp_nodelay(true)
+                        .connect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut client = pb::signing_service_client::SigningServiceClient::new(channel);
+                    let req = || pb::SignRawRequest {
+                        key: key.clone(),
+                        data: input.to_vec(),
+                        alg: String::new(),
+                    };
+                    for _ in 0..50 {
+                        let _ = client.sign_raw(req()).await;
                     }
-                }
-                Ok((lat, errors))
-            })
-        }));
+                    let mut lat = Vec::with_capacity(65536);
+                    let mut errors = 0u64;
+                    let deadline = Instant::now() + duration;
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match client.sign_raw(req()).await {
+                            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    Ok((lat, errors))
+                })
+            },
+        ));
     }
     let (mut all, mut errors) = (Vec::new(), 0);
     for t in threads {
@@ -283,7 +353,14 @@ async fn grpc_floor(addr: SocketAddr, duration: Duration) -> Result<Row, String>
             Err(_) => errors += 1,
         }
     }
-    Ok(summarise(Alg::Es256, 1, "gRPC floor", duration, lat, errors))
+    Ok(summarise(
+        Alg::Es256,
+        1,
+        "gRPC floor",
+        duration,
+        lat,
+        errors,
+    ))
 }
 
 /// The service called in-process (worker pool, hashing, checks; no gRPC): what the daemon adds
@@ -319,5 +396,12 @@ async fn service_row(
         all.extend(lat);
         errors += e;
     }
-    Ok(summarise(alg, clients, "service in-process", duration, all, errors))
+    Ok(summarise(
+        alg,
+        clients,
+        "service in-process",
+        duration,
+        all,
+        errors,
+    ))
 }

@@ -84,7 +84,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct Conn {
     /// gRPC endpoint of the daemon.
-    #[arg(long, env = "SIGILD_ENDPOINT", default_value = "http://127.0.0.1:7711", global = true)]
+    #[arg(
+        long,
+        env = "SIGILD_ENDPOINT",
+        default_value = "http://127.0.0.1:7711",
+        global = true
+    )]
     pub endpoint: String,
 }
 
@@ -303,7 +308,8 @@ fn code_name(c: tonic::Code) -> String {
         .enumerate()
         .flat_map(|(i, ch)| {
             let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
-            sep.into_iter().chain(std::iter::once(ch.to_ascii_uppercase()))
+            sep.into_iter()
+                .chain(std::iter::once(ch.to_ascii_uppercase()))
         })
         .collect()
 }
@@ -313,12 +319,18 @@ async fn connect(conn: &Conn) -> Result<Channel, CliError> {
         .map_err(|e| CliError::Local(format!("bad endpoint {}: {e}", conn.endpoint)))?
         .connect()
         .await
-        .map_err(|source| CliError::Connect { endpoint: conn.endpoint.clone(), source })
+        .map_err(|source| CliError::Connect {
+            endpoint: conn.endpoint.clone(),
+            source,
+        })
 }
 
 fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?);
-    let s = std::str::from_utf8(&bytes).map_err(|_| CliError::Local(format!("{}: not UTF-8", path.display())))?;
+    let bytes = Zeroizing::new(
+        std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?,
+    );
+    let s = std::str::from_utf8(&bytes)
+        .map_err(|_| CliError::Local(format!("{}: not UTF-8", path.display())))?;
     Ok(Zeroizing::new(s.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
@@ -335,11 +347,14 @@ fn opt_secret(path: &Option<PathBuf>) -> Result<Zeroizing<String>, CliError> {
 /// Unreadable file, wrong PEM type (with a hint to convert).
 pub fn read_pkcs8(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
     use base64::Engine as _;
-    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?);
+    let raw = Zeroizing::new(
+        std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?,
+    );
     if !raw.starts_with(b"-----BEGIN") {
         return Ok(raw);
     }
-    let text = std::str::from_utf8(&raw).map_err(|_| CliError::Local("PEM file is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| CliError::Local("PEM file is not UTF-8".into()))?;
     let first = text.lines().next().unwrap_or_default();
     if first.trim() != "-----BEGIN PRIVATE KEY-----" {
         return Err(CliError::Local(format!(
@@ -347,7 +362,12 @@ pub fn read_pkcs8(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
             path.display()
         )));
     }
-    let body: Zeroizing<String> = Zeroizing::new(text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect());
+    let body: Zeroizing<String> = Zeroizing::new(
+        text.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::trim)
+            .collect(),
+    );
     let der = base64::engine::general_purpose::STANDARD
         .decode(body.as_bytes())
         .map_err(|e| CliError::Local(format!("{}: bad PEM base64: {e}", path.display())))?;
@@ -401,13 +421,29 @@ fn print_key(k: &pb::Key) -> Result<(), CliError> {
 pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
     let mut c = KeyServiceClient::new(connect(conn).await?);
     match cmd {
-        KeyCommand::Create { name, alg, rsa_bits, fapi2 } => {
-            let k = c.create_key(pb::CreateKeyRequest { name, alg, rsa_bits, fapi2 }).await?.into_inner();
+        KeyCommand::Create {
+            name,
+            alg,
+            rsa_bits,
+            fapi2,
+        } => {
+            let k = c
+                .create_key(pb::CreateKeyRequest {
+                    name,
+                    alg,
+                    rsa_bits,
+                    fapi2,
+                })
+                .await?
+                .into_inner();
             print_key(&k)
         }
         KeyCommand::List => {
             let keys = c.list_keys(pb::ListKeysRequest {}).await?.into_inner().keys;
-            let mut lines = vec![format!("{:<24} {:>7} {:<9} {:<6} {:<9} {}", "NAME", "VERSION", "STATE", "ALG", "TYPE", "KID")];
+            let mut lines = vec![format!(
+                "{:<24} {:>7} {:<9} {:<6} {:<9} {}",
+                "NAME", "VERSION", "STATE", "ALG", "TYPE", "KID"
+            )];
             for k in &keys {
                 for v in &k.versions {
                     lines.push(format!(
@@ -423,9 +459,14 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             }
             print(&lines.join("\n"))
         }
-        KeyCommand::Show { name } => print_key(&c.get_key(pb::GetKeyRequest { name }).await?.into_inner()),
+        KeyCommand::Show { name } => {
+            print_key(&c.get_key(pb::GetKeyRequest { name }).await?.into_inner())
+        }
         KeyCommand::Jwk { name } => {
-            let k = c.get_key(pb::GetKeyRequest { name: name.clone() }).await?.into_inner();
+            let k = c
+                .get_key(pb::GetKeyRequest { name: name.clone() })
+                .await?
+                .into_inner();
             let active = k
                 .versions
                 .iter()
@@ -433,28 +474,66 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
                 .ok_or_else(|| CliError::Local(format!("key {name:?} has no active version")))?;
             print(&active.public_jwk_json)
         }
-        KeyCommand::Rotate { name, alg, rsa_bits } => {
-            print_key(&c.rotate_key(pb::RotateKeyRequest { name, alg, rsa_bits }).await?.into_inner())
-        }
-        KeyCommand::Activate { name, version } => {
-            print_key(&c.activate_key_version(pb::KeyVersionRequest { name, version }).await?.into_inner())
-        }
-        KeyCommand::Retire { name, version } => {
-            print_key(&c.retire_key_version(pb::KeyVersionRequest { name, version }).await?.into_inner())
-        }
-        KeyCommand::Destroy { name, version } => {
-            print_key(&c.destroy_key_version(pb::KeyVersionRequest { name, version }).await?.into_inner())
-        }
-        KeyCommand::Import { name, alg, pkcs8_file, fapi2 } => {
+        KeyCommand::Rotate {
+            name,
+            alg,
+            rsa_bits,
+        } => print_key(
+            &c.rotate_key(pb::RotateKeyRequest {
+                name,
+                alg,
+                rsa_bits,
+            })
+            .await?
+            .into_inner(),
+        ),
+        KeyCommand::Activate { name, version } => print_key(
+            &c.activate_key_version(pb::KeyVersionRequest { name, version })
+                .await?
+                .into_inner(),
+        ),
+        KeyCommand::Retire { name, version } => print_key(
+            &c.retire_key_version(pb::KeyVersionRequest { name, version })
+                .await?
+                .into_inner(),
+        ),
+        KeyCommand::Destroy { name, version } => print_key(
+            &c.destroy_key_version(pb::KeyVersionRequest { name, version })
+                .await?
+                .into_inner(),
+        ),
+        KeyCommand::Import {
+            name,
+            alg,
+            pkcs8_file,
+            fapi2,
+        } => {
             let der = read_pkcs8(&pkcs8_file)?;
-            let mut req = pb::ImportKeyRequest { name, alg, pkcs8_der: der.to_vec(), fapi2 };
+            let mut req = pb::ImportKeyRequest {
+                name,
+                alg,
+                pkcs8_der: der.to_vec(),
+                fapi2,
+            };
             let result = c.import_key(tonic::Request::new(req.clone())).await;
             zeroize::Zeroize::zeroize(&mut req.pkcs8_der);
             print_key(&result?.into_inner())
         }
-        KeyCommand::Adopt { name, alg, uri, fapi2 } => {
-            print_key(&c.adopt_key(pb::AdoptKeyRequest { name, alg, uri, fapi2 }).await?.into_inner())
-        }
+        KeyCommand::Adopt {
+            name,
+            alg,
+            uri,
+            fapi2,
+        } => print_key(
+            &c.adopt_key(pb::AdoptKeyRequest {
+                name,
+                alg,
+                uri,
+                fapi2,
+            })
+            .await?
+            .into_inner(),
+        ),
     }
 }
 
@@ -464,7 +543,11 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
 /// [`CliError`].
 pub async fn jwks_command(conn: &Conn) -> Result<(), CliError> {
     let mut c = KeyServiceClient::new(connect(conn).await?);
-    let jwks = c.get_jwks(pb::GetJwksRequest {}).await?.into_inner().jwks_json;
+    let jwks = c
+        .get_jwks(pb::GetJwksRequest {})
+        .await?
+        .into_inner()
+        .jwks_json;
     let pretty = serde_json::from_str::<serde_json::Value>(&jwks)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -479,17 +562,37 @@ pub async fn jwks_command(conn: &Conn) -> Result<(), CliError> {
 pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError> {
     let mut c = SigningServiceClient::new(connect(conn).await?);
     let compact = match cmd {
-        SignCommand::Jws { key, header_json, payload_json } => {
-            let req = pb::SignJwsRequest { key, protected_header: header_json.into_bytes(), payload: payload_json.into_bytes() };
+        SignCommand::Jws {
+            key,
+            header_json,
+            payload_json,
+        } => {
+            let req = pb::SignJwsRequest {
+                key,
+                protected_header: header_json.into_bytes(),
+                payload: payload_json.into_bytes(),
+            };
             c.sign_jws(req).await?.into_inner().compact
         }
         SignCommand::Raw { key, alg } => {
             let mut data = Vec::new();
-            std::io::stdin().read_to_end(&mut data).map_err(|e| CliError::Local(format!("stdin: {e}")))?;
-            let sig = c.sign_raw(pb::SignRawRequest { key, data, alg }).await?.into_inner().signature;
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .map_err(|e| CliError::Local(format!("stdin: {e}")))?;
+            let sig = c
+                .sign_raw(pb::SignRawRequest { key, data, alg })
+                .await?
+                .into_inner()
+                .signature;
             jose::b64(&sig)
         }
-        SignCommand::IdToken { key, claims_json, lifetime, access_token_file, code_file } => {
+        SignCommand::IdToken {
+            key,
+            claims_json,
+            lifetime,
+            access_token_file,
+            code_file,
+        } => {
             let access_token = opt_secret(&access_token_file)?;
             let code = opt_secret(&code_file)?;
             let req = pb::SignIdTokenRequest {
@@ -501,15 +604,43 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             };
             c.sign_id_token(req).await?.into_inner().compact
         }
-        SignCommand::Jar { key, client_id, audience, claims_json, lifetime } => {
-            let req = pb::SignRequestObjectRequest { key, client_id, audience, claims_json, lifetime_seconds: lifetime };
+        SignCommand::Jar {
+            key,
+            client_id,
+            audience,
+            claims_json,
+            lifetime,
+        } => {
+            let req = pb::SignRequestObjectRequest {
+                key,
+                client_id,
+                audience,
+                claims_json,
+                lifetime_seconds: lifetime,
+            };
             c.sign_request_object(req).await?.into_inner().compact
         }
-        SignCommand::ClientAssertion { key, client_id, audience, lifetime } => {
-            let req = pb::SignClientAssertionRequest { key, client_id, audience, lifetime_seconds: lifetime };
+        SignCommand::ClientAssertion {
+            key,
+            client_id,
+            audience,
+            lifetime,
+        } => {
+            let req = pb::SignClientAssertionRequest {
+                key,
+                client_id,
+                audience,
+                lifetime_seconds: lifetime,
+            };
             c.sign_client_assertion(req).await?.into_inner().compact
         }
-        SignCommand::Dpop { key, htm, htu, access_token_file, nonce } => {
+        SignCommand::Dpop {
+            key,
+            htm,
+            htu,
+            access_token_file,
+            nonce,
+        } => {
             let access_token = opt_secret(&access_token_file)?;
             let req = pb::SignDpopProofRequest {
                 key,
@@ -530,7 +661,8 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
 /// The first problem found, located.
 pub fn check_config(path: &Path) -> Result<(), CliError> {
     let c = Config::load(path).map_err(|e| CliError::Local(e.to_string()))?;
-    c.check_environment(path).map_err(|e| CliError::Local(e.to_string()))?;
+    c.check_environment(path)
+        .map_err(|e| CliError::Local(e.to_string()))?;
     print(&format!("{}: OK", path.display()))
 }
 
@@ -540,7 +672,10 @@ mod tests {
 
     #[test]
     fn status_codes_print_like_grpc() {
-        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(
+            code_name(tonic::Code::FailedPrecondition),
+            "FAILED_PRECONDITION"
+        );
         assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
     }
 
@@ -548,8 +683,14 @@ mod tests {
     fn pem_of_the_wrong_kind_gets_a_hint() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("k.pem");
-        std::fs::write(&p, "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n")?;
-        let err = read_pkcs8(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        std::fs::write(
+            &p,
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )?;
+        let err = read_pkcs8(&p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("openssl pkcs8 -topk8"), "{err}");
         Ok(())
     }
@@ -557,7 +698,18 @@ mod tests {
     #[test]
     fn cli_parses() {
         assert!(Cli::try_parse_from(["sigild", "key", "create", "k", "--alg", "ES256"]).is_ok());
-        assert!(Cli::try_parse_from(["sigild", "sign", "--endpoint", "http://x:1", "raw", "--key", "k"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "sigild",
+                "sign",
+                "--endpoint",
+                "http://x:1",
+                "raw",
+                "--key",
+                "k"
+            ])
+            .is_ok()
+        );
         assert!(Cli::try_parse_from(["sigild", "serve"]).is_err());
     }
 }

@@ -69,7 +69,9 @@ pub struct KeyringConfig {
 
 impl Default for KeyringConfig {
     fn default() -> Self {
-        KeyringConfig { refresh_seconds: default_refresh() }
+        KeyringConfig {
+            refresh_seconds: default_refresh(),
+        }
     }
 }
 
@@ -158,7 +160,10 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file, line and field.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(path, &text)
     }
 
@@ -176,11 +181,18 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_owned(), field, message };
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
         if !self.server.listen.ip().is_loopback() {
             return Err(invalid(
                 "server.listen",
-                format!("{} is not a loopback address; plaintext gRPC is only served on loopback", self.server.listen),
+                format!(
+                    "{} is not a loopback address; plaintext gRPC is only served on loopback",
+                    self.server.listen
+                ),
             ));
         }
         self.token_uri().map_err(|e| invalid("pkcs11.token", e))?;
@@ -191,10 +203,16 @@ impl Config {
             return Err(invalid("pkcs11.queue_depth", "must be at least 1".into()));
         }
         if self.keyring.refresh_seconds == 0 {
-            return Err(invalid("keyring.refresh_seconds", "must be at least 1".into()));
+            return Err(invalid(
+                "keyring.refresh_seconds",
+                "must be at least 1".into(),
+            ));
         }
         if !(256..=16 * 1024 * 1024).contains(&self.signing.max_payload_bytes) {
-            return Err(invalid("signing.max_payload_bytes", "must be between 256 and 16777216".into()));
+            return Err(invalid(
+                "signing.max_payload_bytes",
+                "must be between 256 and 16777216".into(),
+            ));
         }
         if self.signing.timeout_ms == 0 {
             return Err(invalid("signing.timeout_ms", "must be at least 1".into()));
@@ -205,7 +223,10 @@ impl Config {
     fn token_uri(&self) -> Result<Pkcs11Uri, String> {
         let uri: Pkcs11Uri = self.pkcs11.token.parse().map_err(|e| format!("{e}"))?;
         if uri.token.is_none() && uri.serial.is_none() {
-            return Err("name the token by label (token=) or serial (serial=); slot ids are not stable".into());
+            return Err(
+                "name the token by label (token=) or serial (serial=); slot ids are not stable"
+                    .into(),
+            );
         }
         if uri.object.is_some() || uri.id.is_some() {
             return Err("the token URI must not name an object".into());
@@ -225,11 +246,15 @@ impl Config {
                 message: format!("{} is not a file", self.pkcs11.module.display()),
             });
         }
-        self.pkcs11.pin.read().map(drop).map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            field: "pkcs11.pin",
-            message: e.to_string(),
-        })
+        self.pkcs11
+            .pin
+            .read()
+            .map(drop)
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "pkcs11.pin",
+                message: e.to_string(),
+            })
     }
 
     /// Typed backend settings, reading the PIN now.
@@ -237,11 +262,19 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] when the PIN cannot be read.
     pub fn pkcs11_settings(&self, path: &Path) -> Result<Pkcs11Settings, ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_owned(), field, message };
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
         Ok(Pkcs11Settings {
             module: self.pkcs11.module.clone(),
             token: self.token_uri().map_err(|e| invalid("pkcs11.token", e))?,
-            pin: self.pkcs11.pin.read().map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
+            pin: self
+                .pkcs11
+                .pin
+                .read()
+                .map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
             workers: self.pkcs11.workers,
             queue_depth: self.pkcs11.queue_depth,
         })
@@ -282,8 +315,14 @@ pin = { file = "/etc/sigild/pin" }
 
     #[test]
     fn unknown_field_names_line_and_field() {
-        let text = GOOD.replace("workers", "x").replace("[pkcs11]", "[pkcs11]\nwrokers = 4");
-        let err = Config::parse(Path::new("x.toml"), &text).map(drop).err().map(|e| e.to_string()).unwrap_or_default();
+        let text = GOOD
+            .replace("workers", "x")
+            .replace("[pkcs11]", "[pkcs11]\nwrokers = 4");
+        let err = Config::parse(Path::new("x.toml"), &text)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.starts_with("x.toml: "), "{err}");
         assert!(err.contains("line 6"), "{err}");
         assert!(err.contains("wrokers"), "{err}");
@@ -294,10 +333,18 @@ pin = { file = "/etc/sigild/pin" }
         let lit = GOOD.replace(r#"pin = { file = "/etc/sigild/pin" }"#, r#"pin = "1234""#);
         assert!(Config::parse(Path::new("x"), &lit).is_err());
         let wide = GOOD.replace("127.0.0.1", "0.0.0.0");
-        let err = Config::parse(Path::new("x"), &wide).map(drop).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Config::parse(Path::new("x"), &wide)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("server.listen"), "{err}");
         let slot = GOOD.replace("pkcs11:token=sigild-dev", "pkcs11:slot-id=0");
-        let err = Config::parse(Path::new("x"), &slot).map(drop).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Config::parse(Path::new("x"), &slot)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("pkcs11.token"), "{err}");
     }
 }

@@ -19,7 +19,11 @@ pub const DEV_TOKEN_LABEL: &str = "sigild-dev";
 pub const DEV_LISTEN: &str = "127.0.0.1:7711";
 
 /// Keys `sigild dev` creates on first run: the three algorithms FAPI 2.0 allows.
-pub const DEV_KEYS: [(&str, &str); 3] = [("dev-es256", "ES256"), ("dev-ps256", "PS256"), ("dev-eddsa", "EdDSA")];
+pub const DEV_KEYS: [(&str, &str); 3] = [
+    ("dev-es256", "ES256"),
+    ("dev-ps256", "PS256"),
+    ("dev-eddsa", "EdDSA"),
+];
 
 /// Where Debian, Ubuntu, Fedora and source builds put the SoftHSM module.
 const SOFTHSM_MODULES: [&str; 4] = [
@@ -53,7 +57,9 @@ pub enum DevError {
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
     /// No SoftHSM module.
-    #[error("SoftHSM2 is not installed (looked for {0}); install it with `apt-get install softhsm2`, or set SIGILD_PKCS11_MODULE")]
+    #[error(
+        "SoftHSM2 is not installed (looked for {0}); install it with `apt-get install softhsm2`, or set SIGILD_PKCS11_MODULE"
+    )]
     NoModule(String),
     /// Token initialisation failed.
     #[error("cannot initialise the dev token: {0}")]
@@ -91,7 +97,11 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
     };
     let module = softhsm_module()?;
     let tokens = dir.join("tokens");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&tokens).map_err(io(&tokens))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&tokens)
+        .map_err(io(&tokens))?;
     let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
     let tokens = dir.join("tokens");
     let paths = DevPaths {
@@ -138,12 +148,16 @@ fn random_pin() -> Result<String, DevError> {
 pub fn ensure_token(paths: &DevPaths) -> Result<bool, DevError> {
     let tok = |e: cryptoki::error::Error| DevError::Token(e.to_string());
     let ctx = Pkcs11::new(&paths.module).map_err(tok)?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(tok)?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(tok)?;
     let exists = ctx
         .get_slots_with_token()
         .map_err(tok)?
         .into_iter()
-        .any(|s| ctx.get_token_info(s).is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL));
+        .any(|s| {
+            ctx.get_token_info(s)
+                .is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL)
+        });
     if exists {
         return Ok(false);
     }
@@ -156,17 +170,23 @@ pub fn ensure_token(paths: &DevPaths) -> Result<bool, DevError> {
     let so = SecretSource::File(paths.so_pin.clone()).read()?;
     let user = SecretSource::File(paths.user_pin.clone()).read()?;
     let so_pin = AuthPin::from(so.expose().to_owned());
-    ctx.init_token(free, &so_pin, DEV_TOKEN_LABEL).map_err(tok)?;
+    ctx.init_token(free, &so_pin, DEV_TOKEN_LABEL)
+        .map_err(tok)?;
     // SoftHSM renumbers slots after initialisation: find the token again by label.
     let slot = ctx
         .get_slots_with_token()
         .map_err(tok)?
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL))
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL)
+        })
         .ok_or_else(|| DevError::Token("token vanished after initialisation".into()))?;
     let session = ctx.open_rw_session(slot).map_err(tok)?;
     session.login(UserType::So, Some(&so_pin)).map_err(tok)?;
-    session.init_pin(&AuthPin::from(user.expose().to_owned())).map_err(tok)?;
+    session
+        .init_pin(&AuthPin::from(user.expose().to_owned()))
+        .map_err(tok)?;
     session.logout().map_err(tok)?;
     drop(session);
     ctx.finalize().map_err(tok)?;

@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendError, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record};
+use crate::backend::{
+    Backend, BackendError, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+};
 use crate::crypto::{Curve, KeyKind, PublicKey};
 use crate::jose::{self, Alg, JoseError};
 
@@ -189,7 +191,10 @@ pub struct KeyInfo {
 impl KeyInfo {
     /// The version that signs now.
     pub fn active(&self) -> Option<&Arc<VersionInfo>> {
-        self.versions.iter().rev().find(|v| v.state == KeyState::Active)
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state == KeyState::Active)
     }
 }
 
@@ -296,10 +301,16 @@ impl Keyring {
                     Ok(name) => {
                         parsed.entry(name).or_default().insert(r.version, r);
                     }
-                    Err(e) => tracing::error!(label = %rec.label, error = %e, "skipping keyring record"),
+                    Err(e) => {
+                        tracing::error!(label = %rec.label, error = %e, "skipping keyring record")
+                    }
                 },
-                Ok(r) => tracing::error!(label = %rec.label, format = r.format, "unknown keyring record format"),
-                Err(e) => tracing::error!(label = %rec.label, error = %e, "unreadable keyring record"),
+                Ok(r) => {
+                    tracing::error!(label = %rec.label, format = r.format, "unknown keyring record format")
+                }
+                Err(e) => {
+                    tracing::error!(label = %rec.label, error = %e, "unreadable keyring record")
+                }
             }
         }
         let mut map = BTreeMap::new();
@@ -311,13 +322,25 @@ impl Keyring {
                 .find(|r| r.state == KeyState::Active)
                 .map(|r| r.version);
             for rec in versions.values() {
-                match self.version_from_record(&name, rec, &known, newest_active).await {
+                match self
+                    .version_from_record(&name, rec, &known, newest_active)
+                    .await
+                {
                     Ok(v) => infos.push(v),
-                    Err(e) => tracing::error!(key = %name, version = rec.version, error = %e, "keyring version unavailable"),
+                    Err(e) => {
+                        tracing::error!(key = %name, version = rec.version, error = %e, "keyring version unavailable")
+                    }
                 }
             }
             let fapi2 = infos.last().is_some_and(|v| v.fapi2);
-            map.insert(name.clone(), KeyInfo { name, fapi2, versions: infos });
+            map.insert(
+                name.clone(),
+                KeyInfo {
+                    name,
+                    fapi2,
+                    versions: infos,
+                },
+            );
         }
         *self.keys.write().map_err(|_| poisoned())? = map;
         Ok(())
@@ -341,7 +364,9 @@ impl Keyring {
         };
         let (public, uri) = match known.get(&key_id) {
             Some(v) => (v.public.clone(), v.uri.clone()),
-            None if state == KeyState::Destroyed => (PublicKey::Ed25519 { x: Vec::new() }, String::new()),
+            None if state == KeyState::Destroyed => {
+                (PublicKey::Ed25519 { x: Vec::new() }, String::new())
+            }
             None => {
                 let obj = self.backend.key(&key_id).await?;
                 (obj.public, obj.uri)
@@ -400,7 +425,7 @@ impl Keyring {
             .map_err(|_| poisoned())?
             .get(&name)
             .cloned()
-            .ok_or_else(|| KeyringError::KeyNotFound(name.0))
+            .ok_or(KeyringError::KeyNotFound(name.0))
     }
 
     /// Every key.
@@ -427,7 +452,14 @@ impl Keyring {
     ///
     /// # Errors
     /// Name, alg, FAPI and backend errors; [`KeyringError::AlreadyExists`].
-    pub async fn create(&self, name: &str, alg: Alg, rsa_bits: u32, fapi2: bool, now: i64) -> Result<KeyInfo, KeyringError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        alg: Alg,
+        rsa_bits: u32,
+        fapi2: bool,
+        now: i64,
+    ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
         let kind = kind_for(alg, rsa_bits)?;
         check_alg(alg, kind, fapi2)?;
@@ -436,30 +468,70 @@ impl Keyring {
         self.ensure_absent(&name)?;
         let obj = self
             .backend
-            .generate(KeySpec { kind, label: device_label(&name, 1) })
+            .generate(KeySpec {
+                kind,
+                label: device_label(&name, 1),
+            })
             .await?;
-        self.add_version(&name, 1, KeyState::Active, alg, fapi2, Origin::Generated, obj, now).await
+        self.add_version(
+            &name,
+            1,
+            KeyState::Active,
+            alg,
+            fapi2,
+            Origin::Generated,
+            obj,
+            now,
+        )
+        .await
     }
 
     /// Import PKCS#8 key material as version 1 of a new key (migration).
     ///
     /// # Errors
     /// As for [`Keyring::create`], plus import errors.
-    pub async fn import(&self, name: &str, alg: Alg, fapi2: bool, material: PrivateKeyMaterial, now: i64) -> Result<KeyInfo, KeyringError> {
+    pub async fn import(
+        &self,
+        name: &str,
+        alg: Alg,
+        fapi2: bool,
+        material: PrivateKeyMaterial,
+        now: i64,
+    ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
         check_alg(alg, material.public().kind(), fapi2)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
-        let obj = self.backend.import(device_label(&name, 1), material).await?;
-        self.add_version(&name, 1, KeyState::Active, alg, fapi2, Origin::Imported, obj, now).await
+        let obj = self
+            .backend
+            .import(device_label(&name, 1), material)
+            .await?;
+        self.add_version(
+            &name,
+            1,
+            KeyState::Active,
+            alg,
+            fapi2,
+            Origin::Imported,
+            obj,
+            now,
+        )
+        .await
     }
 
     /// Adopt a key pair made by another tool as version 1 of a new key.
     ///
     /// # Errors
     /// As for [`Keyring::create`], plus URI errors.
-    pub async fn adopt(&self, name: &str, alg: Alg, fapi2: bool, uri: &str, now: i64) -> Result<KeyInfo, KeyringError> {
+    pub async fn adopt(
+        &self,
+        name: &str,
+        alg: Alg,
+        fapi2: bool,
+        uri: &str,
+        now: i64,
+    ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
@@ -470,22 +542,44 @@ impl Keyring {
             .flat_map(|k| k.versions.clone())
             .find(|v| v.state != KeyState::Destroyed && v.uri == uri);
         if let Some(v) = in_use {
-            return Err(KeyringError::AlreadyExists(format!("{} (already holds that key pair)", v.name)));
+            return Err(KeyringError::AlreadyExists(format!(
+                "{} (already holds that key pair)",
+                v.name
+            )));
         }
         let obj = self.backend.adopt(uri.to_owned()).await?;
         check_alg(alg, obj.public.kind(), fapi2)?;
-        self.add_version(&name, 1, KeyState::Active, alg, fapi2, Origin::Adopted, obj, now).await
+        self.add_version(
+            &name,
+            1,
+            KeyState::Active,
+            alg,
+            fapi2,
+            Origin::Adopted,
+            obj,
+            now,
+        )
+        .await
     }
 
     /// Add a version in state `next`, with the same alg unless another is given.
     ///
     /// # Errors
     /// [`KeyringError::KeyNotFound`], alg/FAPI and backend errors.
-    pub async fn rotate(&self, name: &str, alg: Option<Alg>, rsa_bits: u32, now: i64) -> Result<KeyInfo, KeyringError> {
+    pub async fn rotate(
+        &self,
+        name: &str,
+        alg: Option<Alg>,
+        rsa_bits: u32,
+        now: i64,
+    ) -> Result<KeyInfo, KeyringError> {
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         let key = self.get(name)?;
-        let newest = key.versions.last().ok_or_else(|| KeyringError::KeyNotFound(name.to_owned()))?;
+        let newest = key
+            .versions
+            .last()
+            .ok_or_else(|| KeyringError::KeyNotFound(name.to_owned()))?;
         let alg = alg.unwrap_or(newest.alg);
         let bits = match (rsa_bits, newest.kind) {
             (0, KeyKind::Rsa { bits }) => bits,
@@ -496,9 +590,22 @@ impl Keyring {
         let version = newest.version + 1;
         let obj = self
             .backend
-            .generate(KeySpec { kind, label: device_label(&key.name, version) })
+            .generate(KeySpec {
+                kind,
+                label: device_label(&key.name, version),
+            })
             .await?;
-        self.add_version(&key.name, version, KeyState::Next, alg, key.fapi2, Origin::Generated, obj, now).await
+        self.add_version(
+            &key.name,
+            version,
+            KeyState::Next,
+            alg,
+            key.fapi2,
+            Origin::Generated,
+            obj,
+            now,
+        )
+        .await
     }
 
     /// Make `version` (0 = the newest `next`) active; the previous active version is retired.
@@ -552,7 +659,9 @@ impl Keyring {
         self.refresh_locked().await?;
         let key = self.get(name)?;
         let target = if version == 0 {
-            key.active().cloned().ok_or_else(|| KeyringError::NoActiveVersion(name.to_owned()))?
+            key.active()
+                .cloned()
+                .ok_or_else(|| KeyringError::NoActiveVersion(name.to_owned()))?
         } else {
             find_version(&key, version)?
         };
@@ -668,7 +777,10 @@ fn find_version(key: &KeyInfo, version: u32) -> Result<Arc<VersionInfo>, Keyring
         .iter()
         .find(|v| v.version == version)
         .cloned()
-        .ok_or_else(|| KeyringError::VersionNotFound { name: key.name.0.clone(), version })
+        .ok_or_else(|| KeyringError::VersionNotFound {
+            name: key.name.0.clone(),
+            version,
+        })
 }
 
 /// The device label of a version's key pair: what `pkcs11-tool --list-objects` shows.
@@ -698,7 +810,10 @@ pub fn kind_for(alg: Alg, rsa_bits: u32) -> Result<KeyKind, KeyringError> {
 /// The alg must fit the key, and FAPI 2.0 keys only allow what FAPI 2.0 allows.
 fn check_alg(alg: Alg, kind: KeyKind, fapi2: bool) -> Result<(), KeyringError> {
     if !alg.fits(kind) {
-        return Err(KeyringError::Jose(JoseError::AlgKeyMismatch { alg, key: kind }));
+        return Err(KeyringError::Jose(JoseError::AlgKeyMismatch {
+            alg,
+            key: kind,
+        }));
     }
     if fapi2 {
         jose::check_fapi2(alg, kind)?;
@@ -748,8 +863,14 @@ mod tests {
 
     #[test]
     fn kinds_for_algs() {
-        assert!(matches!(kind_for(Alg::Ps256, 0), Ok(KeyKind::Rsa { bits: 2048 })));
-        assert!(matches!(kind_for(Alg::Rs256, 4096), Ok(KeyKind::Rsa { bits: 4096 })));
+        assert!(matches!(
+            kind_for(Alg::Ps256, 0),
+            Ok(KeyKind::Rsa { bits: 2048 })
+        ));
+        assert!(matches!(
+            kind_for(Alg::Rs256, 4096),
+            Ok(KeyKind::Rsa { bits: 4096 })
+        ));
         assert!(kind_for(Alg::Ps256, 1024).is_err());
         assert!(matches!(kind_for(Alg::EdDsa, 0), Ok(KeyKind::Ed25519)));
     }

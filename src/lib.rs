@@ -1,15 +1,15 @@
 //! sigild: keeps signing keys on hardware and signs for the identity stack.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod config;
 pub mod crypto;
+pub mod dev;
 pub mod jose;
 pub mod keyring;
 pub mod secret;
-pub mod service;
-pub mod api;
-pub mod config;
 pub mod server;
-pub mod bench;
-pub mod cli;
-pub mod dev;
+pub mod service;

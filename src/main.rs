@@ -31,7 +31,10 @@ fn main() -> ExitCode {
     if let Some(p) = &dev_paths {
         set_softhsm_conf(&p.softhsm_conf);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };

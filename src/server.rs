@@ -76,7 +76,10 @@ impl Running {
     ///
     /// # Errors
     /// As for [`Running::shutdown`].
-    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StartError> {
         tokio::select! {
             () = signal => self.shutdown().await,
             r = &mut self.server => match r {
@@ -94,7 +97,9 @@ impl Running {
 /// the daemon starts NOT_SERVING and answers UNAVAILABLE until the token appears.
 pub async fn start(config: &Config, config_path: &Path) -> Result<Running, StartError> {
     let addr = config.server.listen;
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
     start_on(config, config_path, listener).await
 }
 
@@ -102,23 +107,32 @@ pub async fn start(config: &Config, config_path: &Path) -> Result<Running, Start
 ///
 /// # Errors
 /// As for [`start`].
-pub async fn start_on(config: &Config, config_path: &Path, listener: TcpListener) -> Result<Running, StartError> {
+pub async fn start_on(
+    config: &Config,
+    config_path: &Path,
+    listener: TcpListener,
+) -> Result<Running, StartError> {
     let settings = config.pkcs11_settings(config_path)?;
-    let (backend, startup_issue) = tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
-        .await
-        .map_err(|e| StartError::Reflection(format!("backend start task: {e}")))??;
+    let (backend, startup_issue) =
+        tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
+            .await
+            .map_err(|e| StartError::Reflection(format!("backend start task: {e}")))??;
     let backend = Arc::new(backend);
     if let Some(issue) = &startup_issue {
         tracing::warn!(error = %issue, "token not usable yet; serving NOT_SERVING until it is");
     }
     let dyn_backend: Arc<dyn Backend> = backend.clone();
     let keyring = Arc::new(Keyring::new(dyn_backend));
-    if startup_issue.is_none() {
-        if let Err(e) = keyring.refresh().await {
-            tracing::warn!(error = %e, "cannot load the keyring yet");
-        }
+    if startup_issue.is_none()
+        && let Err(e) = keyring.refresh().await
+    {
+        tracing::warn!(error = %e, "cannot load the keyring yet");
     }
-    let service = Arc::new(Service::new(keyring, Arc::new(SystemClock), config.service_options()));
+    let service = Arc::new(Service::new(
+        keyring,
+        Arc::new(SystemClock),
+        config.service_options(),
+    ));
     let api = Api::new(Arc::clone(&service));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -130,9 +144,17 @@ pub async fn start_on(config: &Config, config_path: &Path, listener: TcpListener
 
     let (stop, mut stopped) = watch::channel(false);
     let refresh = Duration::from_secs(config.keyring.refresh_seconds);
-    tokio::spawn(maintain(Arc::clone(&service), health, refresh, stop.subscribe()));
+    tokio::spawn(maintain(
+        Arc::clone(&service),
+        health,
+        refresh,
+        stop.subscribe(),
+    ));
 
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.server.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.server.listen,
+        source,
+    })?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.server.concurrency_per_connection)
@@ -144,7 +166,13 @@ pub async fn start_on(config: &Config, config_path: &Path, listener: TcpListener
         let _ = stopped.wait_for(|s| *s).await;
     }));
     tracing::info!(%addr, backend = %service.keyring().backend().describe(), "listening");
-    Ok(Running { addr, service, backend, stop, server })
+    Ok(Running {
+        addr,
+        service,
+        backend,
+        stop,
+        server,
+    })
 }
 
 /// Keep readiness and the keyring current: check the device, refresh the keyring (other
@@ -172,10 +200,18 @@ async fn maintain(
             }
         }
         if serving != Some(ok) {
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             health.set_service_status("", status).await;
-            health.set_service_status("sigil.v1.SigningService", status).await;
-            health.set_service_status("sigil.v1.KeyService", status).await;
+            health
+                .set_service_status("sigil.v1.SigningService", status)
+                .await;
+            health
+                .set_service_status("sigil.v1.KeyService", status)
+                .await;
             if ok {
                 tracing::info!("device available: SERVING");
             } else {
@@ -222,14 +258,22 @@ impl Detached {
             .name("sigild-daemon".into())
             .spawn(move || {
                 let rt = if threads == 0 {
-                    tokio::runtime::Builder::new_current_thread().enable_all().build()
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
                 } else {
-                    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .enable_all()
+                        .build()
                 };
                 let rt = match rt {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(StartError::Listen { addr: listen, source: e }));
+                        let _ = ready_tx.send(Err(StartError::Listen {
+                            addr: listen,
+                            source: e,
+                        }));
                         return;
                     }
                 };
@@ -237,7 +281,10 @@ impl Detached {
                     let listener = match TcpListener::bind(listen).await {
                         Ok(l) => l,
                         Err(source) => {
-                            let _ = ready_tx.send(Err(StartError::Listen { addr: listen, source }));
+                            let _ = ready_tx.send(Err(StartError::Listen {
+                                addr: listen,
+                                source,
+                            }));
                             return;
                         }
                     };
@@ -254,8 +301,17 @@ impl Detached {
                             } else {
                                 None
                             };
-                            let _ = ready_tx.send(Ok((running.addr, unverified, Arc::clone(&running.service), Arc::clone(&running.backend))));
-                            let _ = running.run_until(async { let _ = stop_rx.await; }).await;
+                            let _ = ready_tx.send(Ok((
+                                running.addr,
+                                unverified,
+                                Arc::clone(&running.service),
+                                Arc::clone(&running.backend),
+                            )));
+                            let _ = running
+                                .run_until(async {
+                                    let _ = stop_rx.await;
+                                })
+                                .await;
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -263,11 +319,21 @@ impl Detached {
                     }
                 });
             })
-            .map_err(|e| StartError::Listen { addr: listen, source: e })?;
+            .map_err(|e| StartError::Listen {
+                addr: listen,
+                source: e,
+            })?;
         let (addr, unverified_addr, service, backend) = ready_rx
             .recv()
             .map_err(|_| StartError::Reflection("daemon thread exited during start".into()))??;
-        Ok(Detached { addr, unverified_addr, service, backend, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Detached {
+            addr,
+            unverified_addr,
+            service,
+            backend,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 
     /// Stop the daemon and wait for its thread.
@@ -282,21 +348,35 @@ impl Detached {
 }
 
 /// Serve `service`'s keyring a second time with verification off (signing API only).
-async fn serve_unverified(service: &Arc<Service>, listen: SocketAddr) -> Result<SocketAddr, StartError> {
+async fn serve_unverified(
+    service: &Arc<Service>,
+    listen: SocketAddr,
+) -> Result<SocketAddr, StartError> {
     let unverified = Arc::new(Service::new(
         Arc::clone(service.keyring()),
         Arc::new(SystemClock),
-        crate::service::ServiceOptions { verify_signatures: false, ..service.options().clone() },
+        crate::service::ServiceOptions {
+            verify_signatures: false,
+            ..service.options().clone()
+        },
     ));
     let listener = TcpListener::bind(SocketAddr::new(listen.ip(), 0))
         .await
-        .map_err(|source| StartError::Listen { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
     let api = Api::new(unverified);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(api.signing_service())
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     Ok(addr)
 }

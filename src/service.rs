@@ -165,7 +165,9 @@ impl From<JoseError> for Error {
         match e {
             JoseError::SignatureLength { .. } => {
                 tracing::error!(error = %e, "device returned a signature of the wrong length");
-                Error::Unavailable("the signing device returned an invalid signature; it was not released".into())
+                Error::Unavailable(
+                    "the signing device returned an invalid signature; it was not released".into(),
+                )
             }
             JoseError::FapiAlgNotAllowed { .. } | JoseError::FapiKeyTooSmall { .. } => {
                 Error::FailedPrecondition(e.to_string())
@@ -178,18 +180,27 @@ impl From<JoseError> for Error {
 impl From<BackendError> for Error {
     fn from(e: BackendError) -> Self {
         match &e {
-            BackendError::Busy(_) => Error::ResourceExhausted("the signing device is busy; retry shortly".into()),
-            BackendError::InvalidRequest(_) | BackendError::Import(_) => Error::InvalidArgument(e.to_string()),
+            BackendError::Busy(_) => {
+                Error::ResourceExhausted("the signing device is busy; retry shortly".into())
+            }
+            BackendError::InvalidRequest(_) | BackendError::Import(_) => {
+                Error::InvalidArgument(e.to_string())
+            }
             BackendError::Unsupported(_) => Error::FailedPrecondition(e.to_string()),
             BackendError::KeyNotFound(_) => {
                 tracing::error!(error = %e, "keyring names a key that is not on the device");
-                Error::FailedPrecondition("this key version's private key is not on the device".into())
+                Error::FailedPrecondition(
+                    "this key version's private key is not on the device".into(),
+                )
             }
             BackendError::PinRejected(_) | BackendError::PinLocked => {
                 tracing::error!(error = %e, "device refuses the configured PIN");
                 Error::Unavailable("the signing device refuses the configured PIN".into())
             }
-            BackendError::Unavailable(_) | BackendError::ShuttingDown | BackendError::Device { .. } | BackendError::Malformed(_) => {
+            BackendError::Unavailable(_)
+            | BackendError::ShuttingDown
+            | BackendError::Device { .. }
+            | BackendError::Malformed(_) => {
                 tracing::error!(error = %e, "device failure");
                 Error::Unavailable(format!("signing device unavailable: {e}"))
             }
@@ -200,10 +211,16 @@ impl From<BackendError> for Error {
 impl From<KeyringError> for Error {
     fn from(e: KeyringError) -> Self {
         match e {
-            KeyringError::InvalidName(_) | KeyringError::UnsupportedKeySize(_) => Error::InvalidArgument(e.to_string()),
-            KeyringError::KeyNotFound(_) | KeyringError::VersionNotFound { .. } => Error::NotFound(e.to_string()),
+            KeyringError::InvalidName(_) | KeyringError::UnsupportedKeySize(_) => {
+                Error::InvalidArgument(e.to_string())
+            }
+            KeyringError::KeyNotFound(_) | KeyringError::VersionNotFound { .. } => {
+                Error::NotFound(e.to_string())
+            }
             KeyringError::AlreadyExists(_) => Error::AlreadyExists(e.to_string()),
-            KeyringError::NoActiveVersion(_) | KeyringError::InvalidState { .. } => Error::FailedPrecondition(e.to_string()),
+            KeyringError::NoActiveVersion(_) | KeyringError::InvalidState { .. } => {
+                Error::FailedPrecondition(e.to_string())
+            }
             KeyringError::Jose(j) => j.into(),
             KeyringError::Backend(b) => b.into(),
             KeyringError::Encode(_) => {
@@ -227,7 +244,11 @@ pub struct Service {
 impl Service {
     /// Wire a service.
     pub fn new(keyring: Arc<Keyring>, clock: Arc<dyn Clock>, options: ServiceOptions) -> Self {
-        Service { keyring, clock, options }
+        Service {
+            keyring,
+            clock,
+            options,
+        }
     }
 
     /// The keyring (for health checks and refresh tasks).
@@ -252,9 +273,17 @@ impl Service {
 
     /// Sign `input` with `version` using `alg`: hash on the host where allowed, sign on the
     /// device, refuse a signature of the wrong length, optionally verify it.
-    async fn sign_input(&self, version: &VersionInfo, alg: Alg, input: &[u8]) -> Result<Vec<u8>, Error> {
+    async fn sign_input(
+        &self,
+        version: &VersionInfo,
+        alg: Alg,
+        input: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let op = alg.sign_op(input);
-        let pending = self.keyring.backend().sign(&version.key_id, version.kind, op);
+        let pending = self
+            .keyring
+            .backend()
+            .sign(&version.key_id, version.kind, op);
         let sig = tokio::time::timeout(self.options.sign_timeout, pending)
             .await
             .map_err(|_| {
@@ -268,15 +297,22 @@ impl Service {
         if self.options.verify_signatures && !jose::verify(&version.public, alg, input, &sig) {
             tracing::error!(key = %version.name, version = version.version, kid = %version.kid, "device signature failed verification");
             return Err(Error::Unavailable(
-                "the signing device produced a signature that does not verify; it was not released".into(),
+                "the signing device produced a signature that does not verify; it was not released"
+                    .into(),
             ));
         }
         Ok(sig)
     }
 
-    async fn sign_parts(&self, version: &VersionInfo, parts: jose::JwsParts) -> Result<SignedJws, Error> {
+    async fn sign_parts(
+        &self,
+        version: &VersionInfo,
+        parts: jose::JwsParts,
+    ) -> Result<SignedJws, Error> {
         let input = parts.signing_input();
-        let sig = self.sign_input(version, parts.alg, input.as_bytes()).await?;
+        let sig = self
+            .sign_input(version, parts.alg, input.as_bytes())
+            .await?;
         Ok(SignedJws {
             signature: jose::b64(&sig),
             compact: jose::compact(&input, &sig),
@@ -293,7 +329,11 @@ impl Service {
 
     fn check_alg(version: &VersionInfo, alg: Alg) -> Result<(), Error> {
         if !alg.fits(version.kind) {
-            return Err(JoseError::AlgKeyMismatch { alg, key: version.kind }.into());
+            return Err(JoseError::AlgKeyMismatch {
+                alg,
+                key: version.kind,
+            }
+            .into());
         }
         if version.fapi2 {
             jose::check_fapi2(alg, version.kind)?;
@@ -305,12 +345,21 @@ impl Service {
     ///
     /// # Errors
     /// InvalidArgument for a bad header or oversized input; key and device errors.
-    pub async fn sign_jws(&self, key: &str, header: &[u8], payload: &[u8]) -> Result<SignedJws, Error> {
+    pub async fn sign_jws(
+        &self,
+        key: &str,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<SignedJws, Error> {
         self.check_size("header and payload", header.len() + payload.len())?;
         let version = self.resolve(key)?;
         let alg = jose::check_header(header, version.kind, &version.kid)?;
         Self::check_alg(&version, alg)?;
-        let parts = jose::JwsParts { alg, header: header.to_vec(), payload: payload.to_vec() };
+        let parts = jose::JwsParts {
+            alg,
+            header: header.to_vec(),
+            payload: payload.to_vec(),
+        };
         self.sign_parts(&version, parts).await
     }
 
@@ -318,13 +367,23 @@ impl Service {
     ///
     /// # Errors
     /// As for [`Service::sign_jws`].
-    pub async fn sign_raw(&self, key: &str, data: &[u8], alg: Option<Alg>) -> Result<RawSignature, Error> {
+    pub async fn sign_raw(
+        &self,
+        key: &str,
+        data: &[u8],
+        alg: Option<Alg>,
+    ) -> Result<RawSignature, Error> {
         self.check_size("data", data.len())?;
         let version = self.resolve(key)?;
         let alg = alg.unwrap_or(version.alg);
         Self::check_alg(&version, alg)?;
         let signature = self.sign_input(&version, alg, data).await?;
-        Ok(RawSignature { signature, kid: version.kid.clone(), alg, version: version.version })
+        Ok(RawSignature {
+            signature,
+            kid: version.kid.clone(),
+            alg,
+            version: version.version,
+        })
     }
 
     /// An OpenID Connect ID token.
@@ -338,7 +397,11 @@ impl Service {
         let req = jose::IdTokenRequest {
             claims: parse_object("claims_json", &input.claims_json)?,
             now: self.clock.now(),
-            lifetime: if input.lifetime == 0 { 300 } else { input.lifetime },
+            lifetime: if input.lifetime == 0 {
+                300
+            } else {
+                input.lifetime
+            },
             access_token: input.access_token,
             code: input.code,
             typ: None,
@@ -351,16 +414,28 @@ impl Service {
     ///
     /// # Errors
     /// As for [`Service::sign_id_token`].
-    pub async fn sign_request_object(&self, key: &str, input: RequestObjectInput) -> Result<SignedJws, Error> {
+    pub async fn sign_request_object(
+        &self,
+        key: &str,
+        input: RequestObjectInput,
+    ) -> Result<SignedJws, Error> {
         self.check_size("claims", input.claims_json.len())?;
         let version = self.resolve(key)?;
         Self::check_alg(&version, version.alg)?;
         let req = jose::JarRequest {
             client_id: input.client_id,
             audience: input.audience,
-            claims: if input.claims_json.trim().is_empty() { Map::new() } else { parse_object("claims_json", &input.claims_json)? },
+            claims: if input.claims_json.trim().is_empty() {
+                Map::new()
+            } else {
+                parse_object("claims_json", &input.claims_json)?
+            },
             now: self.clock.now(),
-            lifetime: if input.lifetime == 0 { 300 } else { input.lifetime },
+            lifetime: if input.lifetime == 0 {
+                300
+            } else {
+                input.lifetime
+            },
             jti: new_jti()?,
         };
         let parts = jose::jar_request_object(key_ref(&version), &req)?;
@@ -371,14 +446,22 @@ impl Service {
     ///
     /// # Errors
     /// As for [`Service::sign_id_token`].
-    pub async fn sign_client_assertion(&self, key: &str, input: ClientAssertionInput) -> Result<SignedJws, Error> {
+    pub async fn sign_client_assertion(
+        &self,
+        key: &str,
+        input: ClientAssertionInput,
+    ) -> Result<SignedJws, Error> {
         let version = self.resolve(key)?;
         Self::check_alg(&version, version.alg)?;
         let req = jose::ClientAssertionRequest {
             client_id: input.client_id,
             audience: input.audience,
             now: self.clock.now(),
-            lifetime: if input.lifetime == 0 { 60 } else { input.lifetime },
+            lifetime: if input.lifetime == 0 {
+                60
+            } else {
+                input.lifetime
+            },
             jti: new_jti()?,
             nbf: false,
         };
@@ -391,7 +474,10 @@ impl Service {
     /// # Errors
     /// As for [`Service::sign_id_token`].
     pub async fn sign_dpop_proof(&self, key: &str, input: DpopInput) -> Result<SignedJws, Error> {
-        self.check_size("access token", input.access_token.as_ref().map_or(0, String::len))?;
+        self.check_size(
+            "access token",
+            input.access_token.as_ref().map_or(0, String::len),
+        )?;
         let version = self.resolve(key)?;
         Self::check_alg(&version, version.alg)?;
         let req = jose::DpopRequest {
@@ -414,27 +500,54 @@ impl Service {
     ///
     /// # Errors
     /// Name, alg, FAPI and device errors.
-    pub async fn create_key(&self, name: &str, alg: &str, rsa_bits: u32, fapi2: bool) -> Result<KeyInfo, Error> {
+    pub async fn create_key(
+        &self,
+        name: &str,
+        alg: &str,
+        rsa_bits: u32,
+        fapi2: bool,
+    ) -> Result<KeyInfo, Error> {
         let alg = Alg::parse(alg)?;
-        Ok(self.keyring.create(name, alg, rsa_bits, fapi2, self.now()).await?)
+        Ok(self
+            .keyring
+            .create(name, alg, rsa_bits, fapi2, self.now())
+            .await?)
     }
 
     /// Import PKCS#8 DER (migration). `der` is zeroized by the caller's [`crate::secret::SecretBytes`].
     ///
     /// # Errors
     /// Parse, alg, FAPI and device errors.
-    pub async fn import_key(&self, name: &str, alg: &str, fapi2: bool, material: PrivateKeyMaterial) -> Result<KeyInfo, Error> {
+    pub async fn import_key(
+        &self,
+        name: &str,
+        alg: &str,
+        fapi2: bool,
+        material: PrivateKeyMaterial,
+    ) -> Result<KeyInfo, Error> {
         let alg = Alg::parse(alg)?;
-        Ok(self.keyring.import(name, alg, fapi2, material, self.now()).await?)
+        Ok(self
+            .keyring
+            .import(name, alg, fapi2, material, self.now())
+            .await?)
     }
 
     /// Adopt a key pair by URI.
     ///
     /// # Errors
     /// URI, alg, FAPI and device errors.
-    pub async fn adopt_key(&self, name: &str, alg: &str, fapi2: bool, uri: &str) -> Result<KeyInfo, Error> {
+    pub async fn adopt_key(
+        &self,
+        name: &str,
+        alg: &str,
+        fapi2: bool,
+        uri: &str,
+    ) -> Result<KeyInfo, Error> {
         let alg = Alg::parse(alg)?;
-        Ok(self.keyring.adopt(name, alg, fapi2, uri, self.now()).await?)
+        Ok(self
+            .keyring
+            .adopt(name, alg, fapi2, uri, self.now())
+            .await?)
     }
 
     /// Add a `next` version.
@@ -442,7 +555,11 @@ impl Service {
     /// # Errors
     /// Not found, alg, FAPI and device errors.
     pub async fn rotate_key(&self, name: &str, alg: &str, rsa_bits: u32) -> Result<KeyInfo, Error> {
-        let alg = if alg.is_empty() { None } else { Some(Alg::parse(alg)?) };
+        let alg = if alg.is_empty() {
+            None
+        } else {
+            Some(Alg::parse(alg)?)
+        };
         Ok(self.keyring.rotate(name, alg, rsa_bits, self.now()).await?)
     }
 
@@ -493,13 +610,19 @@ impl Service {
 }
 
 fn key_ref(v: &VersionInfo) -> jose::KeyRef<'_> {
-    jose::KeyRef { kid: &v.kid, kind: v.kind, alg: v.alg }
+    jose::KeyRef {
+        kid: &v.kid,
+        kind: v.kind,
+        alg: v.alg,
+    }
 }
 
 fn parse_object(field: &str, json: &str) -> Result<Map<String, Value>, Error> {
     match serde_json::from_str::<Value>(json) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::InvalidArgument(format!("{field} must be a JSON object"))),
+        Ok(_) => Err(Error::InvalidArgument(format!(
+            "{field} must be a JSON object"
+        ))),
         Err(e) => Err(Error::InvalidArgument(format!(
             "{field} is not valid JSON (line {}, column {})",
             e.line(),
@@ -533,13 +656,23 @@ mod tests {
     #[test]
     fn claims_must_be_a_json_object() {
         assert!(parse_object("c", "{\"a\":1}").is_ok());
-        assert!(matches!(parse_object("c", "[1]"), Err(Error::InvalidArgument(m)) if m.contains("JSON object")));
-        assert!(matches!(parse_object("c", "{"), Err(Error::InvalidArgument(m)) if m.contains("line 1")));
+        assert!(
+            matches!(parse_object("c", "[1]"), Err(Error::InvalidArgument(m)) if m.contains("JSON object"))
+        );
+        assert!(
+            matches!(parse_object("c", "{"), Err(Error::InvalidArgument(m)) if m.contains("line 1"))
+        );
     }
 
     #[test]
     fn busy_device_is_resource_exhausted() {
-        assert!(matches!(Error::from(BackendError::Busy(8)), Error::ResourceExhausted(_)));
-        assert!(matches!(Error::from(KeyringError::NoActiveVersion("k".into())), Error::FailedPrecondition(_)));
+        assert!(matches!(
+            Error::from(BackendError::Busy(8)),
+            Error::ResourceExhausted(_)
+        ));
+        assert!(matches!(
+            Error::from(KeyringError::NoActiveVersion("k".into())),
+            Error::FailedPrecondition(_)
+        ));
     }
 }

@@ -33,26 +33,68 @@ async fn every_alg_signs_jws_and_raw_that_independent_verifiers_accept() -> Test
         let header = format!("{{ \"typ\":\"JWT\",  \"alg\" : \"{alg}\" }}");
         let payload = br#"{"sub":"alice",   "n":[1,2,3]}"#.to_vec();
         let r = signer
-            .sign_jws(pb::SignJwsRequest { key: name.into(), protected_header: header.clone().into_bytes(), payload: payload.clone() })
+            .sign_jws(pb::SignJwsRequest {
+                key: name.into(),
+                protected_header: header.clone().into_bytes(),
+                payload: payload.clone(),
+            })
             .await?
             .into_inner();
-        assert!(r.compact.starts_with(&format!("{}.{}.", b64(header.as_bytes()), b64(&payload))), "{name}: bytes re-encoded");
+        assert!(
+            r.compact
+                .starts_with(&format!("{}.{}.", b64(header.as_bytes()), b64(&payload))),
+            "{name}: bytes re-encoded"
+        );
         // No kid in this header: verify with this key's entry from the published JWKS.
-        let entry = jwks["keys"].as_array().and_then(|k| k.iter().find(|k| k["kid"] == json!(r.kid))).ok_or("kid not in JWKS")?;
-        let v = verify_jws(&r.compact, &json!({"keys": [entry]})).map_err(|e| format!("{name}: {e}"))?;
+        let entry = jwks["keys"]
+            .as_array()
+            .and_then(|k| k.iter().find(|k| k["kid"] == json!(r.kid)))
+            .ok_or("kid not in JWKS")?;
+        let v = verify_jws(&r.compact, &json!({"keys": [entry]}))
+            .map_err(|e| format!("{name}: {e}"))?;
         assert_eq!(v["header"]["alg"], alg);
-        assert_eq!(v["thumbprint"], r.kid, "{name}: kid is the RFC 7638 thumbprint (per jwcrypto)");
+        assert_eq!(
+            v["thumbprint"], r.kid,
+            "{name}: kid is the RFC 7638 thumbprint (per jwcrypto)"
+        );
 
         // Raw signature over arbitrary bytes, JOSE encoding.
         let data = format!("raw input for {name}").into_bytes();
-        let raw = signer.sign_raw(pb::SignRawRequest { key: name.into(), data: data.clone(), alg: String::new() }).await?.into_inner();
-        let key = d.keys().await?.get_key(pb::GetKeyRequest { name: name.into() }).await?.into_inner();
-        verify_raw(&raw.alg, &active_jwk(&key)?, &data, &raw.signature).map_err(|e| format!("{name} raw: {e}"))?;
+        let raw = signer
+            .sign_raw(pb::SignRawRequest {
+                key: name.into(),
+                data: data.clone(),
+                alg: String::new(),
+            })
+            .await?
+            .into_inner();
+        let key = d
+            .keys()
+            .await?
+            .get_key(pb::GetKeyRequest { name: name.into() })
+            .await?
+            .into_inner();
+        verify_raw(&raw.alg, &active_jwk(&key)?, &data, &raw.signature)
+            .map_err(|e| format!("{name} raw: {e}"))?;
     }
     // An RSA key can serve RS256 for a TLS 1.2 peer even when its JOSE alg is PS256.
     let data = b"tls 1.2 transcript".to_vec();
-    let raw = signer.sign_raw(pb::SignRawRequest { key: "ps256".into(), data: data.clone(), alg: "RS256".into() }).await?.into_inner();
-    let key = d.keys().await?.get_key(pb::GetKeyRequest { name: "ps256".into() }).await?.into_inner();
+    let raw = signer
+        .sign_raw(pb::SignRawRequest {
+            key: "ps256".into(),
+            data: data.clone(),
+            alg: "RS256".into(),
+        })
+        .await?
+        .into_inner();
+    let key = d
+        .keys()
+        .await?
+        .get_key(pb::GetKeyRequest {
+            name: "ps256".into(),
+        })
+        .await?
+        .into_inner();
     verify_raw("RS256", &active_jwk(&key)?, &data, &raw.signature)?;
     Ok(())
 }
@@ -66,7 +108,9 @@ async fn profiles_carry_what_the_rfcs_require() -> TestResult {
     d.create("dpop", "EdDSA", 0).await?;
     let jwks = d.jwks().await?;
     let mut s = d.signer().await?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
 
     // ID token (OIDC Core), at_hash/c_hash = left half of SHA-256 for PS256.
     let r = s
@@ -106,25 +150,45 @@ async fn profiles_carry_what_the_rfcs_require() -> TestResult {
     assert_eq!(c["iss"], "client-a");
     assert_eq!(c["client_id"], "client-a");
     assert_eq!(c["aud"], "https://as.example.com");
-    let (nbf, exp) = (c["nbf"].as_i64().ok_or("nbf")?, c["exp"].as_i64().ok_or("exp")?);
+    let (nbf, exp) = (
+        c["nbf"].as_i64().ok_or("nbf")?,
+        c["exp"].as_i64().ok_or("exp")?,
+    );
     assert!(exp - nbf > 0 && exp - nbf <= 3600);
     assert!(c["jti"].as_str().is_some_and(|j| j.len() >= 16));
 
     // private_key_jwt client assertion (RFC 7523): aud is one string, iss = sub.
     let a = s
-        .sign_client_assertion(pb::SignClientAssertionRequest { key: "client".into(), client_id: "client-a".into(), audience: "https://as.example.com".into(), lifetime_seconds: 0 })
+        .sign_client_assertion(pb::SignClientAssertionRequest {
+            key: "client".into(),
+            client_id: "client-a".into(),
+            audience: "https://as.example.com".into(),
+            lifetime_seconds: 0,
+        })
         .await?
         .into_inner();
     let b = s
-        .sign_client_assertion(pb::SignClientAssertionRequest { key: "client".into(), client_id: "client-a".into(), audience: "https://as.example.com".into(), lifetime_seconds: 0 })
+        .sign_client_assertion(pb::SignClientAssertionRequest {
+            key: "client".into(),
+            client_id: "client-a".into(),
+            audience: "https://as.example.com".into(),
+            lifetime_seconds: 0,
+        })
         .await?
         .into_inner();
     let c = verify_jws(&a.compact, &jwks)?["payload"].clone();
     assert_eq!(c["iss"], "client-a");
     assert_eq!(c["sub"], "client-a");
     assert!(c["aud"].is_string());
-    assert_eq!(c["exp"].as_i64().ok_or("exp")? - c["iat"].as_i64().ok_or("iat")?, 60);
-    assert_ne!(c["jti"], decode(&b.compact)?.1["jti"], "every assertion gets a fresh jti");
+    assert_eq!(
+        c["exp"].as_i64().ok_or("exp")? - c["iat"].as_i64().ok_or("iat")?,
+        60
+    );
+    assert_ne!(
+        c["jti"],
+        decode(&b.compact)?.1["jti"],
+        "every assertion gets a fresh jti"
+    );
 
     // DPoP proof (RFC 9449): verifies with the header's own jwk, which has no private parts.
     let p = s
@@ -142,7 +206,10 @@ async fn profiles_carry_what_the_rfcs_require() -> TestResult {
     assert_eq!(h["typ"], "dpop+jwt");
     assert_eq!(h["alg"], "EdDSA");
     assert!(h["jwk"].get("d").is_none());
-    assert_eq!(v["thumbprint"], p.kid, "dpop_jkt = RFC 7638 thumbprint = kid");
+    assert_eq!(
+        v["thumbprint"], p.kid,
+        "dpop_jkt = RFC 7638 thumbprint = kid"
+    );
     assert_eq!(c["htm"], "POST");
     assert_eq!(c["htu"], "https://server.example.com/token");
     assert_eq!(c["ath"], "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
@@ -152,12 +219,20 @@ async fn profiles_carry_what_the_rfcs_require() -> TestResult {
 
 /// Import a private JWK from an RFC as PKCS#8 (converted by jwcrypto, not by us).
 async fn import_rfc_key(d: &Daemon, name: &str, alg: &str, jwk: Value) -> TestResult<pb::Key> {
-    let pem = python(&json!({"op": "pkcs8", "jwk": jwk}))?["pem"].as_str().ok_or("pem")?.to_owned();
+    let pem = python(&json!({"op": "pkcs8", "jwk": jwk}))?["pem"]
+        .as_str()
+        .ok_or("pem")?
+        .to_owned();
     let path = std::env::temp_dir().join(format!("sigild-test-{}-{name}.pem", std::process::id()));
     std::fs::write(&path, &pem)?;
     let der = sigild::cli::read_pkcs8(&path)?;
     std::fs::remove_file(&path)?;
-    let req = pb::ImportKeyRequest { name: name.into(), alg: alg.into(), pkcs8_der: der.to_vec(), fapi2: false };
+    let req = pb::ImportKeyRequest {
+        name: name.into(),
+        alg: alg.into(),
+        pkcs8_der: der.to_vec(),
+        fapi2: false,
+    };
     Ok(d.keys().await?.import_key(req).await?.into_inner())
 }
 
@@ -176,10 +251,17 @@ async fn rfc_vectors_match_byte_for_byte() -> TestResult {
     )
     .await?;
     // RFC 8037 A.3 thumbprint.
-    assert_eq!(k.versions[0].kid, "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    assert_eq!(
+        k.versions[0].kid,
+        "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    );
     assert_eq!(k.versions[0].origin, "imported");
     let r = s
-        .sign_jws(pb::SignJwsRequest { key: "rfc8037".into(), protected_header: br#"{"alg":"EdDSA"}"#.to_vec(), payload: b"Example of Ed25519 signing".to_vec() })
+        .sign_jws(pb::SignJwsRequest {
+            key: "rfc8037".into(),
+            protected_header: br#"{"alg":"EdDSA"}"#.to_vec(),
+            payload: b"Example of Ed25519 signing".to_vec(),
+        })
         .await?
         .into_inner();
     assert_eq!(
@@ -194,11 +276,20 @@ async fn rfc_vectors_match_byte_for_byte() -> TestResult {
         "e":"AQAB",
         "d":"Eq5xpGnNCivDflJsRQBXHx1hdR1k6Ulwe2JZD50LpXyWPEAeP88vLNO97IjlA7_GQ5sLKMgvfTeXZx9SE-7YwVol2NXOoAJe46sui395IW_GO-pWJ1O0BkTGoVEn2bKVRUCgu-GjBVaYLU6f3l9kJfFNS3E0QbVdxzubSu3Mkqzjkn439X0M_V51gfpRLI9JYanrC4D4qAdGcopV_0ZHHzQlBjudU2QvXt4ehNYTCBr6XCLQUShb1juUO1ZdiYoFaFQT5Tw8bGUl_x_jTj3ccPDVZFD9pIuhLhBOneufuBiB4cS98l2SR_RQyGWSeWjnczT0QU91p1DhOVRuOopznQ"});
     let k = import_rfc_key(&d, "rfc7515", "RS256", rsa.clone()).await?;
-    let expected_kid = python(&json!({"op": "thumbprint", "jwk": {"kty": "RSA", "n": rsa["n"], "e": "AQAB"}}))?["thumbprint"].clone();
+    let expected_kid = python(
+        &json!({"op": "thumbprint", "jwk": {"kty": "RSA", "n": rsa["n"], "e": "AQAB"}}),
+    )?["thumbprint"]
+        .clone();
     assert_eq!(json!(k.versions[0].kid), expected_kid);
-    let payload = b"{\"iss\":\"joe\",\r\n \"exp\":1300819380,\r\n \"http://example.com/is_root\":true}".to_vec();
+    let payload =
+        b"{\"iss\":\"joe\",\r\n \"exp\":1300819380,\r\n \"http://example.com/is_root\":true}"
+            .to_vec();
     let r = s
-        .sign_jws(pb::SignJwsRequest { key: "rfc7515".into(), protected_header: br#"{"alg":"RS256"}"#.to_vec(), payload })
+        .sign_jws(pb::SignJwsRequest {
+            key: "rfc7515".into(),
+            protected_header: br#"{"alg":"RS256"}"#.to_vec(),
+            payload,
+        })
         .await?
         .into_inner();
     assert_eq!(

@@ -13,10 +13,12 @@ const OID_EC_PUBLIC_KEY: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const OID_P256: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const OID_P384: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_P384: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const OID_RSA: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const OID_ED25519: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("1.3.101.112");
+const OID_ED25519: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// Private key material ready for a device's "create object" call. Every secret field zeroizes
 /// on drop; `Debug` shows only the public half.
@@ -130,11 +132,11 @@ pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
         }
         let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
             .map_err(|_| "invalid Ed25519 seed".to_owned())?;
-        let x = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
-        if let Some(given) = info.public_key {
-            if given != x.as_slice() {
-                return Err("Ed25519 public key does not match the private key".to_owned());
-            }
+        let x = ring::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec();
+        if info.public_key.is_some_and(|given| given != x.as_slice()) {
+            return Err("Ed25519 public key does not match the private key".to_owned());
         }
         Ok(PrivateKeyMaterial::Ed25519 {
             seed,
@@ -223,7 +225,10 @@ mod tests {
 
     #[test]
     fn left_pad_pads_and_refuses_overlong() {
-        assert_eq!(left_pad(&[0, 1], 3).map(|v| v.to_vec()), Some(vec![0, 0, 1]));
+        assert_eq!(
+            left_pad(&[0, 1], 3).map(|v| v.to_vec()),
+            Some(vec![0, 0, 1])
+        );
         assert!(left_pad(&[1, 2, 3, 4], 3).is_none());
     }
 }

@@ -38,7 +38,7 @@ impl KeyId {
     /// # Errors
     /// `None` for odd length or non-hex characters.
     pub fn from_hex(s: &str) -> Option<KeyId> {
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return None;
         }
         (0..s.len())

@@ -20,12 +20,12 @@ mod verify;
 pub use alg::Alg;
 pub use fapi::check_fapi2;
 pub use header::check_header;
-pub use verify::verify;
 pub use jwk::{jwks, jwks_entry, public_jwk, public_key_from_jwk, thumbprint};
 pub use profiles::{
     ClientAssertionRequest, DpopRequest, IdTokenRequest, JarRequest, JwsParts, KeyRef,
     client_assertion, dpop_jkt, dpop_proof, id_token, jar_request_object, x5t_s256,
 };
+pub use verify::verify;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

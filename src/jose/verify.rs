@@ -20,7 +20,9 @@ pub fn verify(public: &PublicKey, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
             point.push(0x04);
             point.extend_from_slice(x);
             point.extend_from_slice(y);
-            UnparsedPublicKey::new(algorithm, point).verify(input, sig).is_ok()
+            UnparsedPublicKey::new(algorithm, point)
+                .verify(input, sig)
+                .is_ok()
         }
         (PublicKey::Rsa { n, e }, Alg::Ps256 | Alg::Ps384 | Alg::Rs256) => {
             let params = match alg {
@@ -28,10 +30,14 @@ pub fn verify(public: &PublicKey, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
                 Alg::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
                 _ => &signature::RSA_PKCS1_2048_8192_SHA256,
             };
-            RsaPublicKeyComponents { n, e }.verify(params, input, sig).is_ok()
+            RsaPublicKeyComponents { n, e }
+                .verify(params, input, sig)
+                .is_ok()
         }
         (PublicKey::Ed25519 { x }, Alg::EdDsa | Alg::Ed25519) => {
-            UnparsedPublicKey::new(&signature::ED25519, x).verify(input, sig).is_ok()
+            UnparsedPublicKey::new(&signature::ED25519, x)
+                .verify(input, sig)
+                .is_ok()
         }
         _ => false,
     }
@@ -45,8 +51,11 @@ mod tests {
     #[test]
     fn ed25519_rfc8037_a4_verifies_and_tampering_fails() -> Result<(), Box<dyn std::error::Error>> {
         let seed = super::super::b64_decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")?;
-        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| e.to_string())?;
-        let public = PublicKey::Ed25519 { x: pair.public_key().as_ref().to_vec() };
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|e| e.to_string())?;
+        let public = PublicKey::Ed25519 {
+            x: pair.public_key().as_ref().to_vec(),
+        };
         let input = b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
         let sig = super::super::b64_decode(
             "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg",

@@ -40,12 +40,24 @@ impl Token {
         let conf = dir.path().join("softhsm2.conf");
         std::fs::write(
             &conf,
-            format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
         )?;
         let pin = "87654321".to_owned();
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
-            .args(["--init-token", "--free", "--label", label, "--so-pin", "12345678", "--pin", &pin])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                "12345678",
+                "--pin",
+                &pin,
+            ])
             .output()?;
         if !out.status.success() {
             return Err(format!("softhsm2-util: {}", String::from_utf8_lossy(&out.stderr)).into());
@@ -53,7 +65,13 @@ impl Token {
         let pin_file = dir.path().join("user.pin");
         std::fs::write(&pin_file, format!("{pin}\n"))?;
         std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Token { dir, conf, label: label.to_owned(), pin, pin_file })
+        Ok(Token {
+            dir,
+            conf,
+            label: label.to_owned(),
+            pin,
+            pin_file,
+        })
     }
 
     /// A config for this token; `extra` is appended (e.g. a `[signing]` table).
@@ -75,7 +93,15 @@ impl Token {
     pub fn pkcs11_tool(&self, args: &[&str]) -> TestResult<Output> {
         let out = Command::new("pkcs11-tool")
             .env("SOFTHSM2_CONF", &self.conf)
-            .args(["--module", SOFTHSM_MODULE, "--token-label", &self.label, "--login", "--pin", &self.pin])
+            .args([
+                "--module",
+                SOFTHSM_MODULE,
+                "--token-label",
+                &self.label,
+                "--login",
+                "--pin",
+                &self.pin,
+            ])
             .args(args)
             .output()?;
         Ok(out)
@@ -100,7 +126,8 @@ impl Daemon {
     }
 
     pub fn start_with(token: &Token, extra: &str) -> TestResult<Daemon> {
-        let config = token.write_config(&format!("sigild-{}.toml", unique()), &token.config(extra))?;
+        let config =
+            token.write_config(&format!("sigild-{}.toml", unique()), &token.config(extra))?;
         Self::start_config(&token.conf, &config)
     }
 
@@ -120,14 +147,28 @@ impl Daemon {
         let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_owned());
+                if let Some(addr) = line
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| line.contains("listening"))
+                {
+                    let _ = tx.send(
+                        addr.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
                 log2.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Ok(Daemon { endpoint: format!("http://{addr}"), config: config.to_owned(), child, log }),
+            Ok(addr) => Ok(Daemon {
+                endpoint: format!("http://{addr}"),
+                config: config.to_owned(),
+                child,
+                log,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -137,24 +178,42 @@ impl Daemon {
     }
 
     pub async fn channel(&self) -> TestResult<Channel> {
-        Ok(Channel::from_shared(self.endpoint.clone())?.connect().await?)
+        Ok(Channel::from_shared(self.endpoint.clone())?
+            .connect()
+            .await?)
     }
 
     pub async fn keys(&self) -> TestResult<pb::key_service_client::KeyServiceClient<Channel>> {
-        Ok(pb::key_service_client::KeyServiceClient::new(self.channel().await?))
+        Ok(pb::key_service_client::KeyServiceClient::new(
+            self.channel().await?,
+        ))
     }
 
-    pub async fn signer(&self) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
-        Ok(pb::signing_service_client::SigningServiceClient::new(self.channel().await?))
+    pub async fn signer(
+        &self,
+    ) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
+        Ok(pb::signing_service_client::SigningServiceClient::new(
+            self.channel().await?,
+        ))
     }
 
     pub async fn create(&self, name: &str, alg: &str, rsa_bits: u32) -> TestResult<pb::Key> {
-        let req = pb::CreateKeyRequest { name: name.into(), alg: alg.into(), rsa_bits, fapi2: false };
+        let req = pb::CreateKeyRequest {
+            name: name.into(),
+            alg: alg.into(),
+            rsa_bits,
+            fapi2: false,
+        };
         Ok(self.keys().await?.create_key(req).await?.into_inner())
     }
 
     pub async fn jwks(&self) -> TestResult<Value> {
-        let r = self.keys().await?.get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+        let r = self
+            .keys()
+            .await?
+            .get_jwks(pb::GetJwksRequest {})
+            .await?
+            .into_inner();
         Ok(serde_json::from_str(&r.jwks_json)?)
     }
 
@@ -203,7 +262,10 @@ pub fn serve_until_exit(softhsm_conf: &Path, config: &Path) -> TestResult<(bool,
     loop {
         if let Some(status) = child.try_wait()? {
             let out = child.wait_with_output()?;
-            return Ok((status.success(), String::from_utf8_lossy(&out.stderr).into_owned()));
+            return Ok((
+                status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -216,23 +278,39 @@ pub fn serve_until_exit(softhsm_conf: &Path, config: &Path) -> TestResult<(bool,
 fn unique() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Run the Python verifier (jwcrypto / cryptography); Err when the check fails.
 pub fn python(req: &Value) -> TestResult<Value> {
     use std::io::Write as _;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verifiers/jose_verify.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/verifiers/jose_verify.py"
+    );
     let mut child = Command::new("python3")
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child.stdin.take().ok_or("stdin")?.write_all(req.to_string().as_bytes())?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(req.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("verifier output {e}: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "verifier output {e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     if v["ok"] != json!(true) {
         return Err(format!("independent verifier rejected: {}", v["error"]).into());
     }
@@ -246,7 +324,9 @@ pub fn verify_jws(compact: &str, jwks: &Value) -> TestResult<Value> {
 
 /// Verify a raw JOSE-encoded signature with Python `cryptography`.
 pub fn verify_raw(alg: &str, jwk: &Value, data: &[u8], sig: &[u8]) -> TestResult {
-    python(&json!({"op": "raw", "alg": alg, "jwk": jwk, "data_b64": b64(data), "sig_b64": b64(sig)}))?;
+    python(
+        &json!({"op": "raw", "alg": alg, "jwk": jwk, "data_b64": b64(data), "sig_b64": b64(sig)}),
+    )?;
     Ok(())
 }
 
@@ -256,11 +336,17 @@ pub fn b64(b: &[u8]) -> String {
 
 /// The JWK of the active version of a key, parsed.
 pub fn active_jwk(key: &pb::Key) -> TestResult<Value> {
-    let v = key.versions.iter().find(|v| v.version == key.active_version).ok_or("no active version")?;
+    let v = key
+        .versions
+        .iter()
+        .find(|v| v.version == key.active_version)
+        .ok_or("no active version")?;
     Ok(serde_json::from_str(&v.public_jwk_json)?)
 }
 
-pub fn code_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> TestResult<(tonic::Code, String)> {
+pub fn code_of<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+) -> TestResult<(tonic::Code, String)> {
     match r {
         Ok(v) => Err(format!("expected an error status, got {v:?}").into()),
         Err(s) => Ok((s.code(), s.message().to_owned())),

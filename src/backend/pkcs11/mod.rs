@@ -17,13 +17,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
@@ -144,7 +144,10 @@ impl Pkcs11Backend {
             )));
         }
         let ctx = Pkcs11::new(module).map_err(|e| {
-            BackendError::Unavailable(format!("cannot load PKCS#11 module {}: {e}", module.display()))
+            BackendError::Unavailable(format!(
+                "cannot load PKCS#11 module {}: {e}",
+                module.display()
+            ))
         })?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -213,7 +216,11 @@ impl Pkcs11Backend {
     ///
     /// # Errors
     /// [`BackendError::KeyNotFound`] or a device error.
-    pub fn private_key_handle(&self, session: &Session, id: &KeyId) -> Result<ObjectHandle, BackendError> {
+    pub fn private_key_handle(
+        &self,
+        session: &Session,
+        id: &KeyId,
+    ) -> Result<ObjectHandle, BackendError> {
         objects::find_one(session, ObjectClass::PRIVATE_KEY, id).map_err(Fail::into_backend)
     }
 
@@ -222,9 +229,16 @@ impl Pkcs11Backend {
     ///
     /// # Errors
     /// Device errors.
-    pub fn direct_sign(session: &Session, handle: ObjectHandle, kind: KeyKind, op: &SignOp) -> Result<Vec<u8>, BackendError> {
+    pub fn direct_sign(
+        session: &Session,
+        handle: ObjectHandle,
+        kind: KeyKind,
+        op: &SignOp,
+    ) -> Result<Vec<u8>, BackendError> {
         let (mechanism, data) = objects::sign_mechanism(op);
-        let sig = session.sign(&mechanism, handle, &data).map_err(|e| map_ck(&e))?;
+        let sig = session
+            .sign(&mechanism, handle, &data)
+            .map_err(|e| map_ck(&e))?;
         objects::normalise_signature(kind, sig)
     }
 
@@ -268,7 +282,8 @@ impl Shared {
             };
             let sel = &self.selector;
             let fits = |want: &Option<String>, have: &str| {
-                want.as_deref().is_none_or(|w| w.trim_end() == have.trim_end())
+                want.as_deref()
+                    .is_none_or(|w| w.trim_end() == have.trim_end())
             };
             if fits(&sel.token, info.label())
                 && fits(&sel.serial, info.serial_number())
@@ -310,7 +325,10 @@ impl Shared {
             parts.push(format!("serial={v}"));
         }
         if let Some(v) = &s.manufacturer {
-            parts.push(format!("manufacturer={}", uri::percent_encode(v.as_bytes())));
+            parts.push(format!(
+                "manufacturer={}",
+                uri::percent_encode(v.as_bytes())
+            ));
         }
         if let Some(v) = &s.model {
             parts.push(format!("model={}", uri::percent_encode(v.as_bytes())));
@@ -358,7 +376,10 @@ impl Shared {
         let pin = cryptoki::types::AuthPin::from(self.pin.expose().to_owned());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+            Err(CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
+                _,
+            )) => {
                 self.pin_rejected.store(true, Ordering::Release);
                 Err(BackendError::PinRejected("CKR_PIN_INCORRECT".into()))
             }
@@ -366,7 +387,10 @@ impl Shared {
                 self.pin_rejected.store(true, Ordering::Release);
                 Err(BackendError::PinLocked)
             }
-            Err(e) => Err(BackendError::Unavailable(format!("C_Login failed: {}", ck_code(&e)))),
+            Err(e) => Err(BackendError::Unavailable(format!(
+                "C_Login failed: {}",
+                ck_code(&e)
+            ))),
         }
     }
 
@@ -376,7 +400,10 @@ impl Shared {
             return Ok(*h);
         }
         let h = objects::find_one(session, ObjectClass::PRIVATE_KEY, id)?;
-        self.handles.write().map_err(|_| poisoned())?.insert(id.clone(), h);
+        self.handles
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(id.clone(), h);
         Ok(h)
     }
 
@@ -446,7 +473,10 @@ impl Worker {
         self.run(Retry::AfterFault, |session, shared| {
             let handle = shared.private_handle(session, key)?;
             match session.sign(&mechanism, handle, data.as_ref()) {
-                Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
+                Err(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                    _,
+                )) => {
                     // Stale cache (key destroyed and re-created, token re-inserted): look
                     // it up once more.
                     shared.forget_handle(key);
@@ -509,7 +539,8 @@ impl Backend for Pkcs11Backend {
                 .map_err(|e| BackendError::InvalidRequest(format!("{e}")))?;
             w.run(Retry::AfterFault, |session, shared| {
                 let token = shared.token()?;
-                let fits = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+                let fits =
+                    |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
                 if !fits(&parsed.token, &token.label) || !fits(&parsed.serial, &token.serial) {
                     return Err(BackendError::InvalidRequest(format!(
                         "the URI names another token than this backend's ({})",
@@ -559,7 +590,9 @@ impl Backend for Pkcs11Backend {
 
     fn put_record(&self, record: Record) -> BackendFuture<()> {
         self.submit(move |w| {
-            w.run(Retry::IfNotRun, |session, _| objects::put_record(session, &record))
+            w.run(Retry::IfNotRun, |session, _| {
+                objects::put_record(session, &record)
+            })
         })
     }
 
@@ -588,9 +621,10 @@ fn map_ck(e: &CkError) -> BackendError {
         CkError::Pkcs11(rv, function) => match rv {
             RvError::PinIncorrect => BackendError::PinRejected(ck_code(e)),
             RvError::PinLocked => BackendError::PinLocked,
-            RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => {
-                BackendError::Device { function: format!("{function}"), code: ck_code(e) }
-            }
+            RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => BackendError::Device {
+                function: format!("{function}"),
+                code: ck_code(e),
+            },
             RvError::MechanismInvalid
             | RvError::MechanismParamInvalid
             | RvError::KeyTypeInconsistent
@@ -600,7 +634,9 @@ fn map_ck(e: &CkError) -> BackendError {
             | RvError::TemplateInconsistent
             | RvError::KeySizeRange
             | RvError::DomainParamsInvalid => BackendError::Unsupported(ck_code(e)),
-            RvError::DataLenRange | RvError::DataInvalid => BackendError::InvalidRequest(ck_code(e)),
+            RvError::DataLenRange | RvError::DataInvalid => {
+                BackendError::InvalidRequest(ck_code(e))
+            }
             _ if is_session_fault(e) => BackendError::Unavailable(ck_code(e)),
             _ => BackendError::Device {
                 function: format!("{function}"),

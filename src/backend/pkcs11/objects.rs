@@ -12,7 +12,9 @@ use zeroize::Zeroize as _;
 use super::{Fail, Pkcs11Uri, SignData, uri::ObjectType};
 use crate::backend::import::ec_point;
 use crate::backend::{BackendError, KeyId, KeySpec, PrivateKeyMaterial, Record};
-use crate::crypto::{Curve, HashAlg, KeyKind, PublicKey, SignOp, digest_info_prefix, trim_leading_zeros};
+use crate::crypto::{
+    Curve, HashAlg, KeyKind, PublicKey, SignOp, digest_info_prefix, trim_leading_zeros,
+};
 
 /// `CKA_APPLICATION` of sigild's metadata records.
 const RECORD_APPLICATION: &[u8] = b"sigild";
@@ -56,18 +58,20 @@ pub(super) fn sign_mechanism(op: &SignOp) -> SignData {
 
 /// Bring a device signature into the normal form of the backend contract, refusing anything
 /// of the wrong size rather than passing a broken signature on.
-pub(super) fn normalise_signature(kind: KeyKind, mut sig: Vec<u8>) -> Result<Vec<u8>, BackendError> {
+pub(super) fn normalise_signature(
+    kind: KeyKind,
+    mut sig: Vec<u8>,
+) -> Result<Vec<u8>, BackendError> {
     let want = match kind {
         KeyKind::Ec(curve) => 2 * curve.field_len(),
         KeyKind::Rsa { bits } => (bits as usize).div_ceil(8),
         KeyKind::Ed25519 => 64,
     };
-    if let KeyKind::Rsa { .. } = kind {
-        if sig.len() < want {
-            let mut padded = vec![0u8; want - sig.len()];
-            padded.append(&mut sig);
-            sig = padded;
-        }
+    if matches!(kind, KeyKind::Rsa { .. }) && sig.len() < want {
+        // PKCS#11 allows a signature shorter than the modulus; JOSE wants it full length.
+        let mut padded = vec![0u8; want - sig.len()];
+        padded.append(&mut sig);
+        sig = padded;
     }
     if sig.len() != want {
         return Err(BackendError::Malformed(format!(
@@ -89,7 +93,11 @@ pub(super) fn random_id() -> Result<Vec<u8>, BackendError> {
 }
 
 /// The one object of `class` with `CKA_ID` = `id`.
-pub(super) fn find_one(session: &Session, class: ObjectClass, id: &KeyId) -> Result<ObjectHandle, Fail> {
+pub(super) fn find_one(
+    session: &Session,
+    class: ObjectClass,
+    id: &KeyId,
+) -> Result<ObjectHandle, Fail> {
     let found = session.find_objects(&[Attribute::Class(class), Attribute::Id(id.0.clone())])?;
     match found.as_slice() {
         [one] => Ok(*one),
@@ -178,14 +186,25 @@ pub(super) fn generate(session: &Session, spec: &KeySpec, id: &KeyId) -> Result<
 
 /// Create the private and public objects of imported key material, then zeroize every copy of
 /// the secret attributes made for the call.
-pub(super) fn import(session: &Session, label: &str, id: &KeyId, m: &PrivateKeyMaterial) -> Result<(), Fail> {
+pub(super) fn import(
+    session: &Session,
+    label: &str,
+    id: &KeyId,
+    m: &PrivateKeyMaterial,
+) -> Result<(), Fail> {
     let mut private = private_template(label, id);
     let mut public = public_template(label, id);
     private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
     public.push(Attribute::Class(ObjectClass::PUBLIC_KEY));
     match m {
-        PrivateKeyMaterial::Ec { curve, d, public: pk } => {
-            let params = curve_params(KeyKind::Ec(*curve)).unwrap_or_default().to_vec();
+        PrivateKeyMaterial::Ec {
+            curve,
+            d,
+            public: pk,
+        } => {
+            let params = curve_params(KeyKind::Ec(*curve))
+                .unwrap_or_default()
+                .to_vec();
             let PublicKey::Ec { x, y, .. } = pk else {
                 return Err(BackendError::Import("EC key with a non-EC public key".into()).into());
             };
@@ -203,9 +222,19 @@ pub(super) fn import(session: &Session, label: &str, id: &KeyId, m: &PrivateKeyM
                 Attribute::EcPoint(octet_string(&point)?),
             ]);
         }
-        PrivateKeyMaterial::Rsa { d, p, q, dp, dq, qinv, public: pk } => {
+        PrivateKeyMaterial::Rsa {
+            d,
+            p,
+            q,
+            dp,
+            dq,
+            qinv,
+            public: pk,
+        } => {
             let PublicKey::Rsa { n, e } = pk else {
-                return Err(BackendError::Import("RSA key with a non-RSA public key".into()).into());
+                return Err(
+                    BackendError::Import("RSA key with a non-RSA public key".into()).into(),
+                );
             };
             private.extend([
                 Attribute::KeyType(KeyType::RSA),
@@ -226,7 +255,9 @@ pub(super) fn import(session: &Session, label: &str, id: &KeyId, m: &PrivateKeyM
         }
         PrivateKeyMaterial::Ed25519 { seed, public: pk } => {
             let PublicKey::Ed25519 { x } = pk else {
-                return Err(BackendError::Import("Ed25519 key with another public key".into()).into());
+                return Err(
+                    BackendError::Import("Ed25519 key with another public key".into()).into(),
+                );
             };
             private.extend([
                 Attribute::KeyType(KeyType::EC_EDWARDS),
@@ -275,20 +306,35 @@ fn octet_string(bytes: &[u8]) -> Result<Vec<u8>, Fail> {
 
 /// Adopt a key made by another tool: find exactly one private key by `id` and/or `object`,
 /// check that it is a signing key that cannot leave the token, and read its public key.
-pub(super) fn adopt(session: &Session, uri: &Pkcs11Uri) -> Result<(KeyId, String, PublicKey), Fail> {
+pub(super) fn adopt(
+    session: &Session,
+    uri: &Pkcs11Uri,
+) -> Result<(KeyId, String, PublicKey), Fail> {
     if uri.id.is_none() && uri.object.is_none() {
         return Err(BackendError::InvalidRequest("the key URI needs id= or object=".into()).into());
     }
     if uri.object_type.is_some_and(|t| t != ObjectType::Private) {
-        return Err(BackendError::InvalidRequest("the key URI must name a private key (type=private)".into()).into());
+        return Err(BackendError::InvalidRequest(
+            "the key URI must name a private key (type=private)".into(),
+        )
+        .into());
     }
     let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
     template.extend(uri.id.clone().map(Attribute::Id));
-    template.extend(uri.object.as_ref().map(|o| Attribute::Label(o.as_bytes().to_vec())));
+    template.extend(
+        uri.object
+            .as_ref()
+            .map(|o| Attribute::Label(o.as_bytes().to_vec())),
+    );
     let found = session.find_objects(&template)?;
     let handle = match found.as_slice() {
         [one] => *one,
-        [] => return Err(BackendError::InvalidRequest("no private key on the token matches the URI".into()).into()),
+        [] => {
+            return Err(BackendError::InvalidRequest(
+                "no private key on the token matches the URI".into(),
+            )
+            .into());
+        }
         _ => {
             return Err(BackendError::InvalidRequest(format!(
                 "{} private keys match the URI; add id=",
@@ -321,10 +367,16 @@ pub(super) fn adopt(session: &Session, uri: &Pkcs11Uri) -> Result<(KeyId, String
         }
     }
     if id.is_empty() {
-        return Err(BackendError::InvalidRequest("the key has no CKA_ID; give it one with pkcs11-tool --id".into()).into());
+        return Err(BackendError::InvalidRequest(
+            "the key has no CKA_ID; give it one with pkcs11-tool --id".into(),
+        )
+        .into());
     }
     if !sign {
-        return Err(BackendError::InvalidRequest("the key does not allow signing (CKA_SIGN=false)".into()).into());
+        return Err(BackendError::InvalidRequest(
+            "the key does not allow signing (CKA_SIGN=false)".into(),
+        )
+        .into());
     }
     if !sensitive || extractable {
         return Err(BackendError::InvalidRequest(
@@ -368,7 +420,10 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Fai
         })
         .ok_or_else(|| BackendError::Malformed("key without CKA_KEY_TYPE".into()))?;
     if kt == KeyType::RSA {
-        let attrs = session.get_attributes(handle, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+        let attrs = session.get_attributes(
+            handle,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )?;
         let (mut n, mut e) = (Vec::new(), Vec::new());
         for a in attrs {
             match a {
@@ -378,14 +433,17 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Fai
             }
         }
         if n.is_empty() || e.is_empty() {
-            return Err(BackendError::Malformed("RSA key without modulus or exponent".into()).into());
+            return Err(
+                BackendError::Malformed("RSA key without modulus or exponent".into()).into(),
+            );
         }
         return Ok(PublicKey::Rsa { n, e });
     }
     if kt != KeyType::EC && kt != KeyType::EC_EDWARDS {
         return Err(BackendError::Unsupported(format!("key type {kt}")).into());
     }
-    let attrs = session.get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])?;
+    let attrs =
+        session.get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])?;
     let (mut params, mut point) = (Vec::new(), Vec::new());
     for a in attrs {
         match a {
@@ -397,7 +455,9 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Fai
     let raw = unwrap_octet_string(&point);
     if kt == KeyType::EC_EDWARDS {
         if params != OID_ED25519 && params != NAME_ED25519 {
-            return Err(BackendError::Unsupported("Edwards curve other than Ed25519".into()).into());
+            return Err(
+                BackendError::Unsupported("Edwards curve other than Ed25519".into()).into(),
+            );
         }
         if raw.len() != 32 {
             return Err(BackendError::Malformed("Ed25519 point is not 32 bytes".into()).into());
@@ -426,7 +486,10 @@ fn unwrap_octet_string(v: &[u8]) -> &[u8] {
 pub(super) fn destroy(session: &Session, id: &KeyId) -> Result<(), Fail> {
     let private = find_one(session, ObjectClass::PRIVATE_KEY, id)?;
     session.destroy_object(private)?;
-    for h in session.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.0.clone())])? {
+    for h in session.find_objects(&[
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Id(id.0.clone()),
+    ])? {
         session.destroy_object(h)?;
     }
     Ok(())

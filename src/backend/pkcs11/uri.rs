@@ -102,17 +102,26 @@ impl std::str::FromStr for Pkcs11Uri {
                     set(&mut uri.object_type, t).ok_or_else(dup)?;
                 }
                 "slot-id" => {
-                    let v = text()?.parse().map_err(|_| UriError::Value("slot-id".into()))?;
+                    let v = text()?
+                        .parse()
+                        .map_err(|_| UriError::Value("slot-id".into()))?;
                     set(&mut uri.slot_id, v).ok_or_else(dup)?;
                 }
                 // Library and slot descriptions select nothing we need; accept and ignore them
                 // so URIs printed by p11tool / pkcs11-tool paste in unchanged.
-                "library-manufacturer" | "library-description" | "library-version"
-                | "slot-description" | "slot-manufacturer" => {}
+                "library-manufacturer"
+                | "library-description"
+                | "library-version"
+                | "slot-description"
+                | "slot-manufacturer" => {}
                 other => return Err(UriError::Attribute(other.to_owned())),
             }
         }
-        for attr in query.into_iter().flat_map(|q| q.split('&')).filter(|a| !a.is_empty()) {
+        for attr in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|a| !a.is_empty())
+        {
             let (name, raw) = attr
                 .split_once('=')
                 .ok_or_else(|| UriError::Attribute(attr.to_owned()))?;
@@ -203,8 +212,14 @@ mod tests {
         assert_eq!(u.manufacturer.as_deref(), Some("Snake Oil, Inc."));
         assert_eq!(u.object.as_deref(), Some("my-certificate"));
         assert_eq!(u.object_type, Some(ObjectType::Cert));
-        assert_eq!(u.id, Some(vec![0x69, 0x95, 0x3e, 0x5c, 0xf4, 0xbd, 0xec, 0x91]));
-        assert_eq!(u.module_path, Some(PathBuf::from("/usr/lib/libsofttoken.so")));
+        assert_eq!(
+            u.id,
+            Some(vec![0x69, 0x95, 0x3e, 0x5c, 0xf4, 0xbd, 0xec, 0x91])
+        );
+        assert_eq!(
+            u.module_path,
+            Some(PathBuf::from("/usr/lib/libsofttoken.so"))
+        );
         let e: Pkcs11Uri = "pkcs11:".parse()?;
         assert_eq!(e, Pkcs11Uri::default());
         Ok(())
@@ -221,15 +236,27 @@ mod tests {
             "pkcs11:token=a;token=b".parse::<Pkcs11Uri>(),
             Err(UriError::Attribute("token".into()))
         );
-        assert_eq!("pkcs11:token=a?pin-value=1234".parse::<Pkcs11Uri>(), Err(UriError::PinValue));
-        assert!(matches!("pkcs11:id=%zz".parse::<Pkcs11Uri>(), Err(UriError::Encoding(_))));
-        assert!(matches!("pkcs11:type=foo".parse::<Pkcs11Uri>(), Err(UriError::Value(_))));
+        assert_eq!(
+            "pkcs11:token=a?pin-value=1234".parse::<Pkcs11Uri>(),
+            Err(UriError::PinValue)
+        );
+        assert!(matches!(
+            "pkcs11:id=%zz".parse::<Pkcs11Uri>(),
+            Err(UriError::Encoding(_))
+        ));
+        assert!(matches!(
+            "pkcs11:type=foo".parse::<Pkcs11Uri>(),
+            Err(UriError::Value(_))
+        ));
     }
 
     #[test]
     fn key_uri_round_trips() -> Result<(), UriError> {
         let s = key_uri("sigild dev", Some("abc123"), "idp/v1", &[0, 0xff]);
-        assert_eq!(s, "pkcs11:token=sigild%20dev;serial=abc123;object=idp%2Fv1;id=%00%FF;type=private");
+        assert_eq!(
+            s,
+            "pkcs11:token=sigild%20dev;serial=abc123;object=idp%2Fv1;id=%00%FF;type=private"
+        );
         let u: Pkcs11Uri = s.parse()?;
         assert_eq!(u.token.as_deref(), Some("sigild dev"));
         assert_eq!(u.object.as_deref(), Some("idp/v1"));
