@@ -77,7 +77,9 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         .map_err(|e| e.to_string())?;
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
-    config.pkcs11.workers = max_clients.max(1);
+    if let Some(p11) = config.pkcs11.as_mut() {
+        p11.workers = max_clients.max(1);
+    }
     let threads = args.server_threads;
     let running = {
         let (config, path) = (config.clone(), paths.config.clone());
@@ -104,7 +106,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         "sigild bench: {} s per row, SoftHSM token in {}, {} PKCS#11 worker sessions, daemon runtime threads {}; input {} bytes",
         duration.as_secs_f64(),
         paths.dir.display(),
-        config.pkcs11.workers,
+        config.pkcs11.as_ref().map_or(0, |p| p.workers),
         threads,
         input.len()
     );
@@ -124,8 +126,11 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         for &clients in &args.clients {
-            let direct =
-                direct_row(&running.backend, &version, alg, clients, duration, &input).await?;
+            let p11 = running
+                .backend
+                .as_ref()
+                .ok_or("the benchmark needs the PKCS#11 backend")?;
+            let direct = direct_row(p11, &version, alg, clients, duration, &input).await?;
             let inproc = service_row(&service, &key, alg, clients, duration, &input).await?;
             let via = daemon_row(
                 running.addr,

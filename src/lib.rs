@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod config_yubikey;
 pub mod crypto;
 pub mod dev;
 pub mod jose;

@@ -26,7 +26,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The backend cannot be used (module, PIN).
-    #[error("PKCS#11 backend: {0}")]
+    #[error("backend: {0}")]
     Backend(#[from] BackendError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -51,8 +51,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The service, for in-process callers (benchmarks).
     pub service: Arc<Service>,
-    /// The backend, for in-process comparisons (benchmarks).
-    pub backend: Arc<Pkcs11Backend>,
+    /// The PKCS#11 backend when that is the device, for in-process comparisons (benchmarks).
+    pub backend: Option<Arc<Pkcs11Backend>>,
     /// Dropping or sending tells the server and tasks to stop.
     stop: watch::Sender<bool>,
     /// The server task.
@@ -112,16 +112,10 @@ pub async fn start_on(
     config_path: &Path,
     listener: TcpListener,
 ) -> Result<Running, StartError> {
-    let settings = config.pkcs11_settings(config_path)?;
-    let (backend, startup_issue) =
-        tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
-            .await
-            .map_err(|e| StartError::Reflection(format!("backend start task: {e}")))??;
-    let backend = Arc::new(backend);
+    let (dyn_backend, backend, startup_issue) = open_backend(config, config_path).await?;
     if let Some(issue) = &startup_issue {
         tracing::warn!(error = %issue, "token not usable yet; serving NOT_SERVING until it is");
     }
-    let dyn_backend: Arc<dyn Backend> = backend.clone();
     let keyring = Arc::new(Keyring::new(dyn_backend));
     if startup_issue.is_none()
         && let Err(e) = keyring.refresh().await
@@ -173,6 +167,37 @@ pub async fn start_on(
         stop,
         server,
     })
+}
+
+/// The configured device: the backend as the keyring sees it, the PKCS#11 backend itself when
+/// that is the device (benchmarks compare against it), and a start-up issue that is not fatal
+/// (device absent).
+type OpenedBackend = (
+    Arc<dyn Backend>,
+    Option<Arc<Pkcs11Backend>>,
+    Option<BackendError>,
+);
+
+/// Open the one configured device (`[pkcs11]` or `[yubikey]`) off the async runtime.
+async fn open_backend(config: &Config, config_path: &Path) -> Result<OpenedBackend, StartError> {
+    let join =
+        |e: tokio::task::JoinError| StartError::Reflection(format!("backend start task: {e}"));
+    #[cfg(feature = "yubikey")]
+    if let Some(yk) = &config.yubikey {
+        let settings = yk.settings(config_path)?;
+        let (backend, issue) = tokio::task::spawn_blocking(move || {
+            crate::backend::yubikey::YubikeyBackend::open(settings)
+        })
+        .await
+        .map_err(join)??;
+        return Ok((Arc::new(backend), None, issue));
+    }
+    let settings = config.pkcs11_settings(config_path)?;
+    let (backend, issue) = tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
+        .await
+        .map_err(join)??;
+    let backend = Arc::new(backend);
+    Ok((backend.clone(), Some(backend), issue))
 }
 
 /// Keep readiness and the keyring current: check the device, refresh the keyring (other
@@ -229,8 +254,8 @@ pub struct Detached {
     pub addr: SocketAddr,
     /// The service, for in-process calls.
     pub service: Arc<Service>,
-    /// The backend, for direct comparisons.
-    pub backend: Arc<Pkcs11Backend>,
+    /// The PKCS#11 backend when that is the device, for direct comparisons.
+    pub backend: Option<Arc<Pkcs11Backend>>,
     /// A second listener serving the same keyring with signature verification off, when
     /// asked for (benchmarks show what verification costs).
     pub unverified_addr: Option<SocketAddr>,
@@ -305,7 +330,7 @@ impl Detached {
                                 running.addr,
                                 unverified,
                                 Arc::clone(&running.service),
-                                Arc::clone(&running.backend),
+                                running.backend.clone(),
                             )));
                             let _ = running
                                 .run_until(async {

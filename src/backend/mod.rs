@@ -11,6 +11,9 @@
 
 pub mod import;
 pub mod pkcs11;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;
+pub mod yubikey_settings;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -106,6 +109,13 @@ pub enum BackendError {
     /// The PIN is locked on the device.
     #[error("the PIN is locked on the device")]
     PinLocked,
+    /// The key needs a touch on the device and the request's deadline passed while the device
+    /// waited for one (YubiKey touch policy).
+    #[error("the key needs a touch on the device and none came before the deadline")]
+    TouchRequired,
+    /// The device waited for a touch and gave up (YubiKey: ~15 s without a touch).
+    #[error("the device timed out waiting for a touch")]
+    TouchTimeout,
     /// The device does not support this key kind or mechanism.
     #[error("not supported by this device: {0}")]
     Unsupported(String),
