@@ -174,6 +174,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Create or replace the record with `record.label`.
     fn put_record(&self, record: Record) -> BackendFuture<()>;
 
+    /// The attestation certificate chain of a key pair, DER, leaf first (as in a JWK `x5c`):
+    /// proof from the device's maker that the key was generated on it. Empty when the device
+    /// offers none.
+    fn attestation(&self, key: &KeyId) -> BackendFuture<Vec<Vec<u8>>>;
+
     /// Whether the device is reachable and logged in, checked cheaply (no signature).
     fn check(&self) -> BackendFuture<()>;
 }

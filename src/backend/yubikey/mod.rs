@@ -633,16 +633,6 @@ impl YubikeyBackend {
             _ => Err(BackendError::KeyNotFound(key.clone())),
         }
     }
-
-    /// The attestation certificate chain of `key` (leaf first, then the card's F9 certificate,
-    /// DER), as in a JWK `x5c`; empty for keys that were not generated on the card.
-    pub fn attestation_chain(&self, key: &KeyId) -> BackendFuture<Vec<Vec<u8>>> {
-        let slot = match Self::slot_of(key) {
-            Ok(s) => s,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        self.submit(None, move |c| c.run(|c| c.attestation(slot)))
-    }
 }
 
 impl Backend for YubikeyBackend {
@@ -769,6 +759,16 @@ impl Backend for YubikeyBackend {
                 c.save_store(&entries)
             })
         })
+    }
+
+    /// The slot's attestation certificate, then the card's F9 certificate; empty for keys that
+    /// were imported (the card attests generated keys only).
+    fn attestation(&self, key: &KeyId) -> BackendFuture<Vec<Vec<u8>>> {
+        let slot = match Self::slot_of(key) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        self.submit(None, move |c| c.run(|c| c.attestation(slot)))
     }
 
     fn check(&self) -> BackendFuture<()> {
