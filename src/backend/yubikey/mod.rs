@@ -149,8 +149,18 @@ impl YubikeyBackend {
         slot: Option<u8>,
         f: impl FnOnce(&mut Card) -> Result<T, BackendError> + Send + 'static,
     ) -> BackendFuture<T> {
+        self.submit_within(self.timeout, slot, f)
+    }
+
+    /// [`Self::submit`] with an explicit deadline.
+    fn submit_within<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        slot: Option<u8>,
+        f: impl FnOnce(&mut Card) -> Result<T, BackendError> + Send + 'static,
+    ) -> BackendFuture<T> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         let job: Job = Box::new(move |card| {
             if Instant::now() >= deadline {
                 let _ = reply.send(Err(BackendError::Unavailable(
@@ -163,7 +173,6 @@ impl YubikeyBackend {
         });
         match self.tx.try_send(job) {
             Ok(()) => {
-                let timeout = self.timeout;
                 let touch = slot.is_some_and(|s| {
                     self.touch_slots
                         .lock()
@@ -650,7 +659,10 @@ impl Backend for YubikeyBackend {
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         let serial = self.serial;
-        self.submit(None, move |c| {
+        // On-card RSA generation takes seconds (RSA-4096 up to about a minute): a deadline
+        // shorter than that would abandon a key the card goes on to make.
+        let within = self.timeout.max(GENERATE_TIMEOUT);
+        self.submit_within(within, None, move |c| {
             c.run(|c| {
                 let (slot, public) = c.generate(&spec)?;
                 Ok(KeyObject {
@@ -787,6 +799,9 @@ impl Backend for YubikeyBackend {
         })
     }
 }
+
+/// Least deadline of a key generation.
+const GENERATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The store entry naming the sigild key in `slot`.
 fn slot_label(slot: u8) -> String {
