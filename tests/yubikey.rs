@@ -255,7 +255,7 @@ async fn fw_5_7_1_conformance_adoption_reinsertion_and_pin_lockout() -> TestResu
 async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
     let _one_pcscd = serial_guard().await;
     let card = VirtualCard::start("5.4.3", &[])?;
-    let config = card.write_config(&card.config("slots = [\"95\", \"94\"]"))?;
+    let config = card.write_config(&card.config("slots = [\"95\", \"94\", \"93\", \"92\"]"))?;
     let kid = {
         let d = Daemon::start_config(&card.work(), &config)?;
         let k = d.create("es256", "ES256", 0).await?;
@@ -278,20 +278,38 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
         let (code, msg) = code_of(r)?;
         assert_eq!(code, tonic::Code::FailedPrecondition, "{msg}");
         assert!(msg.contains("5.7"), "{msg}");
-        // Rotation takes the next free slot; destroying the old version frees its slot.
+        // Rotation takes the next free slot; with none left the card says so; destroying an old
+        // version scrubs its slot, which the next rotation reuses.
         d.create("rs", "RS256", 0).await?;
-        let r = d
-            .keys()
-            .await?
-            .rotate_key(pb::RotateKeyRequest {
-                name: "rs".into(),
-                alg: String::new(),
-                rsa_bits: 0,
-            })
-            .await;
-        let (code, msg) = code_of(r)?;
+        d.create("rot", "ES256", 0).await?;
+        let mut keys = d.keys().await?;
+        let rotate = || pb::RotateKeyRequest {
+            name: "rot".into(),
+            alg: String::new(),
+            rsa_bits: 0,
+        };
+        let k = keys.rotate_key(rotate()).await?.into_inner();
+        assert_eq!(
+            k.versions[1].uri,
+            format!("yubikey:serial={SERIAL};slot=92")
+        );
+        let (code, msg) = code_of(keys.rotate_key(rotate()).await)?;
         assert_eq!(code, tonic::Code::FailedPrecondition, "slots full: {msg}");
         assert!(msg.contains("free slot"), "{msg}");
+        let version = |version| pb::KeyVersionRequest {
+            name: "rot".into(),
+            version,
+        };
+        keys.activate_key_version(version(2)).await?;
+        keys.destroy_key_version(version(1)).await?;
+        let k = keys.rotate_key(rotate()).await?.into_inner();
+        assert_eq!(
+            k.versions[2].uri,
+            format!("yubikey:serial={SERIAL};slot=93")
+        );
+        keys.activate_key_version(version(3)).await?;
+        let rot_kid = sign_and_verify(&d, "rot", "ES256").await?;
+        assert_eq!(rot_kid, k.versions[2].kid);
         kid
     };
     // A new daemon finds the keyring on the card (records in PIV data objects).
@@ -302,7 +320,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
         .list_keys(pb::ListKeysRequest {})
         .await?
         .into_inner();
-    assert_eq!(keys.keys.len(), 2);
+    assert_eq!(keys.keys.len(), 3);
     assert_eq!(sign_and_verify(&d, "es256", "ES256").await?, kid);
     sign_and_verify(&d, "rs", "RS256").await?;
     Ok(())
