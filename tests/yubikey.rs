@@ -121,7 +121,7 @@ async fn sign_status(d: &Daemon, name: &str, alg: &str) -> TestResult<(tonic::Co
 }
 
 #[tokio::test]
-async fn fw_5_7_1_conformance_adoption_reinsertion_and_pin_lockout() -> TestResult {
+async fn fw_5_7_1_conformance_attestation_adoption_reinsertion_and_pin_lockout() -> TestResult {
     let _one_pcscd = serial_guard().await;
     let card = VirtualCard::start("5.7.1", &[])?;
     let config = card.write_config(&card.config("timeout_ms = 8000"))?;
@@ -248,6 +248,37 @@ async fn fw_5_7_1_conformance_adoption_reinsertion_and_pin_lockout() -> TestResu
     let (code, msg) = sign_status(&d, "es256", "ES256").await?;
     assert_eq!(code, tonic::Code::FailedPrecondition, "{msg}");
     assert!(msg.contains("PIN is locked"), "{msg}");
+    // Readiness follows (the check runs every few seconds).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(d.channel().await?);
+    let serving = |h: tonic_health::pb::HealthCheckResponse| h.status;
+    let mut status = 0;
+    for _ in 0..40 {
+        status = serving(
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner(),
+        );
+        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+        "a locked PIN makes the daemon NOT_SERVING"
+    );
+    // An operator unblocks it with the PUK: the daemon recovers without a restart.
+    let out = card.piv_tool(&["-a", "unblock-pin", "-P", "12345678", "-N", PIN])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sign_and_verify(&d, "es256", "ES256").await?;
     Ok(())
 }
 

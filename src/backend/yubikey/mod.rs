@@ -831,7 +831,15 @@ impl Backend for YubikeyBackend {
                 if c.pin_rejected {
                     return Err(BackendError::PinRejected("rejected earlier".into()).into());
                 }
-                Ok(())
+                // VERIFY without data: the retry counter, without using a retry or un-verifying.
+                // A locked PIN makes the daemon NOT_SERVING, so balancers drain it.
+                match c.yk()?.verify_pin(&[]) {
+                    Err(yubikey::Error::WrongPin { tries: 0 }) => {
+                        Err(BackendError::PinLocked.into())
+                    }
+                    Ok(()) | Err(yubikey::Error::WrongPin { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
             })
         })
     }
