@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod dev;
 pub mod jose;
 pub mod keyring;
+pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod service;
