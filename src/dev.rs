@@ -126,7 +126,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
     }
     // Rewritten every start so it follows --listen and the module found on this machine.
     let config = format!(
-        "# sigild dev config (rewritten by `sigild dev` on each start)\n[server]\nlisten = \"{listen}\"\n\n[pkcs11]\nmodule = \"{}\"\ntoken = \"pkcs11:token={DEV_TOKEN_LABEL}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n",
+        "# sigild dev config (rewritten by `sigild dev` on each start)\n[server]\nlisten = \"{listen}\"\ndanger_plaintext = true\n\n[pkcs11]\nmodule = \"{}\"\ntoken = \"pkcs11:token={DEV_TOKEN_LABEL}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n",
         paths.module.display(),
         paths.user_pin.display()
     );

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod bench;
 pub mod cli;
@@ -14,3 +15,4 @@ pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod tls;

@@ -77,7 +77,7 @@ impl Token {
     /// A config for this token; `extra` is appended (e.g. a `[signing]` table).
     pub fn config(&self, extra: &str) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"pkcs11:token={}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n{extra}",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndanger_plaintext = true\n\n[pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"pkcs11:token={}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n{extra}",
             self.label,
             self.pin_file.display()
         )
