@@ -76,6 +76,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
+    config.for_benchmark();
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     config.pkcs11.workers = max_clients.max(1);
     let threads = args.server_threads;
@@ -118,7 +119,13 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         let key = format!("bench-{}", alg.name().to_ascii_lowercase());
         if service.key(&key).is_err() {
             service
-                .create_key(&key, alg.name(), 0, false)
+                .create_key(
+                    &crate::service::Origin::in_process(),
+                    &key,
+                    alg.name(),
+                    0,
+                    false,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -379,10 +386,11 @@ async fn service_row(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(65536);
             let mut errors = 0u64;
+            let origin = crate::service::Origin::in_process();
             let deadline = Instant::now() + duration;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match service.sign_raw(&key, &input, None).await {
+                match service.sign_raw(&origin, &key, &input, None).await {
                     Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
                     Err(_) => errors += 1,
                 }

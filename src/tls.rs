@@ -149,11 +149,14 @@ pub fn server_config(
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(cert_pem, key_pem.expose().as_bytes()))
         .client_ca_root(Certificate::from_pem(cas))
-        .client_auth_optional(false))
+        .client_auth_optional(false)
+        // A peer that stalls the handshake must not hold a connection slot for long.
+        .timeout(std::time::Duration::from_secs(10)))
 }
 
 /// The client side: the CA that issued the server's certificate and our own certificate and
-/// key. `domain` is the name checked against the server certificate (`localhost` in dev).
+/// key. `domain` is the name checked against the server certificate (default: the
+/// endpoint's host, which may be an IP address).
 ///
 /// # Errors
 /// Unreadable files.
@@ -161,16 +164,19 @@ pub fn client_config(
     ca: &Path,
     cert: &Path,
     key: &Path,
-    domain: &str,
+    domain: Option<&str>,
 ) -> Result<ClientTlsConfig, TlsError> {
     install_crypto_provider();
     let ca = read_certificates(&[ca.to_owned()])?;
     let cert = read_certificates(&[cert.to_owned()])?;
     let key = SecretSource::File(key.to_owned()).read()?;
-    Ok(ClientTlsConfig::new()
+    let c = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key.expose().as_bytes()))
-        .domain_name(domain))
+        .identity(Identity::from_pem(cert, key.expose().as_bytes()));
+    Ok(match domain {
+        Some(d) => c.domain_name(d),
+        None => c,
+    })
 }
 
 /// The caller identity in a (verified) client certificate.
@@ -455,8 +461,23 @@ mod tests {
         assert!(!pki.ensure()?);
         let mode = std::fs::metadata(&pki.client_key)?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(server_config(&pki.server_cert, &pki.server_key, &[pki.ca.clone()]).is_ok());
-        assert!(client_config(&pki.ca, &pki.client_cert, &pki.client_key, "localhost").is_ok());
+        assert!(
+            server_config(
+                &pki.server_cert,
+                &pki.server_key,
+                std::slice::from_ref(&pki.ca)
+            )
+            .is_ok()
+        );
+        assert!(
+            client_config(
+                &pki.ca,
+                &pki.client_cert,
+                &pki.client_key,
+                Some("localhost")
+            )
+            .is_ok()
+        );
         Ok(())
     }
 }
