@@ -36,7 +36,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run the daemon on an embedded SoftHSM token (created on first run, with ES256, PS256
-    /// and EdDSA keys), listening on 127.0.0.1:7711.
+    /// and EdDSA keys), serving mutual TLS on 127.0.0.1:7711 with a dev CA and client
+    /// certificate in the state directory (which client commands run from the same directory
+    /// use by default), and a Unix socket `sigild.sock` there for the directory's owner.
     Dev {
         /// State directory (token, PINs, config).
         #[arg(long, default_value = ".sigild")]

@@ -323,22 +323,33 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`].
     pub fn check_environment(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let locate = |field: &str, message: String| ConfigError::Located {
+            path: path.to_owned(),
+            line: auth::locate(&text, field),
+            field: field.to_owned(),
+            message,
+        };
+        let mut errors = Vec::new();
         if !self.pkcs11.module.is_file() {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                field: "pkcs11.module",
-                message: format!("{} is not a file", self.pkcs11.module.display()),
-            });
+            errors.push(locate(
+                "pkcs11.module",
+                format!("{} is not a file", self.pkcs11.module.display()),
+            ));
         }
-        self.pkcs11
-            .pin
-            .read()
-            .map(drop)
-            .map_err(|e| ConfigError::Invalid {
-                path: path.to_owned(),
-                field: "pkcs11.pin",
-                message: e.to_string(),
-            })
+        if let Err(e) = self.pkcs11.pin.read() {
+            errors.push(locate("pkcs11.pin", e.to_string()));
+        }
+        errors.extend(
+            auth::check_files(&self.server, &self.audit)
+                .into_iter()
+                .map(|p| locate(&p.field, p.message)),
+        );
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
     }
 
     /// Typed backend settings, reading the PIN now.

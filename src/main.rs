@@ -59,8 +59,10 @@ fn main() -> ExitCode {
                     tracing::info!(keys = ?keys, "created default dev keys");
                 }
                 tracing::info!(
-                    "sigild dev ready on {}: try `sigild key list` or `sigild jwks`",
-                    running.addr
+                    "sigild dev ready on https://{} (mTLS with the client certificate in {}) and unix:{}: try `sigild key list` or `sigild jwks` from the directory holding .sigild/",
+                    running.addr,
+                    paths.dir.display(),
+                    paths.socket.display()
                 );
                 running.run_until(shutdown_signal()).await?;
             }

@@ -587,5 +587,27 @@ fn check_config_names_file_line_and_field_of_each_mistake() -> TestResult {
         )),
         "{err}"
     );
+    // Problems outside the file are located too: a server key readable by others.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        &token.pki.server_key,
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let text = token.config("");
+    let config = token.write_config("loose-key.toml", &text)?;
+    let out = run_cli(
+        "http://127.0.0.1:1",
+        &["check-config", "--config", config.to_str().ok_or("path")?],
+        None,
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "loose-key.toml:{}: field `server.tls.key`: secret file",
+            line("key = ")
+        )) && err.contains("readable by group or others"),
+        "{err}"
+    );
     Ok(())
 }

@@ -311,6 +311,47 @@ pub fn validate(
     out
 }
 
+/// Checks that look outside the file: certificates parse, the TLS key is private, the
+/// socket's and audit file's directories exist.
+pub fn check_files(server: &super::ServerConfig, audit: &AuditConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(t) = &server.tls {
+        if let Err(e) = crate::tls::read_certificates(std::slice::from_ref(&t.cert)) {
+            out.push(problem("server.tls.cert", e.to_string()));
+        }
+        if let Err(e) = crate::secret::SecretSource::File(t.key.clone()).read() {
+            out.push(problem("server.tls.key", e.to_string()));
+        }
+        for (i, ca) in t.client_ca.iter().enumerate() {
+            if let Err(e) = crate::tls::read_certificates(std::slice::from_ref(ca)) {
+                out.push(problem(format!("server.tls.client_ca[{i}]"), e.to_string()));
+            }
+        }
+    }
+    let dir_of = |p: &std::path::Path| {
+        p.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .is_none_or(std::path::Path::is_dir)
+    };
+    if let Some(u) = &server.unix
+        && !dir_of(&u.path)
+    {
+        out.push(problem(
+            "server.unix.path",
+            format!("the directory of {} does not exist", u.path.display()),
+        ));
+    }
+    if let Some(f) = &audit.file
+        && !dir_of(f)
+    {
+        out.push(problem(
+            "audit.file",
+            format!("the directory of {} does not exist", f.display()),
+        ));
+    }
+    out
+}
+
 /// Build the policy from validated rules (invalid entries were refused by [`validate`]).
 pub fn policy(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
     let rules = callers

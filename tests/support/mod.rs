@@ -133,6 +133,12 @@ impl Token {
     }
 
     pub fn with_label(label: &str) -> TestResult<Token> {
+        Self::with_pin(label, "87654321")
+    }
+
+    /// A token whose user PIN is `pin` (tests that look for the PIN in output use a
+    /// distinctive one).
+    pub fn with_pin(label: &str, pin: &str) -> TestResult<Token> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir()?;
         let tokens = dir.path().join("tokens");
@@ -145,7 +151,7 @@ impl Token {
                 tokens.display()
             ),
         )?;
-        let pin = "87654321".to_owned();
+        let pin = pin.to_owned();
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
             .args([
