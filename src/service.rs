@@ -442,9 +442,13 @@ impl Service {
             Ok(()) => r,
             Err(e) => {
                 tracing::error!(request_id = %call.origin.request_id, error = %e, "audit record not written");
-                if self.audit.fail_closed() && r.is_ok() {
+                // Fail-closed withholds signatures. A key-management action has already
+                // happened on the device, and reads return public data: saying "failed" for
+                // those would mislead, so they are only logged.
+                let signs = !matches!(call.op, Operation::Admin | Operation::Read);
+                if self.audit.fail_closed() && signs && r.is_ok() {
                     Err(Error::Unavailable(
-                        "the audit record could not be written, so the result was withheld (audit.fail_closed)".into(),
+                        "the audit record could not be written, so the signature was withheld (audit.fail_closed)".into(),
                     ))
                 } else {
                     r

@@ -498,23 +498,26 @@ async fn fail_closed_withholds_signatures_it_cannot_record() -> TestResult {
         &token,
         "[audit]\nfile = \"/dev/full\"\nfail_closed = true\n",
     )?;
-    let (code, msg) = code_of(
-        d.keys()
-            .await?
-            .create_key(pb::CreateKeyRequest {
-                name: "k".into(),
-                alg: "ES256".into(),
-                rsa_bits: 0,
-                fapi2: false,
-            })
-            .await,
-    )?;
+    // Key management has already happened on the device when its record fails: the result
+    // is returned (and the failure logged); fail-closed is about signatures.
+    d.create("k", "ES256", 0).await?;
+    let raw = || pb::SignRawRequest {
+        key: "k".into(),
+        data: b"x".to_vec(),
+        alg: String::new(),
+    };
+    let (code, msg) = code_of(d.signer().await?.sign_raw(raw()).await)?;
     assert_eq!(code, Code::Unavailable);
-    assert!(msg.contains("audit record could not be written"), "{msg}");
-    // Without fail_closed the same failure is logged and the call goes through.
+    assert!(
+        msg.starts_with("the audit record could not be written, so the signature was withheld"),
+        "{msg}"
+    );
+    assert!(d.log_text().contains("audit record not written"));
+    // Without fail_closed the same failure is logged and the signature returned.
     let token = Token::new()?;
     let d = Daemon::start_with(&token, "[audit]\nfile = \"/dev/full\"\n")?;
     d.create("k", "ES256", 0).await?;
+    d.signer().await?.sign_raw(raw()).await?;
     assert!(d.log_text().contains("audit record not written"));
     Ok(())
 }

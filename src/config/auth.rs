@@ -30,7 +30,8 @@
 //! admin = true                             # key administration; keys default to all
 //!
 //! [limits]
-//! per_key = "1000/s"
+//! per_key = "1000/s"                       # every key, all callers together
+//! per_caller = "50/s"                      # each caller whose rule has no `rate`
 //! [audit]
 //! file = "/var/log/sigild/audit.jsonl"     # or stdout = true
 //! fail_closed = true
@@ -129,6 +130,8 @@ pub struct CallerConfig {
 pub struct LimitsConfig {
     /// Rate limit of every key, across all callers, e.g. `"1000/s"`.
     pub per_key: Option<String>,
+    /// Rate limit of each caller whose `[[caller]]` rule sets no `rate`, e.g. `"50/s"`.
+    pub per_caller: Option<String>,
 }
 
 /// `[audit]`.
@@ -296,6 +299,11 @@ pub fn validate(
     {
         out.push(problem("limits.per_key", m));
     }
+    if let Some(r) = &limits.per_caller
+        && let Err(m) = Rate::parse(r)
+    {
+        out.push(problem("limits.per_caller", m));
+    }
     if audit.file.is_some() && audit.stdout {
         out.push(problem(
             "audit.stdout",
@@ -386,6 +394,12 @@ pub fn policy(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
     Policy::new(
         rules,
         limits.per_key.as_deref().and_then(|r| Rate::parse(r).ok()),
+    )
+    .with_per_caller(
+        limits
+            .per_caller
+            .as_deref()
+            .and_then(|r| Rate::parse(r).ok()),
     )
 }
 

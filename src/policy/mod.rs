@@ -465,6 +465,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Limit for every key, shared by all callers.
     per_key: Option<Rate>,
+    /// Limit for each caller whose granting rule sets no `rate` of its own.
+    per_caller: Option<Rate>,
     /// Token buckets.
     limiter: RateLimiter,
 }
@@ -475,8 +477,16 @@ impl Policy {
         Policy {
             rules,
             per_key,
+            per_caller: None,
             limiter: RateLimiter::default(),
         }
+    }
+
+    /// Give every caller without a rule-specific `rate` this limit (one bucket per caller).
+    #[must_use]
+    pub fn with_per_caller(mut self, rate: Option<Rate>) -> Policy {
+        self.per_caller = rate;
+        self
     }
 
     /// A policy that allows nothing to anyone (except in-process callers).
@@ -578,10 +588,28 @@ impl Policy {
         now: Duration,
     ) -> Result<(), PolicyError> {
         let mut takes: Vec<(String, Rate, String)> = Vec::with_capacity(2);
-        if let Some(i) = grant.0
-            && let Some(rate) = self.rules.get(i).and_then(|r| r.rate)
-        {
-            takes.push((format!("rule:{i}"), rate, format!("caller {caller}")));
+        if let Some(i) = grant.0 {
+            match (self.rules.get(i).and_then(|r| r.rate), self.per_caller) {
+                (Some(rate), _) => {
+                    takes.push((format!("rule:{i}"), rate, format!("caller {caller}")));
+                }
+                (None, Some(rate)) => {
+                    // Keyed by how the caller connected too: a certificate named "uid:0" is
+                    // not the Unix user 0.
+                    let via = match caller.via {
+                        Via::Tls => "tls",
+                        Via::Unix { .. } => "unix",
+                        Via::DangerPlaintext => "plaintext",
+                        Via::InProcess => "in-process",
+                    };
+                    takes.push((
+                        format!("caller:{via}:{}", caller.identity),
+                        rate,
+                        format!("caller {caller}"),
+                    ));
+                }
+                (None, None) => {}
+            }
         }
         if let Some(rate) = self.per_key
             && caller.via != Via::InProcess
@@ -844,6 +872,39 @@ mod tests {
         );
         // A refused take does not consume from the other bucket.
         assert!(p.admit(&b, gb, "other", t0).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn default_per_caller_limit_applies_to_rules_without_their_own() -> Result<(), String> {
+        let mut own = rule(Who::Identity("a".into()), &["*"], &[Operation::Jws]);
+        own.rate = Some(Rate::parse("3/s")?);
+        let plain = rule(Who::Identity("b".into()), &["*"], &[Operation::Jws]);
+        let p = Policy::new(vec![own, plain], None).with_per_caller(Some(Rate::parse("1/s")?));
+        let (a, b) = (Caller::tls("a"), Caller::tls("b"));
+        let ga = p
+            .evaluate(&a, &req(Operation::Jws, "k", None))
+            .map_err(|e| e.to_string())?;
+        let gb = p
+            .evaluate(&b, &req(Operation::Jws, "k", None))
+            .map_err(|e| e.to_string())?;
+        let t = Duration::from_secs(1);
+        assert!(p.admit(&b, gb, "k", t).is_ok());
+        assert!(p.admit(&b, gb, "k", t).is_err());
+        for _ in 0..3 {
+            assert!(p.admit(&a, ga, "k", t).is_ok());
+        }
+        // Each caller has its own bucket, even under one rule.
+        let mut g = rule(Who::Gid(7), &["*"], &[Operation::Jws]);
+        g.rate = None;
+        let p = Policy::new(vec![g], None).with_per_caller(Some(Rate::parse("1/s")?));
+        let (u1, u2) = (Caller::unix(1, 7), Caller::unix(2, 7));
+        let g1 = p
+            .evaluate(&u1, &req(Operation::Jws, "k", None))
+            .map_err(|e| e.to_string())?;
+        assert!(p.admit(&u1, g1, "k", t).is_ok());
+        assert!(p.admit(&u2, g1, "k", t).is_ok());
+        assert!(p.admit(&u1, g1, "k", t).is_err());
         Ok(())
     }
 }
