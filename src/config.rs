@@ -553,4 +553,12 @@ per_key = "1/d"
         assert!(err.contains("uid/gid rules need a Unix socket"), "{err}");
         assert!(err.contains("p.toml:23: field `limits.per_key`"), "{err}");
     }
+
+    #[test]
+    fn the_example_config_parses() -> Result<(), ConfigError> {
+        let text = include_str!("../hsm-config/sigild.example.toml");
+        let c = Config::parse(Path::new("sigild.example.toml"), text)?;
+        assert_eq!(c.callers.len(), 4);
+        Ok(())
+    }
 }

@@ -275,16 +275,25 @@ pub fn validate(
                 "raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id or htu_prefix; put them in a separate [[caller]] rule",
             ));
         }
-        for (name, list) in [
-            ("iss", &c.iss),
-            ("aud", &c.aud),
-            ("client_id", &c.client_id),
-            ("htu_prefix", &c.htu_prefix),
+        for (name, claim, list) in [
+            ("iss", "iss", &c.iss),
+            ("aud", "aud", &c.aud),
+            ("client_id", "client_id", &c.client_id),
+            ("htu_prefix", "htu", &c.htu_prefix),
         ] {
             if list.as_ref().is_some_and(Vec::is_empty) {
                 out.push(problem(
                     f(name),
                     "an empty list allows nothing; remove the field to allow any value",
+                ));
+            }
+            if list.is_some() && !ops.is_empty() && !ops.iter().any(|o| o.carries(claim)) {
+                out.push(problem(
+                    f(name),
+                    format!(
+                        "has no effect: none of this rule's operations ({}) signs a {claim} claim",
+                        c.operations.join(", ")
+                    ),
                 ));
             }
         }

@@ -141,6 +141,19 @@ impl Operation {
         Operation::CONFIGURABLE.into_iter().find(|o| o.name() == s)
     }
 
+    /// Whether tokens of this operation carry `claim` (`iss`, `aud`, `client_id`, `htu`), so
+    /// that a rule restricting it applies. Generic JWS may carry anything — including a
+    /// hand-made DPoP proof or ID token — so every restriction applies to it.
+    pub fn carries(self, claim: &str) -> bool {
+        use Operation as O;
+        match claim {
+            "iss" | "aud" => matches!(self, O::Jws | O::IdToken | O::Jar | O::ClientAssertion),
+            "client_id" => matches!(self, O::Jws | O::Jar | O::ClientAssertion),
+            "htu" => matches!(self, O::Jws | O::Dpop),
+            _ => false,
+        }
+    }
+
     /// Whether the signed content is a JSON claims set that content rules can check.
     fn has_claims(self) -> bool {
         !matches!(
@@ -236,7 +249,8 @@ pub struct Rule {
     pub operations: BTreeSet<Operation>,
     /// Key administration allowed on those keys.
     pub admin: bool,
-    /// Allowed `iss` values (None = any).
+    /// Allowed `iss` values (None = any). Each content restriction applies to the operations
+    /// whose tokens carry that claim ([`Operation::carries`]).
     pub iss: Option<Vec<String>>,
     /// Allowed `aud` values; every audience of the token must be listed (None = any).
     pub aud: Option<Vec<String>>,
@@ -263,21 +277,20 @@ impl Rule {
         op_ok && (op == Operation::Read || self.keys.iter().any(|k| k.matches(key)))
     }
 
-    /// Whether the rule restricts signed content (and so cannot allow claim-less raw signing).
-    pub fn restricts_content(&self) -> bool {
-        self.iss.is_some()
-            || self.aud.is_some()
-            || self.client_id.is_some()
-            || self.htu_prefix.is_some()
+    /// Whether the rule restricts content that `op`'s tokens carry.
+    pub fn restricts_content(&self, op: Operation) -> bool {
+        (self.iss.is_some() && op.carries("iss"))
+            || (self.aud.is_some() && op.carries("aud"))
+            || (self.client_id.is_some() && op.carries("client_id"))
+            || (self.htu_prefix.is_some() && op.carries("htu"))
     }
 
-    fn check_claims(&self, claims: &Claims) -> Result<(), ClaimProblem> {
-        fn one(
-            name: &'static str,
-            allowed: &Option<Vec<String>>,
-            value: &Option<String>,
-        ) -> Result<(), ClaimProblem> {
-            let Some(allowed) = allowed else {
+    fn check_claims(&self, op: Operation, claims: &Claims) -> Result<(), ClaimProblem> {
+        let one = |name: &'static str,
+                   allowed: &Option<Vec<String>>,
+                   value: &Option<String>|
+         -> Result<(), ClaimProblem> {
+            let Some(allowed) = allowed.as_ref().filter(|_| op.carries(name)) else {
                 return Ok(());
             };
             match value {
@@ -285,10 +298,10 @@ impl Rule {
                 Some(v) if allowed.iter().any(|a| a == v) => Ok(()),
                 Some(v) => Err(ClaimProblem::NotAllowed(name, v.clone())),
             }
-        }
+        };
         one("iss", &self.iss, &claims.iss)?;
         one("client_id", &self.client_id, &claims.client_id)?;
-        if let Some(allowed) = &self.aud {
+        if let Some(allowed) = self.aud.as_ref().filter(|_| op.carries("aud")) {
             if claims.aud.is_empty() {
                 return Err(ClaimProblem::Missing("aud"));
             }
@@ -296,7 +309,7 @@ impl Rule {
                 return Err(ClaimProblem::NotAllowed("aud", bad.clone()));
             }
         }
-        if let Some(prefixes) = &self.htu_prefix {
+        if let Some(prefixes) = self.htu_prefix.as_ref().filter(|_| op.carries("htu")) {
             match &claims.htu {
                 None => return Err(ClaimProblem::Missing("htu")),
                 Some(h) if prefixes.iter().any(|p| h.starts_with(p.as_str())) => {}
@@ -533,7 +546,7 @@ impl Policy {
         }
         let mut problem = None;
         for (i, r) in &covering {
-            if !r.restricts_content() {
+            if !r.restricts_content(req.op) {
                 return Ok(Grant(Some(*i)));
             }
             match claims {
@@ -544,7 +557,7 @@ impl Policy {
                         key: req.key.to_owned(),
                     });
                 }
-                Some(c) => match r.check_claims(c) {
+                Some(c) => match r.check_claims(req.op, c) {
                     Ok(()) => return Ok(Grant(Some(*i))),
                     Err(p) => {
                         problem.get_or_insert(match p {
@@ -807,6 +820,39 @@ mod tests {
             p.evaluate(&u, &req(Operation::Dpop, "dpop", Some(&h)))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn restrictions_apply_to_the_operations_whose_tokens_carry_them() {
+        let mut r = rule(
+            Who::Identity("c".into()),
+            &["*"],
+            &[Operation::Dpop, Operation::ClientAssertion, Operation::Jws],
+        );
+        r.aud = Some(vec!["https://as".into()]);
+        r.htu_prefix = Some(vec!["https://as/".into()]);
+        let p = Policy::new(vec![r], None);
+        let c = Caller::tls("c");
+        // A DPoP proof has no aud: only htu is checked.
+        let dpop = Claims::from_payload(Operation::Dpop, br#"{"htu":"https://as/token"}"#);
+        assert!(
+            p.evaluate(&c, &req(Operation::Dpop, "k", Some(&dpop)))
+                .is_ok()
+        );
+        // A client assertion has no htu: only aud is checked.
+        let ca = Claims::from_payload(
+            Operation::ClientAssertion,
+            br#"{"iss":"x","sub":"x","aud":"https://as"}"#,
+        );
+        assert!(
+            p.evaluate(&c, &req(Operation::ClientAssertion, "k", Some(&ca)))
+                .is_ok()
+        );
+        // Generic JWS is held to every restriction.
+        assert!(matches!(
+            p.evaluate(&c, &req(Operation::Jws, "k", Some(&ca))),
+            Err(PolicyError::ClaimMissing { claim: "htu", .. })
+        ));
     }
 
     #[test]
