@@ -536,18 +536,19 @@ impl Keyring {
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
+        let obj = self.backend.adopt(uri.to_owned()).await?;
+        // Compare what the URI resolved to, not its text: many URIs name one key pair.
         let in_use = self
             .read_map()
             .values()
             .flat_map(|k| k.versions.clone())
-            .find(|v| v.state != KeyState::Destroyed && v.uri == uri);
+            .find(|v| v.state != KeyState::Destroyed && v.key_id == obj.id);
         if let Some(v) = in_use {
             return Err(KeyringError::AlreadyExists(format!(
-                "{} (already holds that key pair)",
-                v.name
+                "{} version {} (already holds that key pair)",
+                v.name, v.version
             )));
         }
-        let obj = self.backend.adopt(uri.to_owned()).await?;
         check_alg(alg, obj.public.kind(), fapi2)?;
         self.add_version(
             &name,
