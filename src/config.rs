@@ -348,3 +348,26 @@ pin = { file = "/etc/sigild/pin" }
         assert!(err.contains("pkcs11.token"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example configs shipped in `hsm-config/` must stay valid.
+    #[test]
+    fn shipped_examples_parse() -> Result<(), ConfigError> {
+        for (name, text) in [
+            (
+                "sigild-softhsm.toml",
+                include_str!("../hsm-config/sigild-softhsm.toml"),
+            ),
+            (
+                "sigild-network-hsm.toml",
+                include_str!("../hsm-config/sigild-network-hsm.toml"),
+            ),
+        ] {
+            Config::parse(Path::new(name), text)?;
+        }
+        Ok(())
+    }
+}

@@ -12,7 +12,12 @@ use support::*;
 
 fn ok(out: &std::process::Output) -> TestResult<String> {
     if !out.status.success() {
-        return Err(format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr)).into());
+        return Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     Ok(String::from_utf8(out.stdout.clone())?.trim_end().to_owned())
 }
@@ -21,11 +26,20 @@ fn ok(out: &std::process::Output) -> TestResult<String> {
 async fn client_commands() -> TestResult {
     let token = Token::new()?;
     let d = Daemon::start(&token)?;
-    let created: Value = serde_json::from_str(&ok(&d.cli(&["key", "create", "web", "--alg", "ES256"], None)?)?)?;
+    let created: Value = serde_json::from_str(&ok(
+        &d.cli(&["key", "create", "web", "--alg", "ES256"], None)?
+    )?)?;
     assert_eq!(created["versions"][0]["state"], "active");
-    ok(&d.cli(&["key", "create", "dpop", "--alg", "EdDSA", "--fapi2"], None)?)?;
+    ok(&d.cli(
+        &["key", "create", "dpop", "--alg", "EdDSA", "--fapi2"],
+        None,
+    )?)?;
     let list = ok(&d.cli(&["key", "list"], None)?)?;
-    assert!(list.lines().any(|l| l.starts_with("web ") && l.contains("active") && l.contains("ES256")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web ") && l.contains("active") && l.contains("ES256")),
+        "{list}"
+    );
     let jwk: Value = serde_json::from_str(&ok(&d.cli(&["key", "jwk", "web"], None)?)?)?;
     assert_eq!(jwk["kty"], "EC");
     assert!(jwk.get("d").is_none());
@@ -35,23 +49,104 @@ async fn client_commands() -> TestResult {
     // sign jws: the compact JWS verifies with jwcrypto.
     let kid = jwk["kid"].as_str().ok_or("kid")?;
     let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"}).to_string();
-    let compact = ok(&d.cli(&["sign", "jws", "--key", "web", "--header-json", &header, "--payload-json", "{\"sub\":\"x\"}"], None)?)?;
+    let compact = ok(&d.cli(
+        &[
+            "sign",
+            "jws",
+            "--key",
+            "web",
+            "--header-json",
+            &header,
+            "--payload-json",
+            "{\"sub\":\"x\"}",
+        ],
+        None,
+    )?)?;
     verify_jws(&compact, &jwks)?;
     // sign raw: bytes on stdin, base64url signature out.
     let sig = ok(&d.cli(&["sign", "raw", "--key", "web"], Some(b"raw bytes\x00\xff"))?)?;
-    verify_raw("ES256", &jwk, b"raw bytes\x00\xff", &sigild::jose::b64_decode(&sig)?)?;
+    verify_raw(
+        "ES256",
+        &jwk,
+        b"raw bytes\x00\xff",
+        &sigild::jose::b64_decode(&sig)?,
+    )?;
     // Profiles; the access token comes from a file, never from argv.
     let dir = tempfile::tempdir()?;
     let at = dir.path().join("at");
     std::fs::write(&at, "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU\n")?;
-    let proof = ok(&d.cli(&["sign", "dpop", "--key", "dpop", "--htm", "GET", "--htu", "https://rs.example.com/r?q=1", "--access-token-file", at.to_str().ok_or("p")?], None)?)?;
+    let proof = ok(&d.cli(
+        &[
+            "sign",
+            "dpop",
+            "--key",
+            "dpop",
+            "--htm",
+            "GET",
+            "--htu",
+            "https://rs.example.com/r?q=1",
+            "--access-token-file",
+            at.to_str().ok_or("p")?,
+        ],
+        None,
+    )?)?;
     let v = python(&json!({"op": "jws", "jws": proof, "header_jwk": true}))?;
-    assert_eq!(v["payload"]["ath"], "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
+    assert_eq!(
+        v["payload"]["ath"],
+        "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+    );
     assert_eq!(v["payload"]["htu"], "https://rs.example.com/r");
     let claims = json!({"iss": "https://op.example.com", "sub": "u1", "aud": "c1"}).to_string();
-    verify_jws(&ok(&d.cli(&["sign", "id-token", "--key", "web", "--claims-json", &claims, "--access-token-file", at.to_str().ok_or("p")?], None)?)?, &jwks)?;
-    verify_jws(&ok(&d.cli(&["sign", "jar", "--key", "web", "--client-id", "c1", "--audience", "https://as.example.com", "--claims-json", "{\"response_type\":\"code\"}"], None)?)?, &jwks)?;
-    verify_jws(&ok(&d.cli(&["sign", "client-assertion", "--key", "web", "--client-id", "c1", "--audience", "https://as.example.com"], None)?)?, &jwks)?;
+    verify_jws(
+        &ok(&d.cli(
+            &[
+                "sign",
+                "id-token",
+                "--key",
+                "web",
+                "--claims-json",
+                &claims,
+                "--access-token-file",
+                at.to_str().ok_or("p")?,
+            ],
+            None,
+        )?)?,
+        &jwks,
+    )?;
+    verify_jws(
+        &ok(&d.cli(
+            &[
+                "sign",
+                "jar",
+                "--key",
+                "web",
+                "--client-id",
+                "c1",
+                "--audience",
+                "https://as.example.com",
+                "--claims-json",
+                "{\"response_type\":\"code\"}",
+            ],
+            None,
+        )?)?,
+        &jwks,
+    )?;
+    verify_jws(
+        &ok(&d.cli(
+            &[
+                "sign",
+                "client-assertion",
+                "--key",
+                "web",
+                "--client-id",
+                "c1",
+                "--audience",
+                "https://as.example.com",
+            ],
+            None,
+        )?)?,
+        &jwks,
+    )?;
 
     // Lifecycle through the CLI.
     let rotated: Value = serde_json::from_str(&ok(&d.cli(&["key", "rotate", "web"], None)?)?)?;
@@ -66,19 +161,56 @@ async fn client_commands() -> TestResult {
 
     // Import from a PEM file (generated by openssl, not by us), then sign with it.
     let pem = dir.path().join("k.pem");
-    let out = Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out"]).arg(&pem).output()?;
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+        ])
+        .arg(&pem)
+        .output()?;
     assert!(out.status.success());
-    let imported: Value = serde_json::from_str(&ok(&d.cli(&["key", "import", "legacy", "--alg", "ES384", "--pkcs8-file", pem.to_str().ok_or("p")?], None)?)?)?;
+    let imported: Value = serde_json::from_str(&ok(&d.cli(
+        &[
+            "key",
+            "import",
+            "legacy",
+            "--alg",
+            "ES384",
+            "--pkcs8-file",
+            pem.to_str().ok_or("p")?,
+        ],
+        None,
+    )?)?)?;
     assert_eq!(imported["versions"][0]["origin"], "imported");
     let sig = ok(&d.cli(&["sign", "raw", "--key", "legacy"], Some(b"m"))?)?;
     let jwk: Value = serde_json::from_str(&ok(&d.cli(&["key", "jwk", "legacy"], None)?)?)?;
     verify_raw("ES384", &jwk, b"m", &sigild::jose::b64_decode(&sig)?)?;
 
     // Errors: stderr and exit 1, nothing on stdout.
-    let out = d.cli(&["sign", "jws", "--key", "nope", "--header-json", "{\"alg\":\"ES256\"}", "--payload-json", "{}"], None)?;
+    let out = d.cli(
+        &[
+            "sign",
+            "jws",
+            "--key",
+            "nope",
+            "--header-json",
+            "{\"alg\":\"ES256\"}",
+            "--payload-json",
+            "{}",
+        ],
+        None,
+    )?;
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run_cli("http://127.0.0.1:1", &["key", "list"], None)?;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach sigild"));
@@ -102,7 +234,11 @@ async fn dev_mode_creates_a_token_with_default_keys_once() -> TestResult {
         std::thread::spawn(move || {
             let mut addr = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
+                if let Some(a) = line
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| line.contains("listening"))
+                {
                     addr = a.split_whitespace().next().map(str::to_owned);
                 }
                 if line.contains("sigild dev ready") {
@@ -110,7 +246,9 @@ async fn dev_mode_creates_a_token_with_default_keys_once() -> TestResult {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| "sigild dev did not become ready")?;
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "sigild dev did not become ready")?;
         Ok((child, format!("http://{addr}")))
     };
     let (mut child, endpoint) = start(state.path())?;
@@ -125,7 +263,13 @@ async fn dev_mode_creates_a_token_with_default_keys_once() -> TestResult {
     assert!(!config.contains(pin.trim()));
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(state.path().join("user.pin"))?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(state.path().join("user.pin"))?
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -286,9 +286,11 @@ impl Shared {
                 // Every session of ours is on the missing token, so none is in use: closing
                 // them all (C_Finalize) loses nothing. Workers reconnect and log in again.
                 let _ = self.ctx.clone().finalize();
-                self.ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(|e| {
-                    BackendError::Unavailable(format!("C_Initialize failed: {}", ck_code(&e)))
-                })?;
+                self.ctx
+                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                    .map_err(|e| {
+                        BackendError::Unavailable(format!("C_Initialize failed: {}", ck_code(&e)))
+                    })?;
                 let found = self.find_token()?;
                 *cached = Some(found.clone());
                 Ok(found)
