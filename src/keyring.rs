@@ -403,12 +403,10 @@ impl Keyring {
     /// # Errors
     /// [`KeyringError::KeyNotFound`] or [`KeyringError::NoActiveVersion`].
     pub fn active(&self, name: &str) -> Result<Arc<VersionInfo>, KeyringError> {
+        let not_found = || KeyringError::KeyNotFound(name.to_owned());
+        let key_name = KeyName::new(name).map_err(|_| not_found())?;
         let map = self.keys.read().map_err(|_| poisoned())?;
-        let key = map
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| v)
-            .ok_or_else(|| KeyringError::KeyNotFound(name.to_owned()))?;
+        let key = map.get(&key_name).ok_or_else(not_found)?;
         key.active()
             .cloned()
             .ok_or_else(|| KeyringError::NoActiveVersion(name.to_owned()))

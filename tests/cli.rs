@@ -280,3 +280,56 @@ async fn dev_mode_creates_a_token_with_default_keys_once() -> TestResult {
     let _ = child.wait();
     Ok(())
 }
+
+#[tokio::test]
+async fn health_and_reflection_describe_the_api() -> TestResult {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(d.channel().await?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "sigil.v1.SigningService".into(),
+            })
+            .await;
+        if r.as_ref().is_ok_and(|r| {
+            r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not SERVING: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut refl = ServerReflectionClient::new(d.channel().await?);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    let resp = stream.message().await?.ok_or("no reflection response")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        return Err("unexpected reflection response".into());
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "sigil.v1.KeyService",
+        "sigil.v1.SigningService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    Ok(())
+}
