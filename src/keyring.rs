@@ -138,6 +138,23 @@ struct VersionRecord {
     created_at: i64,
 }
 
+impl VersionRecord {
+    /// The record that describes `v` as it is now.
+    fn of(v: &VersionInfo) -> Self {
+        VersionRecord {
+            format: 1,
+            name: v.name.0.clone(),
+            version: v.version,
+            state: v.state,
+            alg: v.alg.name().to_owned(),
+            fapi2: v.fapi2,
+            key_id: v.key_id.to_hex(),
+            origin: v.origin,
+            created_at: v.created_at,
+        }
+    }
+}
+
 /// One version of a key, as the signing path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionInfo {
@@ -630,14 +647,11 @@ impl Keyring {
         } else {
             find_version(&key, version)?
         };
-        if !matches!(target.state, KeyState::Next | KeyState::Retired) {
-            return Err(KeyringError::InvalidState {
-                name: name.to_owned(),
-                version: target.version,
-                state: target.state.as_str(),
-                why: "only a `next` or `retired` version can be activated",
-            });
-        }
+        require_state(
+            &target,
+            &[KeyState::Next, KeyState::Retired],
+            "only a `next` or `retired` version can be activated",
+        )?;
         let previous = key.active().cloned();
         // New active first: a crash in between leaves two actives, which load resolves to the
         // newest, never zero.
@@ -664,14 +678,11 @@ impl Keyring {
         } else {
             find_version(&key, version)?
         };
-        if !matches!(target.state, KeyState::Next | KeyState::Active) {
-            return Err(KeyringError::InvalidState {
-                name: name.to_owned(),
-                version: target.version,
-                state: target.state.as_str(),
-                why: "only a `next` or `active` version can be retired",
-            });
-        }
+        require_state(
+            &target,
+            &[KeyState::Next, KeyState::Active],
+            "only a `next` or `active` version can be retired",
+        )?;
         self.set_state(&target, KeyState::Retired).await?;
         self.refresh_locked().await?;
         self.get(name)
@@ -686,14 +697,11 @@ impl Keyring {
         self.refresh_locked().await?;
         let key = self.get(name)?;
         let target = find_version(&key, version)?;
-        if !matches!(target.state, KeyState::Next | KeyState::Retired) {
-            return Err(KeyringError::InvalidState {
-                name: name.to_owned(),
-                version: target.version,
-                state: target.state.as_str(),
-                why: "retire it first; only `next` or `retired` versions can be destroyed",
-            });
-        }
+        require_state(
+            &target,
+            &[KeyState::Next, KeyState::Retired],
+            "retire it first; only `next` or `retired` versions can be destroyed",
+        )?;
         // Record first: a crash after it leaves an orphan key pair (visible in vendor tools),
         // never a published key that cannot sign.
         self.set_state(&target, KeyState::Destroyed).await?;
@@ -745,18 +753,11 @@ impl Keyring {
     }
 
     async fn set_state(&self, v: &VersionInfo, state: KeyState) -> Result<(), KeyringError> {
-        let rec = VersionRecord {
-            format: 1,
-            name: v.name.0.clone(),
-            version: v.version,
+        self.put(&VersionRecord {
             state,
-            alg: v.alg.name().to_owned(),
-            fapi2: v.fapi2,
-            key_id: v.key_id.to_hex(),
-            origin: v.origin,
-            created_at: v.created_at,
-        };
-        self.put(&rec).await
+            ..VersionRecord::of(v)
+        })
+        .await
     }
 
     async fn put(&self, rec: &VersionRecord) -> Result<(), KeyringError> {
@@ -769,6 +770,23 @@ impl Keyring {
             .await?;
         Ok(())
     }
+}
+
+/// Refuse a state change unless `v` is in one of the `allowed` states.
+fn require_state(
+    v: &VersionInfo,
+    allowed: &[KeyState],
+    why: &'static str,
+) -> Result<(), KeyringError> {
+    if allowed.contains(&v.state) {
+        return Ok(());
+    }
+    Err(KeyringError::InvalidState {
+        name: v.name.to_string(),
+        version: v.version,
+        state: v.state.as_str(),
+        why,
+    })
 }
 
 fn find_version(key: &KeyInfo, version: u32) -> Result<Arc<VersionInfo>, KeyringError> {

@@ -197,36 +197,24 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
     )?;
     assert_eq!(code, tonic::Code::FailedPrecondition);
     assert!(msg.contains("FAPI 2.0"), "{msg}");
-    let (code, _) = code_of(
-        k.create_key(pb::CreateKeyRequest {
-            name: "Bad Name".into(),
-            alg: "ES256".into(),
-            rsa_bits: 0,
+    for (name, alg, rsa_bits) in [
+        ("Bad Name", "ES256", 0),
+        ("x", "HS256", 0),
+        ("x", "PS256", 1024),
+    ] {
+        let req = pb::CreateKeyRequest {
+            name: name.into(),
+            alg: alg.into(),
+            rsa_bits,
             fapi2: false,
-        })
-        .await,
-    )?;
-    assert_eq!(code, tonic::Code::InvalidArgument);
-    let (code, _) = code_of(
-        k.create_key(pb::CreateKeyRequest {
-            name: "x".into(),
-            alg: "HS256".into(),
-            rsa_bits: 0,
-            fapi2: false,
-        })
-        .await,
-    )?;
-    assert_eq!(code, tonic::Code::InvalidArgument);
-    let (code, _) = code_of(
-        k.create_key(pb::CreateKeyRequest {
-            name: "x".into(),
-            alg: "PS256".into(),
-            rsa_bits: 1024,
-            fapi2: false,
-        })
-        .await,
-    )?;
-    assert_eq!(code, tonic::Code::InvalidArgument);
+        };
+        let (code, msg) = code_of(k.create_key(req).await)?;
+        assert_eq!(
+            code,
+            tonic::Code::InvalidArgument,
+            "{name} {alg} {rsa_bits}: {msg}"
+        );
+    }
     let (code, msg) = code_of(
         k.import_key(pb::ImportKeyRequest {
             name: "imp".into(),
