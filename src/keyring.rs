@@ -330,6 +330,28 @@ impl Keyring {
                 }
             }
         }
+        // Records are never deleted (destroyed versions keep theirs), so a known version whose
+        // record is gone means the device is not showing what it holds (a fault, a partition
+        // being restored): keep serving the last known keyring, and so a stable JWKS, rather
+        // than unpublishing keys whose tokens are still in use.
+        let vanished: Vec<String> = known
+            .values()
+            .filter(|v| {
+                !parsed
+                    .get(&v.name)
+                    .is_some_and(|vs| vs.contains_key(&v.version))
+            })
+            .map(|v| format!("{}/{}", v.name, v.version))
+            .collect();
+        if !vanished.is_empty() {
+            tracing::error!(
+                versions = ?vanished,
+                "keyring records disappeared from the device; keeping the last known keyring"
+            );
+            return Err(KeyringError::Backend(BackendError::Unavailable(
+                "keyring records disappeared from the device".into(),
+            )));
+        }
         let mut map = BTreeMap::new();
         for (name, versions) in parsed {
             let mut infos: Vec<Arc<VersionInfo>> = Vec::new();

@@ -449,3 +449,55 @@ async fn full_queue_is_resource_exhausted_fast() -> TestResult {
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
     Ok(())
 }
+
+#[tokio::test]
+async fn token_fault_is_survived_without_a_wrong_signature() -> TestResult {
+    let token = Token::new()?;
+    let d = Daemon::start_with(&token, "\n[keyring]\nrefresh_seconds = 1\n")?;
+    d.create("k", "ES256", 0).await?;
+    let jwks = d.jwks().await?;
+    let sign = || jws(&d, "k", b"{\"alg\":\"ES256\"}", b"{}");
+    verify_jws(&sign().await?.compact, &jwks)?;
+
+    // The token's objects vanish (a storage fault, a partition being restored).
+    let tokens = token.dir.path().join("tokens");
+    let entry = std::fs::read_dir(&tokens)?
+        .next()
+        .ok_or("no token dir")??
+        .path();
+    let aside = token.dir.path().join("aside");
+    std::fs::rename(&entry, &aside)?;
+    let (code, msg) = code_of(sign().await)?;
+    assert!(
+        matches!(
+            code,
+            tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+        ),
+        "{code:?}: {msg}"
+    );
+    // Meanwhile the JWKS stays what it was: tokens signed earlier still verify at relying parties.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(d.jwks().await?, jwks);
+    let (code, _) = code_of(sign().await)?;
+    assert!(matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+    ));
+
+    // The token comes back: signing resumes, with the same key.
+    std::fs::rename(&aside, &entry)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let signed = loop {
+        match sign().await {
+            Ok(r) => break r,
+            Err(s) => assert!(
+                Instant::now() < deadline,
+                "never recovered: {s:?}\n{}",
+                d.log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    verify_jws(&signed.compact, &jwks)?;
+    Ok(())
+}

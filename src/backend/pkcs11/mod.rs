@@ -303,6 +303,30 @@ impl Shared {
         }
     }
 
+    /// Re-initialise the module now (if the rate limit allows), dropping every session and
+    /// cached handle; `true` when it was done.
+    fn force_reinit(&self) -> bool {
+        let Ok(mut cached) = self.token.lock() else {
+            return false;
+        };
+        if !self.may_reinit() {
+            return false;
+        }
+        tracing::warn!("re-initialising the PKCS#11 module after a key vanished from the token");
+        // Sessions of other workers become invalid; their idempotent operations are retried
+        // once after reconnecting (see `Worker::run`).
+        let _ = self.ctx.clone().finalize();
+        let ok = self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .is_ok();
+        *cached = None;
+        if let Ok(mut h) = self.handles.write() {
+            h.clear();
+        }
+        ok
+    }
+
     fn may_reinit(&self) -> bool {
         let Ok(mut last) = self.last_reinit.lock() else {
             return false;
@@ -505,6 +529,24 @@ impl Worker {
     }
 
     fn sign(&mut self, key: &KeyId, kind: KeyKind, op: &SignOp) -> Result<Vec<u8>, BackendError> {
+        match self.sign_once(key, kind, op) {
+            // Callers only sign with keys the keyring has seen on this token, so an absent key
+            // means the module's view is stale or the token is recovering. Re-initialise
+            // (rate-limited) and retry once; if the key is really gone the retry says so.
+            Err(BackendError::KeyNotFound(_)) if self.shared.force_reinit() => {
+                self.session = None;
+                self.sign_once(key, kind, op)
+            }
+            other => other,
+        }
+    }
+
+    fn sign_once(
+        &mut self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: &SignOp,
+    ) -> Result<Vec<u8>, BackendError> {
         if !op.fits(kind) {
             return Err(BackendError::InvalidRequest(format!(
                 "this operation needs a different key type than {kind}"
