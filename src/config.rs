@@ -247,18 +247,21 @@ impl Config {
         auth::policy(&self.callers, &self.limits)
     }
 
-    /// Turn this config into one for benchmarks: plain TCP on loopback with every plaintext
-    /// caller allowed everything, no Unix socket (benchmarks measure the signing path, and
-    /// run their own clients in-process).
+    /// Turn this config into one for benchmarks: plain TCP on loopback, every plaintext
+    /// caller and this process's own uid (for the benchmark's Unix sockets) allowed
+    /// everything, no configured Unix socket and no rate limits (benchmarks measure the
+    /// signing path and run their own clients in-process).
     pub fn for_benchmark(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
         self.server.tls = None;
         self.server.unix = None;
         self.server.danger_plaintext = true;
-        self.callers = vec![CallerConfig {
+        self.limits = LimitsConfig::default();
+        let everything = |danger_plaintext, uid| CallerConfig {
             identity: None,
-            uid: None,
+            uid,
             gid: None,
-            danger_plaintext: true,
+            danger_plaintext,
             keys: Some(vec!["*".into()]),
             operations: crate::policy::Operation::CONFIGURABLE
                 .iter()
@@ -270,7 +273,11 @@ impl Config {
             client_id: None,
             htu_prefix: None,
             rate: None,
-        }];
+        };
+        self.callers = vec![everything(true, None)];
+        if let Ok(me) = std::fs::metadata("/proc/self") {
+            self.callers.push(everything(false, Some(me.uid())));
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -559,6 +566,29 @@ per_key = "1/d"
         let text = include_str!("../hsm-config/sigild.example.toml");
         let c = Config::parse(Path::new("sigild.example.toml"), text)?;
         assert_eq!(c.callers.len(), 4);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example configs shipped in `hsm-config/` must stay valid.
+    #[test]
+    fn shipped_examples_parse() -> Result<(), ConfigError> {
+        for (name, text) in [
+            (
+                "sigild-softhsm.toml",
+                include_str!("../hsm-config/sigild-softhsm.toml"),
+            ),
+            (
+                "sigild-network-hsm.toml",
+                include_str!("../hsm-config/sigild-network-hsm.toml"),
+            ),
+        ] {
+            Config::parse(Path::new(name), text)?;
+        }
         Ok(())
     }
 }

@@ -320,14 +320,21 @@ pub struct Detached {
     pub service: Arc<Service>,
     /// The backend, for direct comparisons.
     pub backend: Arc<Pkcs11Backend>,
-    /// A second listener serving the same keyring with signature verification off, when
-    /// asked for (benchmarks show what verification costs).
-    pub unverified_addr: Option<SocketAddr>,
+    /// The daemon's runtime, so callers can serve more listeners on it (benchmarks).
+    pub runtime: tokio::runtime::Handle,
     /// Tells the daemon thread to shut down.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// The daemon thread.
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// What the daemon thread reports once it is serving.
+type Ready = (
+    SocketAddr,
+    tokio::runtime::Handle,
+    Arc<Service>,
+    Arc<Pkcs11Backend>,
+);
 
 impl Detached {
     /// Start the daemon on a new thread; `threads` = 0 runs a current-thread runtime.
@@ -339,10 +346,13 @@ impl Detached {
         config_path: std::path::PathBuf,
         listen: SocketAddr,
         threads: usize,
-        also_unverified: bool,
     ) -> Result<Detached, StartError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready, StartError>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let listen_err = move |source| StartError::Listen {
+            addr: listen,
+            source,
+        };
         let thread = std::thread::Builder::new()
             .name("sigild-daemon".into())
             .spawn(move || {
@@ -359,43 +369,24 @@ impl Detached {
                 let rt = match rt {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(StartError::Listen {
-                            addr: listen,
-                            source: e,
-                        }));
+                        let _ = ready_tx.send(Err(listen_err(e)));
                         return;
                     }
                 };
                 rt.block_on(async move {
-                    let listener = match TcpListener::bind(listen).await {
-                        Ok(l) => l,
-                        Err(source) => {
-                            let _ = ready_tx.send(Err(StartError::Listen {
-                                addr: listen,
-                                source,
-                            }));
-                            return;
-                        }
+                    let started = match TcpListener::bind(listen).await {
+                        Ok(l) => start_on(&config, &config_path, l).await,
+                        Err(e) => Err(listen_err(e)),
                     };
-                    match start_on(&config, &config_path, listener).await {
+                    match started {
                         Ok(running) => {
-                            let unverified = if also_unverified {
-                                match serve_unverified(&running.service, listen).await {
-                                    Ok(a) => Some(a),
-                                    Err(e) => {
-                                        let _ = ready_tx.send(Err(e));
-                                        return;
-                                    }
-                                }
-                            } else {
-                                None
-                            };
-                            let _ = ready_tx.send(Ok((
+                            let ready = (
                                 running.addr,
-                                unverified,
+                                tokio::runtime::Handle::current(),
                                 Arc::clone(&running.service),
                                 Arc::clone(&running.backend),
-                            )));
+                            );
+                            let _ = ready_tx.send(Ok(ready));
                             let _ = running
                                 .run_until(async {
                                     let _ = stop_rx.await;
@@ -408,18 +399,15 @@ impl Detached {
                     }
                 });
             })
-            .map_err(|e| StartError::Listen {
-                addr: listen,
-                source: e,
-            })?;
-        let (addr, unverified_addr, service, backend) = ready_rx
+            .map_err(listen_err)?;
+        let (addr, runtime, service, backend) = ready_rx
             .recv()
             .map_err(|_| StartError::Reflection("daemon thread exited during start".into()))??;
         Ok(Detached {
             addr,
-            unverified_addr,
             service,
             backend,
+            runtime,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -434,42 +422,4 @@ impl Detached {
             let _ = t.join();
         }
     }
-}
-
-/// Serve `service`'s keyring a second time with verification off (signing API only).
-async fn serve_unverified(
-    service: &Arc<Service>,
-    listen: SocketAddr,
-) -> Result<SocketAddr, StartError> {
-    let unverified = Arc::new(
-        Service::new(
-            Arc::clone(service.keyring()),
-            Arc::new(SystemClock),
-            crate::service::ServiceOptions {
-                verify_signatures: false,
-                ..service.options().clone()
-            },
-        )
-        .with_access(Arc::clone(service.policy()), Arc::clone(service.audit())),
-    );
-    let listener = TcpListener::bind(SocketAddr::new(listen.ip(), 0))
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: listen,
-        source,
-    })?;
-    // Benchmarks only (see `Config::for_benchmark`): plain TCP on loopback.
-    let api = Api::new(unverified, Listener::DangerPlaintext);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(api.signing_service())
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
-    );
-    Ok(addr)
 }

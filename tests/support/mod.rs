@@ -110,6 +110,14 @@ pub fn all_operations() -> String {
         .join(", ")
 }
 
+/// Make [`run_cli`] use `files` for `endpoint` (e.g. the dev PKI of a `sigild dev`).
+pub fn register_client(endpoint: &str, files: ClientFiles) {
+    registry()
+        .lock()
+        .unwrap()
+        .insert(endpoint.to_owned(), files);
+}
+
 /// Which client files belong to which daemon endpoint (for [`run_cli`]).
 fn registry() -> &'static Mutex<std::collections::HashMap<String, ClientFiles>> {
     static R: std::sync::OnceLock<Mutex<std::collections::HashMap<String, ClientFiles>>> =
