@@ -142,7 +142,7 @@ pub fn status(e: service::Error) -> Status {
 /// [`status`] for a request whose id is already known (it is also in the audit record).
 pub fn status_for(e: service::Error, id: &str) -> Status {
     use service::Error as E;
-    match e {
+    let mut status = match e {
         E::PermissionDenied(m) => Status::permission_denied(m),
         E::InvalidArgument(m) => Status::invalid_argument(m),
         E::NotFound(m) => Status::not_found(m),
@@ -157,7 +157,23 @@ pub fn status_for(e: service::Error, id: &str) -> Status {
             tracing::error!(request_id = %id, "{m}");
             Status::internal(format!("{m} (request id {id})"))
         }
+    };
+    if let Ok(v) = id.parse() {
+        status.metadata_mut().insert(REQUEST_ID, v);
     }
+    status
+}
+
+/// Response metadata carrying the request id, which the audit record also holds.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A response with the request id in its metadata.
+fn respond<T>(origin: &Origin, body: T) -> Response<T> {
+    let mut r = Response::new(body);
+    if let Ok(v) = origin.request_id.parse() {
+        r.metadata_mut().insert(REQUEST_ID, v);
+    }
+    r
 }
 
 fn opt(s: String) -> Option<String> {
@@ -223,7 +239,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key created");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn import_key(&self, req: Request<pb::ImportKeyRequest>) -> Result<pb::Key> {
@@ -239,7 +255,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key imported");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn adopt_key(&self, req: Request<pb::AdoptKeyRequest>) -> Result<pb::Key> {
@@ -251,7 +267,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, uri = %r.uri, "key adopted");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<pb::ListKeysResponse> {
@@ -259,9 +275,12 @@ impl KeyService for Api {
         self.service
             .authorize_read(&origin, "read:list", "")
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(pb::ListKeysResponse {
-            keys: self.service.keys().into_iter().map(key_to_pb).collect(),
-        }))
+        Ok(respond(
+            &origin,
+            pb::ListKeysResponse {
+                keys: self.service.keys().into_iter().map(key_to_pb).collect(),
+            },
+        ))
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<pb::Key> {
@@ -274,7 +293,7 @@ impl KeyService for Api {
             .service
             .key(&name)
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Result<pb::Key> {
@@ -286,7 +305,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, "key rotated");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn activate_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
@@ -298,7 +317,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version activated");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn retire_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
@@ -310,7 +329,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version retired");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn destroy_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
@@ -327,7 +346,7 @@ impl KeyService for Api {
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version destroyed");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn get_jwks(&self, req: Request<pb::GetJwksRequest>) -> Result<pb::GetJwksResponse> {
@@ -339,9 +358,12 @@ impl KeyService for Api {
             .service
             .jwks()
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: jwks.to_string(),
-        }))
+        Ok(respond(
+            &origin,
+            pb::GetJwksResponse {
+                jwks_json: jwks.to_string(),
+            },
+        ))
     }
 }
 
@@ -355,7 +377,7 @@ impl SigningService for Api {
             .sign_jws(&origin, &r.key, &r.protected_header, &r.payload)
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(signed(s)))
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_raw(&self, req: Request<pb::SignRawRequest>) -> Result<pb::SignRawResponse> {
@@ -370,12 +392,15 @@ impl SigningService for Api {
             .sign_raw(&origin, &r.key, &r.data, alg)
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(pb::SignRawResponse {
-            signature: s.signature,
-            kid: s.kid,
-            alg: s.alg.name().to_owned(),
-            key_version: s.version,
-        }))
+        Ok(respond(
+            &origin,
+            pb::SignRawResponse {
+                signature: s.signature,
+                kid: s.kid,
+                alg: s.alg.name().to_owned(),
+                key_version: s.version,
+            },
+        ))
     }
 
     async fn sign_id_token(
@@ -395,7 +420,7 @@ impl SigningService for Api {
             .sign_id_token(&origin, &r.key, input)
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(signed(s)))
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_request_object(
@@ -415,7 +440,7 @@ impl SigningService for Api {
             .sign_request_object(&origin, &r.key, input)
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(signed(s)))
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_client_assertion(
@@ -434,7 +459,7 @@ impl SigningService for Api {
             .sign_client_assertion(&origin, &r.key, input)
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(signed(s)))
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_dpop_proof(
@@ -454,7 +479,7 @@ impl SigningService for Api {
             .sign_dpop_proof(&origin, &r.key, input)
             .await
             .map_err(|e| status_for(e, &origin.request_id))?;
-        Ok(Response::new(signed(s)))
+        Ok(respond(&origin, signed(s)))
     }
 }
 

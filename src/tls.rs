@@ -262,6 +262,15 @@ pub struct ClientNames {
     pub expired: bool,
 }
 
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaf")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"***")
+            .finish()
+    }
+}
+
 impl TestCa {
     /// A fresh self-signed CA (ECDSA P-256).
     ///

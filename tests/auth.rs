@@ -416,7 +416,7 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
     let mut signer =
         pb::signing_service_client::SigningServiceClient::new(d.channel_as(&idp).await?);
     let claims = json!({"iss": "https://op.example.com", "sub": "alice-secret-subject", "aud": ["c1", "c2"]});
-    let r = signer
+    let response = signer
         .sign_id_token(pb::SignIdTokenRequest {
             key: "idp-a".into(),
             claims_json: claims.to_string(),
@@ -424,19 +424,31 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
             access_token: String::new(),
             code: String::new(),
         })
-        .await?
-        .into_inner();
+        .await?;
+    let ok_id = response
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no x-request-id")?
+        .to_owned();
+    let r = response.into_inner();
     let (header, payload) = decode(&r.compact)?;
-    let (code, _) = code_of(
-        signer
-            .sign_raw(pb::SignRawRequest {
-                key: "idp-a".into(),
-                data: b"payload-bytes-never-logged".to_vec(),
-                alg: String::new(),
-            })
-            .await,
-    )?;
-    assert_eq!(code, Code::PermissionDenied);
+    let denied_status = signer
+        .sign_raw(pb::SignRawRequest {
+            key: "idp-a".into(),
+            data: b"payload-bytes-never-logged".to_vec(),
+            alg: String::new(),
+        })
+        .await
+        .err()
+        .ok_or("raw signing was allowed")?;
+    assert_eq!(denied_status.code(), Code::PermissionDenied);
+    let denied_id = denied_status
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no x-request-id on the error")?
+        .to_owned();
     // Give the reader thread a moment to collect stdout.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let lines = d.stdout_lines();
@@ -461,7 +473,7 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
     assert_eq!(allowed["decision"], "allow");
     assert_eq!(allowed["outcome"], "ok");
     assert!(allowed["latency_us"].is_u64());
-    assert_eq!(allowed["request_id"].as_str().map(str::len), Some(16));
+    assert_eq!(allowed["request_id"], json!(ok_id));
     assert!(allowed["time"].as_str().is_some_and(|t| t.ends_with('Z')));
     if let Some(jti) = payload.get("jti") {
         assert_eq!(&allowed["jti"], jti);
@@ -470,6 +482,7 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
         .iter()
         .find(|r| r["caller"] == IDP && r["operation"] == "raw")
         .ok_or("no record of the denied raw call")?;
+    assert_eq!(denied["request_id"], json!(denied_id));
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["outcome"], "permission_denied");
     assert_eq!(denied["reason"], "operation or key not allowed");
