@@ -425,9 +425,15 @@ async fn full_queue_is_resource_exhausted_fast() -> TestResult {
     d.create("big", "PS256", 4096).await?;
     drop(d);
     let d = Daemon::start_config(&token.conf, &path)?;
+    // Many requests multiplexed over a few HTTP/2 connections, so they reach the daemon much
+    // faster than one worker can make RSA-4096 signatures, whatever the build profile.
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(d.signer().await?);
+    }
     let mut tasks = Vec::new();
-    for _ in 0..24 {
-        let mut s = d.signer().await?;
+    for i in 0..96 {
+        let mut s = connections[i % connections.len()].clone();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = s
@@ -447,7 +453,7 @@ async fn full_queue_is_resource_exhausted_fast() -> TestResult {
             Ok(()) => ok += 1,
             Err(tonic::Code::ResourceExhausted) => {
                 shed += 1;
-                assert!(took < Duration::from_secs(2), "shedding took {took:?}");
+                assert!(took < Duration::from_secs(3), "shedding took {took:?}");
             }
             Err(other) => return Err(format!("unexpected status {other:?}").into()),
         }
