@@ -1,5 +1,7 @@
-//! The gRPC layer: maps `sigil.v1` requests to service calls and [`service::Error`] to
-//! `tonic::Status` — the only place that does either. Generated code is fenced into [`pb`].
+//! The gRPC layer: authenticates the caller of each request (client certificate, Unix peer
+//! credentials, or nobody on a danger-plaintext listener), maps `sigil.v1` requests to service
+//! calls and [`service::Error`] to `tonic::Status` — the only place that does either.
+//! Generated code is fenced into [`pb`].
 
 use std::sync::Arc;
 
@@ -8,8 +10,10 @@ use tonic::{Request, Response, Status};
 use crate::backend::parse_pkcs8;
 use crate::jose::Alg;
 use crate::keyring::{KeyInfo, KeyState};
+use crate::policy::Caller;
 use crate::secret::SecretBytes;
-use crate::service::{self, Service};
+use crate::service::{self, Origin, Service};
+use crate::tls::IdentityKind;
 
 /// Generated protobuf and gRPC code for `sigil.v1`, fenced here so nothing else names it by
 /// path.
@@ -46,17 +50,72 @@ pub mod pb {
 use pb::key_service_server::KeyService;
 use pb::signing_service_server::SigningService;
 
-/// Both gRPC services over one [`Service`].
+/// How callers on one listener are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Mutual TLS: the verified client certificate names the caller.
+    Tls(IdentityKind),
+    /// Unix socket: the kernel's peer credentials name the caller.
+    Unix,
+    /// Plain TCP (`danger_plaintext`): every caller is the anonymous `plaintext` caller.
+    DangerPlaintext,
+}
+
+/// Both gRPC services over one [`Service`], for one listener.
 #[derive(Clone)]
 pub struct Api {
     /// The domain service.
     service: Arc<Service>,
+    /// How this listener's callers are identified.
+    listener: Listener,
 }
 
 impl Api {
-    /// Wrap a service.
-    pub fn new(service: Arc<Service>) -> Self {
-        Api { service }
+    /// Wrap a service for a listener.
+    pub fn new(service: Arc<Service>, listener: Listener) -> Self {
+        Api { service, listener }
+    }
+
+    /// Who sent `req`, with a fresh request id.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED when the connection carries no usable identity (cannot happen on a
+    /// TLS listener, whose handshake requires a verified certificate, unless the certificate
+    /// lacks the configured identity field).
+    fn origin<T>(&self, req: &Request<T>) -> std::result::Result<Origin, Status> {
+        let caller = match self.listener {
+            Listener::Tls(kind) => {
+                let certs = req
+                    .peer_certs()
+                    .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+                let leaf = certs
+                    .first()
+                    .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+                let id = crate::tls::identity_of(leaf.as_ref(), kind).map_err(|e| {
+                    Status::unauthenticated(format!(
+                        "{e}; this daemon names callers by {}",
+                        match kind {
+                            IdentityKind::Spiffe => "their spiffe:// URI SAN",
+                            IdentityKind::Dns => "their DNS SAN",
+                            IdentityKind::Cn => "their subject CN",
+                        }
+                    ))
+                })?;
+                Caller::tls(id)
+            }
+            Listener::Unix => {
+                let cred = req
+                    .extensions()
+                    .get::<tonic::transport::server::UdsConnectInfo>()
+                    .and_then(|i| i.peer_cred)
+                    .ok_or_else(|| {
+                        Status::unauthenticated("the peer's credentials are not available")
+                    })?;
+                Caller::unix(cred.uid(), cred.gid())
+            }
+            Listener::DangerPlaintext => Caller::plaintext(),
+        };
+        Ok(Origin::new(caller))
     }
 
     /// The key management gRPC service.
@@ -77,30 +136,44 @@ impl Api {
 /// The one mapping from service errors to wire statuses. Internal and device details stay in
 /// the log, tagged with a request id that the caller also gets.
 pub fn status(e: service::Error) -> Status {
+    status_for(e, &service::request_id())
+}
+
+/// [`status`] for a request whose id is already known (it is also in the audit record).
+pub fn status_for(e: service::Error, id: &str) -> Status {
     use service::Error as E;
-    match e {
+    let mut status = match e {
+        E::PermissionDenied(m) => Status::permission_denied(m),
         E::InvalidArgument(m) => Status::invalid_argument(m),
         E::NotFound(m) => Status::not_found(m),
         E::AlreadyExists(m) => Status::already_exists(m),
         E::FailedPrecondition(m) => Status::failed_precondition(m),
         E::ResourceExhausted(m) => Status::resource_exhausted(m),
         E::Unavailable(m) => {
-            let id = request_id();
             tracing::warn!(request_id = %id, "{m}");
             Status::unavailable(format!("{m} (request id {id})"))
         }
         E::Internal(m) => {
-            let id = request_id();
             tracing::error!(request_id = %id, "{m}");
             Status::internal(format!("{m} (request id {id})"))
         }
+    };
+    if let Ok(v) = id.parse() {
+        status.metadata_mut().insert(REQUEST_ID, v);
     }
+    status
 }
 
-fn request_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Response metadata carrying the request id, which the audit record also holds.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A response with the request id in its metadata.
+fn respond<T>(origin: &Origin, body: T) -> Response<T> {
+    let mut r = Response::new(body);
+    if let Ok(v) = origin.request_id.parse() {
+        r.metadata_mut().insert(REQUEST_ID, v);
+    }
+    r
 }
 
 fn opt(s: String) -> Option<String> {
@@ -168,17 +241,19 @@ type Result<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl KeyService for Api {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let k = self
             .service
-            .create_key(&r.name, &r.alg, r.rsa_bits, r.fapi2)
+            .create_key(&origin, &r.name, &r.alg, r.rsa_bits, r.fapi2)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key created");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn import_key(&self, req: Request<pb::ImportKeyRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let mut r = req.into_inner();
         // Move the key bytes into a zeroizing buffer at once; the request no longer holds them.
         let der = SecretBytes::new(std::mem::take(&mut r.pkcs8_der));
@@ -186,69 +261,89 @@ impl KeyService for Api {
         drop(der);
         let k = self
             .service
-            .import_key(&r.name, &r.alg, r.fapi2, material)
+            .import_key(&origin, &r.name, &r.alg, r.fapi2, material)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key imported");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn adopt_key(&self, req: Request<pb::AdoptKeyRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let k = self
             .service
-            .adopt_key(&r.name, &r.alg, r.fapi2, &r.uri)
+            .adopt_key(&origin, &r.name, &r.alg, r.fapi2, &r.uri)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, uri = %r.uri, "key adopted");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
-    async fn list_keys(&self, _req: Request<pb::ListKeysRequest>) -> Result<pb::ListKeysResponse> {
-        Ok(Response::new(pb::ListKeysResponse {
-            keys: self.service.keys().into_iter().map(key_to_pb).collect(),
-        }))
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<pb::ListKeysResponse> {
+        let origin = self.origin(&req)?;
+        self.service
+            .authorize_read(&origin, "read:list", "")
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::ListKeysResponse {
+                keys: self.service.keys().into_iter().map(key_to_pb).collect(),
+            },
+        ))
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<pb::Key> {
-        let k = self.service.key(&req.into_inner().name).map_err(status)?;
-        Ok(Response::new(key_to_pb(k)))
+        let origin = self.origin(&req)?;
+        let name = req.into_inner().name;
+        self.service
+            .authorize_read(&origin, "read:key", &name)
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        let k = self
+            .service
+            .key(&name)
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let k = self
             .service
-            .rotate_key(&r.name, &r.alg, r.rsa_bits)
+            .rotate_key(&origin, &r.name, &r.alg, r.rsa_bits)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, "key rotated");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn activate_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let k = self
             .service
-            .activate(&r.name, r.version)
+            .activate(&origin, &r.name, r.version)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version activated");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn retire_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let k = self
             .service
-            .retire(&r.name, r.version)
+            .retire(&origin, &r.name, r.version)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version retired");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn destroy_key_version(&self, req: Request<pb::KeyVersionRequest>) -> Result<pb::Key> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         if r.version == 0 {
             return Err(Status::invalid_argument(
@@ -257,34 +352,46 @@ impl KeyService for Api {
         }
         let k = self
             .service
-            .destroy(&r.name, r.version)
+            .destroy(&origin, &r.name, r.version)
             .await
-            .map_err(status)?;
+            .map_err(|e| status_for(e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version destroyed");
-        Ok(Response::new(key_to_pb(k)))
+        Ok(respond(&origin, key_to_pb(k)))
     }
 
-    async fn get_jwks(&self, _req: Request<pb::GetJwksRequest>) -> Result<pb::GetJwksResponse> {
-        let jwks = self.service.jwks().map_err(status)?;
-        Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: jwks.to_string(),
-        }))
+    async fn get_jwks(&self, req: Request<pb::GetJwksRequest>) -> Result<pb::GetJwksResponse> {
+        let origin = self.origin(&req)?;
+        self.service
+            .authorize_read(&origin, "read:jwks", "")
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        let jwks = self
+            .service
+            .jwks()
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::GetJwksResponse {
+                jwks_json: jwks.to_string(),
+            },
+        ))
     }
 }
 
 #[tonic::async_trait]
 impl SigningService for Api {
     async fn sign_jws(&self, req: Request<pb::SignJwsRequest>) -> Result<pb::SignJwsResponse> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let s = self
             .service
-            .sign_jws(&r.key, &r.protected_header, &r.payload)
+            .sign_jws(&origin, &r.key, &r.protected_header, &r.payload)
             .await
-            .map_err(status)?;
-        Ok(Response::new(signed(s)))
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_raw(&self, req: Request<pb::SignRawRequest>) -> Result<pb::SignRawResponse> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let alg = match opt(r.alg) {
             Some(a) => Some(Alg::parse(&a).map_err(|e| status(e.into()))?),
@@ -292,21 +399,25 @@ impl SigningService for Api {
         };
         let s = self
             .service
-            .sign_raw(&r.key, &r.data, alg)
+            .sign_raw(&origin, &r.key, &r.data, alg)
             .await
-            .map_err(status)?;
-        Ok(Response::new(pb::SignRawResponse {
-            signature: s.signature,
-            kid: s.kid,
-            alg: s.alg.name().to_owned(),
-            key_version: s.version,
-        }))
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::SignRawResponse {
+                signature: s.signature,
+                kid: s.kid,
+                alg: s.alg.name().to_owned(),
+                key_version: s.version,
+            },
+        ))
     }
 
     async fn sign_id_token(
         &self,
         req: Request<pb::SignIdTokenRequest>,
     ) -> Result<pb::SignJwsResponse> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let input = service::IdTokenInput {
             claims_json: r.claims_json,
@@ -316,16 +427,17 @@ impl SigningService for Api {
         };
         let s = self
             .service
-            .sign_id_token(&r.key, input)
+            .sign_id_token(&origin, &r.key, input)
             .await
-            .map_err(status)?;
-        Ok(Response::new(signed(s)))
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_request_object(
         &self,
         req: Request<pb::SignRequestObjectRequest>,
     ) -> Result<pb::SignJwsResponse> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let input = service::RequestObjectInput {
             client_id: r.client_id,
@@ -335,16 +447,17 @@ impl SigningService for Api {
         };
         let s = self
             .service
-            .sign_request_object(&r.key, input)
+            .sign_request_object(&origin, &r.key, input)
             .await
-            .map_err(status)?;
-        Ok(Response::new(signed(s)))
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_client_assertion(
         &self,
         req: Request<pb::SignClientAssertionRequest>,
     ) -> Result<pb::SignJwsResponse> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let input = service::ClientAssertionInput {
             client_id: r.client_id,
@@ -353,16 +466,17 @@ impl SigningService for Api {
         };
         let s = self
             .service
-            .sign_client_assertion(&r.key, input)
+            .sign_client_assertion(&origin, &r.key, input)
             .await
-            .map_err(status)?;
-        Ok(Response::new(signed(s)))
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_dpop_proof(
         &self,
         req: Request<pb::SignDpopProofRequest>,
     ) -> Result<pb::SignJwsResponse> {
+        let origin = self.origin(&req)?;
         let r = req.into_inner();
         let input = service::DpopInput {
             htm: r.htm,
@@ -372,10 +486,10 @@ impl SigningService for Api {
         };
         let s = self
             .service
-            .sign_dpop_proof(&r.key, input)
+            .sign_dpop_proof(&origin, &r.key, input)
             .await
-            .map_err(status)?;
-        Ok(Response::new(signed(s)))
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 }
 

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::api::pb;
+use crate::api::{Api, Listener, pb};
 use crate::backend::pkcs11::Pkcs11Backend;
 use crate::config::Config;
 use crate::dev::{self, DevPaths};
 use crate::jose::Alg;
 use crate::keyring::VersionInfo;
 use crate::server;
-use crate::service::Service;
+use crate::service::{Service, ServiceOptions, SystemClock};
 
 /// Options of `sigild bench`.
 #[derive(Debug, Clone, Args)]
@@ -65,6 +65,15 @@ fn sample_input() -> Vec<u8> {
     crate::jose::signing_input(header, payload).into_bytes()
 }
 
+/// Where a client reaches the daemon.
+#[derive(Debug, Clone)]
+enum Transport {
+    /// TCP with tonic's standard `Channel` (what most Rust callers write).
+    TcpChannel(SocketAddr),
+    /// A Unix socket with one HTTP/2 connection driven directly (no buffer task).
+    Uds(PathBuf),
+}
+
 /// Create the bench token (if needed) and run every measurement, printing a table.
 ///
 /// # Errors
@@ -76,6 +85,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
+    config.for_benchmark();
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     if let Some(p11) = config.pkcs11.as_mut() {
         p11.workers = max_clients.max(1);
@@ -84,21 +94,40 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     let running = {
         let (config, path) = (config.clone(), paths.config.clone());
         tokio::task::spawn_blocking(move || {
-            server::Detached::start(
-                config,
-                path,
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                threads,
-                true,
-            )
+            server::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
     };
     let service = Arc::clone(&running.service);
+    // The same service on a Unix socket, and the same keyring with verification off, both
+    // served by the daemon's own runtime.
+    let unverified = Arc::new(
+        Service::new(
+            Arc::clone(service.keyring()),
+            Arc::new(SystemClock),
+            ServiceOptions {
+                verify_signatures: false,
+                ..service.options().clone()
+            },
+        )
+        .with_access(Arc::clone(service.policy()), Arc::clone(service.audit())),
+    );
+    let uds = paths.dir.join("bench.sock");
+    let uds_unverified = paths.dir.join("bench-unverified.sock");
+    for (path, svc) in [(&uds, Arc::clone(&service)), (&uds_unverified, unverified)] {
+        let _ = std::fs::remove_file(path);
+        let _guard = running.runtime.enter();
+        let listener =
+            tokio::net::UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        running.runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(Api::new(svc, Listener::Unix).signing_service())
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+    }
 
-    let addr2 = running.unverified_addr.ok_or("no unverified listener")?;
     let input = Arc::new(sample_input());
     let duration = Duration::from_secs_f64(args.seconds.clamp(0.2, 600.0));
     let mut rows = Vec::new();
@@ -112,7 +141,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     );
     let floor = grpc_floor(running.addr, duration).await?;
     println!(
-        "gRPC floor (GetJwks, no device call, 1 client): {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs",
+        "gRPC floor (GetJwks over TCP, no device call, 1 client): {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs",
         floor.ops_per_sec, floor.p50_us, floor.p99_us
     );
     for alg_name in &args.algs {
@@ -120,39 +149,51 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         let key = format!("bench-{}", alg.name().to_ascii_lowercase());
         if service.key(&key).is_err() {
             service
-                .create_key(&key, alg.name(), 0, false)
+                .create_key(
+                    &crate::service::Origin::in_process(),
+                    &key,
+                    alg.name(),
+                    0,
+                    false,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         for &clients in &args.clients {
-            let p11 = running
-                .backend
-                .as_ref()
-                .ok_or("the benchmark needs the PKCS#11 backend")?;
-            let direct = direct_row(p11, &version, alg, clients, duration, &input).await?;
-            let inproc = service_row(&service, &key, alg, clients, duration, &input).await?;
-            let via = daemon_row(
-                running.addr,
-                &key,
+            let m = Measure {
+                key: key.clone(),
                 alg,
                 clients,
                 duration,
-                &input,
-                "daemon gRPC, verified",
-            )
-            .await?;
-            let via2 = daemon_row(
-                addr2,
-                &key,
-                alg,
-                clients,
-                duration,
-                &input,
-                "daemon gRPC, unverified",
-            )
-            .await?;
-            for r in [direct, inproc, via, via2] {
+                input: Arc::clone(&input),
+            };
+            let rows_here = [
+                direct_row(
+                    running
+                        .backend
+                        .as_ref()
+                        .ok_or("the benchmark needs the PKCS#11 backend")?,
+                    &version,
+                    &m,
+                )
+                .await?,
+                service_row(&service, &m).await?,
+                daemon_row(
+                    Transport::TcpChannel(running.addr),
+                    &m,
+                    "gRPC TCP, verified",
+                )
+                .await?,
+                daemon_row(Transport::Uds(uds.clone()), &m, "gRPC UDS, verified").await?,
+                daemon_row(
+                    Transport::Uds(uds_unverified.clone()),
+                    &m,
+                    "gRPC UDS, unverified",
+                )
+                .await?,
+            ];
+            for r in rows_here {
                 print_row(&r, &rows);
                 rows.push(r);
             }
@@ -162,6 +203,21 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         .await
         .map_err(|e| e.to_string())?;
     Ok(rows)
+}
+
+/// What one row measures.
+#[derive(Debug, Clone)]
+struct Measure {
+    /// Key name.
+    key: String,
+    /// Algorithm.
+    alg: Alg,
+    /// Concurrency.
+    clients: usize,
+    /// Measuring time per client.
+    duration: Duration,
+    /// What is signed.
+    input: Arc<Vec<u8>>,
 }
 
 fn print_row(r: &Row, earlier: &[Row]) {
@@ -189,14 +245,7 @@ fn print_row(r: &Row, earlier: &[Row]) {
     );
 }
 
-fn summarise(
-    alg: Alg,
-    clients: usize,
-    path: &'static str,
-    elapsed: Duration,
-    mut lat: Vec<u64>,
-    errors: u64,
-) -> Row {
+fn summarise(m: &Measure, path: &'static str, mut lat: Vec<u64>, errors: u64) -> Row {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -206,10 +255,10 @@ fn summarise(
         lat.get(i).copied().unwrap_or_default() as f64 / 1000.0
     };
     Row {
-        alg: alg.name().to_owned(),
-        clients,
+        alg: m.alg.name().to_owned(),
+        clients: m.clients,
         path,
-        ops_per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+        ops_per_sec: lat.len() as f64 / m.duration.as_secs_f64(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         errors,
@@ -221,40 +270,33 @@ fn summarise(
 async fn direct_row(
     backend: &Arc<Pkcs11Backend>,
     version: &Arc<VersionInfo>,
-    alg: Alg,
-    clients: usize,
-    duration: Duration,
-    input: &Arc<Vec<u8>>,
+    m: &Measure,
 ) -> Result<Row, String> {
     let mut handles = Vec::new();
-    for _ in 0..clients {
-        let (backend, version, input) =
-            (Arc::clone(backend), Arc::clone(version), Arc::clone(input));
+    for _ in 0..m.clients {
+        let (backend, version, input) = (
+            Arc::clone(backend),
+            Arc::clone(version),
+            Arc::clone(&m.input),
+        );
+        let (alg, duration) = (m.alg, m.duration);
         handles.push(tokio::task::spawn_blocking(
             move || -> Result<(Vec<u64>, u64), String> {
                 let session = backend.open_session().map_err(|e| e.to_string())?;
                 let handle = backend
                     .private_key_handle(&session, &version.key_id)
                     .map_err(|e| e.to_string())?;
-                let mut lat = Vec::with_capacity(65536);
-                let mut errors = 0;
+                let sign = || {
+                    Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input))
+                };
                 for _ in 0..50 {
-                    let _ = Pkcs11Backend::direct_sign(
-                        &session,
-                        handle,
-                        version.kind,
-                        &alg.sign_op(&input),
-                    );
+                    let _ = sign();
                 }
+                let (mut lat, mut errors) = (Vec::with_capacity(65536), 0);
                 let deadline = Instant::now() + duration;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match Pkcs11Backend::direct_sign(
-                        &session,
-                        handle,
-                        version.kind,
-                        &alg.sign_op(&input),
-                    ) {
+                    match sign() {
                         Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
                         Err(_) => errors += 1,
                     }
@@ -269,125 +311,21 @@ async fn direct_row(
         all.extend(lat);
         errors += e;
     }
-    Ok(summarise(
-        alg,
-        clients,
-        "direct PKCS#11",
-        duration,
-        all,
-        errors,
-    ))
+    Ok(summarise(m, "direct PKCS#11", all, errors))
 }
 
-/// `clients` gRPC clients, each on its own connection and its own thread with a
-/// current-thread runtime (as a caller per thread would run; no hops between client workers).
-async fn daemon_row(
-    addr: SocketAddr,
-    key: &str,
-    alg: Alg,
-    clients: usize,
-    duration: Duration,
-    input: &Arc<Vec<u8>>,
-    path: &'static str,
-) -> Result<Row, String> {
-    let mut threads = Vec::new();
-    for _ in 0..clients {
-        let (key, input) = (key.to_owned(), Arc::clone(input));
-        threads.push(tokio::task::spawn_blocking(
-            move || -> Result<(Vec<u64>, u64), String> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async move {
-                    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| e.to_string())?
-                        .tcp_nodelay(true)
-                        .connect()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let mut client = pb::signing_service_client::SigningServiceClient::new(channel);
-                    let req = || pb::SignRawRequest {
-                        key: key.clone(),
-                        data: input.to_vec(),
-                        alg: String::new(),
-                    };
-                    for _ in 0..50 {
-                        let _ = client.sign_raw(req()).await;
-                    }
-                    let mut lat = Vec::with_capacity(65536);
-                    let mut errors = 0u64;
-                    let deadline = Instant::now() + duration;
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        match client.sign_raw(req()).await {
-                            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
-                            Err(_) => errors += 1,
-                        }
-                    }
-                    Ok((lat, errors))
-                })
-            },
-        ));
-    }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in threads {
-        let (lat, e) = t.await.map_err(|e| e.to_string())??;
-        all.extend(lat);
-        errors += e;
-    }
-    Ok(summarise(alg, clients, path, duration, all, errors))
-}
-
-/// The cost of a gRPC round trip that touches no device, for scale.
-async fn grpc_floor(addr: SocketAddr, duration: Duration) -> Result<Row, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut client = pb::key_service_client::KeyServiceClient::new(channel);
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    let deadline = Instant::now() + duration;
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        match client.get_jwks(pb::GetJwksRequest {}).await {
-            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
-            Err(_) => errors += 1,
-        }
-    }
-    Ok(summarise(
-        Alg::Es256,
-        1,
-        "gRPC floor",
-        duration,
-        lat,
-        errors,
-    ))
-}
-
-/// The service called in-process (worker pool, hashing, checks; no gRPC): what the daemon adds
-/// before the network.
-async fn service_row(
-    service: &Arc<Service>,
-    key: &str,
-    alg: Alg,
-    clients: usize,
-    duration: Duration,
-    input: &Arc<Vec<u8>>,
-) -> Result<Row, String> {
+/// The service called in-process (worker pool, hashing, verification; no gRPC).
+async fn service_row(service: &Arc<Service>, m: &Measure) -> Result<Row, String> {
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (service, key, input) = (Arc::clone(service), key.to_owned(), Arc::clone(input));
+    for _ in 0..m.clients {
+        let (service, m) = (Arc::clone(service), m.clone());
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(65536);
-            let mut errors = 0u64;
-            let deadline = Instant::now() + duration;
+            let (mut lat, mut errors) = (Vec::with_capacity(65536), 0u64);
+            let origin = crate::service::Origin::in_process();
+            let deadline = Instant::now() + m.duration;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match service.sign_raw(&key, &input, None).await {
+                match service.sign_raw(&origin, &m.key, &m.input, None).await {
                     Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
                     Err(_) => errors += 1,
                 }
@@ -401,12 +339,140 @@ async fn service_row(
         all.extend(lat);
         errors += e;
     }
-    Ok(summarise(
-        alg,
-        clients,
-        "service in-process",
+    Ok(summarise(m, "service in-process", all, errors))
+}
+
+/// `clients` gRPC clients, each on its own connection, thread and current-thread runtime (a
+/// caller per thread; no hops between client workers), calling `SignRaw` in a loop.
+async fn daemon_row(transport: Transport, m: &Measure, path: &'static str) -> Result<Row, String> {
+    let mut threads = Vec::new();
+    for _ in 0..m.clients {
+        let (transport, m) = (transport.clone(), m.clone());
+        threads.push(tokio::task::spawn_blocking(
+            move || -> Result<(Vec<u64>, u64), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    match transport {
+                        Transport::TcpChannel(addr) => {
+                            let channel =
+                                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                                    .map_err(|e| e.to_string())?
+                                    .tcp_nodelay(true)
+                                    .connect()
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            Ok(drive(
+                                pb::signing_service_client::SigningServiceClient::new(channel),
+                                &m,
+                            )
+                            .await)
+                        }
+                        Transport::Uds(path) => {
+                            let stream = tokio::net::UnixStream::connect(&path)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            let (send, conn) = hyper::client::conn::http2::handshake(
+                                hyper_util::rt::TokioExecutor::new(),
+                                hyper_util::rt::TokioIo::new(stream),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                            tokio::spawn(conn);
+                            let svc = tower::service_fn(
+                                move |mut req: http::Request<tonic::body::Body>| {
+                                    let mut send = send.clone();
+                                    async move {
+                                        // gRPC needs an absolute URI; the authority is not used on a socket.
+                                        let uri = http::Uri::builder()
+                                            .scheme("http")
+                                            .authority("localhost")
+                                            .path_and_query(req.uri().path())
+                                            .build();
+                                        if let Ok(uri) = uri {
+                                            *req.uri_mut() = uri;
+                                        }
+                                        send.send_request(req).await
+                                    }
+                                },
+                            );
+                            Ok(drive(
+                                pb::signing_service_client::SigningServiceClient::new(svc),
+                                &m,
+                            )
+                            .await)
+                        }
+                    }
+                })
+            },
+        ));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in threads {
+        let (lat, e) = t.await.map_err(|e| e.to_string())??;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise(m, path, all, errors))
+}
+
+/// Warm up, then call `SignRaw` until the deadline, recording latencies.
+async fn drive<T>(
+    mut client: pb::signing_service_client::SigningServiceClient<T>,
+    m: &Measure,
+) -> (Vec<u64>, u64)
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let req = || pb::SignRawRequest {
+        key: m.key.clone(),
+        data: m.input.to_vec(),
+        alg: String::new(),
+    };
+    for _ in 0..50 {
+        let _ = client.sign_raw(req()).await;
+    }
+    let (mut lat, mut errors) = (Vec::with_capacity(65536), 0u64);
+    let deadline = Instant::now() + m.duration;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        match client.sign_raw(req()).await {
+            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+            Err(_) => errors += 1,
+        }
+    }
+    (lat, errors)
+}
+
+/// The cost of a gRPC round trip that touches no device, for scale.
+async fn grpc_floor(addr: SocketAddr, duration: Duration) -> Result<Row, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = pb::key_service_client::KeyServiceClient::new(channel);
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        match client.get_jwks(pb::GetJwksRequest {}).await {
+            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+            Err(_) => errors += 1,
+        }
+    }
+    let m = Measure {
+        key: String::new(),
+        alg: Alg::Es256,
+        clients: 1,
         duration,
-        all,
-        errors,
-    ))
+        input: Arc::new(Vec::new()),
+    };
+    Ok(summarise(&m, "gRPC floor", lat, errors))
 }

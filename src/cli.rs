@@ -36,7 +36,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run the daemon on an embedded SoftHSM token (created on first run, with ES256, PS256
-    /// and EdDSA keys), listening on 127.0.0.1:7711.
+    /// and EdDSA keys), serving mutual TLS on 127.0.0.1:7711 with a dev CA and client
+    /// certificate in the state directory (which client commands run from the same directory
+    /// use by default), and a Unix socket `sigild.sock` there for the directory's owner.
     Dev {
         /// State directory (token, PINs, config).
         #[arg(long, default_value = ".sigild")]
@@ -80,17 +82,50 @@ pub enum Command {
     },
 }
 
-/// Connection to a running daemon.
+/// Connection to a running daemon: `https://host:port` (mutual TLS), `unix:/path/to.sock`, or
+/// `http://host:port` (only for a daemon started with `danger_plaintext`). For TLS the CA and
+/// client certificate default to the dev ones in `./.sigild/`, so `sigild dev` followed by
+/// `sigild key list` in the same directory works. (`--cert-key` rather than `--key`, which the
+/// sign commands use for the signing key's name.)
 #[derive(Debug, Args)]
 pub struct Conn {
     /// gRPC endpoint of the daemon.
     #[arg(
         long,
         env = "SIGILD_ENDPOINT",
-        default_value = "http://127.0.0.1:7711",
+        default_value = "https://127.0.0.1:7711",
         global = true
     )]
     pub endpoint: String,
+    /// CA certificate (PEM) that issued the daemon's certificate [default: ./.sigild/ca.pem].
+    #[arg(long, env = "SIGILD_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) [default: ./.sigild/client.pem].
+    #[arg(long, env = "SIGILD_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM, mode 0600) [default: ./.sigild/client.key].
+    #[arg(long, env = "SIGILD_KEY", global = true)]
+    pub cert_key: Option<PathBuf>,
+}
+
+impl Conn {
+    /// CA, certificate and key files: the ones given, else the dev ones in `./.sigild`.
+    fn tls_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), CliError> {
+        let dev = crate::tls::DevPki::in_dir(Path::new(".sigild"));
+        let pick = |given: &Option<PathBuf>, default: PathBuf, what: &str| match given {
+            Some(p) => Ok(p.clone()),
+            None if default.is_file() => Ok(default),
+            None => Err(CliError::Local(format!(
+                "no {what} for {}: pass --ca, --cert and --cert-key (or SIGILD_CA, SIGILD_CERT, SIGILD_KEY), or run this where `sigild dev` created .sigild/",
+                self.endpoint
+            ))),
+        };
+        Ok((
+            pick(&self.ca, dev.ca, "CA certificate")?,
+            pick(&self.cert, dev.client_cert, "client certificate")?,
+            pick(&self.cert_key, dev.client_key, "client key")?,
+        ))
+    }
 }
 
 /// Key management commands.
@@ -315,14 +350,40 @@ fn code_name(c: tonic::Code) -> String {
 }
 
 async fn connect(conn: &Conn) -> Result<Channel, CliError> {
-    Channel::from_shared(conn.endpoint.clone())
-        .map_err(|e| CliError::Local(format!("bad endpoint {}: {e}", conn.endpoint)))?
-        .connect()
+    let failed = |source| CliError::Connect {
+        endpoint: conn.endpoint.clone(),
+        source,
+    };
+    if let Some(path) = conn.endpoint.strip_prefix("unix:") {
+        return unix_channel(Path::new(path)).await.map_err(failed);
+    }
+    let mut endpoint = Channel::from_shared(conn.endpoint.clone())
+        .map_err(|e| CliError::Local(format!("bad endpoint {}: {e}", conn.endpoint)))?;
+    if conn.endpoint.starts_with("https://") {
+        let (ca, cert, key) = conn.tls_files()?;
+        let tls = crate::tls::client_config(&ca, &cert, &key, None)
+            .map_err(|e| CliError::Local(e.to_string()))?;
+        endpoint = endpoint.tls_config(tls).map_err(failed)?;
+    }
+    endpoint.connect().await.map_err(failed)
+}
+
+/// A gRPC channel over the daemon's Unix socket.
+///
+/// # Errors
+/// The socket cannot be connected.
+pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
         .await
-        .map_err(|source| CliError::Connect {
-            endpoint: conn.endpoint.clone(),
-            source,
-        })
 }
 
 fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod auth;
+
+pub use auth::{AuditConfig, CallerConfig, LimitsConfig, TlsConfig, UnixConfig};
+
 use crate::backend::pkcs11::{Pkcs11Settings, Pkcs11Uri};
 use crate::secret::SecretSource;
 use crate::service::ServiceOptions;
@@ -30,18 +34,35 @@ pub struct Config {
     /// Signing limits and checks.
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Who may do what (`[[caller]]` rules); none means nobody may call.
+    #[serde(default, rename = "caller")]
+    pub callers: Vec<CallerConfig>,
+    /// Rate limits that are not per caller.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// The gRPC listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// TCP address. Without TLS (issue: caller authentication) only loopback addresses are
-    /// accepted, so keys are never exposed to a network by a default config.
+    /// TCP address; served with mutual TLS (`[server.tls]`), or in plain text only with
+    /// `danger_plaintext = true`.
     pub listen: SocketAddr,
     /// Concurrent requests per connection.
     #[serde(default = "default_concurrency")]
     pub concurrency_per_connection: usize,
+    /// Serve plain, unauthenticated gRPC on `listen` (every caller is `plaintext`); logs a
+    /// warning at start. For local experiments and benchmarks only.
+    #[serde(default)]
+    pub danger_plaintext: bool,
+    /// Mutual TLS for the TCP listener.
+    pub tls: Option<TlsConfig>,
+    /// An additional Unix-socket listener.
+    pub unix: Option<UnixConfig>,
 }
 
 /// The PKCS#11 token.
@@ -146,6 +167,21 @@ pub enum ConfigError {
         /// toml's message, with line, column and field.
         message: String,
     },
+    /// A value that parses but cannot be used, with the line it is on (when found).
+    #[error("{path}:{}field `{field}`: {message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
+    Located {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the field (or of its enclosing table).
+        line: Option<usize>,
+        /// Field path, e.g. `caller[1].rate`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Several problems, each located.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
     /// A value that parses but cannot be used.
     #[error("{path}: field `{field}`: {message}")]
     Invalid {
@@ -180,8 +216,72 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        config.validate(path)?;
-        Ok(config)
+        let locate = |field: &str, message: String| ConfigError::Located {
+            path: path.to_owned(),
+            line: auth::locate(text, field),
+            field: field.to_owned(),
+            message,
+        };
+        let mut errors: Vec<ConfigError> = Vec::new();
+        if let Err(e) = config.validate(path) {
+            errors.push(match e {
+                ConfigError::Invalid { field, message, .. } => locate(field, message),
+                other => other,
+            });
+        }
+        errors.extend(
+            auth::validate(
+                &config.server,
+                &config.callers,
+                &config.limits,
+                &config.audit,
+            )
+            .into_iter()
+            .map(|p| locate(&p.field, p.message)),
+        );
+        match errors.len() {
+            0 => Ok(config),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+
+    /// The caller policy these rules describe.
+    pub fn policy(&self) -> crate::policy::Policy {
+        auth::policy(&self.callers, &self.limits)
+    }
+
+    /// Turn this config into one for benchmarks: plain TCP on loopback, every plaintext
+    /// caller and this process's own uid (for the benchmark's Unix sockets) allowed
+    /// everything, no configured Unix socket and no rate limits (benchmarks measure the
+    /// signing path and run their own clients in-process).
+    pub fn for_benchmark(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        self.server.tls = None;
+        self.server.unix = None;
+        self.server.danger_plaintext = true;
+        self.limits = LimitsConfig::default();
+        let everything = |danger_plaintext, uid| CallerConfig {
+            identity: None,
+            uid,
+            gid: None,
+            danger_plaintext,
+            keys: Some(vec!["*".into()]),
+            operations: crate::policy::Operation::CONFIGURABLE
+                .iter()
+                .map(|o| o.name().to_owned())
+                .collect(),
+            admin: true,
+            iss: None,
+            aud: None,
+            client_id: None,
+            htu_prefix: None,
+            rate: None,
+        };
+        self.callers = vec![everything(true, None)];
+        if let Ok(me) = std::fs::metadata("/proc/self") {
+            self.callers.push(everything(false, Some(me.uid())));
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -190,15 +290,6 @@ impl Config {
             field,
             message,
         };
-        if !self.server.listen.ip().is_loopback() {
-            return Err(invalid(
-                "server.listen",
-                format!(
-                    "{} is not a loopback address; plaintext gRPC is only served on loopback",
-                    self.server.listen
-                ),
-            ));
-        }
         match (&self.pkcs11, &self.yubikey) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -262,24 +353,40 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`].
     pub fn check_environment(&self, path: &Path) -> Result<(), ConfigError> {
-        let Some(p11) = &self.pkcs11 else {
-            return match &self.yubikey {
-                Some(yk) => yk.check_environment(path),
-                None => Ok(()),
-            };
-        };
-        if !p11.module.is_file() {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                field: "pkcs11.module",
-                message: format!("{} is not a file", p11.module.display()),
-            });
-        }
-        p11.pin.read().map(drop).map_err(|e| ConfigError::Invalid {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let locate = |field: &str, message: String| ConfigError::Located {
             path: path.to_owned(),
-            field: "pkcs11.pin",
-            message: e.to_string(),
-        })
+            line: auth::locate(&text, field),
+            field: field.to_owned(),
+            message,
+        };
+        let mut errors = Vec::new();
+        if let Some(p11) = &self.pkcs11 {
+            if !p11.module.is_file() {
+                errors.push(locate(
+                    "pkcs11.module",
+                    format!("{} is not a file", p11.module.display()),
+                ));
+            }
+            if let Err(e) = p11.pin.read() {
+                errors.push(locate("pkcs11.pin", e.to_string()));
+            }
+        }
+        if let Some(yk) = &self.yubikey
+            && let Err(e) = yk.check_environment(path)
+        {
+            errors.push(e);
+        }
+        errors.extend(
+            auth::check_files(&self.server, &self.audit)
+                .into_iter()
+                .map(|p| locate(&p.field, p.message)),
+        );
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
     }
 
     /// Typed backend settings, reading the PIN now.
@@ -325,6 +432,7 @@ mod tests {
     const GOOD: &str = r#"
 [server]
 listen = "127.0.0.1:7711"
+danger_plaintext = true
 
 [pkcs11]
 module = "/usr/lib/softhsm/libsofthsm2.so"
@@ -352,7 +460,7 @@ pin = { file = "/etc/sigild/pin" }
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.starts_with("x.toml: "), "{err}");
-        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("line 7"), "{err}");
         assert!(err.contains("wrokers"), "{err}");
     }
 
@@ -360,13 +468,13 @@ pin = { file = "/etc/sigild/pin" }
     fn literal_pin_and_bad_values_are_refused() {
         let lit = GOOD.replace(r#"pin = { file = "/etc/sigild/pin" }"#, r#"pin = "1234""#);
         assert!(Config::parse(Path::new("x"), &lit).is_err());
-        let wide = GOOD.replace("127.0.0.1", "0.0.0.0");
-        let err = Config::parse(Path::new("x"), &wide)
+        let no_tls = GOOD.replace("danger_plaintext = true", "");
+        let err = Config::parse(Path::new("x"), &no_tls)
             .map(drop)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("server.listen"), "{err}");
+        assert!(err.contains("server.tls"), "{err}");
         let slot = GOOD.replace("pkcs11:token=sigild-dev", "pkcs11:slot-id=0");
         let err = Config::parse(Path::new("x"), &slot)
             .map(drop)
@@ -374,5 +482,146 @@ pin = { file = "/etc/sigild/pin" }
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("pkcs11.token"), "{err}");
+    }
+
+    #[test]
+    fn auth_sections_parse_into_a_policy() -> Result<(), ConfigError> {
+        let text = GOOD.replace("danger_plaintext = true", "")
+            + r#"
+[server.tls]
+cert = "/etc/sigild/server.pem"
+key = "/etc/sigild/server.key"
+client_ca = ["/etc/sigild/ca.pem"]
+identity = "dns"
+
+[server.unix]
+path = "/run/sigild.sock"
+mode = "0660"
+
+[[caller]]
+identity = "idp.example.org"
+keys = ["idp-*"]
+operations = ["id-token", "jws"]
+iss = ["https://op.example.com"]
+rate = "100/s"
+
+[[caller]]
+uid = 1000
+keys = ["client-a-dpop"]
+operations = ["dpop"]
+htu_prefix = ["https://as.example.com/"]
+
+[[caller]]
+identity = "admin.example.org"
+admin = true
+
+[limits]
+per_key = "1000/s"
+
+[audit]
+stdout = true
+fail_closed = true
+"#;
+        let c = Config::parse(Path::new("x.toml"), &text)?;
+        assert_eq!(c.callers.len(), 3);
+        let p = c.policy();
+        use crate::policy::{Caller, Operation, Request};
+        let r = |op, key| Request {
+            op,
+            key,
+            claims: None,
+        };
+        assert!(
+            p.evaluate(
+                &Caller::tls("idp.example.org"),
+                &r(Operation::IdToken, "idp-1")
+            )
+            .is_ok()
+        );
+        assert!(
+            p.evaluate(&Caller::unix(1000, 5), &r(Operation::Dpop, "client-a-dpop"))
+                .is_ok()
+        );
+        assert!(
+            p.evaluate(
+                &Caller::tls("admin.example.org"),
+                &r(Operation::Admin, "any")
+            )
+            .is_ok()
+        );
+        assert!(
+            p.evaluate(&Caller::tls("admin.example.org"), &r(Operation::Jws, "any"))
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_policy_mistake_is_reported_with_its_line() {
+        let text = GOOD.to_owned()
+            + r#"
+[[caller]]
+identity = "a"
+keys = ["*"]
+operations = ["jws", "sign-everything"]
+
+[[caller]]
+uid = 5
+operations = ["raw"]
+iss = ["x"]
+rate = "lots"
+
+[limits]
+per_key = "1/d"
+"#;
+        let err = Config::parse(Path::new("p.toml"), &text)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, id-token, jar, client-assertion, dpop, tls (key administration is admin = true)"),
+            "{err}"
+        );
+        assert!(err.contains("p.toml:20: field `caller[1].rate`"), "{err}");
+        assert!(err.contains("field `caller[1].keys`"), "{err}");
+        assert!(
+            err.contains("p.toml:18: field `caller[1].operations`: raw and tls"),
+            "{err}"
+        );
+        assert!(err.contains("uid/gid rules need a Unix socket"), "{err}");
+        assert!(err.contains("p.toml:23: field `limits.per_key`"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_parses() -> Result<(), ConfigError> {
+        let text = include_str!("../hsm-config/sigild.example.toml");
+        let c = Config::parse(Path::new("sigild.example.toml"), text)?;
+        assert_eq!(c.callers.len(), 4);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example configs shipped in `hsm-config/` must stay valid.
+    #[test]
+    fn shipped_examples_parse() -> Result<(), ConfigError> {
+        for (name, text) in [
+            (
+                "sigild-softhsm.toml",
+                include_str!("../hsm-config/sigild-softhsm.toml"),
+            ),
+            (
+                "sigild-network-hsm.toml",
+                include_str!("../hsm-config/sigild-network-hsm.toml"),
+            ),
+        ] {
+            Config::parse(Path::new(name), text)?;
+        }
+        Ok(())
     }
 }

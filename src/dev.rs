@@ -1,6 +1,12 @@
 //! The embedded SoftHSM default (`sigild dev`, and the token `sigild bench` measures on): a
 //! state directory holding a SoftHSM token, random PINs in private files, and a config that
 //! points at them. Created on first run, reused afterwards.
+//!
+//! Callers authenticate as in production, with no set-up: the state directory gets a dev CA,
+//! a server certificate for `localhost`/`127.0.0.1` and an admin client certificate
+//! (`spiffe://sigild.dev/admin`), which the CLI finds in `./.sigild` by default; and a Unix
+//! socket `sigild.sock` (mode 0600) on which the directory's owner is allowed everything.
+//! Every request is audited to `audit.jsonl` in the same directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +54,10 @@ pub struct DevPaths {
     pub so_pin: PathBuf,
     /// The SoftHSM module found on this machine.
     pub module: PathBuf,
+    /// The dev CA, server and client certificates.
+    pub pki: crate::tls::DevPki,
+    /// The Unix socket.
+    pub socket: PathBuf,
 }
 
 /// Why dev setup failed.
@@ -67,6 +77,9 @@ pub enum DevError {
     /// Reading a PIN back.
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
+    /// Creating the dev certificates.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The SoftHSM module: `SIGILD_PKCS11_MODULE` if set, else the first usual path that exists.
@@ -110,6 +123,8 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
         user_pin: dir.join("user.pin"),
         so_pin: dir.join("so.pin"),
         module,
+        pki: crate::tls::DevPki::in_dir(&dir),
+        socket: dir.join("sigild.sock"),
         dir,
     };
     if !paths.softhsm_conf.exists() {
@@ -124,11 +139,62 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
             write_secret_file(pin, &random_pin()?).map_err(io(pin))?;
         }
     }
+    paths.pki.ensure()?;
+    // The directory's owner is the user running dev: allowed everything on the socket.
+    let uid = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&paths.dir).map_err(io(&paths.dir))?.uid()
+    };
+    let all_ops = crate::policy::Operation::CONFIGURABLE
+        .map(|o| format!("\"{}\"", o.name()))
+        .join(", ");
     // Rewritten every start so it follows --listen and the module found on this machine.
     let config = format!(
-        "# sigild dev config (rewritten by `sigild dev` on each start)\n[server]\nlisten = \"{listen}\"\n\n[pkcs11]\nmodule = \"{}\"\ntoken = \"pkcs11:token={DEV_TOKEN_LABEL}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n",
-        paths.module.display(),
-        paths.user_pin.display()
+        r#"# sigild dev config (rewritten by `sigild dev` on each start)
+[server]
+listen = "{listen}"
+
+[server.tls]
+cert = "{server_cert}"
+key = "{server_key}"
+client_ca = ["{ca}"]
+identity = "spiffe"
+
+[server.unix]
+path = "{socket}"
+mode = "0600"
+
+# The dev client certificate (client.pem / client.key) may do everything.
+[[caller]]
+identity = "{client}"
+keys = ["*"]
+operations = [{all_ops}]
+admin = true
+
+# So may the owner of this directory, over the Unix socket.
+[[caller]]
+uid = {uid}
+keys = ["*"]
+operations = [{all_ops}]
+admin = true
+
+[audit]
+file = "{audit}"
+
+[pkcs11]
+module = "{module}"
+token = "pkcs11:token={DEV_TOKEN_LABEL}"
+pin = {{ file = "{pin}" }}
+workers = 2
+"#,
+        server_cert = paths.pki.server_cert.display(),
+        server_key = paths.pki.server_key.display(),
+        ca = paths.pki.ca.display(),
+        socket = paths.socket.display(),
+        client = crate::tls::DEV_CLIENT_SPIFFE,
+        audit = paths.dir.join("audit.jsonl").display(),
+        module = paths.module.display(),
+        pin = paths.user_pin.display(),
     );
     std::fs::write(&paths.config, config).map_err(io(&paths.config))?;
     Ok(paths)
@@ -201,7 +267,9 @@ pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, crate
     let mut created = Vec::new();
     for (name, alg) in DEV_KEYS {
         if service.key(name).is_err() {
-            service.create_key(name, alg, 0, true).await?;
+            service
+                .create_key(&crate::service::Origin::in_process(), name, alg, 0, true)
+                .await?;
             created.push(name.to_owned());
         }
     }

@@ -138,6 +138,23 @@ struct VersionRecord {
     created_at: i64,
 }
 
+impl VersionRecord {
+    /// The record that describes `v` as it is now.
+    fn of(v: &VersionInfo) -> Self {
+        VersionRecord {
+            format: 1,
+            name: v.name.0.clone(),
+            version: v.version,
+            state: v.state,
+            alg: v.alg.name().to_owned(),
+            fapi2: v.fapi2,
+            key_id: v.key_id.to_hex(),
+            origin: v.origin,
+            created_at: v.created_at,
+        }
+    }
+}
+
 /// One version of a key, as the signing path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionInfo {
@@ -336,6 +353,28 @@ impl Keyring {
                 }
             }
         }
+        // Records are never deleted (destroyed versions keep theirs), so a known version whose
+        // record is gone means the device is not showing what it holds (a fault, a partition
+        // being restored): keep serving the last known keyring, and so a stable JWKS, rather
+        // than unpublishing keys whose tokens are still in use.
+        let vanished: Vec<String> = known
+            .values()
+            .filter(|v| {
+                !parsed
+                    .get(&v.name)
+                    .is_some_and(|vs| vs.contains_key(&v.version))
+            })
+            .map(|v| format!("{}/{}", v.name, v.version))
+            .collect();
+        if !vanished.is_empty() {
+            tracing::error!(
+                versions = ?vanished,
+                "keyring records disappeared from the device; keeping the last known keyring"
+            );
+            return Err(KeyringError::Backend(BackendError::Unavailable(
+                "keyring records disappeared from the device".into(),
+            )));
+        }
         let mut map = BTreeMap::new();
         for (name, versions) in parsed {
             let mut infos: Vec<Arc<VersionInfo>> = Vec::new();
@@ -437,12 +476,10 @@ impl Keyring {
     /// # Errors
     /// [`KeyringError::KeyNotFound`] or [`KeyringError::NoActiveVersion`].
     pub fn active(&self, name: &str) -> Result<Arc<VersionInfo>, KeyringError> {
+        let not_found = || KeyringError::KeyNotFound(name.to_owned());
+        let key_name = KeyName::new(name).map_err(|_| not_found())?;
         let map = self.keys.read().map_err(|_| poisoned())?;
-        let key = map
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| v)
-            .ok_or_else(|| KeyringError::KeyNotFound(name.to_owned()))?;
+        let key = map.get(&key_name).ok_or_else(not_found)?;
         key.active()
             .cloned()
             .ok_or_else(|| KeyringError::NoActiveVersion(name.to_owned()))
@@ -570,18 +607,19 @@ impl Keyring {
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
+        let obj = self.backend.adopt(uri.to_owned()).await?;
+        // Compare what the URI resolved to, not its text: many URIs name one key pair.
         let in_use = self
             .read_map()
             .values()
             .flat_map(|k| k.versions.clone())
-            .find(|v| v.state != KeyState::Destroyed && v.uri == uri);
+            .find(|v| v.state != KeyState::Destroyed && v.key_id == obj.id);
         if let Some(v) = in_use {
             return Err(KeyringError::AlreadyExists(format!(
-                "{} (already holds that key pair)",
-                v.name
+                "{} version {} (already holds that key pair)",
+                v.name, v.version
             )));
         }
-        let obj = self.backend.adopt(uri.to_owned()).await?;
         check_alg(alg, obj.public.kind(), fapi2)?;
         self.add_version(
             &name,
@@ -665,14 +703,11 @@ impl Keyring {
         } else {
             find_version(&key, version)?
         };
-        if !matches!(target.state, KeyState::Next | KeyState::Retired) {
-            return Err(KeyringError::InvalidState {
-                name: name.to_owned(),
-                version: target.version,
-                state: target.state.as_str(),
-                why: "only a `next` or `retired` version can be activated",
-            });
-        }
+        require_state(
+            &target,
+            &[KeyState::Next, KeyState::Retired],
+            "only a `next` or `retired` version can be activated",
+        )?;
         let previous = key.active().cloned();
         // New active first: a crash in between leaves two actives, which load resolves to the
         // newest, never zero.
@@ -699,14 +734,11 @@ impl Keyring {
         } else {
             find_version(&key, version)?
         };
-        if !matches!(target.state, KeyState::Next | KeyState::Active) {
-            return Err(KeyringError::InvalidState {
-                name: name.to_owned(),
-                version: target.version,
-                state: target.state.as_str(),
-                why: "only a `next` or `active` version can be retired",
-            });
-        }
+        require_state(
+            &target,
+            &[KeyState::Next, KeyState::Active],
+            "only a `next` or `active` version can be retired",
+        )?;
         self.set_state(&target, KeyState::Retired).await?;
         self.refresh_locked().await?;
         self.get(name)
@@ -721,14 +753,11 @@ impl Keyring {
         self.refresh_locked().await?;
         let key = self.get(name)?;
         let target = find_version(&key, version)?;
-        if !matches!(target.state, KeyState::Next | KeyState::Retired) {
-            return Err(KeyringError::InvalidState {
-                name: name.to_owned(),
-                version: target.version,
-                state: target.state.as_str(),
-                why: "retire it first; only `next` or `retired` versions can be destroyed",
-            });
-        }
+        require_state(
+            &target,
+            &[KeyState::Next, KeyState::Retired],
+            "retire it first; only `next` or `retired` versions can be destroyed",
+        )?;
         // Record first: a crash after it leaves an orphan key pair (visible in vendor tools),
         // never a published key that cannot sign.
         self.set_state(&target, KeyState::Destroyed).await?;
@@ -780,18 +809,11 @@ impl Keyring {
     }
 
     async fn set_state(&self, v: &VersionInfo, state: KeyState) -> Result<(), KeyringError> {
-        let rec = VersionRecord {
-            format: 1,
-            name: v.name.0.clone(),
-            version: v.version,
+        self.put(&VersionRecord {
             state,
-            alg: v.alg.name().to_owned(),
-            fapi2: v.fapi2,
-            key_id: v.key_id.to_hex(),
-            origin: v.origin,
-            created_at: v.created_at,
-        };
-        self.put(&rec).await
+            ..VersionRecord::of(v)
+        })
+        .await
     }
 
     async fn put(&self, rec: &VersionRecord) -> Result<(), KeyringError> {
@@ -804,6 +826,23 @@ impl Keyring {
             .await?;
         Ok(())
     }
+}
+
+/// Refuse a state change unless `v` is in one of the `allowed` states.
+fn require_state(
+    v: &VersionInfo,
+    allowed: &[KeyState],
+    why: &'static str,
+) -> Result<(), KeyringError> {
+    if allowed.contains(&v.state) {
+        return Ok(());
+    }
+    Err(KeyringError::InvalidState {
+        name: v.name.to_string(),
+        version: v.version,
+        state: v.state.as_str(),
+        why,
+    })
 }
 
 fn find_version(key: &KeyInfo, version: u32) -> Result<Arc<VersionInfo>, KeyringError> {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod bench;
 pub mod cli;
@@ -11,6 +12,8 @@ pub mod crypto;
 pub mod dev;
 pub mod jose;
 pub mod keyring;
+pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod tls;

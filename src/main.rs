@@ -59,8 +59,10 @@ fn main() -> ExitCode {
                     tracing::info!(keys = ?keys, "created default dev keys");
                 }
                 tracing::info!(
-                    "sigild dev ready on {}: try `sigild key list` or `sigild jwks`",
-                    running.addr
+                    "sigild dev ready on https://{} (mTLS with the client certificate in {}) and unix:{}: try `sigild key list` or `sigild jwks` from the directory holding .sigild/",
+                    running.addr,
+                    paths.dir.display(),
+                    paths.socket.display()
                 );
                 running.run_until(shutdown_signal()).await?;
             }
@@ -100,7 +102,11 @@ fn set_softhsm_conf(path: &std::path::Path) {
 /// Logs go to stderr (stdout is for results), level from `SIGILD_LOG` (default `info`).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGILD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // cryptoki logs an error for every session it cannot close after the module was
+        // re-initialised (sigild does that to recover a token); those sessions are gone anyway.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,cryptoki::session::session_management=off")
+        });
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,4 +1,5 @@
-//! The composition root: config → backend → keyring → service → gRPC server (with health and
+//! The composition root: config → backend → keyring → policy, audit → service → gRPC servers
+//! (mutual TLS or danger-plaintext TCP, and an optional Unix socket; each with health and
 //! reflection) and the background tasks that keep the keyring and readiness current. The only
 //! place that names a concrete backend.
 
@@ -12,7 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
-use crate::api::{Api, pb};
+use crate::api::{Api, Listener, pb};
+use crate::audit::AuditError;
 use crate::backend::pkcs11::Pkcs11Backend;
 use crate::backend::{Backend, BackendError};
 use crate::config::{Config, ConfigError};
@@ -43,6 +45,20 @@ pub enum StartError {
     /// Reflection descriptors could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// TLS certificates or keys cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The audit trail cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The Unix socket cannot be set up.
+    #[error("unix socket {path}: {message}")]
+    Unix {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A running daemon.
@@ -53,10 +69,14 @@ pub struct Running {
     pub service: Arc<Service>,
     /// The PKCS#11 backend when that is the device, for in-process comparisons (benchmarks).
     pub backend: Option<Arc<Pkcs11Backend>>,
+    /// The Unix socket, when one is served (removed at shutdown).
+    pub unix_path: Option<std::path::PathBuf>,
     /// Dropping or sending tells the server and tasks to stop.
     stop: watch::Sender<bool>,
     /// The server task.
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The Unix-socket server task.
+    unix_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Running {
@@ -66,6 +86,12 @@ impl Running {
     /// The server's own error, if it failed.
     pub async fn shutdown(self) -> Result<(), StartError> {
         let _ = self.stop.send(true);
+        if let Some(u) = self.unix_server {
+            let _ = u.await;
+        }
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
         match self.server.await {
             Ok(r) => Ok(r?),
             Err(e) => Err(StartError::Reflection(format!("server task: {e}"))),
@@ -122,12 +148,11 @@ pub async fn start_on(
     {
         tracing::warn!(error = %e, "cannot load the keyring yet");
     }
-    let service = Arc::new(Service::new(
-        keyring,
-        Arc::new(SystemClock),
-        config.service_options(),
-    ));
-    let api = Api::new(Arc::clone(&service));
+    let audit = Arc::new(config.audit.open()?);
+    let service = Arc::new(
+        Service::new(keyring, Arc::new(SystemClock), config.service_options())
+            .with_access(Arc::new(config.policy()), audit),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -150,22 +175,67 @@ pub async fn start_on(
         source,
     })?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let router = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(config.server.concurrency_per_connection)
-        .add_service(health_service)
-        .add_service(reflection)
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.server.concurrency_per_connection);
+    let listener_kind = match &config.server.tls {
+        Some(t) => {
+            builder =
+                builder.tls_config(crate::tls::server_config(&t.cert, &t.key, &t.client_ca)?)?;
+            Listener::Tls(t.identity)
+        }
+        None => {
+            tracing::warn!(
+                %addr,
+                "danger_plaintext: serving unauthenticated plain-text gRPC; every caller on this port is `plaintext` and may do what the danger_plaintext [[caller]] rules allow"
+            );
+            Listener::DangerPlaintext
+        }
+    };
+    let api = Api::new(Arc::clone(&service), listener_kind);
+    let router = builder
+        .add_service(health_service.clone())
+        .add_service(reflection.clone())
         .add_service(api.key_service())
         .add_service(api.signing_service());
+    let mut stopped2 = stopped.clone();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
-    tracing::info!(%addr, backend = %service.keyring().backend().describe(), "listening");
+    tracing::info!(%addr, tls = config.server.tls.is_some(), backend = %service.keyring().backend().describe(), "listening");
+
+    let (unix_path, unix_server) = match &config.server.unix {
+        None => (None, None),
+        Some(u) => {
+            let path = u.path.clone();
+            let unix_error = |message: String| StartError::Unix {
+                path: path.clone(),
+                message,
+            };
+            let mode = u.mode_bits().map_err(&unix_error)?;
+            let listener = bind_unix(&path, mode).map_err(&unix_error)?;
+            let api = Api::new(Arc::clone(&service), Listener::Unix);
+            let router = tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(config.server.concurrency_per_connection)
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(api.key_service())
+                .add_service(api.signing_service());
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped2.wait_for(|s| *s).await;
+            }));
+            tracing::info!(path = %path.display(), mode = %format!("{mode:04o}"), "listening on unix socket");
+            (Some(path), Some(task))
+        }
+    };
     Ok(Running {
         addr,
         service,
         backend,
+        unix_path,
         stop,
         server,
+        unix_server,
     })
 }
 
@@ -198,6 +268,25 @@ async fn open_backend(config: &Config, config_path: &Path) -> Result<OpenedBacke
         .map_err(join)??;
     let backend = Arc::new(backend);
     Ok((backend.clone(), Some(backend), issue))
+}
+
+/// Bind the Unix socket: replace a stale socket (never another kind of file), then set the
+/// configured mode. Between bind and chmod the socket has the umask's mode; the directory
+/// holding it should not be writable by others.
+fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove the stale socket: {e}"))?;
+        } else {
+            return Err("exists and is not a socket; refusing to replace it".into());
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:04o}: {e}"))?;
+    Ok(listener)
 }
 
 /// Keep readiness and the keyring current: check the device, refresh the keyring (other
@@ -256,14 +345,21 @@ pub struct Detached {
     pub service: Arc<Service>,
     /// The PKCS#11 backend when that is the device, for direct comparisons.
     pub backend: Option<Arc<Pkcs11Backend>>,
-    /// A second listener serving the same keyring with signature verification off, when
-    /// asked for (benchmarks show what verification costs).
-    pub unverified_addr: Option<SocketAddr>,
+    /// The daemon's runtime, so callers can serve more listeners on it (benchmarks).
+    pub runtime: tokio::runtime::Handle,
     /// Tells the daemon thread to shut down.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// The daemon thread.
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// What the daemon thread reports once it is serving.
+type Ready = (
+    SocketAddr,
+    tokio::runtime::Handle,
+    Arc<Service>,
+    Option<Arc<Pkcs11Backend>>,
+);
 
 impl Detached {
     /// Start the daemon on a new thread; `threads` = 0 runs a current-thread runtime.
@@ -275,10 +371,13 @@ impl Detached {
         config_path: std::path::PathBuf,
         listen: SocketAddr,
         threads: usize,
-        also_unverified: bool,
     ) -> Result<Detached, StartError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready, StartError>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let listen_err = move |source| StartError::Listen {
+            addr: listen,
+            source,
+        };
         let thread = std::thread::Builder::new()
             .name("sigild-daemon".into())
             .spawn(move || {
@@ -295,43 +394,24 @@ impl Detached {
                 let rt = match rt {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(StartError::Listen {
-                            addr: listen,
-                            source: e,
-                        }));
+                        let _ = ready_tx.send(Err(listen_err(e)));
                         return;
                     }
                 };
                 rt.block_on(async move {
-                    let listener = match TcpListener::bind(listen).await {
-                        Ok(l) => l,
-                        Err(source) => {
-                            let _ = ready_tx.send(Err(StartError::Listen {
-                                addr: listen,
-                                source,
-                            }));
-                            return;
-                        }
+                    let started = match TcpListener::bind(listen).await {
+                        Ok(l) => start_on(&config, &config_path, l).await,
+                        Err(e) => Err(listen_err(e)),
                     };
-                    match start_on(&config, &config_path, listener).await {
+                    match started {
                         Ok(running) => {
-                            let unverified = if also_unverified {
-                                match serve_unverified(&running.service, listen).await {
-                                    Ok(a) => Some(a),
-                                    Err(e) => {
-                                        let _ = ready_tx.send(Err(e));
-                                        return;
-                                    }
-                                }
-                            } else {
-                                None
-                            };
-                            let _ = ready_tx.send(Ok((
+                            let ready = (
                                 running.addr,
-                                unverified,
+                                tokio::runtime::Handle::current(),
                                 Arc::clone(&running.service),
                                 running.backend.clone(),
-                            )));
+                            );
+                            let _ = ready_tx.send(Ok(ready));
                             let _ = running
                                 .run_until(async {
                                     let _ = stop_rx.await;
@@ -344,18 +424,15 @@ impl Detached {
                     }
                 });
             })
-            .map_err(|e| StartError::Listen {
-                addr: listen,
-                source: e,
-            })?;
-        let (addr, unverified_addr, service, backend) = ready_rx
+            .map_err(listen_err)?;
+        let (addr, runtime, service, backend) = ready_rx
             .recv()
             .map_err(|_| StartError::Reflection("daemon thread exited during start".into()))??;
         Ok(Detached {
             addr,
-            unverified_addr,
             service,
             backend,
+            runtime,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -370,38 +447,4 @@ impl Detached {
             let _ = t.join();
         }
     }
-}
-
-/// Serve `service`'s keyring a second time with verification off (signing API only).
-async fn serve_unverified(
-    service: &Arc<Service>,
-    listen: SocketAddr,
-) -> Result<SocketAddr, StartError> {
-    let unverified = Arc::new(Service::new(
-        Arc::clone(service.keyring()),
-        Arc::new(SystemClock),
-        crate::service::ServiceOptions {
-            verify_signatures: false,
-            ..service.options().clone()
-        },
-    ));
-    let listener = TcpListener::bind(SocketAddr::new(listen.ip(), 0))
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: listen,
-        source,
-    })?;
-    let api = Api::new(unverified);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(api.signing_service())
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
-    );
-    Ok(addr)
 }

@@ -4,15 +4,24 @@
 //! Async, transport-free: the gRPC layer maps requests into these calls and [`Error`] into
 //! statuses; the CLI's bench drives it too. Holds the clock and jti source, so the JOSE layer
 //! stays pure.
+//!
+//! Every request names its [`Origin`] (the caller and a request id). The [`Policy`] is
+//! evaluated twice, both times before any device call: operation and key before the key is
+//! even resolved (so an unauthorised caller learns nothing about keys), then the claims of the
+//! exact payload about to be signed, followed by the rate limits. Each request ends with one
+//! [`Record`] in the audit trail; with `fail_closed`, a signature whose record cannot be
+//! written is withheld.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::audit::{self, Audit, Record};
 use crate::backend::{BackendError, PrivateKeyMaterial};
 use crate::jose::{self, Alg, JoseError};
 use crate::keyring::{KeyInfo, Keyring, KeyringError, VersionInfo};
+use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -152,12 +161,88 @@ pub enum Error {
     /// The device cannot be used right now; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
-    /// The device's queue is full.
+    /// The device's queue is full, or a rate limit is exhausted.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's policy does not allow this request.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bug or a device misbehaving; details are in the log only.
     #[error("{0}")]
     Internal(String),
+}
+
+impl Error {
+    /// The gRPC-style name of the category, for audit records.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::Unavailable(_) => "unavailable",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<PolicyError> for Error {
+    fn from(e: PolicyError) -> Self {
+        if e.is_rate_limit() {
+            Error::ResourceExhausted(e.to_string())
+        } else {
+            Error::PermissionDenied(e.to_string())
+        }
+    }
+}
+
+/// Who is asking, and the id that ties the answer, the audit record and the logs together.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The authenticated caller.
+    pub caller: Caller,
+    /// Random request id (16 hex digits).
+    pub request_id: String,
+}
+
+impl Origin {
+    /// A request from `caller` with a fresh id.
+    pub fn new(caller: Caller) -> Origin {
+        Origin {
+            caller,
+            request_id: request_id(),
+        }
+    }
+
+    /// The daemon itself (dev set-up, benchmarks): not subject to policy, still audited.
+    pub fn in_process() -> Origin {
+        Origin::new(Caller::in_process())
+    }
+}
+
+/// 64 random bits, hex. A failing RNG only makes ids less unique, never blocks a request.
+pub fn request_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One request in flight: what policy and the audit record need to know about it.
+struct Call<'a> {
+    /// Who asks.
+    origin: &'a Origin,
+    /// What for.
+    op: Operation,
+    /// Which key.
+    key: &'a str,
+    /// Arrival, for the latency.
+    started: std::time::Instant,
+    /// The record being filled in.
+    record: Record,
+    /// Which rule allowed it (for its rate limit).
+    grant: Option<crate::policy::Grant>,
 }
 
 impl From<JoseError> for Error {
@@ -251,16 +336,148 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Limits.
     options: ServiceOptions,
+    /// Who may do what; deny-all until [`Service::with_access`] sets one.
+    policy: Arc<Policy>,
+    /// Where each request is recorded.
+    audit: Arc<Audit>,
+    /// Origin of the monotonic time handed to the rate limiter.
+    epoch: std::time::Instant,
 }
 
 impl Service {
-    /// Wire a service.
+    /// Wire a service. It refuses every remote caller until [`Service::with_access`] gives
+    /// it a policy; in-process callers are not subject to policy.
     pub fn new(keyring: Arc<Keyring>, clock: Arc<dyn Clock>, options: ServiceOptions) -> Self {
         Service {
             keyring,
             clock,
             options,
+            policy: Arc::new(Policy::deny_all()),
+            audit: Arc::new(Audit::off()),
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    /// Set the caller policy and the audit trail.
+    #[must_use]
+    pub fn with_access(mut self, policy: Arc<Policy>, audit: Arc<Audit>) -> Self {
+        self.policy = policy;
+        self.audit = audit;
+        self
+    }
+
+    /// The policy (shared by a second listener over the same keyring).
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The audit writer.
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
+    }
+
+    fn begin<'a>(&self, origin: &'a Origin, op: Operation, name: &str, key: &'a str) -> Call<'a> {
+        Call {
+            origin,
+            op,
+            key,
+            started: std::time::Instant::now(),
+            record: Record {
+                time: audit::now_rfc3339(),
+                request_id: origin.request_id.clone(),
+                caller: origin.caller.identity.clone(),
+                via: match origin.caller.via {
+                    Via::Tls => "tls",
+                    Via::Unix { .. } => "unix",
+                    Via::DangerPlaintext => "plaintext",
+                    Via::InProcess => "in-process",
+                },
+                operation: name.to_owned(),
+                key: key.to_owned(),
+                decision: "allow",
+                ..Record::default()
+            },
+            grant: None,
+        }
+    }
+
+    /// The early check: may this caller do this operation on this key at all?
+    fn authorize(&self, call: &mut Call<'_>) -> Result<(), Error> {
+        let req = Request {
+            op: call.op,
+            key: call.key,
+            claims: None,
+        };
+        match self.policy.evaluate(&call.origin.caller, &req) {
+            Ok(g) => {
+                call.grant = Some(g);
+                Ok(())
+            }
+            Err(e) => Err(Self::refused(call, e)),
+        }
+    }
+
+    /// The late check, on what is about to be signed, then the rate limits.
+    fn authorize_content(&self, call: &mut Call<'_>, claims: &Option<Claims>) -> Result<(), Error> {
+        let req = Request {
+            op: call.op,
+            key: call.key,
+            claims: Some(claims),
+        };
+        let grant = match self.policy.evaluate(&call.origin.caller, &req) {
+            Ok(g) => g,
+            Err(e) => return Err(Self::refused(call, e)),
+        };
+        call.grant = Some(grant);
+        self.policy
+            .admit(&call.origin.caller, grant, call.key, self.epoch.elapsed())
+            .map_err(|e| Self::refused(call, e))
+    }
+
+    fn refused(call: &mut Call<'_>, e: PolicyError) -> Error {
+        call.record.decision = if e.is_rate_limit() { "limited" } else { "deny" };
+        call.record.reason = Some(audit_reason(&e));
+        tracing::info!(request_id = %call.origin.request_id, caller = %call.origin.caller, op = %call.op, key = call.key, "refused: {e}");
+        e.into()
+    }
+
+    /// Complete the audit record and write it; with fail-closed, a result whose record
+    /// could not be written is replaced by an error.
+    fn finish<T>(&self, mut call: Call<'_>, r: Result<T, Error>) -> Result<T, Error> {
+        call.record.outcome = match &r {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code_name().to_owned(),
+        };
+        call.record.latency_us =
+            u64::try_from(call.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match self.audit.write(&call.record) {
+            Ok(()) => r,
+            Err(e) => {
+                tracing::error!(request_id = %call.origin.request_id, error = %e, "audit record not written");
+                // Fail-closed withholds signatures. A key-management action has already
+                // happened on the device, and reads return public data: saying "failed" for
+                // those would mislead, so they are only logged.
+                let signs = !matches!(call.op, Operation::Admin | Operation::Read);
+                if self.audit.fail_closed() && signs && r.is_ok() {
+                    Err(Error::Unavailable(
+                        "the audit record could not be written, so the signature was withheld (audit.fail_closed)".into(),
+                    ))
+                } else {
+                    r
+                }
+            }
+        }
+    }
+
+    /// Check that `origin` may read public key material (key list, a key, the JWKS), and
+    /// record the read.
+    ///
+    /// # Errors
+    /// PermissionDenied for callers with no rule.
+    pub fn authorize_read(&self, origin: &Origin, what: &str, key: &str) -> Result<(), Error> {
+        let mut call = self.begin(origin, Operation::Read, what, key);
+        let r = self.authorize(&mut call);
+        self.finish(call, r)
     }
 
     /// The keyring (for health checks and refresh tasks).
@@ -318,9 +535,14 @@ impl Service {
 
     async fn sign_parts(
         &self,
+        call: &mut Call<'_>,
         version: &VersionInfo,
         parts: jose::JwsParts,
     ) -> Result<SignedJws, Error> {
+        note_version(call, version, parts.alg);
+        let claims = Claims::from_payload(call.op, &parts.payload);
+        note_claims(call, &claims, &parts.header);
+        self.authorize_content(call, &claims)?;
         let input = parts.signing_input();
         let sig = self
             .sign_input(version, parts.alg, input.as_bytes())
@@ -359,10 +581,24 @@ impl Service {
     /// InvalidArgument for a bad header or oversized input; key and device errors.
     pub async fn sign_jws(
         &self,
+        origin: &Origin,
         key: &str,
         header: &[u8],
         payload: &[u8],
     ) -> Result<SignedJws, Error> {
+        let mut call = self.begin(origin, Operation::Jws, "jws", key);
+        let r = self.sign_jws_in(&mut call, key, header, payload).await;
+        self.finish(call, r)
+    }
+
+    async fn sign_jws_in(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<SignedJws, Error> {
+        self.authorize(call)?;
         self.check_size("header and payload", header.len() + payload.len())?;
         let version = self.resolve(key)?;
         let alg = jose::check_header(header, version.kind, &version.kid)?;
@@ -372,7 +608,7 @@ impl Service {
             header: header.to_vec(),
             payload: payload.to_vec(),
         };
-        self.sign_parts(&version, parts).await
+        self.sign_parts(call, &version, parts).await
     }
 
     /// Raw signature over `data` with the key's alg, or `alg` when given.
@@ -381,14 +617,30 @@ impl Service {
     /// As for [`Service::sign_jws`].
     pub async fn sign_raw(
         &self,
+        origin: &Origin,
         key: &str,
         data: &[u8],
         alg: Option<Alg>,
     ) -> Result<RawSignature, Error> {
+        let mut call = self.begin(origin, Operation::Raw, "raw", key);
+        let r = self.sign_raw_in(&mut call, key, data, alg).await;
+        self.finish(call, r)
+    }
+
+    async fn sign_raw_in(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+        data: &[u8],
+        alg: Option<Alg>,
+    ) -> Result<RawSignature, Error> {
+        self.authorize(call)?;
         self.check_size("data", data.len())?;
         let version = self.resolve(key)?;
         let alg = alg.unwrap_or(version.alg);
         Self::check_alg(&version, alg)?;
+        note_version(call, &version, alg);
+        self.authorize_content(call, &None)?;
         let signature = self.sign_input(&version, alg, data).await?;
         Ok(RawSignature {
             signature,
@@ -402,7 +654,24 @@ impl Service {
     ///
     /// # Errors
     /// InvalidArgument for missing or conflicting claims; key and device errors.
-    pub async fn sign_id_token(&self, key: &str, input: IdTokenInput) -> Result<SignedJws, Error> {
+    pub async fn sign_id_token(
+        &self,
+        origin: &Origin,
+        key: &str,
+        input: IdTokenInput,
+    ) -> Result<SignedJws, Error> {
+        let mut call = self.begin(origin, Operation::IdToken, "id-token", key);
+        let r = self.sign_id_token_in(&mut call, key, input).await;
+        self.finish(call, r)
+    }
+
+    async fn sign_id_token_in(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+        input: IdTokenInput,
+    ) -> Result<SignedJws, Error> {
+        self.authorize(call)?;
         self.check_size("claims", input.claims_json.len())?;
         let version = self.resolve(key)?;
         Self::check_alg(&version, version.alg)?;
@@ -419,7 +688,7 @@ impl Service {
             typ: None,
         };
         let parts = jose::id_token(key_ref(&version), &req)?;
-        self.sign_parts(&version, parts).await
+        self.sign_parts(call, &version, parts).await
     }
 
     /// A JAR request object (RFC 9101).
@@ -428,9 +697,22 @@ impl Service {
     /// As for [`Service::sign_id_token`].
     pub async fn sign_request_object(
         &self,
+        origin: &Origin,
         key: &str,
         input: RequestObjectInput,
     ) -> Result<SignedJws, Error> {
+        let mut call = self.begin(origin, Operation::Jar, "jar", key);
+        let r = self.sign_request_object_in(&mut call, key, input).await;
+        self.finish(call, r)
+    }
+
+    async fn sign_request_object_in(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+        input: RequestObjectInput,
+    ) -> Result<SignedJws, Error> {
+        self.authorize(call)?;
         self.check_size("claims", input.claims_json.len())?;
         let version = self.resolve(key)?;
         Self::check_alg(&version, version.alg)?;
@@ -451,7 +733,7 @@ impl Service {
             jti: new_jti()?,
         };
         let parts = jose::jar_request_object(key_ref(&version), &req)?;
-        self.sign_parts(&version, parts).await
+        self.sign_parts(call, &version, parts).await
     }
 
     /// A `private_key_jwt` client assertion (RFC 7523).
@@ -460,9 +742,22 @@ impl Service {
     /// As for [`Service::sign_id_token`].
     pub async fn sign_client_assertion(
         &self,
+        origin: &Origin,
         key: &str,
         input: ClientAssertionInput,
     ) -> Result<SignedJws, Error> {
+        let mut call = self.begin(origin, Operation::ClientAssertion, "client-assertion", key);
+        let r = self.sign_client_assertion_in(&mut call, key, input).await;
+        self.finish(call, r)
+    }
+
+    async fn sign_client_assertion_in(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+        input: ClientAssertionInput,
+    ) -> Result<SignedJws, Error> {
+        self.authorize(call)?;
         let version = self.resolve(key)?;
         Self::check_alg(&version, version.alg)?;
         let req = jose::ClientAssertionRequest {
@@ -478,14 +773,31 @@ impl Service {
             nbf: false,
         };
         let parts = jose::client_assertion(key_ref(&version), &req)?;
-        self.sign_parts(&version, parts).await
+        self.sign_parts(call, &version, parts).await
     }
 
     /// A DPoP proof (RFC 9449).
     ///
     /// # Errors
     /// As for [`Service::sign_id_token`].
-    pub async fn sign_dpop_proof(&self, key: &str, input: DpopInput) -> Result<SignedJws, Error> {
+    pub async fn sign_dpop_proof(
+        &self,
+        origin: &Origin,
+        key: &str,
+        input: DpopInput,
+    ) -> Result<SignedJws, Error> {
+        let mut call = self.begin(origin, Operation::Dpop, "dpop", key);
+        let r = self.sign_dpop_proof_in(&mut call, key, input).await;
+        self.finish(call, r)
+    }
+
+    async fn sign_dpop_proof_in(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+        input: DpopInput,
+    ) -> Result<SignedJws, Error> {
+        self.authorize(call)?;
         self.check_size(
             "access token",
             input.access_token.as_ref().map_or(0, String::len),
@@ -501,7 +813,7 @@ impl Service {
             jti: new_jti()?,
         };
         let parts = jose::dpop_proof(&version.public, version.alg, &req)?;
-        self.sign_parts(&version, parts).await
+        self.sign_parts(call, &version, parts).await
     }
 
     fn now(&self) -> i64 {
@@ -514,16 +826,23 @@ impl Service {
     /// Name, alg, FAPI and device errors.
     pub async fn create_key(
         &self,
+        origin: &Origin,
         name: &str,
         alg: &str,
         rsa_bits: u32,
         fapi2: bool,
     ) -> Result<KeyInfo, Error> {
-        let alg = Alg::parse(alg)?;
-        Ok(self
-            .keyring
-            .create(name, alg, rsa_bits, fapi2, self.now())
-            .await?)
+        let mut call = self.begin(origin, Operation::Admin, "admin:create", name);
+        let r = async {
+            self.authorize(&mut call)?;
+            let alg = Alg::parse(alg)?;
+            Ok(self
+                .keyring
+                .create(name, alg, rsa_bits, fapi2, self.now())
+                .await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// Import PKCS#8 DER (migration). `der` is zeroized by the caller's [`crate::secret::SecretBytes`].
@@ -532,16 +851,23 @@ impl Service {
     /// Parse, alg, FAPI and device errors.
     pub async fn import_key(
         &self,
+        origin: &Origin,
         name: &str,
         alg: &str,
         fapi2: bool,
         material: PrivateKeyMaterial,
     ) -> Result<KeyInfo, Error> {
-        let alg = Alg::parse(alg)?;
-        Ok(self
-            .keyring
-            .import(name, alg, fapi2, material, self.now())
-            .await?)
+        let mut call = self.begin(origin, Operation::Admin, "admin:import", name);
+        let r = async {
+            self.authorize(&mut call)?;
+            let alg = Alg::parse(alg)?;
+            Ok(self
+                .keyring
+                .import(name, alg, fapi2, material, self.now())
+                .await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// Adopt a key pair by URI.
@@ -550,53 +876,108 @@ impl Service {
     /// URI, alg, FAPI and device errors.
     pub async fn adopt_key(
         &self,
+        origin: &Origin,
         name: &str,
         alg: &str,
         fapi2: bool,
         uri: &str,
     ) -> Result<KeyInfo, Error> {
-        let alg = Alg::parse(alg)?;
-        Ok(self
-            .keyring
-            .adopt(name, alg, fapi2, uri, self.now())
-            .await?)
+        let mut call = self.begin(origin, Operation::Admin, "admin:adopt", name);
+        let r = async {
+            self.authorize(&mut call)?;
+            let alg = Alg::parse(alg)?;
+            Ok(self
+                .keyring
+                .adopt(name, alg, fapi2, uri, self.now())
+                .await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// Add a `next` version.
     ///
     /// # Errors
     /// Not found, alg, FAPI and device errors.
-    pub async fn rotate_key(&self, name: &str, alg: &str, rsa_bits: u32) -> Result<KeyInfo, Error> {
-        let alg = if alg.is_empty() {
-            None
-        } else {
-            Some(Alg::parse(alg)?)
-        };
-        Ok(self.keyring.rotate(name, alg, rsa_bits, self.now()).await?)
+    pub async fn rotate_key(
+        &self,
+        origin: &Origin,
+        name: &str,
+        alg: &str,
+        rsa_bits: u32,
+    ) -> Result<KeyInfo, Error> {
+        let mut call = self.begin(origin, Operation::Admin, "admin:rotate", name);
+        let r = async {
+            self.authorize(&mut call)?;
+            let alg = if alg.is_empty() {
+                None
+            } else {
+                Some(Alg::parse(alg)?)
+            };
+            Ok(self.keyring.rotate(name, alg, rsa_bits, self.now()).await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// Activate a version.
     ///
     /// # Errors
     /// Not found or wrong state.
-    pub async fn activate(&self, name: &str, version: u32) -> Result<KeyInfo, Error> {
-        Ok(self.keyring.activate(name, version).await?)
+    pub async fn activate(
+        &self,
+        origin: &Origin,
+        name: &str,
+        version: u32,
+    ) -> Result<KeyInfo, Error> {
+        let mut call = self.begin(origin, Operation::Admin, "admin:activate", name);
+        call.record.version = (version != 0).then_some(version);
+        let r = async {
+            self.authorize(&mut call)?;
+            Ok(self.keyring.activate(name, version).await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// Retire a version.
     ///
     /// # Errors
     /// Not found or wrong state.
-    pub async fn retire(&self, name: &str, version: u32) -> Result<KeyInfo, Error> {
-        Ok(self.keyring.retire(name, version).await?)
+    pub async fn retire(
+        &self,
+        origin: &Origin,
+        name: &str,
+        version: u32,
+    ) -> Result<KeyInfo, Error> {
+        let mut call = self.begin(origin, Operation::Admin, "admin:retire", name);
+        call.record.version = (version != 0).then_some(version);
+        let r = async {
+            self.authorize(&mut call)?;
+            Ok(self.keyring.retire(name, version).await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// Destroy a version.
     ///
     /// # Errors
     /// Not found, wrong state or device errors.
-    pub async fn destroy(&self, name: &str, version: u32) -> Result<KeyInfo, Error> {
-        Ok(self.keyring.destroy(name, version).await?)
+    pub async fn destroy(
+        &self,
+        origin: &Origin,
+        name: &str,
+        version: u32,
+    ) -> Result<KeyInfo, Error> {
+        let mut call = self.begin(origin, Operation::Admin, "admin:destroy", name);
+        call.record.version = (version != 0).then_some(version);
+        let r = async {
+            self.authorize(&mut call)?;
+            Ok(self.keyring.destroy(name, version).await?)
+        }
+        .await;
+        self.finish(call, r)
     }
 
     /// One key.
@@ -618,6 +999,36 @@ impl Service {
     /// Internal JOSE errors.
     pub fn jwks(&self) -> Result<Value, Error> {
         Ok(self.keyring.jwks()?)
+    }
+}
+
+fn note_version(call: &mut Call<'_>, v: &VersionInfo, alg: Alg) {
+    call.record.version = Some(v.version);
+    call.record.kid = Some(v.kid.clone());
+    call.record.alg = Some(alg.name().to_owned());
+}
+
+fn note_claims(call: &mut Call<'_>, claims: &Option<Claims>, header: &[u8]) {
+    call.record.typ = serde_json::from_slice::<Value>(header)
+        .ok()
+        .and_then(|h| h.get("typ").and_then(Value::as_str).map(str::to_owned));
+    if let Some(c) = claims {
+        call.record.iss_hash = c.iss.as_deref().map(audit::hash);
+        call.record.aud_hash = c.aud.iter().map(|a| audit::hash(a)).collect();
+        call.record.sub_hash = c.sub.as_deref().map(audit::hash);
+        call.record.jti.clone_from(&c.jti);
+    }
+}
+
+/// What the audit trail says about a refusal: the rule that failed, never claim values.
+fn audit_reason(e: &PolicyError) -> String {
+    match e {
+        PolicyError::UnknownCaller { .. } => "no rule for caller".into(),
+        PolicyError::OperationNotAllowed { .. } => "operation or key not allowed".into(),
+        PolicyError::ClaimMissing { claim, .. } => format!("{claim} missing"),
+        PolicyError::ClaimNotAllowed { claim, .. } => format!("{claim} not allowed"),
+        PolicyError::NotClaims { .. } => "payload is not a claims set".into(),
+        PolicyError::RateLimited { scope, rate, .. } => format!("rate limit {rate} of {scope}"),
     }
 }
 

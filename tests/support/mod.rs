@@ -2,6 +2,11 @@
 //! `SOFTHSM2_CONF`, so tests run in parallel), the real `sigild` binary started on port 0 against
 //! it, gRPC clients, and the independent verifiers (Python jwcrypto/cryptography, openssl,
 //! pkcs11-tool).
+//!
+//! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
+//! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
+//! adds a `[[caller]]` rule that lets the admin certificate do everything. Clients made here and
+//! [`run_cli`] use that certificate, so tests that are not about authentication need not care.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::io::{BufRead as _, BufReader};
@@ -18,6 +23,108 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// The identity of the all-powerful test client certificate.
+pub const ADMIN_SPIFFE: &str = "spiffe://sigild.test/admin";
+
+/// Client-side TLS files.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A token directory's test PKI.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: sigild::tls::TestCa,
+    pub ca_pem: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub admin: ClientFiles,
+}
+
+impl Pki {
+    fn create(dir: &Path) -> TestResult<Pki> {
+        std::fs::create_dir_all(dir)?;
+        let ca = sigild::tls::TestCa::new("sigild test CA")?;
+        let server = ca.server(&["localhost", "127.0.0.1"])?;
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, &ca.cert_pem)?;
+        let server_cert = dir.join("server.pem");
+        let server_key = dir.join("server.key");
+        std::fs::write(&server_cert, &server.cert_pem)?;
+        write_private(&server_key, &server.key_pem)?;
+        let mut pki = Pki {
+            dir: dir.to_owned(),
+            ca,
+            ca_pem: ca_pem.clone(),
+            server_cert,
+            server_key,
+            admin: ClientFiles {
+                ca: ca_pem.clone(),
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
+        };
+        pki.admin = pki.client(
+            "admin",
+            &sigild::tls::ClientNames {
+                spiffe: Some(ADMIN_SPIFFE.into()),
+                cn: Some("admin".into()),
+                ..Default::default()
+            },
+        )?;
+        Ok(pki)
+    }
+
+    /// Issue a client certificate under this CA, written as `<name>.pem` / `<name>.key`.
+    pub fn client(&self, name: &str, names: &sigild::tls::ClientNames) -> TestResult<ClientFiles> {
+        let leaf = self.ca.client(names)?;
+        Ok(self.write_client(name, &leaf))
+    }
+
+    fn write_client(&self, name: &str, leaf: &sigild::tls::Leaf) -> ClientFiles {
+        let cert = self.dir.join(format!("{name}.pem"));
+        let key = self.dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &leaf.cert_pem).unwrap();
+        write_private(&key, &leaf.key_pem).unwrap();
+        ClientFiles {
+            ca: self.ca_pem.clone(),
+            cert,
+            key,
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Every operation a caller rule can list, as a TOML array body.
+pub fn all_operations() -> String {
+    sigild::policy::Operation::CONFIGURABLE
+        .map(|o| format!("\"{}\"", o.name()))
+        .join(", ")
+}
+
+/// Make [`run_cli`] use `files` for `endpoint` (e.g. the dev PKI of a `sigild dev`).
+pub fn register_client(endpoint: &str, files: ClientFiles) {
+    registry()
+        .lock()
+        .unwrap()
+        .insert(endpoint.to_owned(), files);
+}
+
+/// Which client files belong to which daemon endpoint (for [`run_cli`]).
+fn registry() -> &'static Mutex<std::collections::HashMap<String, ClientFiles>> {
+    static R: std::sync::OnceLock<Mutex<std::collections::HashMap<String, ClientFiles>>> =
+        std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
 /// A SoftHSM token in its own temporary directory.
 pub struct Token {
     pub dir: tempfile::TempDir,
@@ -25,6 +132,7 @@ pub struct Token {
     pub label: String,
     pub pin: String,
     pub pin_file: PathBuf,
+    pub pki: Pki,
 }
 
 impl Token {
@@ -33,6 +141,12 @@ impl Token {
     }
 
     pub fn with_label(label: &str) -> TestResult<Token> {
+        Self::with_pin(label, "87654321")
+    }
+
+    /// A token whose user PIN is `pin` (tests that look for the PIN in output use a
+    /// distinctive one).
+    pub fn with_pin(label: &str, pin: &str) -> TestResult<Token> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir()?;
         let tokens = dir.path().join("tokens");
@@ -45,7 +159,7 @@ impl Token {
                 tokens.display()
             ),
         )?;
-        let pin = "87654321".to_owned();
+        let pin = pin.to_owned();
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
             .args([
@@ -65,19 +179,27 @@ impl Token {
         let pin_file = dir.path().join("user.pin");
         std::fs::write(&pin_file, format!("{pin}\n"))?;
         std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+        let pki = Pki::create(&dir.path().join("pki"))?;
         Ok(Token {
             dir,
             conf,
             label: label.to_owned(),
             pin,
             pin_file,
+            pki,
         })
     }
 
-    /// A config for this token; `extra` is appended (e.g. a `[signing]` table).
+    /// A config for this token: mutual TLS with the test PKI, the admin certificate allowed
+    /// everything; `extra` is appended after the `[pkcs11]` table (so it may hold more pkcs11
+    /// keys, or other tables such as `[signing]`, `[[caller]]`, `[audit]`).
     pub fn config(&self, extra: &str) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"pkcs11:token={}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n{extra}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = [\"{}\"]\n\n[[caller]]\nidentity = \"{ADMIN_SPIFFE}\"\nkeys = [\"*\"]\noperations = [{}]\nadmin = true\n\n[pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken = \"pkcs11:token={}\"\npin = {{ file = \"{}\" }}\nworkers = 2\n{extra}",
+            self.pki.server_cert.display(),
+            self.pki.server_key.display(),
+            self.pki.ca_pem.display(),
+            all_operations(),
             self.label,
             self.pin_file.display()
         )
@@ -110,10 +232,15 @@ impl Token {
 
 /// A running `sigild serve` on a token.
 pub struct Daemon {
+    /// `https://127.0.0.1:PORT` with TLS (the default), `http://…` with danger_plaintext.
     pub endpoint: String,
     pub config: PathBuf,
     child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The admin client files, when the daemon serves TLS.
+    pub client: Option<ClientFiles>,
+    /// Standard output (the audit trail when `[audit] stdout = true`).
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 pub fn sigild_bin() -> &'static str {
@@ -132,15 +259,34 @@ impl Daemon {
     }
 
     pub fn start_config(softhsm_conf: &Path, config: &Path) -> TestResult<Daemon> {
+        let text = std::fs::read_to_string(config)?;
+        let client = text.contains("[server.tls]").then(|| {
+            let pki = softhsm_conf.parent().unwrap_or(Path::new(".")).join("pki");
+            ClientFiles {
+                ca: pki.join("ca.pem"),
+                cert: pki.join("admin.pem"),
+                key: pki.join("admin.key"),
+            }
+        });
         let mut child = Command::new(sigild_bin())
             .args(["serve", "--config"])
             .arg(config)
             .env("SOFTHSM2_CONF", softhsm_conf)
             .env("SIGILD_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        {
+            let out = child.stdout.take().ok_or("no stdout")?;
+            let stdout = Arc::clone(&stdout);
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    stdout.lock().unwrap().push(line);
+                }
+            });
+        }
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -163,12 +309,24 @@ impl Daemon {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Ok(Daemon {
-                endpoint: format!("http://{addr}"),
-                config: config.to_owned(),
-                child,
-                log,
-            }),
+            Ok(addr) => {
+                let endpoint = match &client {
+                    Some(files) => {
+                        let e = format!("https://{addr}");
+                        registry().lock().unwrap().insert(e.clone(), files.clone());
+                        e
+                    }
+                    None => format!("http://{addr}"),
+                };
+                Ok(Daemon {
+                    endpoint,
+                    config: config.to_owned(),
+                    child,
+                    log,
+                    client,
+                    stdout,
+                })
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -177,10 +335,28 @@ impl Daemon {
         }
     }
 
+    /// A channel authenticated with the admin certificate (or plain, without TLS).
     pub async fn channel(&self) -> TestResult<Channel> {
+        match &self.client {
+            Some(files) => self.channel_as(files).await,
+            None => Ok(Channel::from_shared(self.endpoint.clone())?
+                .connect()
+                .await?),
+        }
+    }
+
+    /// A channel authenticated with the given client certificate.
+    pub async fn channel_as(&self, files: &ClientFiles) -> TestResult<Channel> {
+        let tls = sigild::tls::client_config(&files.ca, &files.cert, &files.key, None)?;
         Ok(Channel::from_shared(self.endpoint.clone())?
+            .tls_config(tls)?
             .connect()
             .await?)
+    }
+
+    /// Audit lines written to stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub async fn keys(&self) -> TestResult<pb::key_service_client::KeyServiceClient<Channel>> {
@@ -236,7 +412,13 @@ impl Drop for Daemon {
 
 pub fn run_cli(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> TestResult<Output> {
     use std::io::Write as _;
-    let mut child = Command::new(sigild_bin())
+    let mut cmd = Command::new(sigild_bin());
+    if let Some(files) = registry().lock().unwrap().get(endpoint) {
+        cmd.env("SIGILD_CA", &files.ca)
+            .env("SIGILD_CERT", &files.cert)
+            .env("SIGILD_KEY", &files.key);
+    }
+    let mut child = cmd
         .args(args)
         .env("SIGILD_ENDPOINT", endpoint)
         .stdin(Stdio::piped())

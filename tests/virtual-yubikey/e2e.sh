@@ -44,6 +44,7 @@ check() {
         FAIL=$((FAIL + 1))
         echo "FAILED [$FW] $name (see $log)"
         sed 's/^/        /' "$log" | tail -n 15
+        return 1
     fi
 }
 # expect_fail NAME CMD...: the command must fail (a limitation a real key shows too).
@@ -72,7 +73,13 @@ run_firmware() {
     UP_DIRS+=("$W")
     local up=("$W" --version "$FW" --serial "$SERIAL" --state "$W/state.json"
         --export-attestation-root "$W/root.pem" --touch accept --touch-delay-ms 100)
-    check "stack up (pcscd + vpcd + emulator, card present)" "$ROOT/scripts/vyk-up.sh" "${up[@]}"
+    # Without our own stack every later step would talk to whatever card is there (another
+    # pcscd's): stop here rather than lock or reset someone else's key.
+    if ! check "stack up (pcscd + vpcd + emulator, card present)" "$ROOT/scripts/vyk-up.sh" "${up[@]}"; then
+        echo "$PASS passed, $FAIL failed"
+        echo "e2e: aborted: the PC/SC stack did not come up" >&2
+        exit 1
+    fi
     YK=(ykman --device "$SERIAL")
 
     # yubico-piv-tool

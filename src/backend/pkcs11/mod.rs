@@ -74,7 +74,12 @@ struct Shared {
     handles: RwLock<HashMap<KeyId, ObjectHandle>>,
     /// Set once the token refused the PIN: further logins would only burn retries.
     pin_rejected: AtomicBool,
+    /// When the module was last re-initialised to look for a missing token (rate limit).
+    last_reinit: Mutex<Option<std::time::Instant>>,
 }
+
+/// Minimum time between two re-initialisations of the module while the token is missing.
+const REINIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where the selected token is right now.
 #[derive(Debug, Clone)]
@@ -166,6 +171,7 @@ impl Pkcs11Backend {
             token: Mutex::new(None),
             handles: RwLock::new(HashMap::new()),
             pin_rejected: AtomicBool::new(false),
+            last_reinit: Mutex::new(None),
         });
         let queue_depth = settings.queue_depth.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_depth);
@@ -266,12 +272,75 @@ impl Pkcs11Backend {
 }
 
 impl Shared {
-    /// Find the token's slot (cached) or search the slots for it.
+    /// Find the token's slot (cached) or search the slots for it. When no slot holds it, the
+    /// module is re-initialised (at most every [`REINIT_INTERVAL`]) and searched again: many
+    /// modules, SoftHSM among them, only discover tokens added after start-up that way.
     fn token(&self) -> Result<TokenRef, BackendError> {
         let mut cached = self.token.lock().map_err(|_| poisoned())?;
         if let Some(t) = cached.as_ref() {
             return Ok(t.clone());
         }
+        match self.find_token() {
+            Err(BackendError::Unavailable(why)) if self.may_reinit() => {
+                tracing::info!(reason = %why, "re-initialising the PKCS#11 module to look for the token");
+                // Every session of ours is on the missing token, so none is in use: closing
+                // them all (C_Finalize) loses nothing. Workers reconnect and log in again.
+                let _ = self.ctx.clone().finalize();
+                self.ctx
+                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                    .map_err(|e| {
+                        BackendError::Unavailable(format!("C_Initialize failed: {}", ck_code(&e)))
+                    })?;
+                let found = self.find_token()?;
+                *cached = Some(found.clone());
+                Ok(found)
+            }
+            Ok(found) => {
+                *cached = Some(found.clone());
+                Ok(found)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Re-initialise the module now (if the rate limit allows), dropping every session and
+    /// cached handle; `true` when it was done.
+    fn force_reinit(&self) -> bool {
+        let Ok(mut cached) = self.token.lock() else {
+            return false;
+        };
+        if !self.may_reinit() {
+            return false;
+        }
+        tracing::warn!("re-initialising the PKCS#11 module after a key vanished from the token");
+        // Sessions of other workers become invalid; their idempotent operations are retried
+        // once after reconnecting (see `Worker::run`).
+        let _ = self.ctx.clone().finalize();
+        let ok = self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .is_ok();
+        *cached = None;
+        if let Ok(mut h) = self.handles.write() {
+            h.clear();
+        }
+        ok
+    }
+
+    fn may_reinit(&self) -> bool {
+        let Ok(mut last) = self.last_reinit.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < REINIT_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Search the module's slots for the one token matching the selector.
+    fn find_token(&self) -> Result<TokenRef, BackendError> {
         let slots = self.ctx.get_slots_with_token().map_err(|e| {
             BackendError::Unavailable(format!("C_GetSlotList failed: {}", ck_code(&e)))
         })?;
@@ -299,11 +368,7 @@ impl Shared {
             }
         }
         match found.len() {
-            1 => {
-                let t = found.remove(0);
-                *cached = Some(t.clone());
-                Ok(t)
-            }
+            1 => Ok(found.remove(0)),
             0 => Err(BackendError::Unavailable(format!(
                 "no token matches {}",
                 self.describe_selector()
@@ -464,6 +529,24 @@ impl Worker {
     }
 
     fn sign(&mut self, key: &KeyId, kind: KeyKind, op: &SignOp) -> Result<Vec<u8>, BackendError> {
+        match self.sign_once(key, kind, op) {
+            // Callers only sign with keys the keyring has seen on this token, so an absent key
+            // means the module's view is stale or the token is recovering. Re-initialise
+            // (rate-limited) and retry once; if the key is really gone the retry says so.
+            Err(BackendError::KeyNotFound(_)) if self.shared.force_reinit() => {
+                self.session = None;
+                self.sign_once(key, kind, op)
+            }
+            other => other,
+        }
+    }
+
+    fn sign_once(
+        &mut self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: &SignOp,
+    ) -> Result<Vec<u8>, BackendError> {
         if !op.fits(kind) {
             return Err(BackendError::InvalidRequest(format!(
                 "this operation needs a different key type than {kind}"

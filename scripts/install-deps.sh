@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what sigild needs on a Debian machine, only what is missing (idempotent, quiet).
+#   scripts/install-deps.sh          build + run deps (SoftHSM2, protoc, PC/SC headers)
+#   scripts/install-deps.sh --test   also the test tools: OpenSC (pkcs11-tool), openssl,
+#                                    pcscd + vsmartcard-vpcd + Yubico tools (virtual YubiKey),
+#                                    Python jwcrypto/cryptography (independent verifiers)
+set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+pkgs=(softhsm2 protobuf-compiler pkg-config libpcsclite-dev ca-certificates)
+if [ $want_test = 1 ]; then
+    pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager python3)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: no Rust toolchain found; install one with rustup (Rust >= 1.89), then re-run" >&2
+    exit 1
+fi
+
+if [ $want_test = 1 ]; then
+    if ! python3 -c 'import jwcrypto, cryptography' 2>/dev/null; then
+        echo "install-deps: installing Python jwcrypto + cryptography (independent verifiers)" >&2
+        python3 -m pip install --quiet --disable-pip-version-check jwcrypto cryptography 2>/dev/null \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jwcrypto cryptography \
+            || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography >/dev/null; }
+    fi
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "install-deps: installing cargo-nextest" >&2
+        cargo install --quiet --locked cargo-nextest
+    fi
+fi

@@ -1,0 +1,312 @@
+//! The audit trail: one JSON line per request — who asked, what for, with which key version,
+//! what was decided and how it ended. Claim values that identify people or clients (`iss`,
+//! `aud`, `sub`) are recorded as hashes; payloads, PINs and signatures never.
+//!
+//! Written synchronously by a dedicated writer rather than through the `tracing` pipeline:
+//! the fail-closed mode must know that the record reached the file (the `write` system call
+//! returned) before a signature is released, and a tracing subscriber cannot report a write
+//! failure back to the event site. One `write` of a whole line under a mutex keeps lines
+//! whole when requests run in parallel. Not `fsync`ed per record (that would cap signing at
+//! the disk's sync rate); a crash of the machine, not of the daemon, may lose the last records.
+//!
+//! Hashes: SHA-256 of the UTF-8 value, first 16 bytes, base64url (22 characters) — enough to
+//! correlate records with an IdP's own logs, not enough to recover low-entropy values cheaply
+//! unless they are guessed (a `sub` can be guessed; treat the audit file as sensitive).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use sha2::Digest as _;
+
+/// Where records go.
+enum Sink {
+    /// Nowhere (no `[audit]` table).
+    Off,
+    /// Standard output (stdout carries nothing else in `serve`).
+    Stdout,
+    /// An append-only file.
+    File {
+        /// For error messages.
+        path: PathBuf,
+        /// The open file; the lock makes each record one uninterrupted write.
+        file: Mutex<std::fs::File>,
+    },
+    /// An in-memory list (tests).
+    Memory(Mutex<Vec<String>>),
+}
+
+/// The audit writer.
+pub struct Audit {
+    /// Destination.
+    sink: Sink,
+    /// Withhold the signature when its record cannot be written.
+    fail_closed: bool,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sink = match &self.sink {
+            Sink::Off => "off".to_owned(),
+            Sink::Stdout => "stdout".to_owned(),
+            Sink::File { path, .. } => path.display().to_string(),
+            Sink::Memory(_) => "memory".to_owned(),
+        };
+        f.debug_struct("Audit")
+            .field("sink", &sink)
+            .field("fail_closed", &self.fail_closed)
+            .finish()
+    }
+}
+
+/// One audit record. Field names are the JSON keys.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    /// RFC 3339 UTC time the request arrived.
+    pub time: String,
+    /// Request id (also in error statuses and logs).
+    pub request_id: String,
+    /// The caller identity.
+    pub caller: String,
+    /// How it connected: `tls`, `unix`, `plaintext`, `in-process`.
+    pub via: &'static str,
+    /// Operation (`id-token`, `dpop`, `admin:create`, `read:jwks`, …).
+    pub operation: String,
+    /// Key name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// Key version that signed (or was acted on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Its kid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// JOSE alg.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// Protected header `typ`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
+    /// Hash of `iss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss_hash: Option<String>,
+    /// Hashes of each `aud` value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aud_hash: Vec<String>,
+    /// Hash of `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_hash: Option<String>,
+    /// The token's `jti` (random, identifies the token for revocation and replay checks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// `allow`, `deny` (policy) or `limited` (rate limit).
+    pub decision: &'static str,
+    /// `ok` or the gRPC status name of the failure.
+    pub outcome: String,
+    /// Why it was denied or failed, without claim values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Time from arrival to answer, microseconds.
+    pub latency_us: u64,
+}
+
+/// Why an audit record could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Opening the file at start-up.
+    #[error("audit file {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a record.
+    #[error("audit write failed: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl Audit {
+    /// No audit trail.
+    pub fn off() -> Audit {
+        Audit {
+            sink: Sink::Off,
+            fail_closed: false,
+        }
+    }
+
+    /// Records to standard output.
+    pub fn stdout(fail_closed: bool) -> Audit {
+        Audit {
+            sink: Sink::Stdout,
+            fail_closed,
+        }
+    }
+
+    /// Records appended to `path` (created 0600 if missing).
+    ///
+    /// # Errors
+    /// [`AuditError::Open`].
+    pub fn file(path: &Path, fail_closed: bool) -> Result<Audit, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| AuditError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Audit {
+            sink: Sink::File {
+                path: path.to_owned(),
+                file: Mutex::new(file),
+            },
+            fail_closed,
+        })
+    }
+
+    /// Records kept in memory (tests).
+    pub fn memory(fail_closed: bool) -> Audit {
+        Audit {
+            sink: Sink::Memory(Mutex::new(Vec::new())),
+            fail_closed,
+        }
+    }
+
+    /// The in-memory records (tests); empty for other sinks.
+    pub fn lines(&self) -> Vec<String> {
+        match &self.sink {
+            Sink::Memory(m) => m
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a failed write must withhold the signature.
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// Whether records are written at all.
+    pub fn enabled(&self) -> bool {
+        !matches!(self.sink, Sink::Off)
+    }
+
+    /// Write one record as one line.
+    ///
+    /// # Errors
+    /// [`AuditError::Write`].
+    pub fn write(&self, record: &Record) -> Result<(), AuditError> {
+        if let Sink::Off = self.sink {
+            return Ok(());
+        }
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| AuditError::Write(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        match &self.sink {
+            Sink::Off => Ok(()),
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line)
+                    .and_then(|()| out.flush())
+                    .map_err(AuditError::Write)
+            }
+            Sink::File { file, .. } => {
+                let mut f = file
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                f.write_all(&line)
+                    .and_then(|()| f.flush())
+                    .map_err(AuditError::Write)
+            }
+            Sink::Memory(m) => {
+                m.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(String::from_utf8_lossy(&line).trim_end().to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The audit hash of a claim value (see the module docs).
+pub fn hash(value: &str) -> String {
+    let d = sha2::Sha256::digest(value.as_bytes());
+    crate::jose::b64(d.get(..16).unwrap_or(&d))
+}
+
+/// RFC 3339 UTC with milliseconds, from the system clock.
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_millis())
+}
+
+/// Format seconds since the epoch (days → civil date after Howard Hinnant's algorithm).
+fn rfc3339(secs: u64, millis: u32) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_795_000_000, 999), "2026-11-18T11:06:40.999Z");
+    }
+
+    #[test]
+    fn hashes_are_short_and_stable() {
+        let h = hash("https://op.example.com");
+        assert_eq!(h.len(), 22);
+        assert_eq!(h, hash("https://op.example.com"));
+        assert_ne!(h, hash("https://op.example.org"));
+    }
+
+    #[test]
+    fn file_sink_appends_whole_lines() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("audit.jsonl");
+        let a = Audit::file(&p, true)?;
+        let r = Record {
+            caller: "c".into(),
+            decision: "allow",
+            outcome: "ok".into(),
+            ..Record::default()
+        };
+        a.write(&r)?;
+        a.write(&r)?;
+        let text = std::fs::read_to_string(&p)?;
+        assert_eq!(text.lines().count(), 2);
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or(""))?;
+        assert_eq!(v["caller"], "c");
+        assert!(v.get("kid").is_none());
+        Ok(())
+    }
+}

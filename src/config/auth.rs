@@ -1,0 +1,478 @@
+//! The parts of the configuration that decide who may call: the TLS and Unix listeners,
+//! `[[caller]]` rules, `[limits]` and `[audit]`, with their validation (every mistake, each
+//! with its field path) and the translation into a [`Policy`] and an [`Audit`] writer.
+//!
+//! ```toml
+//! [server]
+//! listen = "0.0.0.0:7443"
+//! [server.tls]
+//! cert = "/etc/sigild/server.pem"
+//! key = "/etc/sigild/server.key"          # mode 0600
+//! client_ca = ["/etc/sigild/clients-ca.pem"]
+//! identity = "spiffe"                      # or "dns" or "cn"
+//! [server.unix]
+//! path = "/run/sigild/sigild.sock"
+//! mode = "0660"
+//!
+//! [[caller]]
+//! identity = "spiffe://example.org/idp"
+//! keys = ["idp-*"]
+//! operations = ["id-token", "jws"]
+//! iss = ["https://op.example.com"]
+//! rate = "100/s"
+//! [[caller]]
+//! uid = 1000
+//! keys = ["client-a-dpop"]
+//! operations = ["dpop"]
+//! htu_prefix = ["https://as.example.com/"]
+//! [[caller]]
+//! identity = "spiffe://example.org/ops"
+//! admin = true                             # key administration; keys default to all
+//!
+//! [limits]
+//! per_key = "1000/s"                       # every key, all callers together
+//! per_caller = "50/s"                      # each caller whose rule has no `rate`
+//! [audit]
+//! file = "/var/log/sigild/audit.jsonl"     # or stdout = true
+//! fail_closed = true
+//! ```
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::audit::{Audit, AuditError};
+use crate::policy::{KeyPattern, Operation, Policy, Rate, Rule, Who};
+use crate::tls::IdentityKind;
+
+/// `[server.tls]`: mutual TLS on the TCP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Server private key, PEM; must not be readable by group or others.
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to (PEM files).
+    pub client_ca: Vec<PathBuf>,
+    /// Which certificate field names the caller.
+    #[serde(default)]
+    pub identity: IdentityKind,
+}
+
+/// `[server.unix]`: a Unix socket whose callers are named by their uid/gid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixConfig {
+    /// Socket path (a stale socket there is replaced; any other file is an error).
+    pub path: PathBuf,
+    /// Octal permission bits of the socket, e.g. `"0660"`: who may connect at all.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+fn default_mode() -> String {
+    "0600".into()
+}
+
+impl UnixConfig {
+    /// The mode as bits.
+    ///
+    /// # Errors
+    /// A message when it is not octal or above 0777.
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        let m = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .map_err(|_| format!("{:?} is not an octal mode like \"0660\"", self.mode))?;
+        if m > 0o777 {
+            return Err(format!("{:?} is above 0777", self.mode));
+        }
+        Ok(m)
+    }
+}
+
+/// One `[[caller]]` rule: whom it names and what it allows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// TLS identity (per `server.tls.identity`).
+    pub identity: Option<String>,
+    /// Unix-socket peer uid.
+    pub uid: Option<u32>,
+    /// Unix-socket peer gid.
+    pub gid: Option<u32>,
+    /// Every caller on the danger-plaintext TCP listener (nobody is authenticated there).
+    #[serde(default)]
+    pub danger_plaintext: bool,
+    /// Key-name patterns (`*` wildcard).
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// Signing operations: jws, raw, id-token, jar, client-assertion, dpop, tls.
+    #[serde(default)]
+    pub operations: Vec<String>,
+    /// Key administration (create, import, adopt, rotate, activate, retire, destroy).
+    #[serde(default)]
+    pub admin: bool,
+    /// Allowed `iss`.
+    pub iss: Option<Vec<String>>,
+    /// Allowed `aud` values.
+    pub aud: Option<Vec<String>>,
+    /// Allowed `client_id`.
+    pub client_id: Option<Vec<String>>,
+    /// Allowed DPoP `htu` prefixes.
+    pub htu_prefix: Option<Vec<String>>,
+    /// Rate limit for what this rule allows, e.g. `"100/s"`.
+    pub rate: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Rate limit of every key, across all callers, e.g. `"1000/s"`.
+    pub per_key: Option<String>,
+    /// Rate limit of each caller whose `[[caller]]` rule sets no `rate`, e.g. `"50/s"`.
+    pub per_caller: Option<String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append JSON lines to this file.
+    pub file: Option<PathBuf>,
+    /// Write JSON lines to standard output.
+    #[serde(default)]
+    pub stdout: bool,
+    /// Withhold a signature whose audit record could not be written.
+    #[serde(default)]
+    pub fail_closed: bool,
+}
+
+impl AuditConfig {
+    /// Open the configured sink.
+    ///
+    /// # Errors
+    /// [`AuditError::Open`].
+    pub fn open(&self) -> Result<Audit, AuditError> {
+        match (&self.file, self.stdout) {
+            (Some(p), _) => Audit::file(p, self.fail_closed),
+            (None, true) => Ok(Audit::stdout(self.fail_closed)),
+            (None, false) => Ok(Audit::off()),
+        }
+    }
+}
+
+/// A validation finding: dotted field path (with `[i]` indices) and what is wrong.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// E.g. `caller[1].operations[0]`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Check the server listener settings, the caller rules, limits and audit.
+pub fn validate(
+    server: &super::ServerConfig,
+    callers: &[CallerConfig],
+    limits: &LimitsConfig,
+    audit: &AuditConfig,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    match (&server.tls, server.danger_plaintext) {
+        (None, false) => out.push(problem(
+            "server.tls",
+            "the TCP listener needs [server.tls] (cert, key, client_ca) for mutual TLS, or danger_plaintext = true to serve unauthenticated plain TCP",
+        )),
+        (Some(_), true) => out.push(problem(
+            "server.danger_plaintext",
+            "choose either [server.tls] or danger_plaintext = true, not both",
+        )),
+        (Some(t), false) if t.client_ca.is_empty() => out.push(problem(
+            "server.tls.client_ca",
+            "list at least one CA file that client certificates must chain to",
+        )),
+        _ => {}
+    }
+    if let Some(u) = &server.unix
+        && let Err(m) = u.mode_bits()
+    {
+        out.push(problem("server.unix.mode", m));
+    }
+    for (i, c) in callers.iter().enumerate() {
+        let f = |name: &str| format!("caller[{i}].{name}");
+        let named = usize::from(c.identity.is_some())
+            + usize::from(c.uid.is_some())
+            + usize::from(c.gid.is_some())
+            + usize::from(c.danger_plaintext);
+        if named != 1 {
+            out.push(problem(
+                format!("caller[{i}]"),
+                "name exactly one of identity, uid, gid or danger_plaintext = true",
+            ));
+        }
+        if c.identity.as_ref().is_some_and(|s| s.trim().is_empty()) {
+            out.push(problem(f("identity"), "must not be empty"));
+        }
+        if c.danger_plaintext && !server.danger_plaintext {
+            out.push(problem(
+                f("danger_plaintext"),
+                "there is no plaintext listener (server.danger_plaintext is not set)",
+            ));
+        }
+        if (c.uid.is_some() || c.gid.is_some()) && server.unix.is_none() {
+            out.push(problem(
+                format!("caller[{i}]"),
+                "uid/gid rules need a Unix socket listener ([server.unix])",
+            ));
+        }
+        let mut ops = Vec::new();
+        for (j, o) in c.operations.iter().enumerate() {
+            match Operation::parse(o) {
+                Some(op) => ops.push(op),
+                None => out.push(problem(
+                    format!("caller[{i}].operations[{j}]"),
+                    format!(
+                        "unknown operation {o:?}; expected one of {} (key administration is admin = true)",
+                        Operation::CONFIGURABLE.map(Operation::name).join(", ")
+                    ),
+                )),
+            }
+        }
+        if c.operations.is_empty() && !c.admin {
+            out.push(problem(
+                format!("caller[{i}]"),
+                "allows nothing: list operations or set admin = true",
+            ));
+        }
+        if !c.operations.is_empty() && c.keys.as_ref().is_none_or(Vec::is_empty) {
+            out.push(problem(
+                f("keys"),
+                "list the keys this rule may sign with (patterns such as \"idp-*\", or \"*\")",
+            ));
+        }
+        for (j, k) in c.keys.iter().flatten().enumerate() {
+            if k.is_empty() {
+                out.push(problem(format!("caller[{i}].keys[{j}]"), "empty pattern"));
+            }
+        }
+        let content =
+            c.iss.is_some() || c.aud.is_some() || c.client_id.is_some() || c.htu_prefix.is_some();
+        if content
+            && ops
+                .iter()
+                .any(|o| matches!(o, Operation::Raw | Operation::Tls))
+        {
+            out.push(problem(
+                f("operations"),
+                "raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id or htu_prefix; put them in a separate [[caller]] rule",
+            ));
+        }
+        for (name, claim, list) in [
+            ("iss", "iss", &c.iss),
+            ("aud", "aud", &c.aud),
+            ("client_id", "client_id", &c.client_id),
+            ("htu_prefix", "htu", &c.htu_prefix),
+        ] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
+                out.push(problem(
+                    f(name),
+                    "an empty list allows nothing; remove the field to allow any value",
+                ));
+            }
+            if list.is_some() && !ops.is_empty() && !ops.iter().any(|o| o.carries(claim)) {
+                out.push(problem(
+                    f(name),
+                    format!(
+                        "has no effect: none of this rule's operations ({}) signs a {claim} claim",
+                        c.operations.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = &c.rate
+            && let Err(m) = Rate::parse(r)
+        {
+            out.push(problem(f("rate"), m));
+        }
+    }
+    if let Some(r) = &limits.per_key
+        && let Err(m) = Rate::parse(r)
+    {
+        out.push(problem("limits.per_key", m));
+    }
+    if let Some(r) = &limits.per_caller
+        && let Err(m) = Rate::parse(r)
+    {
+        out.push(problem("limits.per_caller", m));
+    }
+    if audit.file.is_some() && audit.stdout {
+        out.push(problem(
+            "audit.stdout",
+            "choose either audit.file or audit.stdout",
+        ));
+    }
+    if audit.fail_closed && audit.file.is_none() && !audit.stdout {
+        out.push(problem(
+            "audit.fail_closed",
+            "needs an audit destination (file or stdout)",
+        ));
+    }
+    out
+}
+
+/// Checks that look outside the file: certificates parse, the TLS key is private, the
+/// socket's and audit file's directories exist.
+pub fn check_files(server: &super::ServerConfig, audit: &AuditConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(t) = &server.tls {
+        if let Err(e) = crate::tls::read_certificates(std::slice::from_ref(&t.cert)) {
+            out.push(problem("server.tls.cert", e.to_string()));
+        }
+        if let Err(e) = crate::secret::SecretSource::File(t.key.clone()).read() {
+            out.push(problem("server.tls.key", e.to_string()));
+        }
+        for (i, ca) in t.client_ca.iter().enumerate() {
+            if let Err(e) = crate::tls::read_certificates(std::slice::from_ref(ca)) {
+                out.push(problem(format!("server.tls.client_ca[{i}]"), e.to_string()));
+            }
+        }
+    }
+    let dir_of = |p: &std::path::Path| {
+        p.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .is_none_or(std::path::Path::is_dir)
+    };
+    if let Some(u) = &server.unix
+        && !dir_of(&u.path)
+    {
+        out.push(problem(
+            "server.unix.path",
+            format!("the directory of {} does not exist", u.path.display()),
+        ));
+    }
+    if let Some(f) = &audit.file
+        && !dir_of(f)
+    {
+        out.push(problem(
+            "audit.file",
+            format!("the directory of {} does not exist", f.display()),
+        ));
+    }
+    out
+}
+
+/// Build the policy from validated rules (invalid entries were refused by [`validate`]).
+pub fn policy(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
+    let rules = callers
+        .iter()
+        .map(|c| Rule {
+            who: match (&c.identity, c.uid, c.gid, c.danger_plaintext) {
+                (Some(i), _, _, _) => Some(Who::Identity(i.clone())),
+                (None, Some(u), _, _) => Some(Who::Uid(u)),
+                (None, None, Some(g), _) => Some(Who::Gid(g)),
+                (None, None, None, true) => Some(Who::Plaintext),
+                _ => None,
+            },
+            keys: match &c.keys {
+                Some(k) => k.iter().map(|k| KeyPattern::new(k.as_str())).collect(),
+                // Admin-only rules without keys administer every key.
+                None if c.admin => vec![KeyPattern::new("*")],
+                None => Vec::new(),
+            },
+            operations: c
+                .operations
+                .iter()
+                .filter_map(|o| Operation::parse(o))
+                .collect(),
+            admin: c.admin,
+            iss: c.iss.clone(),
+            aud: c.aud.clone(),
+            client_id: c.client_id.clone(),
+            htu_prefix: c.htu_prefix.clone(),
+            rate: c.rate.as_deref().and_then(|r| Rate::parse(r).ok()),
+        })
+        .collect();
+    Policy::new(
+        rules,
+        limits.per_key.as_deref().and_then(|r| Rate::parse(r).ok()),
+    )
+    .with_per_caller(
+        limits
+            .per_caller
+            .as_deref()
+            .and_then(|r| Rate::parse(r).ok()),
+    )
+}
+
+/// The 1-based line where `field` (a path like `caller[1].rate`) is written in `text`, or of
+/// its nearest enclosing table that is.
+pub fn locate(text: &str, field: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable<'_> = root.get_ref();
+    let mut best: Option<usize> = None;
+    for seg in field.split('.') {
+        let (name, idx) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else {
+            break;
+        };
+        best = Some(k.span().start);
+        let mut v = v;
+        if let Some(i) = idx
+            && let DeValue::Array(a) = v.get_ref()
+            && let Some(item) = a.get(i)
+        {
+            v = item;
+            best = Some(item.span().start);
+        }
+        if !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_)) {
+            best = Some(v.span().start);
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    best.map(|off| text.get(..off).unwrap_or(text).matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_fields_and_array_tables() {
+        let text = "[server]\nlisten = \"x\"\n\n[[caller]]\nidentity = \"a\"\n\n[[caller]]\nidentity = \"b\"\noperations = [\n  \"jws\",\n  \"bogus\",\n]\nrate = \"1/x\"\n";
+        assert_eq!(locate(text, "server.listen"), Some(2));
+        assert_eq!(locate(text, "caller[1].rate"), Some(13));
+        assert_eq!(locate(text, "caller[1].operations[1]"), Some(11));
+        assert_eq!(locate(text, "caller[0].identity"), Some(5));
+        // Missing field: the nearest enclosing element.
+        assert_eq!(
+            locate(text, "caller[1].keys"),
+            Some(7).or(locate(text, "caller[1]"))
+        );
+    }
+
+    #[test]
+    fn unix_mode_is_octal() {
+        let u = |m: &str| UnixConfig {
+            path: "/x".into(),
+            mode: m.into(),
+        };
+        assert_eq!(u("0660").mode_bits(), Ok(0o660));
+        assert!(u("0999").mode_bits().is_err());
+        assert!(u("1777").mode_bits().is_err());
+    }
+}

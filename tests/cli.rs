@@ -1,0 +1,348 @@
+//! The `sigild` command line against a running daemon: results on stdout, errors on stderr
+//! with a non-zero exit; and `sigild dev`, the embedded SoftHSM default.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn ok(out: &std::process::Output) -> TestResult<String> {
+    if !out.status.success() {
+        return Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout.clone())?.trim_end().to_owned())
+}
+
+#[tokio::test]
+async fn client_commands() -> TestResult {
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+    let created: Value = serde_json::from_str(&ok(
+        &d.cli(&["key", "create", "web", "--alg", "ES256"], None)?
+    )?)?;
+    assert_eq!(created["versions"][0]["state"], "active");
+    ok(&d.cli(
+        &["key", "create", "dpop", "--alg", "EdDSA", "--fapi2"],
+        None,
+    )?)?;
+    let list = ok(&d.cli(&["key", "list"], None)?)?;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web ") && l.contains("active") && l.contains("ES256")),
+        "{list}"
+    );
+    let jwk: Value = serde_json::from_str(&ok(&d.cli(&["key", "jwk", "web"], None)?)?)?;
+    assert_eq!(jwk["kty"], "EC");
+    assert!(jwk.get("d").is_none());
+    let jwks: Value = serde_json::from_str(&ok(&d.cli(&["jwks"], None)?)?)?;
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
+
+    // sign jws: the compact JWS verifies with jwcrypto.
+    let kid = jwk["kid"].as_str().ok_or("kid")?;
+    let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"}).to_string();
+    let compact = ok(&d.cli(
+        &[
+            "sign",
+            "jws",
+            "--key",
+            "web",
+            "--header-json",
+            &header,
+            "--payload-json",
+            "{\"sub\":\"x\"}",
+        ],
+        None,
+    )?)?;
+    verify_jws(&compact, &jwks)?;
+    // sign raw: bytes on stdin, base64url signature out.
+    let sig = ok(&d.cli(&["sign", "raw", "--key", "web"], Some(b"raw bytes\x00\xff"))?)?;
+    verify_raw(
+        "ES256",
+        &jwk,
+        b"raw bytes\x00\xff",
+        &sigild::jose::b64_decode(&sig)?,
+    )?;
+    // Profiles; the access token comes from a file, never from argv.
+    let dir = tempfile::tempdir()?;
+    let at = dir.path().join("at");
+    std::fs::write(&at, "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU\n")?;
+    let proof = ok(&d.cli(
+        &[
+            "sign",
+            "dpop",
+            "--key",
+            "dpop",
+            "--htm",
+            "GET",
+            "--htu",
+            "https://rs.example.com/r?q=1",
+            "--access-token-file",
+            at.to_str().ok_or("p")?,
+        ],
+        None,
+    )?)?;
+    let v = python(&json!({"op": "jws", "jws": proof, "header_jwk": true}))?;
+    assert_eq!(
+        v["payload"]["ath"],
+        "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+    );
+    assert_eq!(v["payload"]["htu"], "https://rs.example.com/r");
+    let claims = json!({"iss": "https://op.example.com", "sub": "u1", "aud": "c1"}).to_string();
+    verify_jws(
+        &ok(&d.cli(
+            &[
+                "sign",
+                "id-token",
+                "--key",
+                "web",
+                "--claims-json",
+                &claims,
+                "--access-token-file",
+                at.to_str().ok_or("p")?,
+            ],
+            None,
+        )?)?,
+        &jwks,
+    )?;
+    verify_jws(
+        &ok(&d.cli(
+            &[
+                "sign",
+                "jar",
+                "--key",
+                "web",
+                "--client-id",
+                "c1",
+                "--audience",
+                "https://as.example.com",
+                "--claims-json",
+                "{\"response_type\":\"code\"}",
+            ],
+            None,
+        )?)?,
+        &jwks,
+    )?;
+    verify_jws(
+        &ok(&d.cli(
+            &[
+                "sign",
+                "client-assertion",
+                "--key",
+                "web",
+                "--client-id",
+                "c1",
+                "--audience",
+                "https://as.example.com",
+            ],
+            None,
+        )?)?,
+        &jwks,
+    )?;
+
+    // Lifecycle through the CLI.
+    let rotated: Value = serde_json::from_str(&ok(&d.cli(&["key", "rotate", "web"], None)?)?)?;
+    assert_eq!(rotated["versions"][1]["state"], "next");
+    ok(&d.cli(&["key", "activate", "web"], None)?)?;
+    // Activation retired v1; retiring it again is refused with the reason.
+    let out = d.cli(&["key", "retire", "web", "--version", "1"], None)?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED_PRECONDITION"));
+    let shown: Value = serde_json::from_str(&ok(&d.cli(&["key", "show", "web"], None)?)?)?;
+    assert_eq!(shown["active_version"], 2);
+    ok(&d.cli(&["key", "destroy", "web", "--version", "1"], None)?)?;
+
+    // Import from a PEM file (generated by openssl, not by us), then sign with it.
+    let pem = dir.path().join("k.pem");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+        ])
+        .arg(&pem)
+        .output()?;
+    assert!(out.status.success());
+    let imported: Value = serde_json::from_str(&ok(&d.cli(
+        &[
+            "key",
+            "import",
+            "legacy",
+            "--alg",
+            "ES384",
+            "--pkcs8-file",
+            pem.to_str().ok_or("p")?,
+        ],
+        None,
+    )?)?)?;
+    assert_eq!(imported["versions"][0]["origin"], "imported");
+    let sig = ok(&d.cli(&["sign", "raw", "--key", "legacy"], Some(b"m"))?)?;
+    let jwk: Value = serde_json::from_str(&ok(&d.cli(&["key", "jwk", "legacy"], None)?)?)?;
+    verify_raw("ES384", &jwk, b"m", &sigild::jose::b64_decode(&sig)?)?;
+
+    // Errors: stderr and exit 1, nothing on stdout.
+    let out = d.cli(
+        &[
+            "sign",
+            "jws",
+            "--key",
+            "nope",
+            "--header-json",
+            "{\"alg\":\"ES256\"}",
+            "--payload-json",
+            "{}",
+        ],
+        None,
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli("http://127.0.0.1:1", &["key", "list"], None)?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach sigild"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_mode_creates_a_token_with_default_keys_once() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let start = |state: &std::path::Path| -> TestResult<(std::process::Child, String)> {
+        let mut child = Command::new(sigild_bin())
+            .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .env("SIGILD_LOG", "info")
+            .env_remove("SOFTHSM2_CONF")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addr = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| line.contains("listening"))
+                {
+                    addr = a.split_whitespace().next().map(str::to_owned);
+                }
+                if line.contains("sigild dev ready") {
+                    let _ = tx.send(addr.clone().unwrap_or_default());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "sigild dev did not become ready")?;
+        // Mutual TLS with the dev PKI that `sigild dev` wrote into the state directory.
+        let endpoint = format!("https://{addr}");
+        register_client(
+            &endpoint,
+            ClientFiles {
+                ca: state.join("ca.pem"),
+                cert: state.join("client.pem"),
+                key: state.join("client.key"),
+            },
+        );
+        Ok((child, endpoint))
+    };
+    let (mut child, endpoint) = start(state.path())?;
+    let list = ok(&run_cli(&endpoint, &["key", "list"], None)?)?;
+    for name in ["dev-es256", "dev-ps256", "dev-eddsa"] {
+        assert!(list.contains(name), "{list}");
+    }
+    // The Unix socket serves the directory's owner.
+    let socket = format!("unix:{}", state.path().join("sigild.sock").display());
+    assert_eq!(ok(&run_cli(&socket, &["key", "list"], None)?)?, list);
+    let kids_before = ok(&run_cli(&endpoint, &["jwks"], None)?)?;
+    // PINs live in private files, never in the config.
+    let config = std::fs::read_to_string(state.path().join("sigild.toml"))?;
+    let pin = std::fs::read_to_string(state.path().join("user.pin"))?;
+    assert!(!config.contains(pin.trim()));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(state.path().join("user.pin"))?
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // Second start: same token, same keys, nothing re-created.
+    let (mut child, endpoint) = start(state.path())?;
+    assert_eq!(ok(&run_cli(&endpoint, &["jwks"], None)?)?, kids_before);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_and_reflection_describe_the_api() -> TestResult {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(d.channel().await?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "sigil.v1.SigningService".into(),
+            })
+            .await;
+        if r.as_ref().is_ok_and(|r| {
+            r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not SERVING: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut refl = ServerReflectionClient::new(d.channel().await?);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    let resp = stream.message().await?.ok_or("no reflection response")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        return Err("unexpected reflection response".into());
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "sigil.v1.KeyService",
+        "sigil.v1.SigningService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    Ok(())
+}
