@@ -173,6 +173,7 @@ mod tests {
     const YK: &str = r#"
 [server]
 listen = "127.0.0.1:7711"
+danger_plaintext = true
 
 [yubikey]
 serial = 12345678
