@@ -245,23 +245,32 @@ async fn fw_5_7_1_conformance_attestation_adoption_reinsertion_and_pin_lockout()
     sign_and_verify(&d, "eddsa", "EdDSA").await?;
 
     // Lock the PIN with another tool: the daemon says so, distinctly.
-    for _ in 0..3 {
+    // (yubico-piv-tool may lose a race for the reader with the daemon's health check, so try
+    // until the card says "Pin code blocked".)
+    let mut blocked = false;
+    for _ in 0..8 {
         let out = card.piv_tool(&["-a", "verify-pin", "-P", "000000"])?;
-        assert!(
-            !out.status.success(),
-            "wrong PIN accepted? {}",
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(!out.status.success(), "wrong PIN accepted? {text}");
+        if text.contains("Pin code blocked") {
+            blocked = true;
+            break;
+        }
     }
-    let out = card.piv_tool(&["-a", "verify-pin", "-P", "000000"])?;
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("blocked")
-            || String::from_utf8_lossy(&out.stdout).contains("blocked"),
-        "PIN not blocked: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (code, msg) = sign_status(&d, "es256", "ES256").await?;
+    assert!(blocked, "could not lock the PIN with yubico-piv-tool");
+    let (code, msg) = sign_status(&d, "es256", "ES256").await.map_err(|e| {
+        let vyk = std::fs::read_to_string(card.work().join("vyk.log")).unwrap_or_default();
+        let tail: Vec<&str> = vyk.lines().rev().take(60).collect();
+        format!(
+            "after lockout: {e}\n--- card ---\n{}\n--- daemon ---\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            d.log_text()
+        )
+    })?;
     assert_eq!(code, tonic::Code::FailedPrecondition, "{msg}");
     assert!(msg.contains("PIN is locked"), "{msg}");
     // Readiness follows (the check runs every few seconds).
