@@ -109,6 +109,24 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The client library's description of this connection.
+    ///
+    /// # Errors
+    /// Missing TLS files for an `https://` endpoint.
+    pub fn connection(&self) -> Result<crate::client::Connection, CliError> {
+        use crate::client::Connection;
+        if let Some(path) = self.endpoint.strip_prefix("unix:") {
+            return Ok(Connection::unix(path));
+        }
+        if self.endpoint.starts_with("https://") {
+            let (ca, cert, key) = self.tls_files()?;
+            return Ok(Connection::mtls(self.endpoint.clone(), ca, cert, key));
+        }
+        Ok(Connection::danger_plaintext_loopback(
+            self.endpoint.clone(),
+        )?)
+    }
+
     /// CA, certificate and key files: the ones given, else the dev ones in `./.sigild`.
     fn tls_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), CliError> {
         let dev = crate::tls::DevPki::in_dir(Path::new(".sigild"));
@@ -323,68 +341,22 @@ pub enum CliError {
     /// The daemon answered with an error status.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(#[from] tonic::Status),
-    /// Could not reach the daemon.
-    #[error("cannot reach sigild at {endpoint}: {source}")]
-    Connect {
-        /// Endpoint.
-        endpoint: String,
-        /// Why.
-        #[source]
-        source: tonic::transport::Error,
-    },
     /// A local problem (file, input).
     #[error("{0}")]
     Local(String),
+    /// The client library failed (connection, TLS files).
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
 }
 
-fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, ch)| {
-            let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
-            sep.into_iter()
-                .chain(std::iter::once(ch.to_ascii_uppercase()))
-        })
-        .collect()
-}
+use crate::client::code_name;
 
 async fn connect(conn: &Conn) -> Result<Channel, CliError> {
-    let failed = |source| CliError::Connect {
-        endpoint: conn.endpoint.clone(),
-        source,
-    };
-    if let Some(path) = conn.endpoint.strip_prefix("unix:") {
-        return unix_channel(Path::new(path)).await.map_err(failed);
-    }
-    let mut endpoint = Channel::from_shared(conn.endpoint.clone())
-        .map_err(|e| CliError::Local(format!("bad endpoint {}: {e}", conn.endpoint)))?;
-    if conn.endpoint.starts_with("https://") {
-        let (ca, cert, key) = conn.tls_files()?;
-        let tls = crate::tls::client_config(&ca, &cert, &key, None)
-            .map_err(|e| CliError::Local(e.to_string()))?;
-        endpoint = endpoint.tls_config(tls).map_err(failed)?;
-    }
-    endpoint.connect().await.map_err(failed)
+    Ok(conn.connection()?.connect().await?)
 }
 
-/// A gRPC channel over the daemon's Unix socket.
-///
-/// # Errors
-/// The socket cannot be connected.
-pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_owned();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-}
+/// A gRPC channel over the daemon's Unix socket (moved to [`crate::client::unix_channel`]).
+pub use crate::client::unix_channel;
 
 fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
     let bytes = Zeroizing::new(

@@ -304,11 +304,30 @@ impl TestCa {
         self.sign(p)
     }
 
+    /// A client certificate for a public key whose private half is elsewhere (on a device
+    /// behind sigild): PEM, no key.
+    ///
+    /// # Errors
+    /// [`TlsError::Generate`].
+    pub fn client_for_key(
+        &self,
+        names: &ClientNames,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, TlsError> {
+        let p = Self::client_params(names)?;
+        Ok(p.signed_by(public_key, &self.issuer)?.pem())
+    }
+
     /// A client certificate.
     ///
     /// # Errors
     /// [`TlsError::Generate`].
     pub fn client(&self, names: &ClientNames) -> Result<Leaf, TlsError> {
+        let p = Self::client_params(names)?;
+        self.sign(p)
+    }
+
+    fn client_params(names: &ClientNames) -> Result<CertificateParams, TlsError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         if let Some(u) = &names.spiffe {
             p.subject_alt_names
@@ -326,7 +345,7 @@ impl TestCa {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
-        self.sign(p)
+        Ok(p)
     }
 
     fn sign(&self, p: CertificateParams) -> Result<Leaf, TlsError> {

@@ -1,0 +1,469 @@
+//! Client authentication with keys that stay behind sigild (issue 5): real TLS 1.3 and 1.2
+//! handshakes in which rustls' `Signer::sign` is a `SignRaw` call to a running daemon on a
+//! SoftHSM token, against `openssl s_server -Verify 1 -verify_return_error` (a peer we did not
+//! write) and against a rustls server that requires client certificates. Keys: ES256 (P-256),
+//! PS256 (RSA-2048, also RS256 for TLS 1.2 when the server only accepts PKCS#1 v1.5) and
+//! Ed25519. The client certificate is issued by the test CA for the public key sigild reports.
+//!
+//! Both tokio runtime flavours are exercised: the multi-thread runtime (the signer waits in
+//! `block_in_place`) and the current-thread runtime, where the TLS server task runs on the very
+//! thread that waits for the signature (it cannot deadlock: the RPC runs on the signer's own
+//! thread).
+//!
+//! What openssl 3.0 accepts: TLS 1.3 with ECDSA P-256, RSA-PSS and Ed25519 client keys; TLS
+//! 1.2 with the same (it offers `rsa_pss_rsae_*` and `ed25519` in its CertificateRequest).
+
+#![allow(clippy::unwrap_used)] // mutex poisoning in test helpers
+
+mod support;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme, SupportedProtocolVersion};
+use sigild::client::{Connection, SigildSigningKey, SignerOptions};
+use sigild::tls::ClientNames;
+use support::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca_pem: &std::path::Path) -> TestResult<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_pem)? {
+        roots.add(c?)?;
+    }
+    Ok(roots)
+}
+
+/// A signer for `key` on `d`, connecting as `files`.
+async fn signer(d: &Daemon, files: &ClientFiles, key: &str) -> TestResult<SigildSigningKey> {
+    let conn = Connection::mtls(d.endpoint.clone(), &files.ca, &files.cert, &files.key);
+    Ok(SigildSigningKey::connect(&conn, key, SignerOptions::default()).await?)
+}
+
+/// A client certificate from the test CA for the sigild-held key.
+fn issue(
+    token: &Token,
+    key: &SigildSigningKey,
+    cn: &str,
+) -> TestResult<Vec<CertificateDer<'static>>> {
+    let pem = token.pki.ca.client_for_key(
+        &ClientNames {
+            cn: Some(cn.into()),
+            spiffe: Some(format!("spiffe://sigild.test/{cn}")),
+            ..ClientNames::default()
+        },
+        key,
+    )?;
+    Ok(CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?)
+}
+
+fn client_config(
+    token: &Token,
+    key: &SigildSigningKey,
+    chain: Vec<CertificateDer<'static>>,
+    version: &'static SupportedProtocolVersion,
+) -> TestResult<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots(&token.pki.ca_pem)?)
+        .with_client_cert_resolver(key.resolver(chain)?))
+}
+
+/// Connect, finish the handshake, send `ping`, read the answer. Returns the negotiated
+/// version and the answer.
+async fn talk(cfg: rustls::ClientConfig, addr: SocketAddr) -> TestResult<(String, String)> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let run = async move {
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let version = format!("{:?}", tls.get_ref().1.protocol_version());
+        tls.write_all(b"ping\n").await?;
+        tls.flush().await?;
+        let mut buf = vec![0u8; 64];
+        let n = tls.read(&mut buf).await?;
+        let _ = tls.shutdown().await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+            version,
+            String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned(),
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .map_err(|_| "the handshake hung")?
+}
+
+/// A client-certificate verifier that records the schemes clients signed with and can restrict
+/// the schemes it asks for (to force PKCS#1 v1.5 in TLS 1.2).
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn ClientCertVerifier>,
+    only: Option<Vec<SignatureScheme>>,
+    seen: Arc<Mutex<Vec<SignatureScheme>>>,
+}
+
+impl ClientCertVerifier for Recording {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.seen.lock().unwrap().push(dss.scheme);
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.seen.lock().unwrap().push(dss.scheme);
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        let all = self.inner.supported_verify_schemes();
+        match &self.only {
+            Some(only) => all.into_iter().filter(|s| only.contains(s)).collect(),
+            None => all,
+        }
+    }
+}
+
+/// A rustls server (on the current runtime) requiring a client certificate from the test CA;
+/// answers one connection by echoing the first line reversed. The join handle yields the
+/// schemes the client signed with.
+async fn rustls_server(
+    token: &Token,
+    version: &'static SupportedProtocolVersion,
+    only: Option<Vec<SignatureScheme>>,
+) -> TestResult<(
+    SocketAddr,
+    tokio::task::JoinHandle<TestResult<Vec<SignatureScheme>>>,
+)> {
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&token.pki.ca_pem)?),
+        provider(),
+    )
+    .build()?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let verifier = Arc::new(Recording {
+        inner,
+        only,
+        seen: Arc::clone(&seen),
+    });
+    let certs =
+        CertificateDer::pem_file_iter(&token.pki.server_cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&token.pki.server_key)?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[version])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let mut tls = acceptor.accept(tcp).await?;
+        let mut buf = vec![0u8; 64];
+        let n = tls.read(&mut buf).await?;
+        let line = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+        let reversed: String = line.trim_end().chars().rev().collect();
+        tls.write_all(format!("{reversed}\n").as_bytes()).await?;
+        tls.flush().await?;
+        let _ = tls.shutdown().await;
+        Ok(seen.lock().unwrap().clone())
+    });
+    Ok((addr, task))
+}
+
+/// `openssl s_server -Verify 1 -verify_return_error -rev` for one connection.
+struct OpensslServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl OpensslServer {
+    fn start(token: &Token, version_flag: &str) -> TestResult<OpensslServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept"])
+            .arg(addr.to_string())
+            .args([
+                "-naccept",
+                "1",
+                "-rev",
+                "-Verify",
+                "1",
+                "-verify_return_error",
+            ])
+            .arg(version_flag)
+            .arg("-cert")
+            .arg(&token.pki.server_cert)
+            .arg("-key")
+            .arg(&token.pki.server_key)
+            .arg("-CAfile")
+            .arg(&token.pki.ca_pem)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().ok_or("stdout")?) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().ok_or("stderr")?),
+        ] {
+            let output = Arc::clone(&output);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("ACCEPT") {
+                        let _ = tx.send(());
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = child.kill();
+            return Err(format!(
+                "openssl s_server did not start: {}",
+                output.lock().unwrap().join("\n")
+            )
+            .into());
+        }
+        Ok(OpensslServer {
+            child,
+            addr,
+            output,
+        })
+    }
+
+    /// Everything it printed, after it exited (or was stopped).
+    fn finish(mut self) -> String {
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEYS: [(&str, &str, u32); 3] = [
+    ("tls-es256", "ES256", 0),
+    ("tls-ps256", "PS256", 2048),
+    ("tls-ed25519", "EdDSA", 0),
+];
+
+/// The daemon with the three client keys.
+async fn daemon_with_keys(token: &Token) -> TestResult<Daemon> {
+    let d = Daemon::start(token)?;
+    for (name, alg, bits) in KEYS {
+        d.create(name, alg, bits).await?;
+    }
+    Ok(d)
+}
+
+fn version(v: &str) -> &'static SupportedProtocolVersion {
+    if v == "1.2" {
+        &rustls::version::TLS12
+    } else {
+        &rustls::version::TLS13
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_with_openssl_s_server() -> TestResult {
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    let admin = d.client.clone().ok_or("tls")?;
+    for (name, alg, _) in KEYS {
+        let key = signer(&d, &admin, name).await?;
+        let chain = issue(&token, &key, name)?;
+        for v in ["1.3", "1.2"] {
+            let server =
+                OpensslServer::start(&token, if v == "1.2" { "-tls1_2" } else { "-tls1_3" })?;
+            let cfg = client_config(&token, &key, chain.clone(), version(v))?;
+            let addr = server.addr;
+            // The handshake runs in a spawned task, on a runtime worker: the signer must
+            // not starve it (block_in_place).
+            let result = tokio::spawn(talk(cfg, addr)).await?;
+            let out = server.finish();
+            let (negotiated, answer) =
+                result.map_err(|e| format!("{alg} TLS {v}: {e}\nopenssl said:\n{out}"))?;
+            assert_eq!(
+                negotiated,
+                if v == "1.2" {
+                    "Some(TLSv1_2)"
+                } else {
+                    "Some(TLSv1_3)"
+                }
+            );
+            assert_eq!(answer.trim(), "gnip", "{alg} TLS {v}: {out}");
+            assert!(
+                out.contains(&format!("CN = {name}")) && out.contains("verify return:1"),
+                "{alg} TLS {v}: openssl did not verify the client certificate:\n{out}"
+            );
+            assert!(!out.contains("verify error"), "{out}");
+        }
+    }
+    Ok(())
+}
+
+async fn rustls_round(
+    token: &Token,
+    d: &Daemon,
+    only: Option<Vec<SignatureScheme>>,
+    cases: &[(&str, &str, SignatureScheme)],
+) -> TestResult {
+    let admin = d.client.clone().ok_or("tls")?;
+    for (name, v, want) in cases {
+        let key = signer(d, &admin, name).await?;
+        let chain = issue(token, &key, name)?;
+        let (addr, server) = rustls_server(token, version(v), only.clone()).await?;
+        let cfg = client_config(token, &key, chain, version(v))?;
+        let (_, answer) = talk(cfg, addr)
+            .await
+            .map_err(|e| format!("{name} TLS {v}: {e}"))?;
+        assert_eq!(answer.trim(), "gnip");
+        let seen = server.await??;
+        assert_eq!(seen, vec![*want], "{name} TLS {v}");
+    }
+    Ok(())
+}
+
+const RUSTLS_CASES: [(&str, &str, SignatureScheme); 6] = [
+    ("tls-es256", "1.3", SignatureScheme::ECDSA_NISTP256_SHA256),
+    ("tls-es256", "1.2", SignatureScheme::ECDSA_NISTP256_SHA256),
+    ("tls-ps256", "1.3", SignatureScheme::RSA_PSS_SHA256),
+    ("tls-ps256", "1.2", SignatureScheme::RSA_PSS_SHA256),
+    ("tls-ed25519", "1.3", SignatureScheme::ED25519),
+    ("tls-ed25519", "1.2", SignatureScheme::ED25519),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_with_a_rustls_server_on_a_multi_thread_runtime() -> TestResult {
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    rustls_round(&token, &d, None, &RUSTLS_CASES).await?;
+    // A TLS 1.2 server that only takes PKCS#1 v1.5 gets RS256 from the PS256 key.
+    rustls_round(
+        &token,
+        &d,
+        Some(vec![SignatureScheme::RSA_PKCS1_SHA256]),
+        &[("tls-ps256", "1.2", SignatureScheme::RSA_PKCS1_SHA256)],
+    )
+    .await
+}
+
+/// The server task and the waiting signer share the one runtime thread: no deadlock.
+#[tokio::test(flavor = "current_thread")]
+async fn handshakes_with_a_rustls_server_on_a_current_thread_runtime() -> TestResult {
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    rustls_round(&token, &d, None, &RUSTLS_CASES).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_tls_permission_fails_the_handshake_cleanly() -> TestResult {
+    let token = Token::new()?;
+    let limited = "spiffe://sigild.test/limited";
+    let rules = format!(
+        "[[caller]]\nidentity = \"{limited}\"\nkeys = [\"tls-*\"]\noperations = [\"dpop\"]\n"
+    );
+    let d = Daemon::start_with(&token, &rules)?;
+    d.create("tls-es256", "ES256", 0).await?;
+    let files = token.pki.client(
+        "limited",
+        &ClientNames {
+            spiffe: Some(limited.into()),
+            ..ClientNames::default()
+        },
+    )?;
+    // Reading the public key is allowed; signing for TLS is not.
+    let key = signer(&d, &files, "tls-es256").await?;
+    let chain = issue(&token, &key, "tls-es256")?;
+    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let cfg = client_config(&token, &key, chain, &rustls::version::TLS13)?;
+    let err = talk(cfg, addr)
+        .await
+        .err()
+        .ok_or("the handshake succeeded without permission")?
+        .to_string();
+    assert!(
+        err.contains("sigild could not sign") && err.contains("PERMISSION_DENIED"),
+        "{err}"
+    );
+    assert!(
+        server.await?.is_err(),
+        "the server saw a handshake complete"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_key_is_refused_before_any_handshake() -> TestResult {
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    let admin = d.client.clone().ok_or("tls")?;
+    let es = signer(&d, &admin, "tls-es256").await?;
+    let ed = signer(&d, &admin, "tls-ed25519").await?;
+    let chain = issue(&token, &es, "tls-es256")?;
+    let err = sigild::client::client_config(roots(&token.pki.ca_pem)?, chain, &ed)
+        .err()
+        .ok_or("a certificate for another key was accepted")?;
+    assert!(
+        err.to_string()
+            .contains("does not belong to sigild key \"tls-ed25519\""),
+        "{err}"
+    );
+    // A key name the daemon does not have: NOT_FOUND, with the gRPC code kept.
+    let conn = Connection::mtls(d.endpoint.clone(), &admin.ca, &admin.cert, &admin.key);
+    let err = SigildSigningKey::connect(&conn, "nope", SignerOptions::default())
+        .await
+        .err()
+        .ok_or("a missing key connected")?;
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    Ok(())
+}
