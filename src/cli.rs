@@ -71,6 +71,15 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Client certificates for keys behind the daemon: make a CSR, test an mTLS handshake.
+    Tls {
+        /// Where the daemon is.
+        #[command(flatten)]
+        conn: TlsConn,
+        /// The TLS command.
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Sign with a key on a running daemon.
     Sign {
         /// Where the daemon is.
@@ -144,6 +153,72 @@ impl Conn {
             pick(&self.cert_key, dev.client_key, "client key")?,
         ))
     }
+}
+
+/// The daemon connection for `sigild tls`, whose own `--ca` and `--cert` are about the TLS
+/// peer being tested: the daemon's files are `--daemon-ca`, `--daemon-cert`, `--daemon-key`
+/// (same environment variables and `./.sigild` defaults as the other commands).
+#[derive(Debug, Args)]
+pub struct TlsConn {
+    /// gRPC endpoint of the daemon.
+    #[arg(
+        long,
+        env = "SIGILD_ENDPOINT",
+        default_value = "https://127.0.0.1:7711",
+        global = true
+    )]
+    pub endpoint: String,
+    /// CA certificate that issued the daemon's certificate [default: ./.sigild/ca.pem].
+    #[arg(long, env = "SIGILD_CA", global = true)]
+    pub daemon_ca: Option<PathBuf>,
+    /// Our client certificate for the daemon [default: ./.sigild/client.pem].
+    #[arg(long, env = "SIGILD_CERT", global = true)]
+    pub daemon_cert: Option<PathBuf>,
+    /// Our client key for the daemon [default: ./.sigild/client.key].
+    #[arg(long, env = "SIGILD_KEY", global = true)]
+    pub daemon_key: Option<PathBuf>,
+}
+
+impl TlsConn {
+    fn conn(&self) -> Conn {
+        Conn {
+            endpoint: self.endpoint.clone(),
+            ca: self.daemon_ca.clone(),
+            cert: self.daemon_cert.clone(),
+            cert_key: self.daemon_key.clone(),
+        }
+    }
+}
+
+/// TLS client-certificate commands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Print a PKCS#10 CSR (PEM) for the key's active version, signed by the key itself.
+    Csr {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Subject, e.g. "CN=client-a,O=Example".
+        #[arg(long)]
+        subject: String,
+        /// Subject alternative name (URI if it contains "://", else DNS); repeatable.
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// Complete an mTLS handshake with HOST:PORT using the key and print what was negotiated.
+    Check {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The key's certificate chain (PEM, leaf first).
+        #[arg(long)]
+        cert: PathBuf,
+        /// CA certificate(s) to verify the server with; without it the server is not verified.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The server.
+        addr: String,
+    },
 }
 
 /// Key management commands.
@@ -686,6 +761,76 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
         }
     };
     print(&compact)
+}
+
+/// Run a TLS command.
+///
+/// # Errors
+/// [`CliError`].
+pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError> {
+    use crate::client::{SigildSigningKey, SignerOptions};
+    let connection = conn.conn().connection()?;
+    match cmd {
+        TlsCommand::Csr { key, subject, san } => {
+            let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
+            let pem =
+                tokio::task::spawn_blocking(move || crate::client::csr_pem(&k, &subject, &san))
+                    .await
+                    .map_err(|e| CliError::Local(e.to_string()))??;
+            print(pem.trim_end())
+        }
+        TlsCommand::Check {
+            key,
+            cert,
+            ca,
+            addr,
+        } => {
+            let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
+            let chain_pem = crate::tls::read_certificates(std::slice::from_ref(&cert))
+                .map_err(crate::client::ClientError::from)?;
+            let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+                crate::tls::pem_certificates(&chain_pem)
+                    .into_iter()
+                    .map(rustls::pki_types::CertificateDer::from)
+                    .collect();
+            let roots = match &ca {
+                None => None,
+                Some(p) => {
+                    let pem = crate::tls::read_certificates(std::slice::from_ref(p))
+                        .map_err(crate::client::ClientError::from)?;
+                    let mut roots = rustls::RootCertStore::empty();
+                    for der in crate::tls::pem_certificates(&pem) {
+                        roots
+                            .add(der.into())
+                            .map_err(|e| CliError::Local(format!("{}: {e}", p.display())))?;
+                    }
+                    Some(roots)
+                }
+            };
+            let verified = roots.is_some();
+            let target = addr.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::client::handshake_check(&k, chain, roots, &target)
+            })
+            .await
+            .map_err(|e| CliError::Local(e.to_string()))??;
+            print(&format!(
+                "handshake with {addr}: OK\nprotocol: {}\ncipher suite: {}\nsignature scheme: {}\nclient certificate x5t#S256: {}\nserver certificate: {}",
+                report.protocol,
+                report.cipher_suite,
+                report
+                    .signature_scheme
+                    .as_deref()
+                    .unwrap_or("none (no client certificate requested)"),
+                report.x5t_s256,
+                if verified {
+                    "verified"
+                } else {
+                    "NOT verified (no --ca)"
+                }
+            ))
+        }
+    }
 }
 
 /// `sigild check-config`: parse, validate, check the module and PIN source.

@@ -467,3 +467,117 @@ async fn a_certificate_for_another_key_is_refused_before_any_handshake() -> Test
     assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_makes_csrs_that_openssl_verifies() -> TestResult {
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    for (name, alg, _) in KEYS {
+        let out = d.cli(
+            &[
+                "tls",
+                "csr",
+                "--key",
+                name,
+                "--subject",
+                "CN=client-a,O=Example",
+                "--san",
+                "spiffe://example.org/client-a",
+            ],
+            None,
+        )?;
+        assert!(
+            out.status.success(),
+            "{alg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let csr = token.dir.path().join(format!("{name}.csr"));
+        std::fs::write(&csr, &out.stdout)?;
+        let v = Command::new("openssl")
+            .args(["req", "-verify", "-noout", "-subject", "-in"])
+            .arg(&csr)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        assert!(
+            v.status.success() && text.contains("verify OK"),
+            "{alg}: {text}"
+        );
+        assert!(text.contains("CN = client-a, O = Example"), "{text}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tls_check_reports_the_handshake() -> TestResult {
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    let admin = d.client.clone().ok_or("tls")?;
+    let key = signer(&d, &admin, "tls-ps256").await?;
+    let chain = issue(&token, &key, "tls-ps256")?;
+    let chain_file = token.dir.path().join("tls-ps256.chain.pem");
+    let pem: String = chain
+        .iter()
+        .map(|c| {
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                base64_std(c.as_ref())
+            )
+        })
+        .collect();
+    std::fs::write(&chain_file, pem)?;
+    let server = OpensslServer::start(&token, "-tls1_3")?;
+    let addr = server.addr.to_string();
+    let ca = token.pki.ca_pem.display().to_string();
+    let chain_arg = chain_file.display().to_string();
+    let args = [
+        "tls",
+        "check",
+        "--key",
+        "tls-ps256",
+        "--cert",
+        &chain_arg,
+        "--ca",
+        &ca,
+        &addr,
+    ];
+    let out = tokio::task::spawn_blocking({
+        let endpoint = d.endpoint.clone();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_cli(&endpoint, &args, None)
+        }
+    })
+    .await??;
+    let s_server = server.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\nopenssl:\n{s_server}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("protocol: TLSv1_3"), "{stdout}");
+    assert!(stdout.contains("cipher suite: TLS13_"), "{stdout}");
+    assert!(
+        stdout.contains("signature scheme: RSA_PSS_SHA256"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "x5t#S256: {}",
+            sigild::client::x5t_s256(chain[0].as_ref())
+        )),
+        "{stdout}"
+    );
+    assert!(s_server.contains("verify return:1"), "{s_server}");
+    Ok(())
+}
+
+fn base64_std(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

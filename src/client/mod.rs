@@ -10,6 +10,7 @@
 //! a backend, the keyring, the service or policy. Every failure is one [`ClientError`], which
 //! keeps the daemon's gRPC status code.
 
+mod cert;
 mod dpop;
 mod signer;
 
@@ -23,6 +24,7 @@ use crate::api::pb::signing_service_client::SigningServiceClient;
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+pub use cert::{HandshakeReport, csr_pem, handshake_check, parse_subject};
 pub use dpop::{DpopOutcome, DpopRequest, dpop_jkt, use_dpop_nonce, x5t_s256};
 pub use signer::{SigildSigningKey, SignerOptions, client_config, tls_schemes};
 

@@ -198,6 +198,9 @@ pub struct SigildSigningKey {
     key_bits: Vec<u8>,
     /// The background signer.
     worker: Arc<Worker>,
+    /// The scheme of the last successful handshake signature (diagnostics: rustls does not
+    /// report the client's own scheme).
+    last_scheme: Arc<std::sync::Mutex<Option<SignatureScheme>>>,
 }
 
 impl SigildSigningKey {
@@ -223,7 +226,13 @@ impl SigildSigningKey {
             spki,
             key_bits,
             worker: Arc::new(worker),
+            last_scheme: Arc::default(),
         })
+    }
+
+    /// The TLS signature scheme of the last handshake signature this key (or a clone) made.
+    pub fn last_scheme(&self) -> Option<SignatureScheme> {
+        self.last_scheme.lock().ok().and_then(|g| *g)
     }
 
     /// The key's name on the daemon.
@@ -458,6 +467,9 @@ impl rustls::sign::Signer for SigildSigner {
             ))
         };
         let sig = self.key.sign_blocking(message, self.alg).map_err(fail)?;
+        if let Ok(mut g) = self.key.last_scheme.lock() {
+            *g = Some(self.scheme);
+        }
         match &self.key.public {
             PublicKey::Ec { curve, .. } => ecdsa_der(&sig, *curve).map_err(fail),
             _ => Ok(sig),
