@@ -581,3 +581,87 @@ fn base64_std(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// DPoP for clients: the proof for a token request, a `use_dpop_nonce` challenge answered
+/// once with a new proof carrying the nonce, verified by jwcrypto against the daemon's JWKS;
+/// the jkt equals the key's kid; client assertion and JAR helpers verify too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_nonce_retry_and_client_helpers() -> TestResult {
+    use sigild::client::{Client, DpopOutcome, DpopRequest, use_dpop_nonce};
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+    let key = d.create("client-dpop", "ES256", 0).await?;
+    let admin = d.client.clone().ok_or("tls")?;
+    let client = Client::connect(&Connection::mtls(
+        d.endpoint.clone(),
+        &admin.ca,
+        &admin.cert,
+        &admin.key,
+    ))
+    .await?;
+    let jkt = client.dpop_jkt("client-dpop").await?;
+    assert_eq!(jkt, key.versions[0].kid);
+
+    let req = DpopRequest {
+        key: "client-dpop",
+        method: "POST",
+        url: "https://as.example.com/token?x=1",
+        access_token: None,
+        nonce: None,
+    };
+    let mut proofs = Vec::new();
+    let (status, nonce) = client
+        .dpop_with_nonce_retry(&req, |proof| {
+            proofs.push(proof);
+            let first = proofs.len() == 1;
+            async move {
+                // The authorization server's answers: a nonce challenge, then success.
+                Ok::<_, sigild::client::ClientError>(if first {
+                    match use_dpop_nonce(
+                        400,
+                        None,
+                        Some(r#"{"error":"use_dpop_nonce"}"#),
+                        Some("server-nonce-1"),
+                    ) {
+                        Some(n) => DpopOutcome::UseNonce(n),
+                        None => DpopOutcome::Done(400),
+                    }
+                } else {
+                    DpopOutcome::Done(200)
+                })
+            }
+        })
+        .await?;
+    assert_eq!((status, nonce.as_deref()), (200, Some("server-nonce-1")));
+    assert_eq!(proofs.len(), 2);
+    let jwks = d.jwks().await?;
+    for (i, proof) in proofs.iter().enumerate() {
+        let v = verify_jws(proof, &jwks)?;
+        let (header, claims) = decode(proof)?;
+        assert_eq!(header["typ"], "dpop+jwt");
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], "https://as.example.com/token");
+        assert_eq!(claims.get("nonce").is_some(), i == 1, "{claims}");
+        assert_eq!(v["thumbprint"], jkt);
+    }
+    assert_eq!(decode(&proofs[1])?.1["nonce"], "server-nonce-1");
+
+    let ca = client
+        .client_assertion("client-dpop", "client-a", "https://as.example.com")
+        .await?;
+    let (_, claims) = decode(&ca)?;
+    verify_jws(&ca, &jwks)?;
+    assert_eq!(claims["aud"], "https://as.example.com");
+    assert_eq!(claims["sub"], "client-a");
+    let jar = client
+        .request_object(
+            "client-dpop",
+            "client-a",
+            "https://as.example.com",
+            &serde_json::json!({"response_type": "code", "scope": "openid"}),
+        )
+        .await?;
+    verify_jws(&jar, &jwks)?;
+    assert_eq!(decode(&jar)?.1["scope"], "openid");
+    Ok(())
+}

@@ -70,6 +70,63 @@ pub fn use_dpop_nonce(
 }
 
 impl Client {
+    /// A fresh `private_key_jwt` client assertion (RFC 7523) for `client_id` at the
+    /// authorization server `issuer` (the `aud`, one string as FAPI 2.0 requires), default
+    /// lifetime. Assertions are single-use: make one per token request, retries included.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn client_assertion(
+        &self,
+        key: &str,
+        client_id: &str,
+        issuer: &str,
+    ) -> Result<String, ClientError> {
+        let r = self
+            .sign_client_assertion(pb::SignClientAssertionRequest {
+                key: key.into(),
+                client_id: client_id.into(),
+                audience: issuer.into(),
+                lifetime_seconds: 0,
+            })
+            .await?;
+        Ok(r.compact)
+    }
+
+    /// A JAR request object (RFC 9101) carrying the authorization request `params`
+    /// (`response_type`, `redirect_uri`, `scope`, `state`, `nonce`, `code_challenge`, …) for
+    /// PAR at `issuer`; sigild adds `iss`, `aud`, `client_id`, `exp`, `nbf`, `iat`, `jti`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn request_object(
+        &self,
+        key: &str,
+        client_id: &str,
+        issuer: &str,
+        params: &serde_json::Value,
+    ) -> Result<String, ClientError> {
+        let r = self
+            .sign_request_object(pb::SignRequestObjectRequest {
+                key: key.into(),
+                client_id: client_id.into(),
+                audience: issuer.into(),
+                claims_json: params.to_string(),
+                lifetime_seconds: 0,
+            })
+            .await?;
+        Ok(r.compact)
+    }
+
+    /// The `dpop_jkt` of a key: the RFC 7638 thumbprint of its active version's public key
+    /// (for PAR's `dpop_jkt` parameter and to check `cnf.jkt` in tokens).
+    ///
+    /// # Errors
+    /// See [`Client::active_public_key`].
+    pub async fn dpop_jkt(&self, key: &str) -> Result<String, ClientError> {
+        Ok(dpop_jkt(&self.active_public_key(key).await?))
+    }
+
     /// The `DPoP` header value (a compact proof JWT) for one request.
     ///
     /// # Errors
