@@ -665,3 +665,118 @@ async fn dpop_nonce_retry_and_client_helpers() -> TestResult {
     assert_eq!(decode(&jar)?.1["scope"], "openid");
     Ok(())
 }
+
+/// Handshakes/s with the client key behind sigild against the same kind of key in a PEM file,
+/// TLS 1.3 with client authentication, resumption off (every handshake signs), against an
+/// in-process rustls server on the same machine. Ignored by default (a measurement, not a
+/// check); run with
+/// `cargo nextest run --release --test tls_client --run-ignored only bench -- --nocapture`
+/// (or `cargo test --release --test tls_client -- --ignored --nocapture bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_handshakes_per_second() -> TestResult {
+    let seconds: f64 = std::env::var("SIGILD_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let concurrency: usize = 4;
+    let token = Token::new()?;
+    let d = daemon_with_keys(&token).await?;
+    let admin = d.client.clone().ok_or("tls")?;
+
+    // A long-running server: accept, handshake, echo one byte.
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&token.pki.ca_pem)?),
+        provider(),
+    )
+    .build()?;
+    let certs =
+        CertificateDer::pem_file_iter(&token.pki.server_cert)?.collect::<Result<Vec<_>, _>>()?;
+    let server_key = PrivateKeyDer::from_pem_file(&token.pki.server_key)?;
+    let mut scfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(inner)
+        .with_single_cert(certs, server_key)?;
+    scfg.send_tls13_tickets = 0;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(scfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut b = [0u8; 1];
+                    if tls.read_exact(&mut b).await.is_ok() {
+                        let _ = tls.write_all(&b).await;
+                        let _ = tls.flush().await;
+                    }
+                }
+            });
+        }
+    });
+
+    let sigild_key = signer(&d, &admin, "tls-es256").await?;
+    let sigild_chain = issue(&token, &sigild_key, "tls-es256")?;
+    let mut behind_sigild =
+        client_config(&token, &sigild_key, sigild_chain, &rustls::version::TLS13)?;
+    behind_sigild.resumption = rustls::client::Resumption::disabled();
+
+    let pem_leaf = token.pki.ca.client(&ClientNames {
+        cn: Some("pem-client".into()),
+        ..ClientNames::default()
+    })?;
+    let mut in_pem = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(&token.pki.ca_pem)?)
+        .with_client_auth_cert(
+            CertificateDer::pem_slice_iter(pem_leaf.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_slice(pem_leaf.key_pem.as_bytes())?,
+        )?;
+    in_pem.resumption = rustls::client::Resumption::disabled();
+
+    let mut lines = Vec::new();
+    for (label, cfg) in [
+        ("PEM file (ring)", in_pem),
+        ("behind sigild", behind_sigild),
+    ] {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let connector = connector.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let mut tls = connector
+                        .connect(ServerName::try_from("localhost")?, tcp)
+                        .await?;
+                    tls.write_all(b"x").await?;
+                    tls.flush().await?;
+                    let mut b = [0u8; 1];
+                    tls.read_exact(&mut b).await?;
+                    n += 1;
+                }
+                Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        lines.push(format!(
+            "{label:<16} {total:>6} handshakes in {:.1} s = {rate:>7.0} handshakes/s (TLS 1.3, ECDSA P-256 client key, {concurrency} concurrent clients)",
+            start.elapsed().as_secs_f64()
+        ));
+    }
+    server.abort();
+    println!("{}", lines.join("\n"));
+    Ok(())
+}
