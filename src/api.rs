@@ -388,6 +388,51 @@ impl KeyService for Api {
             },
         ))
     }
+
+    async fn set_certificate_chain(
+        &self,
+        req: Request<pb::SetCertificateChainRequest>,
+    ) -> Result<pb::CertificateChain> {
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let version = self
+            .service
+            .set_certificate_chain(&origin, &r.name, r.version, &r.certificates)
+            .await
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        tracing::info!(key = %r.name, version, "certificate chain attached");
+        Ok(respond(
+            &origin,
+            chain_to_pb(r.name, version, r.certificates),
+        ))
+    }
+
+    async fn get_certificate_chain(
+        &self,
+        req: Request<pb::GetCertificateChainRequest>,
+    ) -> Result<pb::CertificateChain> {
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let (version, certs) = self
+            .service
+            .certificate_chain(&origin, &r.name, r.version)
+            .await
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, chain_to_pb(r.name, version, certs)))
+    }
+}
+
+#[cfg(feature = "server")]
+fn chain_to_pb(name: String, version: u32, certificates: Vec<Vec<u8>>) -> pb::CertificateChain {
+    pb::CertificateChain {
+        x5t_s256: certificates
+            .first()
+            .map(|c| crate::jose::x5t_s256(c))
+            .unwrap_or_default(),
+        name,
+        version,
+        certificates,
+    }
 }
 
 #[cfg(feature = "server")]

@@ -205,6 +205,21 @@ pub enum TlsCommand {
         #[arg(long)]
         san: Vec<String>,
     },
+    /// Attach an issued certificate chain (PEM, leaf first) to the key's active version.
+    Attach {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The chain (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Print the certificate chain attached to the key's active version (PEM).
+    Chain {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+    },
     /// Complete an mTLS handshake with HOST:PORT using the key and print what was negotiated.
     Check {
         /// Key name.
@@ -219,6 +234,25 @@ pub enum TlsCommand {
         /// The server.
         addr: String,
     },
+}
+
+fn pem_chain(certs: &[impl AsRef<[u8]>]) -> String {
+    use base64::Engine as _;
+    certs
+        .iter()
+        .map(|c| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .filter_map(|l| std::str::from_utf8(l).ok())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
+        })
+        .collect()
 }
 
 /// Key management commands.
@@ -771,6 +805,25 @@ pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError
     use crate::client::{SigildSigningKey, SignerOptions};
     let connection = conn.conn().connection()?;
     match cmd {
+        TlsCommand::Attach { key, cert } => {
+            let pem = crate::tls::read_certificates(std::slice::from_ref(&cert))
+                .map_err(crate::client::ClientError::from)?;
+            let chain = crate::tls::pem_certificates(&pem);
+            let c = crate::client::Client::connect(&connection).await?;
+            let r = c.set_certificate_chain(&key, 0, chain).await?;
+            print(&format!(
+                "attached {} certificate(s) to {} version {}; x5t#S256 {}",
+                r.certificates.len(),
+                r.name,
+                r.version,
+                r.x5t_s256
+            ))
+        }
+        TlsCommand::Chain { key } => {
+            let c = crate::client::Client::connect(&connection).await?;
+            let chain = c.certificate_chain(&key, 0).await?;
+            print(pem_chain(&chain).trim_end())
+        }
         TlsCommand::Csr { key, subject, san } => {
             let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
             let pem =

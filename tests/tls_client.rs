@@ -780,3 +780,143 @@ async fn bench_handshakes_per_second() -> TestResult {
     println!("{}", lines.join("\n"));
     Ok(())
 }
+
+/// The issued chain is attached to the key on the token (admin only, leaf checked against
+/// the key), survives a daemon restart, and is what a client fetches to authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_chains_are_attached_on_the_token_and_fetched() -> TestResult {
+    use sigild::client::Client;
+    let token = Token::new()?;
+    let limited = "spiffe://sigild.test/limited";
+    let rules = format!(
+        "[[caller]]\nidentity = \"{limited}\"\nkeys = [\"tls-*\"]\noperations = [\"tls\"]\n"
+    );
+    let d = Daemon::start_with(&token, &rules)?;
+    for (name, alg, bits) in KEYS {
+        d.create(name, alg, bits).await?;
+    }
+    let admin = d.client.clone().ok_or("tls")?;
+    let es = signer(&d, &admin, "tls-es256").await?;
+    let ed = signer(&d, &admin, "tls-ed25519").await?;
+    let chain = issue(&token, &es, "tls-es256")?;
+    let chain_file = token.dir.path().join("es.chain.pem");
+    std::fs::write(&chain_file, sigild_pem(&chain))?;
+
+    let out = d.cli(
+        &[
+            "tls",
+            "attach",
+            "--key",
+            "tls-es256",
+            "--cert",
+            &chain_file.display().to_string(),
+        ],
+        None,
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&sigild::client::x5t_s256(chain[0].as_ref())),
+        "{stdout}"
+    );
+    let out = d.cli(&["tls", "chain", "--key", "tls-es256"], None)?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        std::fs::read_to_string(&chain_file)?.trim()
+    );
+
+    let client = Client::connect(&Connection::mtls(
+        d.endpoint.clone(),
+        &admin.ca,
+        &admin.cert,
+        &admin.key,
+    ))
+    .await?;
+    // A chain whose leaf is another key's is refused.
+    let ed_chain = issue(&token, &ed, "tls-ed25519")?;
+    let err = client
+        .set_certificate_chain(
+            "tls-es256",
+            0,
+            ed_chain.iter().map(|c| c.to_vec()).collect(),
+        )
+        .await
+        .err()
+        .ok_or("a chain for another key was attached")?;
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("different public key"), "{err}");
+    let err = client
+        .certificate_chain("tls-ed25519", 0)
+        .await
+        .err()
+        .ok_or("a chain nobody attached")?;
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+
+    // A non-admin caller may fetch but not attach.
+    let files = token.pki.client(
+        "limited",
+        &ClientNames {
+            spiffe: Some(limited.into()),
+            ..ClientNames::default()
+        },
+    )?;
+    let limited_client = Client::connect(&Connection::mtls(
+        d.endpoint.clone(),
+        &files.ca,
+        &files.cert,
+        &files.key,
+    ))
+    .await?;
+    let err = limited_client
+        .set_certificate_chain("tls-es256", 0, chain.iter().map(|c| c.to_vec()).collect())
+        .await
+        .err()
+        .ok_or("a non-admin attached a chain")?;
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+
+    // After a restart, the chain is still on the token, and it authenticates a handshake.
+    drop(limited_client);
+    drop(client);
+    drop(es);
+    drop(ed);
+    drop(d);
+    let d = Daemon::start_with(&token, &rules)?;
+    let conn = Connection::mtls(d.endpoint.clone(), &files.ca, &files.cert, &files.key);
+    let fetched = Client::connect(&conn)
+        .await?
+        .certificate_chain("tls-es256", 0)
+        .await?;
+    assert_eq!(fetched, chain);
+    let key = SigildSigningKey::connect(&conn, "tls-es256", SignerOptions::default()).await?;
+    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let (_, answer) = talk(
+        client_config(&token, &key, fetched, &rustls::version::TLS13)?,
+        addr,
+    )
+    .await?;
+    assert_eq!(answer.trim(), "gnip");
+    assert_eq!(server.await??, vec![SignatureScheme::ECDSA_NISTP256_SHA256]);
+    Ok(())
+}
+
+fn sigild_pem(chain: &[CertificateDer<'static>]) -> String {
+    chain
+        .iter()
+        .map(|c| {
+            let b64 = base64_std(c.as_ref());
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
+        })
+        .collect()
+}

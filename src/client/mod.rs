@@ -389,6 +389,56 @@ impl Client {
             .jwks_json)
     }
 
+    /// `SetCertificateChain`: attach an issued chain (DER, leaf first) to a version (0: the
+    /// active one) so clients can fetch it with [`Client::certificate_chain`]. Admin.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`]: `INVALID_ARGUMENT` when the leaf is for another key.
+    pub async fn set_certificate_chain(
+        &self,
+        name: &str,
+        version: u32,
+        certificates: Vec<Vec<u8>>,
+    ) -> Result<pb::CertificateChain> {
+        let req = pb::SetCertificateChainRequest {
+            name: name.into(),
+            version,
+            certificates,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .set_certificate_chain(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `GetCertificateChain`: the chain attached to a version (0: the active one), ready for
+    /// [`client_config`].
+    ///
+    /// # Errors
+    /// [`ClientError::Status`]: `NOT_FOUND` when none is attached.
+    pub async fn certificate_chain(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let req = pb::GetCertificateChainRequest {
+            name: name.into(),
+            version,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .get_certificate_chain(req)
+            .await?
+            .into_inner()
+            .certificates
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect())
+    }
+
     /// The public JWK of a key's active version, parsed.
     ///
     /// # Errors

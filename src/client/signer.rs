@@ -314,39 +314,14 @@ pub fn client_config(
 /// SubjectPublicKeyInfo DER of a public key.
 #[cfg(test)]
 fn spki_der(pk: &PublicKey) -> Result<Vec<u8>, ClientError> {
-    let (alg, bits) = public_key_bits(pk)?;
-    Ok(rustls::sign::public_key_to_spki(&alg, bits).to_vec())
+    Ok(crate::tls::spki_der(pk)?)
 }
 
 /// The SPKI algorithm identifier and `subjectPublicKey` bits of a public key.
 fn public_key_bits(
     pk: &PublicKey,
 ) -> Result<(rustls::pki_types::AlgorithmIdentifier, Vec<u8>), ClientError> {
-    use der::Encode as _;
-    use rustls::pki_types::alg_id;
-    let (alg, bits) = match pk {
-        PublicKey::Ec { curve, x, y } => {
-            let mut point = Vec::with_capacity(1 + x.len() + y.len());
-            point.push(0x04);
-            point.extend_from_slice(x);
-            point.extend_from_slice(y);
-            let alg = match curve {
-                Curve::P256 => alg_id::ECDSA_P256,
-                Curve::P384 => alg_id::ECDSA_P384,
-            };
-            (alg, point)
-        }
-        PublicKey::Rsa { n, e } => {
-            let bad = |e: der::Error| ClientError::InvalidResponse(format!("RSA key: {e}"));
-            let key = pkcs1::RsaPublicKey {
-                modulus: der::asn1::UintRef::new(n).map_err(bad)?,
-                public_exponent: der::asn1::UintRef::new(e).map_err(bad)?,
-            };
-            (alg_id::RSA_ENCRYPTION, key.to_der().map_err(bad)?)
-        }
-        PublicKey::Ed25519 { x } => (alg_id::ED25519, x.clone()),
-    };
-    Ok((alg, bits))
+    Ok(crate::tls::public_key_bits(pk)?)
 }
 
 /// JOSE `r‖s` → DER `ECDSA-Sig-Value` (RFC 3279), as TLS carries ECDSA signatures.
