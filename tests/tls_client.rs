@@ -923,3 +923,52 @@ fn sigild_pem(chain: &[CertificateDer<'static>]) -> String {
         })
         .collect()
 }
+
+/// The signer reaches the daemon over its Unix socket (the kernel's peer credentials name the
+/// caller; the rule allows `tls` only), and a daemon that does not answer in time fails the
+/// handshake with a clear error instead of hanging it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signer_over_the_unix_socket_and_a_signer_timeout() -> TestResult {
+    use std::os::unix::fs::MetadataExt as _;
+    let token = Token::new()?;
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    let sock = token.dir.path().join("sigild.sock");
+    let extra = format!(
+        "[server.unix]\npath = \"{}\"\n\n[[caller]]\nuid = {uid}\nkeys = [\"tls-*\"]\noperations = [\"tls\"]\n",
+        sock.display()
+    );
+    let d = Daemon::start_with(&token, &extra)?;
+    d.create("tls-ed25519", "EdDSA", 0).await?;
+    let conn = Connection::unix(&sock);
+    let key = SigildSigningKey::connect(&conn, "tls-ed25519", SignerOptions::default()).await?;
+    let chain = issue(&token, &key, "tls-ed25519")?;
+    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let (_, answer) = talk(
+        client_config(&token, &key, chain.clone(), &rustls::version::TLS13)?,
+        addr,
+    )
+    .await?;
+    assert_eq!(answer.trim(), "gnip");
+    assert_eq!(server.await??, vec![SignatureScheme::ED25519]);
+
+    let impatient = SigildSigningKey::connect(
+        &conn,
+        "tls-ed25519",
+        SignerOptions {
+            timeout: Duration::from_nanos(1),
+        },
+    )
+    .await?;
+    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let err = talk(
+        client_config(&token, &impatient, chain, &rustls::version::TLS13)?,
+        addr,
+    )
+    .await
+    .err()
+    .ok_or("a signature arrived within a nanosecond")?
+    .to_string();
+    assert!(err.contains("did not answer in time"), "{err}");
+    assert!(server.await?.is_err());
+    Ok(())
+}
