@@ -10,6 +10,12 @@
 //! thread that waits for the signature (it cannot deadlock: the RPC runs on the signer's own
 //! thread).
 //!
+//! Also here: a caller whose policy lacks `tls`, a certificate for another key, a missing key
+//! and a signer timeout all fail cleanly with a clear error; the signer over the Unix socket;
+//! `sigild tls csr` (verified by `openssl req -verify`), `sigild tls check`, `tls attach` /
+//! `tls chain` (chains stored on the token, surviving a restart); DPoP with a `use_dpop_nonce`
+//! retry, client assertion and JAR helpers (verified by jwcrypto); and an ignored benchmark.
+//!
 //! What openssl 3.0 accepts: TLS 1.3 with ECDSA P-256, RSA-PSS and Ed25519 client keys; TLS
 //! 1.2 with the same (it offers `rsa_pss_rsae_*` and `ed25519` in its CertificateRequest).
 
@@ -571,6 +577,43 @@ async fn cli_tls_check_reports_the_handshake() -> TestResult {
             "x5t#S256: {}",
             sigild::client::x5t_s256(chain[0].as_ref())
         )),
+        "{stdout}"
+    );
+    assert!(s_server.contains("verify return:1"), "{s_server}");
+    assert!(stdout.contains("server certificate: verified"), "{stdout}");
+
+    // Without --ca the server is not verified, and the report says so.
+    let server = OpensslServer::start(&token, "-tls1_2")?;
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking({
+        let endpoint = d.endpoint.clone();
+        move || {
+            run_cli(
+                &endpoint,
+                &[
+                    "tls",
+                    "check",
+                    "--key",
+                    "tls-ps256",
+                    "--cert",
+                    &chain_arg,
+                    &addr,
+                ],
+                None,
+            )
+        }
+    })
+    .await??;
+    let s_server = server.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("protocol: TLSv1_2"), "{stdout}");
+    assert!(
+        stdout.contains("server certificate: NOT verified"),
         "{stdout}"
     );
     assert!(s_server.contains("verify return:1"), "{s_server}");
