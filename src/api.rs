@@ -231,6 +231,16 @@ fn key_to_pb(k: KeyInfo) -> pb::Key {
                 },
                 origin: v.origin.as_str().to_owned(),
                 created_at: v.created_at,
+                attestation_chain_der: v.attestation.clone(),
+                public_jwk_x5c_json: match v.state {
+                    KeyState::Destroyed => String::new(),
+                    _ => v
+                        .jwk_with_x5c()
+                        .ok()
+                        .flatten()
+                        .map(|j| j.to_string())
+                        .unwrap_or_default(),
+                },
             })
             .collect(),
     }

@@ -87,7 +87,9 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
     config.for_benchmark();
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
-    config.pkcs11.workers = max_clients.max(1);
+    if let Some(p11) = config.pkcs11.as_mut() {
+        p11.workers = max_clients.max(1);
+    }
     let threads = args.server_threads;
     let running = {
         let (config, path) = (config.clone(), paths.config.clone());
@@ -133,7 +135,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         "sigild bench: {} s per row, SoftHSM token in {}, {} PKCS#11 worker sessions, daemon runtime threads {}; input {} bytes",
         duration.as_secs_f64(),
         paths.dir.display(),
-        config.pkcs11.workers,
+        config.pkcs11.as_ref().map_or(0, |p| p.workers),
         threads,
         input.len()
     );
@@ -158,6 +160,10 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 .map_err(|e| e.to_string())?;
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
+        let p11 = running
+            .backend
+            .as_ref()
+            .ok_or("the benchmark needs the PKCS#11 backend")?;
         for &clients in &args.clients {
             let m = Measure {
                 key: key.clone(),
@@ -167,7 +173,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 input: Arc::clone(&input),
             };
             let rows_here = [
-                direct_row(&running.backend, &version, &m).await?,
+                direct_row(p11, &version, &m).await?,
                 service_row(&service, &m).await?,
                 daemon_row(
                     Transport::TcpChannel(running.addr),

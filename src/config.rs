@@ -22,8 +22,12 @@ use crate::service::ServiceOptions;
 pub struct Config {
     /// Where and how the gRPC API listens.
     pub server: ServerConfig,
-    /// The PKCS#11 token holding the keys.
-    pub pkcs11: Pkcs11Config,
+    /// The PKCS#11 token holding the keys (exactly one of `pkcs11` and `yubikey`).
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
+    /// The YubiKey holding the keys (exactly one of `pkcs11` and `yubikey`).
+    #[serde(default)]
+    pub yubikey: Option<crate::config_yubikey::YubikeyConfig>,
     /// Keyring refresh.
     #[serde(default)]
     pub keyring: KeyringConfig,
@@ -286,12 +290,30 @@ impl Config {
             field,
             message,
         };
-        self.token_uri().map_err(|e| invalid("pkcs11.token", e))?;
-        if self.pkcs11.workers == 0 || self.pkcs11.workers > 256 {
-            return Err(invalid("pkcs11.workers", "must be 1..=256".into()));
-        }
-        if self.pkcs11.queue_depth == 0 {
-            return Err(invalid("pkcs11.queue_depth", "must be at least 1".into()));
+        match (&self.pkcs11, &self.yubikey) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "yubikey",
+                    "configure exactly one of [pkcs11] and [yubikey]; a daemon serves one device"
+                        .into(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "pkcs11",
+                    "configure the device: a [pkcs11] or a [yubikey] table".into(),
+                ));
+            }
+            (Some(p11), None) => {
+                self.token_uri().map_err(|e| invalid("pkcs11.token", e))?;
+                if p11.workers == 0 || p11.workers > 256 {
+                    return Err(invalid("pkcs11.workers", "must be 1..=256".into()));
+                }
+                if p11.queue_depth == 0 {
+                    return Err(invalid("pkcs11.queue_depth", "must be at least 1".into()));
+                }
+            }
+            (None, Some(yk)) => yk.validate(path)?,
         }
         if self.keyring.refresh_seconds == 0 {
             return Err(invalid(
@@ -312,7 +334,8 @@ impl Config {
     }
 
     fn token_uri(&self) -> Result<Pkcs11Uri, String> {
-        let uri: Pkcs11Uri = self.pkcs11.token.parse().map_err(|e| format!("{e}"))?;
+        let p11 = self.pkcs11.as_ref().ok_or("no [pkcs11] table")?;
+        let uri: Pkcs11Uri = p11.token.parse().map_err(|e| format!("{e}"))?;
         if uri.token.is_none() && uri.serial.is_none() {
             return Err(
                 "name the token by label (token=) or serial (serial=); slot ids are not stable"
@@ -338,14 +361,21 @@ impl Config {
             message,
         };
         let mut errors = Vec::new();
-        if !self.pkcs11.module.is_file() {
-            errors.push(locate(
-                "pkcs11.module",
-                format!("{} is not a file", self.pkcs11.module.display()),
-            ));
+        if let Some(p11) = &self.pkcs11 {
+            if !p11.module.is_file() {
+                errors.push(locate(
+                    "pkcs11.module",
+                    format!("{} is not a file", p11.module.display()),
+                ));
+            }
+            if let Err(e) = p11.pin.read() {
+                errors.push(locate("pkcs11.pin", e.to_string()));
+            }
         }
-        if let Err(e) = self.pkcs11.pin.read() {
-            errors.push(locate("pkcs11.pin", e.to_string()));
+        if let Some(yk) = &self.yubikey
+            && let Err(e) = yk.check_environment(path)
+        {
+            errors.push(e);
         }
         errors.extend(
             auth::check_files(&self.server, &self.audit)
@@ -369,16 +399,19 @@ impl Config {
             field,
             message,
         };
+        let p11 = self
+            .pkcs11
+            .as_ref()
+            .ok_or_else(|| invalid("pkcs11", "no [pkcs11] table".into()))?;
         Ok(Pkcs11Settings {
-            module: self.pkcs11.module.clone(),
+            module: p11.module.clone(),
             token: self.token_uri().map_err(|e| invalid("pkcs11.token", e))?,
-            pin: self
-                .pkcs11
+            pin: p11
                 .pin
                 .read()
                 .map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
-            workers: self.pkcs11.workers,
-            queue_depth: self.pkcs11.queue_depth,
+            workers: p11.workers,
+            queue_depth: p11.queue_depth,
         })
     }
 
@@ -410,7 +443,7 @@ pin = { file = "/etc/sigild/pin" }
     #[test]
     fn minimal_config_gets_defaults() -> Result<(), ConfigError> {
         let c = Config::parse(Path::new("x.toml"), GOOD)?;
-        assert_eq!(c.pkcs11.workers, 2);
+        assert_eq!(c.pkcs11.as_ref().map(|p| p.workers), Some(2));
         assert_eq!(c.keyring.refresh_seconds, 10);
         assert!(c.signing.verify_signatures);
         Ok(())

@@ -182,9 +182,32 @@ pub struct VersionInfo {
     pub origin: Origin,
     /// Unix seconds.
     pub created_at: i64,
+    /// The device's attestation chain for the key pair (DER, leaf first); empty when none.
+    pub attestation: Vec<Vec<u8>>,
 }
 
 impl VersionInfo {
+    /// The JWKS entry with `x5c` = the attestation chain, or `None` without attestation.
+    ///
+    /// # Errors
+    /// From the JOSE layer when the public key is malformed.
+    pub fn jwk_with_x5c(&self) -> Result<Option<serde_json::Value>, JoseError> {
+        use base64::Engine as _;
+        if self.attestation.is_empty() {
+            return Ok(None);
+        }
+        let mut jwk = self.jwk()?;
+        if let serde_json::Value::Object(m) = &mut jwk {
+            let chain = self
+                .attestation
+                .iter()
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c).into())
+                .collect();
+            m.insert("x5c".into(), serde_json::Value::Array(chain));
+        }
+        Ok(Some(jwk))
+    }
+
     /// The JWKS entry of this version (kty, key members, kid, alg, use=sig).
     ///
     /// # Errors
@@ -429,14 +452,24 @@ impl Keyring {
             KeyState::Active if Some(rec.version) != newest_active => KeyState::Retired,
             s => s,
         };
-        let (public, uri) = match known.get(&key_id) {
-            Some(v) => (v.public.clone(), v.uri.clone()),
-            None if state == KeyState::Destroyed => {
-                (PublicKey::Ed25519 { x: Vec::new() }, String::new())
-            }
+        let (public, uri, attestation) = match known.get(&key_id) {
+            Some(v) => (v.public.clone(), v.uri.clone(), v.attestation.clone()),
+            None if state == KeyState::Destroyed => (
+                PublicKey::Ed25519 { x: Vec::new() },
+                String::new(),
+                Vec::new(),
+            ),
             None => {
                 let obj = self.backend.key(&key_id).await?;
-                (obj.public, obj.uri)
+                // Attestation is metadata: a device that cannot give it must not hide the key.
+                let attestation = match self.backend.attestation(&key_id).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(key = %name, version = rec.version, error = %e, "no attestation");
+                        Vec::new()
+                    }
+                };
+                (obj.public, obj.uri, attestation)
             }
         };
         let kind = public.kind();
@@ -458,6 +491,7 @@ impl Keyring {
             uri,
             origin: rec.origin,
             created_at: rec.created_at,
+            attestation,
         }))
     }
 

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
+pub mod config_yubikey;
 pub mod crypto;
 #[cfg(feature = "server")]
 pub mod dev;

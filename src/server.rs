@@ -28,7 +28,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The backend cannot be used (module, PIN).
-    #[error("PKCS#11 backend: {0}")]
+    #[error("backend: {0}")]
     Backend(#[from] BackendError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -67,8 +67,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The service, for in-process callers (benchmarks).
     pub service: Arc<Service>,
-    /// The backend, for in-process comparisons (benchmarks).
-    pub backend: Arc<Pkcs11Backend>,
+    /// The PKCS#11 backend when that is the device, for in-process comparisons (benchmarks).
+    pub backend: Option<Arc<Pkcs11Backend>>,
     /// The Unix socket, when one is served (removed at shutdown).
     pub unix_path: Option<std::path::PathBuf>,
     /// Dropping or sending tells the server and tasks to stop.
@@ -138,16 +138,10 @@ pub async fn start_on(
     config_path: &Path,
     listener: TcpListener,
 ) -> Result<Running, StartError> {
-    let settings = config.pkcs11_settings(config_path)?;
-    let (backend, startup_issue) =
-        tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
-            .await
-            .map_err(|e| StartError::Reflection(format!("backend start task: {e}")))??;
-    let backend = Arc::new(backend);
+    let (dyn_backend, backend, startup_issue) = open_backend(config, config_path).await?;
     if let Some(issue) = &startup_issue {
         tracing::warn!(error = %issue, "token not usable yet; serving NOT_SERVING until it is");
     }
-    let dyn_backend: Arc<dyn Backend> = backend.clone();
     let keyring = Arc::new(Keyring::new(dyn_backend));
     if startup_issue.is_none()
         && let Err(e) = keyring.refresh().await
@@ -264,6 +258,37 @@ fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String>
     Ok(listener)
 }
 
+/// The configured device: the backend as the keyring sees it, the PKCS#11 backend itself when
+/// that is the device (benchmarks compare against it), and a start-up issue that is not fatal
+/// (device absent).
+type OpenedBackend = (
+    Arc<dyn Backend>,
+    Option<Arc<Pkcs11Backend>>,
+    Option<BackendError>,
+);
+
+/// Open the one configured device (`[pkcs11]` or `[yubikey]`) off the async runtime.
+async fn open_backend(config: &Config, config_path: &Path) -> Result<OpenedBackend, StartError> {
+    let join =
+        |e: tokio::task::JoinError| StartError::Reflection(format!("backend start task: {e}"));
+    #[cfg(feature = "yubikey")]
+    if let Some(yk) = &config.yubikey {
+        let settings = yk.settings(config_path)?;
+        let (backend, issue) = tokio::task::spawn_blocking(move || {
+            crate::backend::yubikey::YubikeyBackend::open(settings)
+        })
+        .await
+        .map_err(join)??;
+        return Ok((Arc::new(backend), None, issue));
+    }
+    let settings = config.pkcs11_settings(config_path)?;
+    let (backend, issue) = tokio::task::spawn_blocking(move || Pkcs11Backend::open(settings))
+        .await
+        .map_err(join)??;
+    let backend = Arc::new(backend);
+    Ok((backend.clone(), Some(backend), issue))
+}
+
 /// Keep readiness and the keyring current: check the device, refresh the keyring (other
 /// replicas may have rotated keys), report SERVING only when the device answers.
 async fn maintain(
@@ -318,8 +343,8 @@ pub struct Detached {
     pub addr: SocketAddr,
     /// The service, for in-process calls.
     pub service: Arc<Service>,
-    /// The backend, for direct comparisons.
-    pub backend: Arc<Pkcs11Backend>,
+    /// The PKCS#11 backend when that is the device, for direct comparisons.
+    pub backend: Option<Arc<Pkcs11Backend>>,
     /// The daemon's runtime, so callers can serve more listeners on it (benchmarks).
     pub runtime: tokio::runtime::Handle,
     /// Tells the daemon thread to shut down.
@@ -333,7 +358,7 @@ type Ready = (
     SocketAddr,
     tokio::runtime::Handle,
     Arc<Service>,
-    Arc<Pkcs11Backend>,
+    Option<Arc<Pkcs11Backend>>,
 );
 
 impl Detached {
@@ -384,7 +409,7 @@ impl Detached {
                                 running.addr,
                                 tokio::runtime::Handle::current(),
                                 Arc::clone(&running.service),
-                                Arc::clone(&running.backend),
+                                running.backend.clone(),
                             );
                             let _ = ready_tx.send(Ok(ready));
                             let _ = running

@@ -278,10 +278,22 @@ impl From<BackendError> for Error {
                     "this key version's private key is not on the device".into(),
                 )
             }
-            BackendError::PinRejected(_) | BackendError::PinLocked => {
+            BackendError::PinRejected(_) => {
                 tracing::error!(error = %e, "device refuses the configured PIN");
                 Error::Unavailable("the signing device refuses the configured PIN".into())
             }
+            BackendError::PinLocked => {
+                tracing::error!(error = %e, "device PIN is locked");
+                Error::FailedPrecondition(
+                    "the signing device's PIN is locked; an operator must unblock it".into(),
+                )
+            }
+            BackendError::TouchRequired => Error::Unavailable(
+                "the key needs a touch on the signing device; nobody touched it in time".into(),
+            ),
+            BackendError::TouchTimeout => Error::Unavailable(
+                "the signing device timed out waiting for a touch; nobody touched it".into(),
+            ),
             BackendError::Unavailable(_)
             | BackendError::ShuttingDown
             | BackendError::Device { .. }

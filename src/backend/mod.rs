@@ -11,6 +11,9 @@
 
 pub mod import;
 pub mod pkcs11;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;
+pub mod yubikey_settings;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -106,6 +109,13 @@ pub enum BackendError {
     /// The PIN is locked on the device.
     #[error("the PIN is locked on the device")]
     PinLocked,
+    /// The key needs a touch on the device and the request's deadline passed while the device
+    /// waited for one (YubiKey touch policy).
+    #[error("the key needs a touch on the device and none came before the deadline")]
+    TouchRequired,
+    /// The device waited for a touch and gave up (YubiKey: ~15 s without a touch).
+    #[error("the device timed out waiting for a touch")]
+    TouchTimeout,
     /// The device does not support this key kind or mechanism.
     #[error("not supported by this device: {0}")]
     Unsupported(String),
@@ -163,6 +173,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Create or replace the record with `record.label`.
     fn put_record(&self, record: Record) -> BackendFuture<()>;
+
+    /// The attestation certificate chain of a key pair, DER, leaf first (as in a JWK `x5c`):
+    /// proof from the device's maker that the key was generated on it. Empty when the device
+    /// offers none.
+    fn attestation(&self, key: &KeyId) -> BackendFuture<Vec<Vec<u8>>>;
 
     /// Whether the device is reachable and logged in, checked cheaply (no signature).
     fn check(&self) -> BackendFuture<()>;

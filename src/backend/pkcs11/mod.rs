@@ -679,6 +679,11 @@ impl Backend for Pkcs11Backend {
         })
     }
 
+    fn attestation(&self, _key: &KeyId) -> BackendFuture<Vec<Vec<u8>>> {
+        // PKCS#11 has no standard key attestation (vendors differ: Luna, nShield, CloudHSM).
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     fn check(&self) -> BackendFuture<()> {
         self.submit(|w| {
             w.run(Retry::AfterFault, |session, _| {
