@@ -12,6 +12,7 @@ scripts/install-deps.sh --test
 echo "== fmt + clippy"
 cargo fmt --check
 cargo clippy --quiet --all-targets -- -D warnings
+cargo check --quiet --no-default-features --features client && cargo build --quiet --examples && [ "$(cargo tree --no-default-features --features client -e normal | grep -c cryptoki)" = 0 ]
 
 echo "== sigild tests"
 if cargo nextest --version >/dev/null 2>&1; then

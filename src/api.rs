@@ -1,18 +1,28 @@
 //! The gRPC layer: authenticates the caller of each request (client certificate, Unix peer
 //! credentials, or nobody on a danger-plaintext listener), maps `sigil.v1` requests to service
 //! calls and [`service::Error`] to `tonic::Status` — the only place that does either.
-//! Generated code is fenced into [`pb`].
+//! Generated code is fenced into [`pb`], which the `client` feature uses on its own; everything
+//! else here is the server side (`server` feature).
 
+#[cfg(feature = "server")]
 use std::sync::Arc;
 
+#[cfg(feature = "server")]
 use tonic::{Request, Response, Status};
 
+#[cfg(feature = "server")]
 use crate::backend::parse_pkcs8;
+#[cfg(feature = "server")]
 use crate::jose::Alg;
+#[cfg(feature = "server")]
 use crate::keyring::{KeyInfo, KeyState};
+#[cfg(feature = "server")]
 use crate::policy::Caller;
+#[cfg(feature = "server")]
 use crate::secret::SecretBytes;
+#[cfg(feature = "server")]
 use crate::service::{self, Origin, Service};
+#[cfg(feature = "server")]
 use crate::tls::IdentityKind;
 
 /// Generated protobuf and gRPC code for `sigil.v1`, fenced here so nothing else names it by
@@ -47,11 +57,14 @@ pub mod pb {
     }
 }
 
+#[cfg(feature = "server")]
 use pb::key_service_server::KeyService;
+#[cfg(feature = "server")]
 use pb::signing_service_server::SigningService;
 
 /// How callers on one listener are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(feature = "server")]
 pub enum Listener {
     /// Mutual TLS: the verified client certificate names the caller.
     Tls(IdentityKind),
@@ -63,6 +76,7 @@ pub enum Listener {
 
 /// Both gRPC services over one [`Service`], for one listener.
 #[derive(Clone)]
+#[cfg(feature = "server")]
 pub struct Api {
     /// The domain service.
     service: Arc<Service>,
@@ -70,6 +84,7 @@ pub struct Api {
     listener: Listener,
 }
 
+#[cfg(feature = "server")]
 impl Api {
     /// Wrap a service for a listener.
     pub fn new(service: Arc<Service>, listener: Listener) -> Self {
@@ -135,11 +150,13 @@ impl Api {
 
 /// The one mapping from service errors to wire statuses. Internal and device details stay in
 /// the log, tagged with a request id that the caller also gets.
+#[cfg(feature = "server")]
 pub fn status(e: service::Error) -> Status {
     status_for(e, &service::request_id())
 }
 
 /// [`status`] for a request whose id is already known (it is also in the audit record).
+#[cfg(feature = "server")]
 pub fn status_for(e: service::Error, id: &str) -> Status {
     use service::Error as E;
     let mut status = match e {
@@ -168,6 +185,7 @@ pub fn status_for(e: service::Error, id: &str) -> Status {
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// A response with the request id in its metadata.
+#[cfg(feature = "server")]
 fn respond<T>(origin: &Origin, body: T) -> Response<T> {
     let mut r = Response::new(body);
     if let Ok(v) = origin.request_id.parse() {
@@ -176,10 +194,12 @@ fn respond<T>(origin: &Origin, body: T) -> Response<T> {
     r
 }
 
+#[cfg(feature = "server")]
 fn opt(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
+#[cfg(feature = "server")]
 fn key_to_pb(k: KeyInfo) -> pb::Key {
     pb::Key {
         active_version: k.active().map(|v| v.version).unwrap_or_default(),
@@ -226,6 +246,7 @@ fn key_to_pb(k: KeyInfo) -> pb::Key {
     }
 }
 
+#[cfg(feature = "server")]
 fn signed(s: service::SignedJws) -> pb::SignJwsResponse {
     pb::SignJwsResponse {
         compact: s.compact,
@@ -236,8 +257,10 @@ fn signed(s: service::SignedJws) -> pb::SignJwsResponse {
     }
 }
 
+#[cfg(feature = "server")]
 type Result<T> = std::result::Result<Response<T>, Status>;
 
+#[cfg(feature = "server")]
 #[tonic::async_trait]
 impl KeyService for Api {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<pb::Key> {
@@ -375,8 +398,54 @@ impl KeyService for Api {
             },
         ))
     }
+
+    async fn set_certificate_chain(
+        &self,
+        req: Request<pb::SetCertificateChainRequest>,
+    ) -> Result<pb::CertificateChain> {
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let version = self
+            .service
+            .set_certificate_chain(&origin, &r.name, r.version, &r.certificates)
+            .await
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        tracing::info!(key = %r.name, version, "certificate chain attached");
+        Ok(respond(
+            &origin,
+            chain_to_pb(r.name, version, r.certificates),
+        ))
+    }
+
+    async fn get_certificate_chain(
+        &self,
+        req: Request<pb::GetCertificateChainRequest>,
+    ) -> Result<pb::CertificateChain> {
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let (version, certs) = self
+            .service
+            .certificate_chain(&origin, &r.name, r.version)
+            .await
+            .map_err(|e| status_for(e, &origin.request_id))?;
+        Ok(respond(&origin, chain_to_pb(r.name, version, certs)))
+    }
 }
 
+#[cfg(feature = "server")]
+fn chain_to_pb(name: String, version: u32, certificates: Vec<Vec<u8>>) -> pb::CertificateChain {
+    pb::CertificateChain {
+        x5t_s256: certificates
+            .first()
+            .map(|c| crate::jose::x5t_s256(c))
+            .unwrap_or_default(),
+        name,
+        version,
+        certificates,
+    }
+}
+
+#[cfg(feature = "server")]
 #[tonic::async_trait]
 impl SigningService for Api {
     async fn sign_jws(&self, req: Request<pb::SignJwsRequest>) -> Result<pb::SignJwsResponse> {
@@ -493,7 +562,7 @@ impl SigningService for Api {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
 

@@ -160,6 +160,10 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 .map_err(|e| e.to_string())?;
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
+        let p11 = running
+            .backend
+            .as_ref()
+            .ok_or("the benchmark needs the PKCS#11 backend")?;
         for &clients in &args.clients {
             let m = Measure {
                 key: key.clone(),
@@ -169,15 +173,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 input: Arc::clone(&input),
             };
             let rows_here = [
-                direct_row(
-                    running
-                        .backend
-                        .as_ref()
-                        .ok_or("the benchmark needs the PKCS#11 backend")?,
-                    &version,
-                    &m,
-                )
-                .await?,
+                direct_row(p11, &version, &m).await?,
                 service_row(&service, &m).await?,
                 daemon_row(
                     Transport::TcpChannel(running.addr),

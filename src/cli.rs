@@ -71,6 +71,15 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Client certificates for keys behind the daemon: make a CSR, test an mTLS handshake.
+    Tls {
+        /// Where the daemon is.
+        #[command(flatten)]
+        conn: TlsConn,
+        /// The TLS command.
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Sign with a key on a running daemon.
     Sign {
         /// Where the daemon is.
@@ -109,6 +118,24 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The client library's description of this connection.
+    ///
+    /// # Errors
+    /// Missing TLS files for an `https://` endpoint.
+    pub fn connection(&self) -> Result<crate::client::Connection, CliError> {
+        use crate::client::Connection;
+        if let Some(path) = self.endpoint.strip_prefix("unix:") {
+            return Ok(Connection::unix(path));
+        }
+        if self.endpoint.starts_with("https://") {
+            let (ca, cert, key) = self.tls_files()?;
+            return Ok(Connection::mtls(self.endpoint.clone(), ca, cert, key));
+        }
+        Ok(Connection::danger_plaintext_loopback(
+            self.endpoint.clone(),
+        )?)
+    }
+
     /// CA, certificate and key files: the ones given, else the dev ones in `./.sigild`.
     fn tls_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), CliError> {
         let dev = crate::tls::DevPki::in_dir(Path::new(".sigild"));
@@ -126,6 +153,106 @@ impl Conn {
             pick(&self.cert_key, dev.client_key, "client key")?,
         ))
     }
+}
+
+/// The daemon connection for `sigild tls`, whose own `--ca` and `--cert` are about the TLS
+/// peer being tested: the daemon's files are `--daemon-ca`, `--daemon-cert`, `--daemon-key`
+/// (same environment variables and `./.sigild` defaults as the other commands).
+#[derive(Debug, Args)]
+pub struct TlsConn {
+    /// gRPC endpoint of the daemon.
+    #[arg(
+        long,
+        env = "SIGILD_ENDPOINT",
+        default_value = "https://127.0.0.1:7711",
+        global = true
+    )]
+    pub endpoint: String,
+    /// CA certificate that issued the daemon's certificate [default: ./.sigild/ca.pem].
+    #[arg(long, env = "SIGILD_CA", global = true)]
+    pub daemon_ca: Option<PathBuf>,
+    /// Our client certificate for the daemon [default: ./.sigild/client.pem].
+    #[arg(long, env = "SIGILD_CERT", global = true)]
+    pub daemon_cert: Option<PathBuf>,
+    /// Our client key for the daemon [default: ./.sigild/client.key].
+    #[arg(long, env = "SIGILD_KEY", global = true)]
+    pub daemon_key: Option<PathBuf>,
+}
+
+impl TlsConn {
+    fn conn(&self) -> Conn {
+        Conn {
+            endpoint: self.endpoint.clone(),
+            ca: self.daemon_ca.clone(),
+            cert: self.daemon_cert.clone(),
+            cert_key: self.daemon_key.clone(),
+        }
+    }
+}
+
+/// TLS client-certificate commands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Print a PKCS#10 CSR (PEM) for the key's active version, signed by the key itself.
+    Csr {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Subject, e.g. "CN=client-a,O=Example".
+        #[arg(long)]
+        subject: String,
+        /// Subject alternative name (URI if it contains "://", else DNS); repeatable.
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// Attach an issued certificate chain (PEM, leaf first) to the key's active version.
+    Attach {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The chain (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Print the certificate chain attached to the key's active version (PEM).
+    Chain {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+    },
+    /// Complete an mTLS handshake with HOST:PORT using the key and print what was negotiated.
+    Check {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The key's certificate chain (PEM, leaf first).
+        #[arg(long)]
+        cert: PathBuf,
+        /// CA certificate(s) to verify the server with; without it the server is not verified.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The server.
+        addr: String,
+    },
+}
+
+fn pem_chain(certs: &[impl AsRef<[u8]>]) -> String {
+    use base64::Engine as _;
+    certs
+        .iter()
+        .map(|c| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .filter_map(|l| std::str::from_utf8(l).ok())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
+        })
+        .collect()
 }
 
 /// Key management commands.
@@ -323,68 +450,22 @@ pub enum CliError {
     /// The daemon answered with an error status.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(#[from] tonic::Status),
-    /// Could not reach the daemon.
-    #[error("cannot reach sigild at {endpoint}: {source}")]
-    Connect {
-        /// Endpoint.
-        endpoint: String,
-        /// Why.
-        #[source]
-        source: tonic::transport::Error,
-    },
     /// A local problem (file, input).
     #[error("{0}")]
     Local(String),
+    /// The client library failed (connection, TLS files).
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
 }
 
-fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}")
-        .chars()
-        .enumerate()
-        .flat_map(|(i, ch)| {
-            let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
-            sep.into_iter()
-                .chain(std::iter::once(ch.to_ascii_uppercase()))
-        })
-        .collect()
-}
+use crate::client::code_name;
 
 async fn connect(conn: &Conn) -> Result<Channel, CliError> {
-    let failed = |source| CliError::Connect {
-        endpoint: conn.endpoint.clone(),
-        source,
-    };
-    if let Some(path) = conn.endpoint.strip_prefix("unix:") {
-        return unix_channel(Path::new(path)).await.map_err(failed);
-    }
-    let mut endpoint = Channel::from_shared(conn.endpoint.clone())
-        .map_err(|e| CliError::Local(format!("bad endpoint {}: {e}", conn.endpoint)))?;
-    if conn.endpoint.starts_with("https://") {
-        let (ca, cert, key) = conn.tls_files()?;
-        let tls = crate::tls::client_config(&ca, &cert, &key, None)
-            .map_err(|e| CliError::Local(e.to_string()))?;
-        endpoint = endpoint.tls_config(tls).map_err(failed)?;
-    }
-    endpoint.connect().await.map_err(failed)
+    Ok(conn.connection()?.connect().await?)
 }
 
-/// A gRPC channel over the daemon's Unix socket.
-///
-/// # Errors
-/// The socket cannot be connected.
-pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_owned();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-}
+/// A gRPC channel over the daemon's Unix socket (moved to [`crate::client::unix_channel`]).
+pub use crate::client::unix_channel;
 
 fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
     let bytes = Zeroizing::new(
@@ -714,6 +795,95 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
         }
     };
     print(&compact)
+}
+
+/// Run a TLS command.
+///
+/// # Errors
+/// [`CliError`].
+pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError> {
+    use crate::client::{SigildSigningKey, SignerOptions};
+    let connection = conn.conn().connection()?;
+    match cmd {
+        TlsCommand::Attach { key, cert } => {
+            let pem = crate::tls::read_certificates(std::slice::from_ref(&cert))
+                .map_err(crate::client::ClientError::from)?;
+            let chain = crate::tls::pem_certificates(&pem);
+            let c = crate::client::Client::connect(&connection).await?;
+            let r = c.set_certificate_chain(&key, 0, chain).await?;
+            print(&format!(
+                "attached {} certificate(s) to {} version {}; x5t#S256 {}",
+                r.certificates.len(),
+                r.name,
+                r.version,
+                r.x5t_s256
+            ))
+        }
+        TlsCommand::Chain { key } => {
+            let c = crate::client::Client::connect(&connection).await?;
+            let chain = c.certificate_chain(&key, 0).await?;
+            print(pem_chain(&chain).trim_end())
+        }
+        TlsCommand::Csr { key, subject, san } => {
+            let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
+            let pem =
+                tokio::task::spawn_blocking(move || crate::client::csr_pem(&k, &subject, &san))
+                    .await
+                    .map_err(|e| CliError::Local(e.to_string()))??;
+            print(pem.trim_end())
+        }
+        TlsCommand::Check {
+            key,
+            cert,
+            ca,
+            addr,
+        } => {
+            let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
+            let chain_pem = crate::tls::read_certificates(std::slice::from_ref(&cert))
+                .map_err(crate::client::ClientError::from)?;
+            let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+                crate::tls::pem_certificates(&chain_pem)
+                    .into_iter()
+                    .map(rustls::pki_types::CertificateDer::from)
+                    .collect();
+            let roots = match &ca {
+                None => None,
+                Some(p) => {
+                    let pem = crate::tls::read_certificates(std::slice::from_ref(p))
+                        .map_err(crate::client::ClientError::from)?;
+                    let mut roots = rustls::RootCertStore::empty();
+                    for der in crate::tls::pem_certificates(&pem) {
+                        roots
+                            .add(der.into())
+                            .map_err(|e| CliError::Local(format!("{}: {e}", p.display())))?;
+                    }
+                    Some(roots)
+                }
+            };
+            let verified = roots.is_some();
+            let target = addr.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::client::handshake_check(&k, chain, roots, &target)
+            })
+            .await
+            .map_err(|e| CliError::Local(e.to_string()))??;
+            print(&format!(
+                "handshake with {addr}: OK\nprotocol: {}\ncipher suite: {}\nsignature scheme: {}\nclient certificate x5t#S256: {}\nserver certificate: {}",
+                report.protocol,
+                report.cipher_suite,
+                report
+                    .signature_scheme
+                    .as_deref()
+                    .unwrap_or("none (no client certificate requested)"),
+                report.x5t_s256,
+                if verified {
+                    "verified"
+                } else {
+                    "NOT verified (no --ca)"
+                }
+            ))
+        }
+    }
 }
 
 /// `sigild check-config`: parse, validate, check the module and PIN source.

@@ -285,6 +285,34 @@ pub enum KeyringError {
     /// A record on the device could not be written as JSON.
     #[error("cannot encode keyring record: {0}")]
     Encode(String),
+    /// A certificate chain that cannot be attached (empty, unparsable, leaf for another key).
+    #[error("certificate chain for key {name:?} version {version}: {why}")]
+    InvalidChain {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// What is wrong.
+        why: String,
+    },
+    /// No certificate chain is attached to the version.
+    #[error("key {name:?} version {version} has no certificate chain attached")]
+    NoChain {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+}
+
+/// A version's certificate chain as stored on the device (`sigild/chain/<name>/<version>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainRecord {
+    /// Record format, 1.
+    format: u32,
+    /// DER certificates, leaf first, base64url.
+    certificates: Vec<String>,
 }
 
 /// The key names → versions map, kept on and refreshed from one backend.
@@ -816,6 +844,97 @@ impl Keyring {
         .await
     }
 
+    /// The version `version` of `name` (0: the active one).
+    fn version_or_active(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Arc<VersionInfo>, KeyringError> {
+        if version == 0 {
+            self.active(name)
+        } else {
+            find_version(&self.get(name)?, version)
+        }
+    }
+
+    /// Attach a certificate chain (DER, leaf first) to a version, on the device next to its
+    /// record so every replica serves it. The leaf must be for the version's public key.
+    /// Returns the version.
+    ///
+    /// # Errors
+    /// Not found; [`KeyringError::InvalidChain`]; device errors.
+    pub async fn set_chain(
+        &self,
+        name: &str,
+        version: u32,
+        chain: &[Vec<u8>],
+    ) -> Result<u32, KeyringError> {
+        let _guard = self.admin.lock().await;
+        let v = self.version_or_active(name, version)?;
+        let invalid = |why: String| KeyringError::InvalidChain {
+            name: name.to_owned(),
+            version: v.version,
+            why,
+        };
+        let leaf = chain
+            .first()
+            .ok_or_else(|| invalid("no certificates".into()))?;
+        for c in chain {
+            <x509_cert::Certificate as x509_cert::der::Decode>::from_der(c)
+                .map_err(|e| invalid(format!("a certificate does not parse: {e}")))?;
+        }
+        if !crate::tls::certificate_is_for(leaf, &v.public).map_err(|e| invalid(e.to_string()))? {
+            return Err(invalid(
+                "the leaf certificate is for a different public key".into(),
+            ));
+        }
+        let rec = ChainRecord {
+            format: 1,
+            certificates: chain.iter().map(|c| jose::b64(c)).collect(),
+        };
+        let value = serde_json::to_vec(&rec).map_err(|e| KeyringError::Encode(e.to_string()))?;
+        self.backend
+            .put_record(Record {
+                label: chain_label(&v.name, v.version),
+                value,
+            })
+            .await?;
+        Ok(v.version)
+    }
+
+    /// The certificate chain attached to a version (0: the active one), with the version.
+    ///
+    /// # Errors
+    /// Not found, [`KeyringError::NoChain`], device errors.
+    pub async fn chain(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<(u32, Vec<Vec<u8>>), KeyringError> {
+        let v = self.version_or_active(name, version)?;
+        let label = chain_label(&v.name, v.version);
+        let no_chain = || KeyringError::NoChain {
+            name: name.to_owned(),
+            version: v.version,
+        };
+        let rec = self
+            .backend
+            .records()
+            .await?
+            .into_iter()
+            .find(|r| r.label == label)
+            .ok_or_else(no_chain)?;
+        let parsed: ChainRecord = serde_json::from_slice(&rec.value)
+            .map_err(|e| KeyringError::Encode(format!("chain record {label}: {e}")))?;
+        let certs = parsed
+            .certificates
+            .iter()
+            .map(|c| jose::b64_decode(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| KeyringError::Encode(format!("chain record {label}: {e}")))?;
+        Ok((v.version, certs))
+    }
+
     async fn put(&self, rec: &VersionRecord) -> Result<(), KeyringError> {
         let value = serde_json::to_vec(rec).map_err(|e| KeyringError::Encode(e.to_string()))?;
         self.backend
@@ -854,6 +973,11 @@ fn find_version(key: &KeyInfo, version: u32) -> Result<Arc<VersionInfo>, Keyring
             name: key.name.0.clone(),
             version,
         })
+}
+
+/// The device label of a version's certificate chain record.
+fn chain_label(name: &KeyName, version: u32) -> String {
+    format!("{LABEL_PREFIX}/chain/{name}/{version}")
 }
 
 /// The device label of a version's key pair: what `pkcs11-tool --list-objects` shows.

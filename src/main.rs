@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             Command::Key { conn, command } => cli::key_command(&conn, command).await?,
             Command::Jwks { conn } => cli::jwks_command(&conn).await?,
             Command::Sign { conn, command } => cli::sign_command(&conn, command).await?,
+            Command::Tls { conn, command } => cli::tls_command(&conn, command).await?,
         }
         Ok(())
     });

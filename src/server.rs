@@ -239,6 +239,25 @@ pub async fn start_on(
     })
 }
 
+/// Bind the Unix socket: replace a stale socket (never another kind of file), then set the
+/// configured mode. Between bind and chmod the socket has the umask's mode; the directory
+/// holding it should not be writable by others.
+fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove the stale socket: {e}"))?;
+        } else {
+            return Err("exists and is not a socket; refusing to replace it".into());
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:04o}: {e}"))?;
+    Ok(listener)
+}
+
 /// The configured device: the backend as the keyring sees it, the PKCS#11 backend itself when
 /// that is the device (benchmarks compare against it), and a start-up issue that is not fatal
 /// (device absent).
@@ -268,25 +287,6 @@ async fn open_backend(config: &Config, config_path: &Path) -> Result<OpenedBacke
         .map_err(join)??;
     let backend = Arc::new(backend);
     Ok((backend.clone(), Some(backend), issue))
-}
-
-/// Bind the Unix socket: replace a stale socket (never another kind of file), then set the
-/// configured mode. Between bind and chmod the socket has the umask's mode; the directory
-/// holding it should not be writable by others.
-fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the stale socket: {e}"))?;
-        } else {
-            return Err("exists and is not a socket; refusing to replace it".into());
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:04o}: {e}"))?;
-    Ok(listener)
 }
 
 /// Keep readiness and the keyring current: check the device, refresh the keyring (other

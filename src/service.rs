@@ -311,9 +311,10 @@ impl From<KeyringError> for Error {
             KeyringError::InvalidName(_) | KeyringError::UnsupportedKeySize(_) => {
                 Error::InvalidArgument(e.to_string())
             }
-            KeyringError::KeyNotFound(_) | KeyringError::VersionNotFound { .. } => {
-                Error::NotFound(e.to_string())
-            }
+            KeyringError::KeyNotFound(_)
+            | KeyringError::VersionNotFound { .. }
+            | KeyringError::NoChain { .. } => Error::NotFound(e.to_string()),
+            KeyringError::InvalidChain { .. } => Error::InvalidArgument(e.to_string()),
             KeyringError::AlreadyExists(_) => Error::AlreadyExists(e.to_string()),
             KeyringError::NoActiveVersion(_) | KeyringError::InvalidState { .. } => {
                 Error::FailedPrecondition(e.to_string())
@@ -978,6 +979,42 @@ impl Service {
         }
         .await;
         self.finish(call, r)
+    }
+
+    /// Attach a certificate chain (DER, leaf first) to a version (0: active). Admin.
+    ///
+    /// # Errors
+    /// Permission, not found, a chain whose leaf is for another key, device errors.
+    pub async fn set_certificate_chain(
+        &self,
+        origin: &Origin,
+        name: &str,
+        version: u32,
+        chain: &[Vec<u8>],
+    ) -> Result<u32, Error> {
+        let mut call = self.begin(origin, Operation::Admin, "admin:set-chain", name);
+        call.record.version = (version != 0).then_some(version);
+        let r = async {
+            self.authorize(&mut call)?;
+            Ok(self.keyring.set_chain(name, version, chain).await?)
+        }
+        .await;
+        self.finish(call, r)
+    }
+
+    /// The certificate chain attached to a version (0: active): public data, so any caller
+    /// with a rule may read it.
+    ///
+    /// # Errors
+    /// Permission, not found (no such key, version or chain), device errors.
+    pub async fn certificate_chain(
+        &self,
+        origin: &Origin,
+        name: &str,
+        version: u32,
+    ) -> Result<(u32, Vec<Vec<u8>>), Error> {
+        self.authorize_read(origin, "read:chain", name)?;
+        Ok(self.keyring.chain(name, version).await?)
     }
 
     /// One key.

@@ -179,6 +179,69 @@ pub fn client_config(
     })
 }
 
+/// The SPKI algorithm identifier and `subjectPublicKey` bits of a public key (what goes into
+/// a certificate or CSR for a key held on a device).
+///
+/// # Errors
+/// [`TlsError::Parse`] for an RSA key whose integers cannot be encoded.
+pub fn public_key_bits(
+    pk: &crate::crypto::PublicKey,
+) -> Result<(rustls::pki_types::AlgorithmIdentifier, Vec<u8>), TlsError> {
+    use crate::crypto::{Curve, PublicKey};
+    use rustls::pki_types::alg_id;
+    use x509_cert::der::Encode as _;
+    Ok(match pk {
+        PublicKey::Ec { curve, x, y } => {
+            let mut point = Vec::with_capacity(1 + x.len() + y.len());
+            point.push(0x04);
+            point.extend_from_slice(x);
+            point.extend_from_slice(y);
+            let alg = match curve {
+                Curve::P256 => alg_id::ECDSA_P256,
+                Curve::P384 => alg_id::ECDSA_P384,
+            };
+            (alg, point)
+        }
+        PublicKey::Rsa { n, e } => {
+            let bad = |e: der::Error| TlsError::Parse(format!("RSA public key: {e}"));
+            let key = pkcs1::RsaPublicKey {
+                modulus: der::asn1::UintRef::new(n).map_err(bad)?,
+                public_exponent: der::asn1::UintRef::new(e).map_err(bad)?,
+            };
+            (alg_id::RSA_ENCRYPTION, key.to_der().map_err(bad)?)
+        }
+        PublicKey::Ed25519 { x } => (alg_id::ED25519, x.clone()),
+    })
+}
+
+/// SubjectPublicKeyInfo DER of a public key.
+///
+/// # Errors
+/// See [`public_key_bits`].
+pub fn spki_der(pk: &crate::crypto::PublicKey) -> Result<Vec<u8>, TlsError> {
+    let (alg, bits) = public_key_bits(pk)?;
+    Ok(rustls::sign::public_key_to_spki(&alg, bits).to_vec())
+}
+
+/// Whether a DER certificate is for `pk` (its SubjectPublicKeyInfo is `pk`'s).
+///
+/// # Errors
+/// [`TlsError::Parse`] for a certificate that does not parse.
+pub fn certificate_is_for(
+    cert_der: &[u8],
+    pk: &crate::crypto::PublicKey,
+) -> Result<bool, TlsError> {
+    use x509_cert::der::Encode as _;
+    let cert =
+        x509_cert::Certificate::from_der(cert_der).map_err(|e| TlsError::Parse(e.to_string()))?;
+    let theirs = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| TlsError::Parse(e.to_string()))?;
+    Ok(theirs == spki_der(pk)?)
+}
+
 /// The caller identity in a (verified) client certificate.
 ///
 /// # Errors
@@ -304,11 +367,30 @@ impl TestCa {
         self.sign(p)
     }
 
+    /// A client certificate for a public key whose private half is elsewhere (on a device
+    /// behind sigild): PEM, no key.
+    ///
+    /// # Errors
+    /// [`TlsError::Generate`].
+    pub fn client_for_key(
+        &self,
+        names: &ClientNames,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, TlsError> {
+        let p = Self::client_params(names)?;
+        Ok(p.signed_by(public_key, &self.issuer)?.pem())
+    }
+
     /// A client certificate.
     ///
     /// # Errors
     /// [`TlsError::Generate`].
     pub fn client(&self, names: &ClientNames) -> Result<Leaf, TlsError> {
+        let p = Self::client_params(names)?;
+        self.sign(p)
+    }
+
+    fn client_params(names: &ClientNames) -> Result<CertificateParams, TlsError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         if let Some(u) = &names.spiffe {
             p.subject_alt_names
@@ -326,7 +408,7 @@ impl TestCa {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
-        self.sign(p)
+        Ok(p)
     }
 
     fn sign(&self, p: CertificateParams) -> Result<Leaf, TlsError> {

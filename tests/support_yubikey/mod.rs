@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{TestResult, Token};
+use crate::support::TestResult;
 
 pub const SERIAL: u32 = 12_345_678;
 pub const PIN: &str = "123456";
@@ -155,26 +155,27 @@ impl VirtualCard {
         Err("re-inserted virtual card not present after 10 s".into())
     }
 
-    /// A daemon config for this card: the server, TLS and caller tables of `token`'s config
-    /// (its test PKI and admin client) with a `[yubikey]` table instead of `[pkcs11]`; `extra`
-    /// lines go into the `[yubikey]` table. Start it with `Daemon::start_config(&token.conf, …)`.
-    pub fn write_config(&self, token: &Token, extra: &str) -> TestResult<PathBuf> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let base = token.config("");
-        let prefix = base
-            .split("\n[pkcs11]\n")
-            .next()
-            .ok_or("token config without [pkcs11]")?;
-        let text = format!(
-            "{prefix}\n[yubikey]\nserial = {SERIAL}\npin = {{ file = \"{}\" }}\nmanagement_key = {{ file = \"{}\" }}\n{extra}\n",
+    /// A `[yubikey]` daemon config; `extra` lines go into the table.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            // Loopback plaintext with an allow-all rule: these tests are about the card, and
+            // caller authentication has its own tests (tests/auth.rs).
+            "[server]\nlisten = \"127.0.0.1:0\"\ndanger_plaintext = true\n\n[[caller]]\ndanger_plaintext = true\nkeys = [\"*\"]\noperations = [{}]\nadmin = true\n\n[yubikey]\nserial = {SERIAL}\npin = {{ file = \"{}\" }}\nmanagement_key = {{ file = \"{}\" }}\n{extra}\n",
+            crate::support::all_operations(),
             self.pin_file.display(),
             self.mgm_file.display()
-        );
-        token.write_config(
-            &format!("sigild-yk-{}.toml", N.fetch_add(1, Ordering::Relaxed)),
-            &text,
         )
+    }
+
+    pub fn write_config(&self, text: &str) -> TestResult<PathBuf> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = self
+            .dir
+            .path()
+            .join(format!("sigild-{}.toml", N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&p, text)?;
+        Ok(p)
     }
 
     /// Run yubico-piv-tool against the card.

@@ -1,0 +1,570 @@
+//! The client side of sigild's gRPC API, for applications whose private keys live behind a
+//! sigild daemon: how to reach the daemon ([`Connection`]: mutual TLS, Unix socket, or plaintext
+//! on loopback), a thin typed [`Client`] for every RPC, a rustls signer whose private-key
+//! operation is a `SignRaw` call ([`SigildSigningKey`]), and the certificate and DPoP helpers
+//! a FAPI client needs.
+//!
+//! Built by the `client` feature, which pulls in neither `cryptoki` nor `yubikey`: this module
+//! may depend on the generated [`crate::api::pb`] types, on the pure [`crate::jose`] and
+//! [`crate::crypto`] vocabulary and on [`crate::tls`] for reading PEM files; it must never touch
+//! a backend, the keyring, the service or policy. Every failure is one [`ClientError`], which
+//! keeps the daemon's gRPC status code.
+
+mod cert;
+mod dpop;
+mod signer;
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::Channel;
+
+use crate::api::pb;
+use crate::api::pb::key_service_client::KeyServiceClient;
+use crate::api::pb::signing_service_client::SigningServiceClient;
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+pub use cert::{HandshakeReport, csr_pem, handshake_check, parse_subject};
+pub use dpop::{DpopOutcome, DpopRequest, dpop_jkt, use_dpop_nonce, x5t_s256};
+pub use signer::{SigildSigningKey, SignerOptions, client_config, tls_schemes};
+
+/// Everything that can go wrong talking to sigild.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The daemon answered with an error status; [`ClientError::code`] gives its gRPC code.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The daemon cannot be reached (refused, TLS handshake failed, socket missing).
+    #[error("cannot reach sigild at {endpoint}: {source}")]
+    Connect {
+        /// The endpoint that was tried.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The connection options are unusable (bad endpoint, plaintext to a non-loopback host).
+    #[error("{0}")]
+    Config(String),
+    /// A certificate or key file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The daemon answered with something this client cannot use.
+    #[error("unexpected answer from sigild: {0}")]
+    InvalidResponse(String),
+    /// The key cannot serve what was asked (no TLS scheme, key/certificate mismatch).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The background signer thread is gone or did not answer in time.
+    #[error("the sigild signer {0}")]
+    Signer(&'static str),
+}
+
+impl ClientError {
+    /// The gRPC status code of a daemon answer, `None` for local and transport failures.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// `FailedPrecondition` → `FAILED_PRECONDITION`, as gRPC tools print codes.
+pub fn code_name(c: tonic::Code) -> String {
+    format!("{c:?}")
+        .chars()
+        .enumerate()
+        .flat_map(|(i, ch)| {
+            let sep = (i > 0 && ch.is_ascii_uppercase()).then_some('_');
+            sep.into_iter()
+                .chain(std::iter::once(ch.to_ascii_uppercase()))
+        })
+        .collect()
+}
+
+/// Where the daemon is and how to authenticate to it. Cheap to clone; connecting happens in
+/// [`Connection::connect`] (the signer connects again on its own thread, which is why this is a
+/// description rather than a channel).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The transport.
+    target: Target,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    /// `https://…` with our client certificate.
+    Mtls {
+        endpoint: String,
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+        /// Name checked against the server certificate (default: the endpoint's host).
+        domain: Option<String>,
+    },
+    /// The daemon's Unix socket; the kernel's peer credentials identify us.
+    Unix(PathBuf),
+    /// `http://` to a daemon on loopback with `danger_plaintext`.
+    Plaintext(String),
+}
+
+impl Connection {
+    /// Mutual TLS to `endpoint` (`https://host:port`): `ca` issued the daemon's certificate,
+    /// `cert`/`key` (PEM, key file mode 0600) are ours.
+    pub fn mtls(
+        endpoint: impl Into<String>,
+        ca: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Connection {
+        Connection {
+            target: Target::Mtls {
+                endpoint: endpoint.into(),
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+                domain: None,
+            },
+        }
+    }
+
+    /// Check the server certificate against `domain` instead of the endpoint's host (mTLS
+    /// only; ignored otherwise).
+    #[must_use]
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Connection {
+        if let Target::Mtls { domain: d, .. } = &mut self.target {
+            *d = Some(domain.into());
+        }
+        self
+    }
+
+    /// The daemon's Unix socket.
+    pub fn unix(path: impl Into<PathBuf>) -> Connection {
+        Connection {
+            target: Target::Unix(path.into()),
+        }
+    }
+
+    /// Plaintext `http://` to a daemon started with `danger_plaintext`; only loopback hosts
+    /// are accepted, because nothing else would protect the signatures in transit.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for a non-`http://` or non-loopback endpoint.
+    pub fn danger_plaintext_loopback(endpoint: impl Into<String>) -> Result<Connection> {
+        let endpoint = endpoint.into();
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e| ClientError::Config(format!("bad endpoint {endpoint}: {e}")))?;
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if uri.scheme_str() != Some("http") || !loopback {
+            return Err(ClientError::Config(format!(
+                "plaintext is only allowed to a loopback http:// endpoint, not {endpoint}"
+            )));
+        }
+        Ok(Connection {
+            target: Target::Plaintext(endpoint),
+        })
+    }
+
+    /// The endpoint as a user would write it (`https://…`, `unix:/…`, `http://…`).
+    pub fn endpoint(&self) -> String {
+        match &self.target {
+            Target::Mtls { endpoint, .. } | Target::Plaintext(endpoint) => endpoint.clone(),
+            Target::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    /// Open a gRPC channel (on the current tokio runtime, which the channel's background task
+    /// then lives on).
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`], [`ClientError::Tls`] for unreadable files,
+    /// [`ClientError::Config`] for a malformed endpoint.
+    pub async fn connect(&self) -> Result<Channel> {
+        let failed = |source| ClientError::Connect {
+            endpoint: self.endpoint(),
+            source,
+        };
+        match &self.target {
+            Target::Unix(path) => unix_channel(path).await.map_err(failed),
+            Target::Plaintext(endpoint) => Channel::from_shared(endpoint.clone())
+                .map_err(|e| ClientError::Config(format!("bad endpoint {endpoint}: {e}")))?
+                .connect()
+                .await
+                .map_err(failed),
+            Target::Mtls {
+                endpoint,
+                ca,
+                cert,
+                key,
+                domain,
+            } => {
+                let tls = crate::tls::client_config(ca, cert, key, domain.as_deref())?;
+                Channel::from_shared(endpoint.clone())
+                    .map_err(|e| ClientError::Config(format!("bad endpoint {endpoint}: {e}")))?
+                    .tls_config(tls)
+                    .map_err(failed)?
+                    .connect()
+                    .await
+                    .map_err(failed)
+            }
+        }
+    }
+}
+
+/// A gRPC channel over the daemon's Unix socket.
+///
+/// # Errors
+/// The socket cannot be connected.
+pub async fn unix_channel(path: &Path) -> std::result::Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+/// A typed client for both sigild services over one channel. Cheap to clone (clones share the
+/// channel); methods take `&self`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Key management.
+    keys: KeyServiceClient<Channel>,
+    /// Signing.
+    signing: SigningServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connect as described by `conn`.
+    ///
+    /// # Errors
+    /// See [`Connection::connect`].
+    pub async fn connect(conn: &Connection) -> Result<Client> {
+        Ok(Client::from_channel(conn.connect().await?))
+    }
+
+    /// Use an existing channel.
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            keys: KeyServiceClient::new(channel.clone()),
+            signing: SigningServiceClient::new(channel),
+        }
+    }
+
+    /// `CreateKey`: generate a key on the daemon's token.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn create_key(&self, req: pb::CreateKeyRequest) -> Result<pb::Key> {
+        Ok(self.keys.clone().create_key(req).await?.into_inner())
+    }
+
+    /// `ImportKey` (migration only). The request's key bytes are zeroized after sending.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn import_key(&self, mut req: pb::ImportKeyRequest) -> Result<pb::Key> {
+        let r = self.keys.clone().import_key(req.clone()).await;
+        zeroize::Zeroize::zeroize(&mut req.pkcs8_der);
+        Ok(r?.into_inner())
+    }
+
+    /// `AdoptKey`: take over a key pair by PKCS#11 URI.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn adopt_key(&self, req: pb::AdoptKeyRequest) -> Result<pb::Key> {
+        Ok(self.keys.clone().adopt_key(req).await?.into_inner())
+    }
+
+    /// `ListKeys`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn list_keys(&self) -> Result<Vec<pb::Key>> {
+        Ok(self
+            .keys
+            .clone()
+            .list_keys(pb::ListKeysRequest {})
+            .await?
+            .into_inner()
+            .keys)
+    }
+
+    /// `GetKey`: one key with its versions.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn key(&self, name: &str) -> Result<pb::Key> {
+        Ok(self
+            .keys
+            .clone()
+            .get_key(pb::GetKeyRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// `RotateKey`: add a version in state `next`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn rotate_key(&self, req: pb::RotateKeyRequest) -> Result<pb::Key> {
+        Ok(self.keys.clone().rotate_key(req).await?.into_inner())
+    }
+
+    /// `ActivateKeyVersion` (version 0: the newest `next`).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn activate_key_version(&self, name: &str, version: u32) -> Result<pb::Key> {
+        let req = pb::KeyVersionRequest {
+            name: name.into(),
+            version,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .activate_key_version(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `RetireKeyVersion` (version 0: the active one).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn retire_key_version(&self, name: &str, version: u32) -> Result<pb::Key> {
+        let req = pb::KeyVersionRequest {
+            name: name.into(),
+            version,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .retire_key_version(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `DestroyKeyVersion` (an explicit version).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn destroy_key_version(&self, name: &str, version: u32) -> Result<pb::Key> {
+        let req = pb::KeyVersionRequest {
+            name: name.into(),
+            version,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .destroy_key_version(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `GetJwks`: the JWK Set JSON text.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn jwks(&self) -> Result<String> {
+        Ok(self
+            .keys
+            .clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await?
+            .into_inner()
+            .jwks_json)
+    }
+
+    /// `SetCertificateChain`: attach an issued chain (DER, leaf first) to a version (0: the
+    /// active one) so clients can fetch it with [`Client::certificate_chain`]. Admin.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`]: `INVALID_ARGUMENT` when the leaf is for another key.
+    pub async fn set_certificate_chain(
+        &self,
+        name: &str,
+        version: u32,
+        certificates: Vec<Vec<u8>>,
+    ) -> Result<pb::CertificateChain> {
+        let req = pb::SetCertificateChainRequest {
+            name: name.into(),
+            version,
+            certificates,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .set_certificate_chain(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `GetCertificateChain`: the chain attached to a version (0: the active one), ready for
+    /// [`client_config`].
+    ///
+    /// # Errors
+    /// [`ClientError::Status`]: `NOT_FOUND` when none is attached.
+    pub async fn certificate_chain(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let req = pb::GetCertificateChainRequest {
+            name: name.into(),
+            version,
+        };
+        Ok(self
+            .keys
+            .clone()
+            .get_certificate_chain(req)
+            .await?
+            .into_inner()
+            .certificates
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect())
+    }
+
+    /// The public JWK of a key's active version, parsed.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`]; [`ClientError::InvalidResponse`] when the key has no active
+    /// version or its JWK does not parse.
+    pub async fn active_public_key(&self, name: &str) -> Result<crate::crypto::PublicKey> {
+        let k = self.key(name).await?;
+        let v = k
+            .versions
+            .iter()
+            .find(|v| v.version == k.active_version && k.active_version != 0)
+            .ok_or_else(|| {
+                ClientError::InvalidResponse(format!("key {name:?} has no active version"))
+            })?;
+        let jwk: serde_json::Value = serde_json::from_str(&v.public_jwk_json)
+            .map_err(|e| ClientError::InvalidResponse(format!("public JWK: {e}")))?;
+        crate::jose::public_key_from_jwk(&jwk)
+            .map_err(|e| ClientError::InvalidResponse(format!("public JWK: {e}")))
+    }
+
+    /// `SignJws`: a caller-built JWS, header and payload used byte for byte.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_jws(&self, req: pb::SignJwsRequest) -> Result<pb::SignJwsResponse> {
+        Ok(self.signing.clone().sign_jws(req).await?.into_inner())
+    }
+
+    /// `SignRaw`: `data` signed with `key`'s active version; `alg` overrides the key's own
+    /// JOSE alg (e.g. RS256 on a PS256 key). The signature is JOSE-encoded (ECDSA `r‖s`).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_raw(
+        &self,
+        key: &str,
+        data: &[u8],
+        alg: Option<&str>,
+    ) -> Result<pb::SignRawResponse> {
+        let req = pb::SignRawRequest {
+            key: key.into(),
+            data: data.to_vec(),
+            alg: alg.unwrap_or_default().into(),
+        };
+        Ok(self.signing.clone().sign_raw(req).await?.into_inner())
+    }
+
+    /// `SignIdToken`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_id_token(&self, req: pb::SignIdTokenRequest) -> Result<pb::SignJwsResponse> {
+        Ok(self.signing.clone().sign_id_token(req).await?.into_inner())
+    }
+
+    /// `SignRequestObject`: a JAR request object (RFC 9101) for PAR.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_request_object(
+        &self,
+        req: pb::SignRequestObjectRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_request_object(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `SignClientAssertion`: a `private_key_jwt` assertion (RFC 7523); single-use, so make a
+    /// new one for every token request.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_client_assertion(
+        &self,
+        req: pb::SignClientAssertionRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_client_assertion(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `SignDpopProof`: one DPoP proof (RFC 9449). See [`DpopRequest`] for the nonce retry.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_dpop_proof(
+        &self,
+        req: pb::SignDpopProofRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_dpop_proof(req)
+            .await?
+            .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_only_to_loopback() {
+        assert!(Connection::danger_plaintext_loopback("http://127.0.0.1:7711").is_ok());
+        assert!(Connection::danger_plaintext_loopback("http://localhost:1").is_ok());
+        assert!(Connection::danger_plaintext_loopback("http://[::1]:1").is_ok());
+        assert!(Connection::danger_plaintext_loopback("http://10.0.0.1:7711").is_err());
+        assert!(Connection::danger_plaintext_loopback("https://127.0.0.1:7711").is_err());
+    }
+
+    #[test]
+    fn status_codes_print_like_grpc() {
+        assert_eq!(
+            code_name(tonic::Code::FailedPrecondition),
+            "FAILED_PRECONDITION"
+        );
+        let e = ClientError::from(tonic::Status::permission_denied("no"));
+        assert_eq!(e.code(), Some(tonic::Code::PermissionDenied));
+        assert_eq!(e.to_string(), "PERMISSION_DENIED: no");
+    }
+}
