@@ -29,27 +29,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme, SupportedProtocolVersion};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{SignatureScheme, SupportedProtocolVersion};
 use sigild::client::{Connection, SigildSigningKey, SignerOptions};
 use sigild::tls::ClientNames;
+use support::tls::*;
 use support::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn roots(ca_pem: &std::path::Path) -> TestResult<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca_pem)? {
-        roots.add(c?)?;
-    }
-    Ok(roots)
-}
 
 /// A signer for `key` on `d`, connecting as `files`.
 async fn signer(d: &Daemon, files: &ClientFiles, key: &str) -> TestResult<SigildSigningKey> {
@@ -84,127 +71,6 @@ fn client_config(
         .with_protocol_versions(&[version])?
         .with_root_certificates(roots(&token.pki.ca_pem)?)
         .with_client_cert_resolver(key.resolver(chain)?))
-}
-
-/// Connect, finish the handshake, send `ping`, read the answer. Returns the negotiated
-/// version and the answer.
-async fn talk(cfg: rustls::ClientConfig, addr: SocketAddr) -> TestResult<(String, String)> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let run = async move {
-        let mut tls = connector
-            .connect(ServerName::try_from("localhost")?, tcp)
-            .await?;
-        let version = format!("{:?}", tls.get_ref().1.protocol_version());
-        tls.write_all(b"ping\n").await?;
-        tls.flush().await?;
-        let mut buf = vec![0u8; 64];
-        let n = tls.read(&mut buf).await?;
-        let _ = tls.shutdown().await;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
-            version,
-            String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned(),
-        ))
-    };
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .map_err(|_| "the handshake hung")?
-}
-
-/// A client-certificate verifier that records the schemes clients signed with and can restrict
-/// the schemes it asks for (to force PKCS#1 v1.5 in TLS 1.2).
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<dyn ClientCertVerifier>,
-    only: Option<Vec<SignatureScheme>>,
-    seen: Arc<Mutex<Vec<SignatureScheme>>>,
-}
-
-impl ClientCertVerifier for Recording {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.seen.lock().unwrap().push(dss.scheme);
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.seen.lock().unwrap().push(dss.scheme);
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        let all = self.inner.supported_verify_schemes();
-        match &self.only {
-            Some(only) => all.into_iter().filter(|s| only.contains(s)).collect(),
-            None => all,
-        }
-    }
-}
-
-/// A rustls server (on the current runtime) requiring a client certificate from the test CA;
-/// answers one connection by echoing the first line reversed. The join handle yields the
-/// schemes the client signed with.
-async fn rustls_server(
-    token: &Token,
-    version: &'static SupportedProtocolVersion,
-    only: Option<Vec<SignatureScheme>>,
-) -> TestResult<(
-    SocketAddr,
-    tokio::task::JoinHandle<TestResult<Vec<SignatureScheme>>>,
-)> {
-    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(&token.pki.ca_pem)?),
-        provider(),
-    )
-    .build()?;
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let verifier = Arc::new(Recording {
-        inner,
-        only,
-        seen: Arc::clone(&seen),
-    });
-    let certs =
-        CertificateDer::pem_file_iter(&token.pki.server_cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(&token.pki.server_key)?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[version])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await?;
-        let mut tls = acceptor.accept(tcp).await?;
-        let mut buf = vec![0u8; 64];
-        let n = tls.read(&mut buf).await?;
-        let line = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
-        let reversed: String = line.trim_end().chars().rev().collect();
-        tls.write_all(format!("{reversed}\n").as_bytes()).await?;
-        tls.flush().await?;
-        let _ = tls.shutdown().await;
-        Ok(seen.lock().unwrap().clone())
-    });
-    Ok((addr, task))
 }
 
 /// `openssl s_server -Verify 1 -verify_return_error -rev` for one connection.
@@ -367,7 +233,8 @@ async fn rustls_round(
     for (name, v, want) in cases {
         let key = signer(d, &admin, name).await?;
         let chain = issue(token, &key, name)?;
-        let (addr, server) = rustls_server(token, version(v), only.clone()).await?;
+        let (addr, server) =
+            rustls_server(&ServerFiles::of(token), version(v), only.clone()).await?;
         let cfg = client_config(token, &key, chain, version(v))?;
         let (_, answer) = talk(cfg, addr)
             .await
@@ -430,7 +297,8 @@ async fn a_caller_without_tls_permission_fails_the_handshake_cleanly() -> TestRe
     // Reading the public key is allowed; signing for TLS is not.
     let key = signer(&d, &files, "tls-es256").await?;
     let chain = issue(&token, &key, "tls-es256")?;
-    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let (addr, server) =
+        rustls_server(&ServerFiles::of(&token), &rustls::version::TLS13, None).await?;
     let cfg = client_config(&token, &key, chain, &rustls::version::TLS13)?;
     let err = talk(cfg, addr)
         .await
@@ -938,7 +806,8 @@ async fn certificate_chains_are_attached_on_the_token_and_fetched() -> TestResul
         .await?;
     assert_eq!(fetched, chain);
     let key = SigildSigningKey::connect(&conn, "tls-es256", SignerOptions::default()).await?;
-    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let (addr, server) =
+        rustls_server(&ServerFiles::of(&token), &rustls::version::TLS13, None).await?;
     let (_, answer) = talk(
         client_config(&token, &key, fetched, &rustls::version::TLS13)?,
         addr,
@@ -985,7 +854,8 @@ async fn signer_over_the_unix_socket_and_a_signer_timeout() -> TestResult {
     let conn = Connection::unix(&sock);
     let key = SigildSigningKey::connect(&conn, "tls-ed25519", SignerOptions::default()).await?;
     let chain = issue(&token, &key, "tls-ed25519")?;
-    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let (addr, server) =
+        rustls_server(&ServerFiles::of(&token), &rustls::version::TLS13, None).await?;
     let (_, answer) = talk(
         client_config(&token, &key, chain.clone(), &rustls::version::TLS13)?,
         addr,
@@ -1002,7 +872,8 @@ async fn signer_over_the_unix_socket_and_a_signer_timeout() -> TestResult {
         },
     )
     .await?;
-    let (addr, server) = rustls_server(&token, &rustls::version::TLS13, None).await?;
+    let (addr, server) =
+        rustls_server(&ServerFiles::of(&token), &rustls::version::TLS13, None).await?;
     let err = talk(
         client_config(&token, &impatient, chain, &rustls::version::TLS13)?,
         addr,

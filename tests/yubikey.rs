@@ -398,3 +398,48 @@ async fn touch_accepted_timed_out_and_required() -> TestResult {
     assert!(started.elapsed() < std::time::Duration::from_millis(3500));
     Ok(())
 }
+
+/// Issue 5 on the card: an mTLS client whose ES256 key is in a YubiKey slot completes TLS 1.3
+/// and TLS 1.2 handshakes with a rustls server that requires client certificates; every
+/// CertificateVerify is a `SignRaw` that the card signs (DER-encoded for TLS by the signer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_key_on_the_card() -> TestResult {
+    use rustls::SignatureScheme;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    use sigild::client::{Connection, SigildSigningKey, SignerOptions};
+    use support::tls::*;
+
+    let _one_pcscd = serial_guard().await;
+    let card = VirtualCard::start("5.7.1", &[])?;
+    let config = card.write_config(&card.config("timeout_ms = 8000"))?;
+    let d = Daemon::start_config(&card.work(), &config)?;
+    d.create("tls-yk", "ES256", 0).await?;
+
+    let conn = Connection::danger_plaintext_loopback(d.endpoint.clone())?;
+    let key = SigildSigningKey::connect(&conn, "tls-yk", SignerOptions::default()).await?;
+    let (ca, files) = ServerFiles::new_ca(card.dir.path())?;
+    let names = sigild::tls::ClientNames {
+        cn: Some("tls-yk".into()),
+        ..sigild::tls::ClientNames::default()
+    };
+    let pem = ca.client_for_key(&names, &key)?;
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let (addr, server) = rustls_server(&files, version, None).await?;
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[version])?
+            .with_root_certificates(roots(&files.ca_pem)?)
+            .with_client_cert_resolver(key.resolver(chain.clone())?);
+        let (negotiated, answer) = talk(cfg, addr)
+            .await
+            .map_err(|e| format!("{version:?}: {e}"))?;
+        assert_eq!(answer.trim(), "gnip", "{negotiated}");
+        assert_eq!(
+            server.await??,
+            vec![SignatureScheme::ECDSA_NISTP256_SHA256],
+            "{negotiated}"
+        );
+    }
+    Ok(())
+}

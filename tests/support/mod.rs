@@ -15,6 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 use serde_json::{Value, json};
 use sigild::api::pb;
 use tonic::transport::Channel;
