@@ -42,31 +42,9 @@ async fn sign_and_verify(d: &Daemon, name: &str, alg: &str) -> TestResult<String
         .await
         .map_err(|e| format!("{name}: sign_jws: {e}"))?
         .into_inner();
-    let entry = jwks["keys"]
-        .as_array()
-        .and_then(|k| k.iter().find(|k| k["kid"] == json!(r.kid)))
-        .ok_or("kid not in JWKS")?;
-    let v =
-        verify_jws(&r.compact, &json!({"keys": [entry]})).map_err(|e| format!("{name}: {e}"))?;
+    let v = verify_jws_with_kid(&r.compact, &r.kid, &jwks).map_err(|e| format!("{name}: {e}"))?;
     assert_eq!(v["thumbprint"], r.kid, "{name}: kid = RFC 7638 thumbprint");
-
-    let data = format!("raw input for {name}").into_bytes();
-    let raw = signer
-        .sign_raw(pb::SignRawRequest {
-            key: name.into(),
-            data: data.clone(),
-            alg: String::new(),
-        })
-        .await?
-        .into_inner();
-    let key = d
-        .keys()
-        .await?
-        .get_key(pb::GetKeyRequest { name: name.into() })
-        .await?
-        .into_inner();
-    verify_raw(&raw.alg, &active_jwk(&key)?, &data, &raw.signature)
-        .map_err(|e| format!("{name} raw: {e}"))?;
+    sign_raw_verified(d, name, format!("raw input for {name}").as_bytes()).await?;
     Ok(r.kid)
 }
 

@@ -506,6 +506,43 @@ pub fn verify_jws(compact: &str, jwks: &Value) -> TestResult<Value> {
     python(&json!({"op": "jws", "jws": compact, "jwks": jwks}))
 }
 
+/// Verify a compact JWS with the JWKS entry whose kid is `kid` (for headers that carry no kid).
+pub fn verify_jws_with_kid(compact: &str, kid: &str, jwks: &Value) -> TestResult<Value> {
+    let entry = jwks["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["kid"] == json!(kid)))
+        .ok_or("kid not in JWKS")?;
+    verify_jws(compact, &json!({"keys": [entry]}))
+}
+
+/// Sign `data` raw with `key` on `d` and check the signature with Python `cryptography` against
+/// the key's active public JWK.
+pub async fn sign_raw_verified(
+    d: &Daemon,
+    key: &str,
+    data: &[u8],
+) -> TestResult<pb::SignRawResponse> {
+    let raw = d
+        .signer()
+        .await?
+        .sign_raw(pb::SignRawRequest {
+            key: key.into(),
+            data: data.to_vec(),
+            alg: String::new(),
+        })
+        .await?
+        .into_inner();
+    let info = d
+        .keys()
+        .await?
+        .get_key(pb::GetKeyRequest { name: key.into() })
+        .await?
+        .into_inner();
+    verify_raw(&raw.alg, &active_jwk(&info)?, data, &raw.signature)
+        .map_err(|e| format!("{key} raw: {e}"))?;
+    Ok(raw)
+}
+
 /// Verify a raw JOSE-encoded signature with Python `cryptography`.
 pub fn verify_raw(alg: &str, jwk: &Value, data: &[u8], sig: &[u8]) -> TestResult {
     python(
