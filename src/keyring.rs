@@ -1079,3 +1079,7 @@ mod tests {
         assert!(check_alg(Alg::Es256, KeyKind::Ed25519, false).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "keyring_tests.rs"]
+mod memory_tests;

@@ -10,6 +10,8 @@
 //! on hardware. A full work queue is reported at once as [`BackendError::Busy`].
 
 pub mod import;
+#[cfg(test)]
+pub mod memory;
 pub mod pkcs11;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;

@@ -1,0 +1,513 @@
+//! An in-memory [`Backend`] for fast unit tests of the keyring: software key pairs made with
+//! `ring`, metadata records in a map, and fault injection at the points where a real device or
+//! process can fail half-way (a `put_record` that fails, a crash between generating a key pair
+//! and recording it, a destroy that does not happen, records the device stops showing).
+//!
+//! Compiled only for tests. It owns nothing but its own maps: no files, no network, no device,
+//! and it is never wired into the daemon. Clones share one "device", so a second
+//! [`crate::keyring::Keyring`] over a clone is a restarted process or a replica.
+//!
+//! It honours the backend contract as far as `ring` allows: Ed25519 keys are generated, imported
+//! and sign (RFC 8032, verifiable); EC P-256/P-384 keys are generated and imported, but `ring`
+//! signs messages, not the pre-hashed digests the contract hands a backend, so ECDSA signing is
+//! refused as [`BackendError::Unsupported`]; `ring` cannot generate RSA keys, so RSA exists only
+//! when imported (validated by `ring`) and does not sign either.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ring::rand::SystemRandom;
+use ring::signature::{self, KeyPair as _};
+
+use super::{
+    Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+};
+use crate::crypto::{Curve, KeyKind, PublicKey, SignOp};
+
+/// The URI scheme of keys on this backend: `memory:id=<hex>`.
+const URI_PREFIX: &str = "memory:id=";
+
+/// One software key pair.
+struct SoftKey {
+    /// Device label.
+    label: String,
+    /// The public half.
+    public: PublicKey,
+    /// The signing half, for the kinds `ring` can sign with under the backend contract.
+    ed25519: Option<signature::Ed25519KeyPair>,
+}
+
+/// Faults to inject; each fires once, then the backend behaves again.
+#[derive(Debug, Default)]
+struct Faults {
+    /// How many `put_record` calls succeed before one fails without writing.
+    put_record_fails_after: Option<usize>,
+    /// The next `generate` makes and keeps the key pair, then fails as a process that died
+    /// before recording it would: nothing else happens, no clean-up.
+    crash_after_generate: bool,
+    /// The next `destroy` fails and leaves the key pair in place.
+    destroy_fails: bool,
+    /// `records` lists nothing while set (the device hides its objects: a fault, a partition
+    /// being restored); the records are still there.
+    records_hidden: bool,
+}
+
+/// The shared "device".
+#[derive(Default)]
+struct State {
+    /// Key pairs by id.
+    keys: BTreeMap<KeyId, SoftKey>,
+    /// Records by label.
+    records: BTreeMap<String, Vec<u8>>,
+    /// The next key id.
+    next_id: u64,
+    /// Pending faults.
+    faults: Faults,
+}
+
+/// An in-memory device for unit tests (see the module documentation).
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryBackend {
+    /// An empty device.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, BackendError> {
+        lock(&self.state)
+    }
+
+    /// Let `n` further `put_record` calls succeed, then fail the next one without writing it
+    /// (`0`: the very next call fails).
+    pub fn fail_put_record_after(&self, n: usize) -> Result<(), BackendError> {
+        self.lock()?.faults.put_record_fails_after = Some(n);
+        Ok(())
+    }
+
+    /// The next `generate` makes the key pair and then fails, as if the process died before
+    /// its record was written.
+    pub fn crash_after_generate(&self) -> Result<(), BackendError> {
+        self.lock()?.faults.crash_after_generate = true;
+        Ok(())
+    }
+
+    /// The next `destroy` fails and leaves the key pair on the device.
+    pub fn fail_destroy(&self) -> Result<(), BackendError> {
+        self.lock()?.faults.destroy_fails = true;
+        Ok(())
+    }
+
+    /// Hide (`true`) or show again (`false`) every record.
+    pub fn hide_records(&self, hidden: bool) -> Result<(), BackendError> {
+        self.lock()?.faults.records_hidden = hidden;
+        Ok(())
+    }
+
+    /// The ids of every key pair on the device.
+    pub fn key_ids(&self) -> Result<Vec<KeyId>, BackendError> {
+        Ok(self.lock()?.keys.keys().cloned().collect())
+    }
+
+    /// The labels of every record on the device (hidden or not).
+    pub fn record_labels(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.lock()?.records.keys().cloned().collect())
+    }
+
+    /// Put an Ed25519 key pair on the device as another tool would; returns its URI for
+    /// [`Backend::adopt`].
+    pub fn add_foreign_ed25519(&self, label: &str) -> Result<String, BackendError> {
+        let key = generate_key(KeyKind::Ed25519, label.to_owned())?;
+        let mut state = self.lock()?;
+        let id = fresh_id(&mut state);
+        state.keys.insert(id.clone(), key);
+        Ok(format!("{URI_PREFIX}{}", id.to_hex()))
+    }
+}
+
+fn lock(state: &Mutex<State>) -> Result<MutexGuard<'_, State>, BackendError> {
+    state.lock().map_err(|_| BackendError::Device {
+        function: "memory".into(),
+        code: "lock poisoned".into(),
+    })
+}
+
+fn fresh_id(state: &mut State) -> KeyId {
+    state.next_id += 1;
+    KeyId(state.next_id.to_be_bytes().to_vec())
+}
+
+fn object(id: &KeyId, key: &SoftKey) -> KeyObject {
+    KeyObject {
+        id: id.clone(),
+        label: key.label.clone(),
+        uri: format!("{URI_PREFIX}{}", id.to_hex()),
+        public: key.public.clone(),
+    }
+}
+
+fn rejected(e: ring::error::KeyRejected) -> BackendError {
+    BackendError::Import(format!("ring rejected the key: {e}"))
+}
+
+fn ecdsa_alg(curve: Curve) -> &'static signature::EcdsaSigningAlgorithm {
+    match curve {
+        Curve::P256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        Curve::P384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+    }
+}
+
+/// A fresh software key pair of `kind`.
+fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
+    let rng = SystemRandom::new();
+    let unspecified = |_| BackendError::Device {
+        function: "ring generate".into(),
+        code: "unspecified".into(),
+    };
+    match kind {
+        KeyKind::Ed25519 => {
+            let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(unspecified)?;
+            let pair = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(rejected)?;
+            Ok(SoftKey {
+                label,
+                public: PublicKey::Ed25519 {
+                    x: pair.public_key().as_ref().to_vec(),
+                },
+                ed25519: Some(pair),
+            })
+        }
+        KeyKind::Ec(curve) => {
+            let alg = ecdsa_alg(curve);
+            let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(unspecified)?;
+            let pair =
+                signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(rejected)?;
+            let public = super::import::ec_point(curve, pair.public_key().as_ref())
+                .map_err(BackendError::Malformed)?;
+            Ok(SoftKey {
+                label,
+                public,
+                ed25519: None,
+            })
+        }
+        KeyKind::Rsa { .. } => Err(BackendError::Unsupported(format!(
+            "the in-memory backend cannot generate {kind} (ring generates no RSA keys)"
+        ))),
+    }
+}
+
+/// Check imported material with `ring` and keep what can sign.
+fn import_key(material: &PrivateKeyMaterial, label: String) -> Result<SoftKey, BackendError> {
+    let rng = SystemRandom::new();
+    let public = material.public().clone();
+    let ed25519 = match (material, &public) {
+        (PrivateKeyMaterial::Ed25519 { seed, .. }, PublicKey::Ed25519 { x }) => {
+            Some(signature::Ed25519KeyPair::from_seed_and_public_key(seed, x).map_err(rejected)?)
+        }
+        (PrivateKeyMaterial::Ec { curve, d, .. }, PublicKey::Ec { x, y, .. }) => {
+            let point = [&[0x04][..], x, y].concat();
+            signature::EcdsaKeyPair::from_private_key_and_public_key(
+                ecdsa_alg(*curve),
+                d,
+                &point,
+                &rng,
+            )
+            .map_err(rejected)?;
+            None
+        }
+        (
+            PrivateKeyMaterial::Rsa {
+                d,
+                p,
+                q,
+                dp,
+                dq,
+                qinv,
+                ..
+            },
+            PublicKey::Rsa { n, e },
+        ) => {
+            signature::RsaKeyPair::from_components(&ring::rsa::KeyPairComponents {
+                public_key: ring::rsa::PublicKeyComponents {
+                    n: n.as_slice(),
+                    e: e.as_slice(),
+                },
+                d: d.as_slice(),
+                p: p.as_slice(),
+                q: q.as_slice(),
+                dP: dp.as_slice(),
+                dQ: dq.as_slice(),
+                qInv: qinv.as_slice(),
+            })
+            .map_err(rejected)?;
+            None
+        }
+        _ => {
+            return Err(BackendError::Import(
+                "private and public halves are of different kinds".into(),
+            ));
+        }
+    };
+    Ok(SoftKey {
+        label,
+        public,
+        ed25519,
+    })
+}
+
+impl MemoryBackend {
+    /// Run `f` on the state as one device call.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, BackendError> + Send + 'static,
+    ) -> BackendFuture<T> {
+        let state = Arc::clone(&self.state);
+        Box::pin(async move { f(&mut *lock(&state)?) })
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>> {
+        let key = key.clone();
+        self.call(move |s| {
+            let soft = s
+                .keys
+                .get(&key)
+                .ok_or_else(|| BackendError::KeyNotFound(key.clone()))?;
+            if soft.public.kind() != kind || !op.fits(kind) {
+                return Err(BackendError::InvalidRequest(format!(
+                    "this operation needs a different key type than {kind}"
+                )));
+            }
+            match (&op, &soft.ed25519) {
+                (SignOp::Ed25519 { message }, Some(pair)) => {
+                    Ok(pair.sign(message).as_ref().to_vec())
+                }
+                _ => Err(BackendError::Unsupported(format!(
+                    "the in-memory backend signs with Ed25519 keys only ({kind}: ring signs \
+                     messages, not pre-hashed digests)"
+                ))),
+            }
+        })
+    }
+
+    fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
+        self.call(move |s| {
+            let key = generate_key(spec.kind, spec.label)?;
+            let id = fresh_id(s);
+            let obj = object(&id, &key);
+            s.keys.insert(id, key);
+            if std::mem::take(&mut s.faults.crash_after_generate) {
+                return Err(BackendError::Unavailable(
+                    "injected crash after generate, before the record".into(),
+                ));
+            }
+            Ok(obj)
+        })
+    }
+
+    fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject> {
+        self.call(move |s| {
+            let key = import_key(&material, label)?;
+            drop(material); // zeroizes
+            let id = fresh_id(s);
+            let obj = object(&id, &key);
+            s.keys.insert(id, key);
+            Ok(obj)
+        })
+    }
+
+    fn adopt(&self, uri: String) -> BackendFuture<KeyObject> {
+        self.call(move |s| {
+            let id = uri
+                .strip_prefix(URI_PREFIX)
+                .and_then(KeyId::from_hex)
+                .ok_or_else(|| {
+                    BackendError::InvalidRequest(format!("not a {URI_PREFIX}<hex> URI: {uri}"))
+                })?;
+            let key = s
+                .keys
+                .get(&id)
+                .ok_or_else(|| BackendError::KeyNotFound(id.clone()))?;
+            Ok(object(&id, key))
+        })
+    }
+
+    fn key(&self, key: &KeyId) -> BackendFuture<KeyObject> {
+        let id = key.clone();
+        self.call(move |s| {
+            let key = s
+                .keys
+                .get(&id)
+                .ok_or_else(|| BackendError::KeyNotFound(id.clone()))?;
+            Ok(object(&id, key))
+        })
+    }
+
+    fn destroy(&self, key: &KeyId) -> BackendFuture<()> {
+        let id = key.clone();
+        self.call(move |s| {
+            if std::mem::take(&mut s.faults.destroy_fails) {
+                return Err(BackendError::Unavailable("injected destroy failure".into()));
+            }
+            s.keys
+                .remove(&id)
+                .map(|_| ())
+                .ok_or(BackendError::KeyNotFound(id))
+        })
+    }
+
+    fn records(&self) -> BackendFuture<Vec<Record>> {
+        self.call(|s| {
+            if s.faults.records_hidden {
+                return Ok(Vec::new());
+            }
+            Ok(s.records
+                .iter()
+                .map(|(label, value)| Record {
+                    label: label.clone(),
+                    value: value.clone(),
+                })
+                .collect())
+        })
+    }
+
+    fn put_record(&self, record: Record) -> BackendFuture<()> {
+        self.call(move |s| {
+            match s.faults.put_record_fails_after {
+                Some(0) => {
+                    s.faults.put_record_fails_after = None;
+                    return Err(BackendError::Unavailable(format!(
+                        "injected put_record failure ({})",
+                        record.label
+                    )));
+                }
+                Some(n) => s.faults.put_record_fails_after = Some(n - 1),
+                None => {}
+            }
+            s.records.insert(record.label, record.value);
+            Ok(())
+        })
+    }
+
+    fn attestation(&self, key: &KeyId) -> BackendFuture<Vec<Vec<u8>>> {
+        let id = key.clone();
+        self.call(move |s| {
+            if s.keys.contains_key(&id) {
+                Ok(Vec::new())
+            } else {
+                Err(BackendError::KeyNotFound(id))
+            }
+        })
+    }
+
+    fn check(&self) -> BackendFuture<()> {
+        self.call(|_| Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<T>(f: BackendFuture<T>) -> Result<T, BackendError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?
+            .block_on(f)
+    }
+
+    #[test]
+    fn ed25519_signatures_verify_with_ring() -> Result<(), BackendError> {
+        let b = MemoryBackend::new();
+        let obj = block_on(b.generate(KeySpec {
+            kind: KeyKind::Ed25519,
+            label: "k".into(),
+        }))?;
+        let PublicKey::Ed25519 { x } = &obj.public else {
+            return Err(BackendError::Malformed("not Ed25519".into()));
+        };
+        let sig = block_on(b.sign(
+            &obj.id,
+            KeyKind::Ed25519,
+            SignOp::Ed25519 {
+                message: b"msg".to_vec(),
+            },
+        ))?;
+        let verified =
+            signature::UnparsedPublicKey::new(&signature::ED25519, x).verify(b"msg", &sig);
+        assert!(verified.is_ok());
+        assert!(
+            signature::UnparsedPublicKey::new(&signature::ED25519, x)
+                .verify(b"other", &sig)
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn what_ring_cannot_do_is_refused_not_faked() -> Result<(), BackendError> {
+        let b = MemoryBackend::new();
+        let ec = block_on(b.generate(KeySpec {
+            kind: KeyKind::Ec(Curve::P256),
+            label: "ec".into(),
+        }))?;
+        assert!(matches!(ec.public, PublicKey::Ec { ref x, .. } if x.len() == 32));
+        let r = block_on(b.sign(
+            &ec.id,
+            KeyKind::Ec(Curve::P256),
+            SignOp::Ecdsa {
+                digest: vec![0; 32],
+            },
+        ));
+        assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
+        let r = block_on(b.generate(KeySpec {
+            kind: KeyKind::Rsa { bits: 2048 },
+            label: "rsa".into(),
+        }));
+        assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn injected_faults_fire_once() -> Result<(), BackendError> {
+        let b = MemoryBackend::new();
+        let put = |label: &str| {
+            block_on(b.put_record(Record {
+                label: label.into(),
+                value: vec![1],
+            }))
+        };
+        b.fail_put_record_after(1)?;
+        put("a")?;
+        assert!(put("b").is_err());
+        put("c")?;
+        assert_eq!(b.record_labels()?, vec!["a".to_owned(), "c".to_owned()]);
+
+        b.crash_after_generate()?;
+        let spec = || KeySpec {
+            kind: KeyKind::Ed25519,
+            label: "k".into(),
+        };
+        assert!(block_on(b.generate(spec())).is_err());
+        assert_eq!(b.key_ids()?.len(), 1, "the key pair stays behind");
+        let obj = block_on(b.generate(spec()))?;
+
+        b.fail_destroy()?;
+        assert!(block_on(b.destroy(&obj.id)).is_err());
+        block_on(b.destroy(&obj.id))?;
+        assert_eq!(b.key_ids()?.len(), 1);
+
+        b.hide_records(true)?;
+        assert!(block_on(b.records())?.is_empty());
+        b.hide_records(false)?;
+        assert_eq!(block_on(b.records())?.len(), 2);
+        Ok(())
+    }
+}

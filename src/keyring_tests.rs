@@ -1,0 +1,382 @@
+//! Keyring logic over the in-memory backend ([`crate::backend::memory`]): rotation ordering,
+//! crash points between device calls, and reloading from the records. Fast: no device, no
+//! daemon. What real devices do is the conformance suite's (tests/conformance.rs).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::backend::memory::MemoryBackend;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const NOW: i64 = 1_700_000_000;
+
+fn keyring(backend: &MemoryBackend) -> Keyring {
+    Keyring::new(Arc::new(backend.clone()))
+}
+
+/// A second process (a restart, or a replica) over the same device.
+async fn reloaded(backend: &MemoryBackend) -> Result<Keyring, KeyringError> {
+    let k = keyring(backend);
+    k.refresh().await?;
+    Ok(k)
+}
+
+/// The keyring as its records describe it. A destroyed version's record holds no public key, so
+/// a reloaded keyring cannot know its kid, URI or kind, while the process that destroyed it
+/// still shows them: for destroyed versions only the recorded fields are compared.
+fn as_recorded(keys: &[KeyInfo]) -> Vec<(KeyName, bool, Vec<VersionInfo>)> {
+    keys.iter()
+        .map(|k| {
+            let versions = k
+                .versions
+                .iter()
+                .map(|v| {
+                    let mut v = VersionInfo::clone(v);
+                    if v.state == KeyState::Destroyed {
+                        v.kind = KeyKind::Ed25519;
+                        v.public = PublicKey::Ed25519 { x: Vec::new() };
+                        v.kid = String::new();
+                        v.uri = String::new();
+                        v.attestation = Vec::new();
+                    }
+                    v
+                })
+                .collect();
+            (k.name.clone(), k.fapi2, versions)
+        })
+        .collect()
+}
+
+fn states(key: &KeyInfo) -> Vec<KeyState> {
+    key.versions.iter().map(|v| v.state).collect()
+}
+
+fn jwks_kids(k: &Keyring) -> Result<Vec<String>, KeyringError> {
+    Ok(k.jwks()?["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|e| e["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Every rule that must hold after any operation: at most one active version, kids distinct
+/// among the versions that have key pairs, the JWKS = the published versions, and `active()`
+/// = the one active version.
+fn assert_invariants(k: &Keyring) -> TestResult {
+    let mut all_kids = Vec::new();
+    for key in k.list() {
+        let active: Vec<_> = key
+            .versions
+            .iter()
+            .filter(|v| v.state == KeyState::Active)
+            .collect();
+        assert!(active.len() <= 1, "{}: {:?}", key.name, states(&key));
+        match active.first() {
+            Some(v) => assert_eq!(k.active(key.name.as_str())?.version, v.version),
+            None => assert!(k.active(key.name.as_str()).is_err()),
+        }
+        for (i, v) in key.versions.iter().enumerate() {
+            assert_eq!(v.version as usize, i + 1, "{}: versions in order", key.name);
+        }
+        all_kids.extend(
+            key.versions
+                .iter()
+                .filter(|v| v.state != KeyState::Destroyed)
+                .map(|v| v.kid.clone()),
+        );
+    }
+    let mut distinct = all_kids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), all_kids.len(), "kids collide: {all_kids:?}");
+    let published: Vec<String> = k
+        .list()
+        .iter()
+        .flat_map(|key| key.versions.clone())
+        .filter(|v| v.state.published())
+        .map(|v| v.kid.clone())
+        .collect();
+    assert_eq!(jwks_kids(k)?, published);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rotation_moves_versions_next_active_retired() -> TestResult {
+    use KeyState::{Active, Destroyed, Next, Retired};
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.refresh().await?;
+    let key = k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    assert_eq!(states(&key), [Active]);
+    assert_invariants(&k)?;
+
+    // Rotate: the new version is `next` (published, not signing); v1 still signs.
+    let key = k.rotate("idp", None, 0, NOW + 1).await?;
+    assert_eq!(states(&key), [Active, Next]);
+    assert_eq!(k.active("idp")?.version, 1);
+    assert_invariants(&k)?;
+
+    // Activate the newest `next`: v2 signs, v1 retires (and stays published).
+    let key = k.activate("idp", 0).await?;
+    assert_eq!(states(&key), [Retired, Active]);
+    assert_eq!(k.active("idp")?.version, 2);
+    assert_invariants(&k)?;
+
+    // Another round, then a rollback to a retired version.
+    k.rotate("idp", None, 0, NOW + 2).await?;
+    let key = k.activate("idp", 0).await?;
+    assert_eq!(states(&key), [Retired, Retired, Active]);
+    let key = k.activate("idp", 2).await?;
+    assert_eq!(states(&key), [Retired, Active, Retired]);
+    assert_invariants(&k)?;
+
+    // Neither the active version nor an already active one moves the wrong way.
+    assert!(k.destroy("idp", 2).await.is_err(), "active destroyed");
+    assert!(k.activate("idp", 2).await.is_err(), "active re-activated");
+    assert!(
+        k.activate("idp", 0).await.is_err(),
+        "activated with no `next`"
+    );
+    assert_eq!(states(&k.get("idp")?), [Retired, Active, Retired]);
+
+    // Destroy a retired version: its key pair leaves the device and the JWKS.
+    let v1 = k.get("idp")?.versions[0].clone();
+    let key = k.destroy("idp", 1).await?;
+    assert_eq!(states(&key), [Destroyed, Active, Retired]);
+    assert!(!backend.key_ids()?.contains(&v1.key_id));
+    assert!(!jwks_kids(&k)?.contains(&v1.kid));
+    assert!(
+        k.activate("idp", 1).await.is_err(),
+        "destroyed re-activated"
+    );
+    assert_invariants(&k)?;
+
+    // Retire the active one: nothing signs, everything still published.
+    let key = k.retire("idp", 0).await?;
+    assert_eq!(states(&key), [Destroyed, Retired, Retired]);
+    assert!(matches!(
+        k.active("idp"),
+        Err(KeyringError::NoActiveVersion(_))
+    ));
+    assert_eq!(jwks_kids(&k)?.len(), 2);
+    assert_invariants(&k)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kids_are_distinct_across_keys_and_versions() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("a", Alg::EdDsa, 0, false, NOW).await?;
+    k.create("b", Alg::Es256, 0, false, NOW).await?;
+    k.create("c", Alg::Es384, 0, false, NOW).await?;
+    for _ in 0..3 {
+        k.rotate("a", None, 0, NOW).await?;
+        k.rotate("b", None, 0, NOW).await?;
+    }
+    // A rotation may change the alg, and with it the key pair's kind.
+    let b = k.rotate("b", Some(Alg::Es384), 0, NOW).await?;
+    assert_eq!(
+        b.versions.last().map(|v| v.kind),
+        Some(KeyKind::Ec(Curve::P384))
+    );
+    assert_invariants(&k)?;
+    assert_eq!(jwks_kids(&k)?.len(), 4 + 5 + 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    let before = k.list();
+    let jwks = k.jwks()?;
+
+    // Rotation: the key pair is made, the process dies before the record is written.
+    backend.crash_after_generate()?;
+    assert!(k.rotate("idp", None, 0, NOW).await.is_err());
+    assert_eq!(
+        backend.key_ids()?.len(),
+        2,
+        "an orphan key pair on the device"
+    );
+    assert_eq!(k.list(), before);
+    assert_eq!(k.jwks()?, jwks);
+
+    // Creation: the same, and the name stays free.
+    backend.crash_after_generate()?;
+    assert!(k.create("new", Alg::Es256, 0, false, NOW).await.is_err());
+    assert!(matches!(k.get("new"), Err(KeyringError::KeyNotFound(_))));
+
+    // A restarted process sees neither: nothing half-made is active or published.
+    let r = reloaded(&backend).await?;
+    assert_eq!(r.list(), before);
+    assert_eq!(r.jwks()?, jwks);
+    assert_invariants(&r)?;
+
+    // Both operations work afterwards, and the orphan never becomes a version.
+    let key = r.rotate("idp", None, 0, NOW).await?;
+    assert_eq!(key.versions.len(), 2);
+    r.create("new", Alg::Es256, 0, false, NOW).await?;
+    let orphans = backend
+        .key_ids()?
+        .into_iter()
+        .filter(|id| {
+            !r.list()
+                .iter()
+                .flat_map(|k| k.versions.clone())
+                .any(|v| &v.key_id == id)
+        })
+        .count();
+    assert_eq!(orphans, 2);
+    assert_invariants(&r)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_record_write_takes_the_new_key_pair_with_it() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    let before = k.list();
+    backend.fail_put_record_after(0)?;
+    assert!(k.rotate("idp", None, 0, NOW).await.is_err());
+    assert_eq!(backend.key_ids()?.len(), 1, "no unreachable key pair left");
+    assert_eq!(k.list(), before);
+    assert_eq!(reloaded(&backend).await?.list(), before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_half_way_through_activation_leaves_the_newest_active() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    // The first write (v2 active) lands, the second (v1 retired) does not.
+    backend.fail_put_record_after(1)?;
+    assert!(k.activate("idp", 0).await.is_err());
+    for keyring in [&k, &reloaded(&backend).await?] {
+        keyring.refresh().await?;
+        let key = keyring.get("idp")?;
+        assert_eq!(states(&key), [KeyState::Retired, KeyState::Active]);
+        assert_eq!(keyring.active("idp")?.version, 2);
+        assert_eq!(jwks_kids(keyring)?.len(), 2);
+        assert_invariants(keyring)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_between_destroy_record_and_key_destroy_unpublishes_the_version() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    k.activate("idp", 0).await?;
+    let v1 = k.get("idp")?.versions[0].clone();
+    backend.fail_destroy()?;
+    assert!(k.destroy("idp", 1).await.is_err());
+    // The record says destroyed; the key pair is an orphan, never a published key that
+    // cannot sign.
+    assert!(backend.key_ids()?.contains(&v1.key_id));
+    let r = reloaded(&backend).await?;
+    assert_eq!(r.get("idp")?.versions[0].state, KeyState::Destroyed);
+    assert!(!jwks_kids(&r)?.contains(&v1.kid));
+    assert_invariants(&r)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW + 10).await?;
+    k.activate("idp", 0).await?;
+    k.rotate("idp", None, 0, NOW + 20).await?;
+    k.destroy("idp", 1).await?;
+    k.create("client", Alg::Es256, 0, true, NOW + 30).await?;
+    k.retire("client", 0).await?;
+    k.create("dpop", Alg::Ed25519, 0, false, NOW + 40).await?;
+    let uri = backend.add_foreign_ed25519("made elsewhere")?;
+    k.adopt("legacy", Alg::EdDsa, false, &uri, NOW + 50).await?;
+    assert!(
+        k.adopt("again", Alg::EdDsa, false, &uri, NOW)
+            .await
+            .is_err(),
+        "one key pair adopted twice"
+    );
+    let seed = [7u8; 32];
+    let pair =
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| format!("{e}"))?;
+    let material = PrivateKeyMaterial::Ed25519 {
+        seed: zeroize::Zeroizing::new(seed.to_vec()),
+        public: PublicKey::Ed25519 {
+            x: ring::signature::KeyPair::public_key(&pair)
+                .as_ref()
+                .to_vec(),
+        },
+    };
+    k.import("migrated", Alg::EdDsa, false, material, NOW + 60)
+        .await?;
+    assert_invariants(&k)?;
+
+    let r = reloaded(&backend).await?;
+    assert_eq!(as_recorded(&r.list()), as_recorded(&k.list()));
+    assert_eq!(r.jwks()?, k.jwks()?);
+    assert!(r.get("client")?.fapi2);
+    assert_eq!(r.get("legacy")?.versions[0].origin, Origin::Adopted);
+    assert_eq!(r.get("migrated")?.versions[0].origin, Origin::Imported);
+    assert_eq!(r.get("idp")?.versions[1].created_at, NOW + 10);
+    // The in-memory backend signs Ed25519 for real: the reloaded keyring's active version
+    // signs, and ring verifies it against the published public key.
+    let v = r.active("idp")?;
+    let sig = r
+        .backend()
+        .sign(
+            &v.key_id,
+            v.kind,
+            crate::crypto::SignOp::Ed25519 {
+                message: b"after reload".to_vec(),
+            },
+        )
+        .await?;
+    let PublicKey::Ed25519 { x } = &v.public else {
+        return Err("not Ed25519".into());
+    };
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, x)
+        .verify(b"after reload", &sig)
+        .map_err(|_| "signature does not verify")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    let jwks = k.jwks()?;
+    backend.hide_records(true)?;
+    assert!(k.refresh().await.is_err());
+    assert_eq!(
+        k.jwks()?,
+        jwks,
+        "JWKS kept while the device hides its records"
+    );
+    assert_eq!(k.active("idp")?.version, 1);
+    assert!(
+        k.rotate("idp", None, 0, NOW).await.is_err(),
+        "no change on a keyring that cannot be read"
+    );
+    backend.hide_records(false)?;
+    k.refresh().await?;
+    assert_eq!(k.jwks()?, jwks);
+    assert_invariants(&k)?;
+    Ok(())
+}
