@@ -15,7 +15,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod device;
 pub mod tls;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;
 
 use serde_json::{Value, json};
 use sigild::api::pb;
@@ -580,4 +583,94 @@ pub fn decode(compact: &str) -> TestResult<(Value, Value)> {
     let h = sigild::jose::b64_decode(parts.next().ok_or("header")?)?;
     let p = sigild::jose::b64_decode(parts.next().ok_or("payload")?)?;
     Ok((serde_json::from_slice(&h)?, serde_json::from_slice(&p)?))
+}
+
+/// The kids of a JWKS, in order.
+pub fn kids(jwks: &Value) -> Vec<String> {
+    jwks["keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sign `{}` as a caller who looked the key up first: the header carries the alg and kid of
+/// the version it expects to sign (ES256 and no kid when the key has no active version).
+pub async fn sign_active(d: &Daemon, key: &str) -> Result<pb::SignJwsResponse, tonic::Status> {
+    let mut s = d
+        .signer()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let info = d
+        .keys()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?
+        .get_key(pb::GetKeyRequest { name: key.into() })
+        .await?
+        .into_inner();
+    let header = match info
+        .versions
+        .iter()
+        .find(|v| v.version == info.active_version)
+    {
+        Some(v) => format!("{{\"alg\":\"{}\",\"kid\":\"{}\"}}", v.alg, v.kid),
+        None => r#"{"alg":"ES256"}"#.to_owned(),
+    }
+    .into_bytes();
+    Ok(s.sign_jws(pb::SignJwsRequest {
+        key: key.into(),
+        protected_header: header,
+        payload: b"{}".to_vec(),
+    })
+    .await?
+    .into_inner())
+}
+
+/// Sign a JWS with exactly these header and payload bytes.
+pub async fn sign_jws(
+    d: &Daemon,
+    key: &str,
+    header: &[u8],
+    payload: &[u8],
+) -> Result<pb::SignJwsResponse, tonic::Status> {
+    let mut s = d
+        .signer()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    Ok(s.sign_jws(pb::SignJwsRequest {
+        key: key.into(),
+        protected_header: header.to_vec(),
+        payload: payload.to_vec(),
+    })
+    .await?
+    .into_inner())
+}
+
+/// Every key the daemon lists.
+pub async fn list_keys(d: &Daemon) -> TestResult<Vec<pb::Key>> {
+    Ok(d.keys()
+        .await?
+        .list_keys(pb::ListKeysRequest {})
+        .await?
+        .into_inner()
+        .keys)
+}
+
+/// One key with its versions.
+pub async fn get_key(d: &Daemon, name: &str) -> TestResult<pb::Key> {
+    Ok(d.keys()
+        .await?
+        .get_key(pb::GetKeyRequest { name: name.into() })
+        .await?
+        .into_inner())
+}
+
+/// Unix seconds now.
+pub fn now() -> TestResult<i64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64)
 }

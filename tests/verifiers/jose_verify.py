@@ -6,9 +6,13 @@ Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a 
   {"op": "jws", "jws": COMPACT, "header_jwk": true}   verify with the header's own jwk (DPoP)
   {"op": "raw", "alg": ALG, "jwk": {...}, "data_b64": B64URL, "sig_b64": B64URL}
   {"op": "thumbprint", "jwk": {...}}
-  {"op": "pkcs8", "jwk": {...}}                       private JWK -> PKCS#8 PEM (test vectors)
+  {"op": "spki_thumbprint", "der_b64": B64URL}        RFC 7638 thumbprint of a DER or PEM
+  {"op": "spki_thumbprint", "pem": PEM}               public key read by a device's own tool
+  {"op": "half_hash", "hash": "sha256", "value": S}   OIDC at_hash / c_hash of S
+  {"op": "pkcs8", "jwk": {...}}                       private JWK -> PKCS#8 PEM and DER (test vectors)
 """
 import base64
+import hashlib
 import json
 import sys
 
@@ -81,6 +85,21 @@ def to_pkcs8(key):
     return jwk.JWK(**key).export_to_pem(private_key=True, password=None)
 
 
+def spki_thumbprint(req):
+    if "pem" in req:
+        key = serialization.load_pem_public_key(req["pem"].encode())
+    else:
+        key = serialization.load_der_public_key(b64d(req["der_b64"]))
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {"ok": True, "thumbprint": jwk.JWK.from_pem(pem).thumbprint()}
+
+
+def half_hash(req):
+    """OIDC Core 3.1.3.6: base64url of the left half of the hash of the ASCII value."""
+    digest = hashlib.new(req["hash"], req["value"].encode("ascii")).digest()
+    return {"ok": True, "half_hash": base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode().rstrip("=")}
+
+
 def main():
     req = json.load(sys.stdin)
     op = req["op"]
@@ -91,8 +110,16 @@ def main():
             out = verify_raw(req)
         elif op == "thumbprint":
             out = {"ok": True, "thumbprint": jwk.JWK(**req["jwk"]).thumbprint()}
+        elif op == "spki_thumbprint":
+            out = spki_thumbprint(req)
+        elif op == "half_hash":
+            out = half_hash(req)
         elif op == "pkcs8":
-            out = {"ok": True, "pem": to_pkcs8(req["jwk"]).decode()}
+            pem = to_pkcs8(req["jwk"])
+            der = serialization.load_pem_private_key(pem, password=None).private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            out = {"ok": True, "pem": pem.decode(), "der_b64": base64.urlsafe_b64encode(der).decode().rstrip("=")}
         else:
             raise ValueError("unknown op " + op)
     except Exception as e:  # noqa: BLE001 - report every failure as a failed check

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::TestResult;
+use super::TestResult;
 
 pub const SERIAL: u32 = 12_345_678;
 pub const PIN: &str = "123456";
@@ -161,7 +161,7 @@ impl VirtualCard {
             // Loopback plaintext with an allow-all rule: these tests are about the card, and
             // caller authentication has its own tests (tests/auth.rs).
             "[server]\nlisten = \"127.0.0.1:0\"\ndanger_plaintext = true\n\n[[caller]]\ndanger_plaintext = true\nkeys = [\"*\"]\noperations = [{}]\nadmin = true\n\n[yubikey]\nserial = {SERIAL}\npin = {{ file = \"{}\" }}\nmanagement_key = {{ file = \"{}\" }}\n{extra}\n",
-            crate::support::all_operations(),
+            super::all_operations(),
             self.pin_file.display(),
             self.mgm_file.display()
         )
