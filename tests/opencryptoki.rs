@@ -7,7 +7,7 @@
 //! NOT_SERVING, saying what to check, and serves once pkcsslotd is back.
 //!
 //! One pkcsslotd per machine: every test holds an [`OckToken`] (a flock on
-//! /tmp/sigild-ock.lock). Needs root and the opencryptoki package; the tests fail (not skip)
+//! /tmp/sigild-ock-token.lock). Needs root and the opencryptoki package; the tests fail (not skip)
 //! without them.
 
 mod support;

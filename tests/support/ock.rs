@@ -17,8 +17,10 @@ use std::process::{Command, Output, Stdio};
 
 use super::{ADMIN_SPIFFE, Daemon, Pki, TestResult, all_operations};
 
-/// The lock every user of the machine's openCryptoki holds (also for `flock(1)` in scripts).
-pub const OCK_LOCK: &str = "/tmp/sigild-ock.lock";
+/// The lock every [`OckToken`] holds for its life. Not `/tmp/sigild-ock.lock`, which whole test
+/// runs may be wrapped in (`flock /tmp/sigild-ock.lock cargo nextest run …`): a test taking the
+/// same file as its wrapper would wait for itself.
+pub const OCK_LOCK: &str = "/tmp/sigild-ock-token.lock";
 
 /// The label of the (first) token.
 pub const LABEL: &str = "sigild-ock";
