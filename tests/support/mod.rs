@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod device;
+pub mod ock;
 pub mod tls;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
