@@ -1,6 +1,6 @@
 //! The backend conformance suite: one list of checks, run through the real `sigild serve`
 //! against every device in one list (SoftHSM, the virtual YubiKey on firmware 5.7.1 and 5.4.3,
-//! and openCryptoki's soft token where its support is present). Each (device, check) pair is
+//! openCryptoki's soft token). Each (device, check) pair is
 //! its own test, `DEVICE::CHECK` (e.g. `yubikey_5_7_1::adopt`), so a failure names both.
 //!
 //! Every signature is verified by code sigild did not write (jwcrypto / cryptography, through
@@ -9,19 +9,21 @@
 //! (`Capabilities::lacks`, `Capabilities::import`): the checks assert the refusal, they never
 //! skip.
 //!
-//! YubiKey tests need root, pcscd and vpcd and fail without them; only one pcscd runs per
-//! machine, so `yubikey_*` tests share nextest's `pcscd` test group (and, under `cargo test`, a
-//! process-wide lock held by the device).
+//! YubiKey and openCryptoki tests need root (pcscd and vpcd; the opencryptoki package) and fail
+//! without them. Only one pcscd and one pkcsslotd run per machine: `yubikey_*` tests share
+//! nextest's `pcscd` test group (and, under `cargo test`, a process-wide lock held by the
+//! device), `opencryptoki::*` tests the `ock` group (and a file lock held by the device).
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sigild::api::pb;
 use support::device::*;
 use support::*;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// One test per (device, check): `devices` are `module => constructor` pairs, `checks` the
 /// functions of [`checks`], each `async fn(&Device) -> TestResult`.
@@ -55,8 +57,7 @@ conformance! {
         yubikey_5_7_1 => support::device::yubikey_5_7_1,
         #[cfg(feature = "yubikey")]
         yubikey_5_4_3 => support::device::yubikey_5_4_3,
-        // openCryptoki's soft token: one line here once tests/support/ock.rs provides its
-        // `Device` (see the end of tests/support/device.rs).
+        opencryptoki => support::device::opencryptoki,
     ],
     checks: [
         every_offered_alg_signs_or_is_refused,
@@ -446,7 +447,8 @@ mod checks {
 
     /// A key pair made by the device's own tool is adopted by URI and signs (JWS and raw,
     /// verified); an alg that does not fit it is refused before anything is recorded; the same
-    /// key pair cannot be adopted twice, whatever URI names it.
+    /// key pair cannot be adopted twice, whatever URI names it; a key pair whose private key can
+    /// leave the device is refused.
     pub async fn adopt(dev: &Device) -> TestResult {
         let foreign = dev.foreign_key()?;
         let d = dev.daemon("")?;
@@ -500,6 +502,24 @@ mod checks {
             .await,
         )?;
         assert_eq!(code, Code::AlreadyExists, "{msg}");
+
+        // A key pair whose private key can leave the device is not adopted.
+        if let Some(uri) = dev.extractable_key()? {
+            let (code, msg) = code_of(
+                k.adopt_key(pb::AdoptKeyRequest {
+                    name: "leaky".into(),
+                    alg: foreign.alg.into(),
+                    uri,
+                    fapi2: false,
+                })
+                .await,
+            )?;
+            assert!(
+                matches!(code, Code::InvalidArgument | Code::FailedPrecondition),
+                "{code:?}: {msg}"
+            );
+            assert!(msg.contains("extractable"), "{msg}");
+        }
         assert_eq!(list_keys(&d).await?.len(), 1);
         Ok(())
     }
@@ -756,47 +776,93 @@ mod checks {
         Ok(())
     }
 
-    /// The device goes away (SoftHSM: the token's objects vanish; YubiKey: the card is
-    /// pulled): signing fails with a clear status and never a wrong signature, the JWKS stays
-    /// what it was (tokens signed earlier still verify at relying parties); the device comes
-    /// back: signing resumes with the same key.
+    /// The device goes away and comes back.
+    ///
+    /// Where a running daemon sees the fault (SoftHSM: the token's objects vanish; YubiKey: the
+    /// card is pulled), signing fails with a clear status and never a wrong signature, the JWKS
+    /// stays what it was (tokens signed earlier still verify at relying parties), and when the
+    /// device is back signing resumes with the same key.
+    ///
+    /// Where only a daemon that connects sees it (openCryptoki: pkcsslotd stops), the running
+    /// daemon keeps signing correctly, a daemon started meanwhile waits NOT_SERVING and refuses
+    /// to sign, and serves the same key once the device is back.
     pub async fn fault_recovery(dev: &Device) -> TestResult {
         let c = dev.caps.first_of(&["es256", "ps256"])?;
-        let d = dev.daemon("[keyring]\nrefresh_seconds = 1\n")?;
+        let extra = "[keyring]\nrefresh_seconds = 1\n";
+        let d = dev.daemon(extra)?;
         d.create("k", c.alg, c.rsa_bits).await?;
         let jwks = d.jwks().await?;
         let first = sign_active(&d, "k").await?;
         verify_jws(&first.compact, &jwks)?;
-
-        dev.fault()?;
-        let (code, msg) = code_of(sign_active(&d, "k").await)?;
-        assert!(dev.caps.fault_codes.contains(&code), "{code:?}: {msg}");
-        // Past a keyring refresh, the JWKS is unchanged.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(d.jwks().await?, jwks);
-        let (code, msg) = code_of(sign_active(&d, "k").await)?;
-        assert!(dev.caps.fault_codes.contains(&code), "{code:?}: {msg}");
-
-        dev.recover()?;
-        let signed = if dev.caps.recovers_at_once {
-            // The next request reconnects (and verifies the PIN again).
-            sign_active(&d, "k").await?
-        } else {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match sign_active(&d, "k").await {
-                    Ok(r) => break r,
-                    Err(s) => assert!(
-                        Instant::now() < deadline,
-                        "never recovered: {s:?}\n{}",
-                        d.log_text()
-                    ),
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+        let signs_as_before = |r: pb::SignJwsResponse| -> TestResult {
+            assert_eq!(r.kid, first.kid);
+            verify_jws(&r.compact, &jwks)?;
+            Ok(())
         };
-        assert_eq!(signed.kid, first.kid);
-        verify_jws(&signed.compact, &jwks)?;
+
+        match dev.caps.fault {
+            FaultModel::Running {
+                codes,
+                recovers_at_once,
+            } => {
+                dev.fault()?;
+                let (code, msg) = code_of(sign_active(&d, "k").await)?;
+                assert!(codes.contains(&code), "{code:?}: {msg}");
+                // Past a keyring refresh, the JWKS is unchanged.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                assert_eq!(d.jwks().await?, jwks);
+                let (code, msg) = code_of(sign_active(&d, "k").await)?;
+                assert!(codes.contains(&code), "{code:?}: {msg}");
+
+                dev.recover()?;
+                let signed = if recovers_at_once {
+                    // The next request reconnects (and verifies the PIN again).
+                    sign_active(&d, "k").await?
+                } else {
+                    eventually(&d, Duration::from_secs(20), || async {
+                        Ok(sign_active(&d, "k").await?)
+                    })
+                    .await?
+                };
+                signs_as_before(signed)?;
+            }
+            FaultModel::AtStart => {
+                dev.fault()?;
+                signs_as_before(sign_active(&d, "k").await?)?;
+                let late = dev.daemon(extra)?;
+                wait_health(
+                    &late,
+                    "sigil.v1.SigningService",
+                    ServingStatus::NotServing,
+                    Duration::from_secs(10),
+                )
+                .await?;
+                let (code, msg) = code_of(sign_active(&late, "k").await)?;
+                assert!(
+                    matches!(
+                        code,
+                        Code::Unavailable | Code::NotFound | Code::FailedPrecondition
+                    ),
+                    "{code:?}: {msg}"
+                );
+
+                dev.recover()?;
+                wait_health(
+                    &late,
+                    "sigil.v1.SigningService",
+                    ServingStatus::Serving,
+                    Duration::from_secs(30),
+                )
+                .await?;
+                let signed = eventually(&late, Duration::from_secs(20), || async {
+                    Ok(sign_active(&late, "k").await?)
+                })
+                .await?;
+                signs_as_before(signed)?;
+                assert_eq!(late.jwks().await?, jwks);
+                signs_as_before(sign_active(&d, "k").await?)?;
+            }
+        }
         sign_raw_verified(&d, "k", b"after recovery").await?;
         Ok(())
     }

@@ -60,8 +60,11 @@ impl AlgCase {
 
     /// Whether a refusal message names this algorithm: the JOSE alg or the key type
     /// (`RSA-3072`, `Ed25519`, `EC P-256`) it needs.
+    /// (`EdDSA` names the algorithm family of `Ed25519` too.)
     pub fn named_in(&self, msg: &str) -> bool {
-        msg.contains(self.alg) || msg.contains(&self.key_type())
+        msg.contains(self.alg)
+            || msg.contains(&self.key_type())
+            || (self.key_type() == "Ed25519" && msg.contains("EdDSA"))
     }
 }
 
@@ -119,11 +122,25 @@ pub struct Capabilities {
     /// Whether the device takes imported key material (else sigild must refuse import with
     /// FAILED_PRECONDITION).
     pub import: bool,
-    /// The statuses a signature may get while the device is faulted.
-    pub fault_codes: &'static [tonic::Code],
-    /// Whether the first request after the fault is undone must succeed (a YubiKey reconnects
-    /// on demand), rather than within the daemon's retry interval.
-    pub recovers_at_once: bool,
+    /// Who sees [`Fixture::fault`], and how.
+    pub fault: FaultModel,
+}
+
+/// How a device's fault shows.
+#[derive(Debug, Clone, Copy)]
+pub enum FaultModel {
+    /// A running daemon sees it: its signatures fail with one of `codes` until the fault is
+    /// undone.
+    Running {
+        /// The statuses a signature may get while the device is faulted.
+        codes: &'static [tonic::Code],
+        /// Whether the first request after the fault is undone must succeed (a YubiKey
+        /// reconnects on demand), rather than within the daemon's retry interval.
+        recovers_at_once: bool,
+    },
+    /// Only a daemon that (re)connects sees it: openCryptoki's soft token works inside the
+    /// daemon's own process once a session is open, and needs pkcsslotd only to initialise.
+    AtStart,
 }
 
 impl Capabilities {
@@ -182,6 +199,10 @@ pub trait Fixture: Send + Sync {
 
     /// Make a key pair with the device's own tool.
     fn foreign_key(&self) -> TestResult<Foreign>;
+
+    /// Make a key pair whose private key can leave the device (sigild must refuse to adopt
+    /// it); `None` where the device cannot hold one (a PIV private key never leaves the card).
+    fn extractable_key(&self) -> TestResult<Option<String>>;
 
     /// A well-formed key URI on some other device of the same kind.
     fn other_device_uri(&self) -> String;
@@ -277,22 +298,69 @@ impl Pkcs11Tool {
             .output()?)
     }
 
-    /// Generate an EC P-256 or RSA-2048 key pair (`key_type` as pkcs11-tool spells it) with the
-    /// label `legacy-idp` and id `a1b2`, as another tool would have made it.
-    pub fn foreign_key(&self, key_type: &str, alg: &'static str) -> TestResult<Foreign> {
-        let out = self.run(&[
+    /// Generate a key pair with pkcs11-tool (`key_type` as it spells it, e.g. `EC:prime256v1`,
+    /// `rsa:2048`), with the token's defaults for what pkcs11-tool does not set; `--extractable`
+    /// when asked.
+    pub fn keypairgen(
+        &self,
+        key_type: &str,
+        label: &str,
+        id: &str,
+        extractable: bool,
+    ) -> TestResult {
+        let mut args = vec![
             "--keypairgen",
             "--key-type",
             key_type,
             "--label",
-            "legacy-idp",
+            label,
             "--id",
-            "a1b2",
-        ])?;
+            id,
+        ];
+        if extractable {
+            args.push("--extractable");
+        }
+        let out = self.run(&args)?;
         if !out.status.success() {
             return Err(format!("pkcs11-tool --keypairgen: {}", output_text(&out)).into());
         }
-        Ok(Foreign {
+        Ok(())
+    }
+
+    /// Generate a key pair with PyKCS11 (tests/tools/p11_keygen.py), whose private key never
+    /// leaves the token (`kind`: `rsa` or `ec-p256`). pkcs11-tool cannot ask for that, and
+    /// some tokens (openCryptoki's soft token) make extractable keys unless asked.
+    pub fn keygen_non_extractable(&self, kind: &str, label: &str, id: &str) -> TestResult {
+        use std::io::Write as _;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/p11_keygen.py");
+        let mut cmd = Command::new("python3");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let req = json!({"module": self.module, "token": self.label, "pin": self.pin,
+            "kind": kind, "bits": 2048, "label": label, "id": id, "extractable": false});
+        child
+            .stdin
+            .take()
+            .ok_or("stdin")?
+            .write_all(req.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(format!("p11_keygen.py: {}", output_text(&out)).into());
+        }
+        Ok(())
+    }
+
+    /// The [`Foreign`] for a key pair made by [`Pkcs11Tool::keypairgen`] or
+    /// [`Pkcs11Tool::keygen_non_extractable`] with the label `legacy-idp` and id `a1b2`.
+    pub fn legacy_idp(&self, alg: &'static str) -> Foreign {
+        Foreign {
             uri: format!("pkcs11:token={};id=%a1%b2;type=private", self.label),
             alias: "pkcs11:object=legacy-idp".into(),
             alg,
@@ -302,7 +370,13 @@ impl Pkcs11Tool {
                 "ES256"
             },
             reported: "object=legacy-idp".into(),
-        })
+        }
+    }
+
+    /// The URI of a key pair made by [`Pkcs11Tool::keypairgen`] with the label `leaky` and id
+    /// `e1`.
+    pub fn leaky_uri(&self) -> String {
+        format!("pkcs11:token={};id=%e1;type=private", self.label)
     }
 
     /// Thumbprint of the public key object whose `CKA_ID` the URI names; `None` when neither
@@ -414,10 +488,12 @@ pub async fn softhsm() -> TestResult<Device> {
         Capabilities {
             lacks: &[],
             import: true,
-            // The token's objects vanish: depending on what the daemon was doing, the key is
-            // not found (FAILED_PRECONDITION) or the token is not reachable (UNAVAILABLE).
-            fault_codes: &[tonic::Code::Unavailable, tonic::Code::FailedPrecondition],
-            recovers_at_once: false,
+            fault: FaultModel::Running {
+                // The token's objects vanish: depending on what the daemon was doing, the key
+                // is not found (FAILED_PRECONDITION) or the token not reachable (UNAVAILABLE).
+                codes: &[tonic::Code::Unavailable, tonic::Code::FailedPrecondition],
+                recovers_at_once: false,
+            },
         },
         Box::new(SoftHsm {
             token,
@@ -436,8 +512,16 @@ impl Fixture for SoftHsm {
         format!("pkcs11:token={}", self.token.label)
     }
 
+    /// pkcs11-tool makes an EC P-256 key pair (SoftHSM's default: never extractable).
     fn foreign_key(&self) -> TestResult<Foreign> {
-        self.tool.foreign_key("EC:prime256v1", "ES256")
+        self.tool
+            .keypairgen("EC:prime256v1", "legacy-idp", "a1b2", false)?;
+        Ok(self.tool.legacy_idp("ES256"))
+    }
+
+    fn extractable_key(&self) -> TestResult<Option<String>> {
+        self.tool.keypairgen("EC:prime256v1", "leaky", "e1", true)?;
+        Ok(Some(self.tool.leaky_uri()))
     }
 
     fn other_device_uri(&self) -> String {
@@ -514,8 +598,10 @@ async fn yubikey(
         Capabilities {
             lacks,
             import: false,
-            fault_codes: &[tonic::Code::Unavailable],
-            recovers_at_once: true,
+            fault: FaultModel::Running {
+                codes: &[tonic::Code::Unavailable],
+                recovers_at_once: true,
+            },
         },
         Box::new(Yubikey {
             card,
@@ -581,6 +667,10 @@ impl Fixture for Yubikey {
         })
     }
 
+    fn extractable_key(&self) -> TestResult<Option<String>> {
+        Ok(None)
+    }
+
     fn other_device_uri(&self) -> String {
         "yubikey:serial=87654321;slot=9a".into()
     }
@@ -613,7 +703,76 @@ impl Fixture for Yubikey {
 }
 
 // ---------------------------------------------------------------------------------------------
-// openCryptoki's soft token plugs in here: a constructor returning a `Device` whose fixture
-// wraps the token of tests/support/ock.rs (a `Pkcs11Tool` on its module and label does the
-// pkcs11-tool parts), with `lacks: &["es256", "es384", "eddsa", "ed25519"]` (the soft token has
-// no EC or EdDSA mechanisms); then one line in the device list of tests/conformance.rs.
+// openCryptoki's soft token, reached with pkcs11-tool
+
+/// openCryptoki's soft token ([`super::ock::OckToken`]: one per machine at a time, held for the
+/// device's life).
+pub struct Ock {
+    token: super::ock::OckToken,
+    tool: Pkcs11Tool,
+}
+
+/// openCryptoki 3.8.1's soft token: RSA only (no EC or EdDSA mechanisms), import included.
+pub async fn opencryptoki() -> TestResult<Device> {
+    let token = super::ock::OckToken::start()?;
+    let tool = Pkcs11Tool {
+        module: token.module.clone(),
+        label: token.labels[0].clone(),
+        pin: token.pin()?,
+        env: Vec::new(),
+    };
+    Ok(Device::new(
+        "opencryptoki",
+        Capabilities {
+            lacks: &["es256", "es384", "eddsa", "ed25519"],
+            import: true,
+            fault: FaultModel::AtStart,
+        },
+        Box::new(Ock { token, tool }),
+    ))
+}
+
+impl Fixture for Ock {
+    fn daemon(&self, extra: &str) -> TestResult<Daemon> {
+        self.token.daemon(&format!("\n{extra}"))
+    }
+
+    fn uri_prefix(&self) -> String {
+        format!("pkcs11:token={}", self.tool.label)
+    }
+
+    /// PyKCS11 makes a non-extractable RSA key pair (the soft token has no EC, and pkcs11-tool
+    /// gets extractable keys from it).
+    fn foreign_key(&self) -> TestResult<Foreign> {
+        self.tool
+            .keygen_non_extractable("rsa", "legacy-idp", "a1b2")?;
+        Ok(self.tool.legacy_idp("PS256"))
+    }
+
+    /// pkcs11-tool's RSA key pair: the soft token makes it extractable.
+    fn extractable_key(&self) -> TestResult<Option<String>> {
+        self.tool.keypairgen("rsa:2048", "leaky", "e1", false)?;
+        Ok(Some(self.tool.leaky_uri()))
+    }
+
+    fn other_device_uri(&self) -> String {
+        "pkcs11:token=other;object=x".into()
+    }
+
+    fn empty_uri(&self) -> String {
+        format!("pkcs11:token={};id=%ee%ee;type=private", self.tool.label)
+    }
+
+    fn public_kid(&self, uri: &str) -> TestResult<Option<String>> {
+        self.tool.public_kid(uri)
+    }
+
+    /// pkcsslotd stops (token data and configuration stay): the module cannot initialise.
+    fn fault(&self) -> TestResult {
+        self.token.stop_slotd()
+    }
+
+    fn recover(&self) -> TestResult {
+        self.token.start_slotd()
+    }
+}

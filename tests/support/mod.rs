@@ -675,3 +675,46 @@ pub fn now() -> TestResult<i64> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64)
 }
+
+/// Wait until the daemon's health for `service` ("" = the whole server) is `want`.
+pub async fn wait_health(
+    d: &Daemon,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    within: Duration,
+) -> TestResult {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(d.channel().await?);
+    let deadline = Instant::now() + within;
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await;
+        if r.as_ref().is_ok_and(|r| r.get_ref().status == want as i32) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("health never became {want:?}: {r:?}\n{}", d.log_text()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retry `f` until it succeeds or `within` passes (then its last error, with the daemon log).
+pub async fn eventually<T, F, Fut>(d: &Daemon, within: Duration, mut f: F) -> TestResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = TestResult<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("{e}\n{}", d.log_text()).into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
