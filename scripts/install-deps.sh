@@ -5,7 +5,8 @@
 #                                    pcscd + vsmartcard-vpcd + Yubico tools (virtual YubiKey),
 #                                    openCryptoki (a second PKCS#11 implementation; the tests
 #                                    configure and start its pkcsslotd with scripts/ock-up.sh),
-#                                    Python jwcrypto/cryptography (independent verifiers)
+#                                    Python jwcrypto/cryptography (independent verifiers),
+#                                    PyKCS11 (non-extractable keys made outside sigild)
 set -euo pipefail
 
 SUDO=""
@@ -34,11 +35,11 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [ $want_test = 1 ]; then
-    if ! python3 -c 'import jwcrypto, cryptography' 2>/dev/null; then
-        echo "install-deps: installing Python jwcrypto + cryptography (independent verifiers)" >&2
-        python3 -m pip install --quiet --disable-pip-version-check jwcrypto cryptography 2>/dev/null \
-            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jwcrypto cryptography \
-            || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography >/dev/null; }
+    if ! python3 -c 'import jwcrypto, cryptography, PyKCS11' 2>/dev/null; then
+        echo "install-deps: installing Python jwcrypto + cryptography (independent verifiers) and PyKCS11 (keys made by another tool)" >&2
+        python3 -m pip install --quiet --disable-pip-version-check jwcrypto cryptography PyKCS11 2>/dev/null \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jwcrypto cryptography PyKCS11 \
+            || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography python3-pykcs11 >/dev/null; }
     fi
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "install-deps: installing cargo-nextest" >&2
