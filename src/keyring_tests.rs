@@ -380,3 +380,29 @@ async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
     assert_invariants(&k)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_device_error_while_loading_never_drops_a_version() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    k.create("client", Alg::Es256, 0, false, NOW).await?;
+    // A restarted process loads while the device briefly fails to read one public key (a
+    // YubiKey still held by the process that just exited does this): the load may fail and be
+    // retried, but a keyring with that version missing (its key without an active version, its
+    // kid gone from the JWKS) must never be served.
+    backend.fail_key_reads(1)?;
+    let r = keyring(&backend);
+    match r.refresh().await {
+        Err(_) => assert!(
+            r.list().is_empty(),
+            "a failed load served a partial keyring"
+        ),
+        Ok(()) => assert_eq!(as_recorded(&r.list()), as_recorded(&k.list())),
+    }
+    r.refresh().await?;
+    assert_eq!(as_recorded(&r.list()), as_recorded(&k.list()));
+    assert_eq!(r.jwks()?, k.jwks()?);
+    Ok(())
+}

@@ -747,6 +747,15 @@ mod checks {
             (list_keys(&d).await?, d.jwks().await?)
         };
         let d = dev.daemon("")?;
+        // The device may still be busy with the daemon that just exited: once the new one says
+        // it serves, its keyring must be complete.
+        wait_health(
+            &d,
+            "sigil.v1.SigningService",
+            ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await?;
         let after = list_keys(&d).await?;
         // Names, versions, states, kids, URIs, public keys, origins, times: all the same. (A
         // card makes a fresh attestation certificate each time it is asked: those may differ.)
@@ -761,7 +770,25 @@ mod checks {
                 })
                 .collect()
         };
-        assert_eq!(recorded(after), recorded(before));
+        let (after, before) = (recorded(after), recorded(before));
+        if after != before {
+            let names = |keys: &[pb::Key]| -> Vec<String> {
+                keys.iter()
+                    .flat_map(|k| {
+                        k.versions
+                            .iter()
+                            .map(|v| format!("{}/{} {}", k.name, v.version, v.kid))
+                    })
+                    .collect()
+            };
+            return Err(format!(
+                "the restarted daemon's keyring differs: {:?} before, {:?} after\n{}",
+                names(&before),
+                names(&after),
+                d.log_text()
+            )
+            .into());
+        }
         let shared = get_key(&d, "shared").await?;
         assert_eq!(shared.active_version, 2);
         assert_eq!(shared.versions[0].state, pb::KeyState::Retired as i32);

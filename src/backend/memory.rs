@@ -1,7 +1,8 @@
 //! An in-memory [`Backend`] for fast unit tests of the keyring: software key pairs made with
 //! `ring`, metadata records in a map, and fault injection at the points where a real device or
 //! process can fail half-way (a `put_record` that fails, a crash between generating a key pair
-//! and recording it, a destroy that does not happen, records the device stops showing).
+//! and recording it, a destroy that does not happen, records the device stops showing, key reads
+//! that fail for a while).
 //!
 //! Compiled only for tests. It owns nothing but its own maps: no files, no network, no device,
 //! and it is never wired into the daemon. Clones share one "device", so a second
@@ -47,6 +48,8 @@ struct Faults {
     crash_after_generate: bool,
     /// The next `destroy` fails and leaves the key pair in place.
     destroy_fails: bool,
+    /// How many further `key` calls fail as a device that is briefly unreachable would.
+    key_reads_failing: usize,
     /// `records` lists nothing while set (the device hides its objects: a fault, a partition
     /// being restored); the records are still there.
     records_hidden: bool,
@@ -98,6 +101,13 @@ impl MemoryBackend {
     /// The next `destroy` fails and leaves the key pair on the device.
     pub fn fail_destroy(&self) -> Result<(), BackendError> {
         self.lock()?.faults.destroy_fails = true;
+        Ok(())
+    }
+
+    /// The next `n` `key` calls (reading a key pair's public half) fail with
+    /// [`BackendError::Unavailable`], as on a device that is briefly busy or unreachable.
+    pub fn fail_key_reads(&self, n: usize) -> Result<(), BackendError> {
+        self.lock()?.faults.key_reads_failing = n;
         Ok(())
     }
 
@@ -342,6 +352,12 @@ impl Backend for MemoryBackend {
     fn key(&self, key: &KeyId) -> BackendFuture<KeyObject> {
         let id = key.clone();
         self.call(move |s| {
+            if s.faults.key_reads_failing > 0 {
+                s.faults.key_reads_failing -= 1;
+                return Err(BackendError::Unavailable(
+                    "injected key read failure".into(),
+                ));
+            }
             let key = s
                 .keys
                 .get(&id)

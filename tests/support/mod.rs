@@ -1,7 +1,9 @@
-//! Shared integration-test support: a fresh SoftHSM token per test (its own directory and
-//! `SOFTHSM2_CONF`, so tests run in parallel), the real `sigild` binary started on port 0 against
-//! it, gRPC clients, and the independent verifiers (Python jwcrypto/cryptography, openssl,
-//! pkcs11-tool).
+//! Shared integration-test support, the one module every test binary includes: a fresh SoftHSM
+//! token per test (its own directory and `SOFTHSM2_CONF`, so tests run in parallel), the real
+//! `sigild` binary started on port 0 against it, gRPC clients, and the independent verifiers
+//! (Python jwcrypto/cryptography, openssl, pkcs11-tool). Submodules: `device` (the conformance
+//! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
+//! `tls` (TLS test peers).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
