@@ -205,7 +205,7 @@ async fn import_rfc_key(d: &Daemon, name: &str, alg: &str, jwk: Value) -> TestRe
         .to_owned();
     let path = std::env::temp_dir().join(format!("sigild-test-{}-{name}.pem", std::process::id()));
     std::fs::write(&path, &pem)?;
-    let der = sigild::cli::read_pkcs8(&path)?;
+    let der = sigild::client::read_pkcs8(&path)?;
     std::fs::remove_file(&path)?;
     let req = pb::ImportKeyRequest {
         name: name.into(),

@@ -10,7 +10,7 @@
 //! No session is opened, no login made and no object searched per request.
 
 mod objects;
-pub mod uri;
+pub use crate::uri;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

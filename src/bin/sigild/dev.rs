@@ -15,8 +15,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 
-use crate::secret::{SecretSource, write_secret_file};
-use crate::service::Service;
+use sigild::secret::{SecretSource, write_secret_file};
+use sigild::service::Service;
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "sigild-dev";
@@ -55,7 +55,7 @@ pub struct DevPaths {
     /// The SoftHSM module found on this machine.
     pub module: PathBuf,
     /// The dev CA, server and client certificates.
-    pub pki: crate::tls::DevPki,
+    pub pki: sigild::tls::DevPki,
     /// The Unix socket.
     pub socket: PathBuf,
 }
@@ -76,10 +76,10 @@ pub enum DevError {
     Token(String),
     /// Reading a PIN back.
     #[error(transparent)]
-    Secret(#[from] crate::secret::SecretError),
+    Secret(#[from] sigild::secret::SecretError),
     /// Creating the dev certificates.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] sigild::tls::TlsError),
 }
 
 /// The SoftHSM module: `SIGILD_PKCS11_MODULE` if set, else the first usual path that exists.
@@ -123,7 +123,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
         user_pin: dir.join("user.pin"),
         so_pin: dir.join("so.pin"),
         module,
-        pki: crate::tls::DevPki::in_dir(&dir),
+        pki: sigild::tls::DevPki::in_dir(&dir),
         socket: dir.join("sigild.sock"),
         dir,
     };
@@ -145,7 +145,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(&paths.dir).map_err(io(&paths.dir))?.uid()
     };
-    let all_ops = crate::policy::Operation::CONFIGURABLE
+    let all_ops = sigild::policy::Operation::CONFIGURABLE
         .map(|o| format!("\"{}\"", o.name()))
         .join(", ");
     // Rewritten every start so it follows --listen and the module found on this machine.
@@ -191,7 +191,7 @@ workers = 2
         server_key = paths.pki.server_key.display(),
         ca = paths.pki.ca.display(),
         socket = paths.socket.display(),
-        client = crate::tls::DEV_CLIENT_SPIFFE,
+        client = sigild::tls::DEV_CLIENT_SPIFFE,
         audit = paths.dir.join("audit.jsonl").display(),
         module = paths.module.display(),
         pin = paths.user_pin.display(),
@@ -263,12 +263,12 @@ pub fn ensure_token(paths: &DevPaths) -> Result<bool, DevError> {
 ///
 /// # Errors
 /// Service errors (the token refused to generate).
-pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, crate::service::Error> {
+pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, sigild::service::Error> {
     let mut created = Vec::new();
     for (name, alg) in DEV_KEYS {
         if service.key(name).is_err() {
             service
-                .create_key(&crate::service::Origin::in_process(), name, alg, 0, true)
+                .create_key(&sigild::service::Origin::in_process(), name, alg, 0, true)
                 .await?;
             created.push(name.to_owned());
         }
