@@ -3,6 +3,8 @@
 #   scripts/install-deps.sh          build + run deps (SoftHSM2, protoc, PC/SC headers)
 #   scripts/install-deps.sh --test   also the test tools: OpenSC (pkcs11-tool), openssl,
 #                                    pcscd + vsmartcard-vpcd + Yubico tools (virtual YubiKey),
+#                                    openCryptoki (a second PKCS#11 implementation; the tests
+#                                    configure and start its pkcsslotd with scripts/ock-up.sh),
 #                                    Python jwcrypto/cryptography (independent verifiers)
 set -euo pipefail
 
@@ -13,7 +15,7 @@ want_test=0
 
 pkgs=(softhsm2 protobuf-compiler pkg-config libpcsclite-dev ca-certificates)
 if [ $want_test = 1 ]; then
-    pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager python3)
+    pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager opencryptoki python3)
 fi
 
 missing=()

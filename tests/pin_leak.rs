@@ -93,13 +93,13 @@ async fn the_pin_appears_in_no_log_line_record_or_message() -> TestResult {
         seen.extend(d.stdout_lines());
         seen.push(d.log_text());
     }
-    // check-config reads the PIN file; its output must not show it.
+    // check-config reads the PIN file and logs in with it; its output must not show it.
     let config = token.write_config("ok.toml", &token.config(""))?;
-    let out = run_cli(
-        "http://127.0.0.1:1",
-        &["check-config", "--config", config.to_str().ok_or("path")?],
-        None,
-    )?;
+    let out = std::process::Command::new(sigild_bin())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("SOFTHSM2_CONF", &token.conf)
+        .output()?;
     assert!(
         out.status.success(),
         "{}",

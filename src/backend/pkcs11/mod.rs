@@ -4,12 +4,19 @@
 //! Owns: module loading, token resolution (by label/serial, re-resolved after faults because slot
 //! ids change), login (once per token; a rejected PIN is never retried, since retries lock real
 //! tokens), object templates, the private-key handle cache, metadata records as `CKO_DATA`
-//! objects. Never touches JOSE, policy, gRPC or config files.
+//! objects. Never touches JOSE, policy, gRPC or config files. Submodules: `token` (finding the
+//! token, slot by slot, with reasons), `caps` (what its mechanisms allow, refused early),
+//! `probe` (a one-shot check for `check-config`), `raw_info` (the one raw `C_GetTokenInfo`, the
+//! library's only unsafe code), `objects` (templates and attributes).
 //!
 //! Hot path per signature: one channel hop to a worker, one cached-handle lookup, one `C_Sign`.
 //! No session is opened, no login made and no object searched per request.
 
+mod caps;
 mod objects;
+mod probe;
+mod raw_info;
+mod token;
 pub use crate::uri;
 
 use std::collections::HashMap;
@@ -30,6 +37,9 @@ use super::{
 };
 use crate::crypto::{KeyKind, SignOp};
 use crate::secret::Secret;
+pub use caps::{Capabilities, SchemeSupport};
+pub use probe::{Probe, probe};
+pub use token::{SlotReport, TokenIdentity};
 pub use uri::Pkcs11Uri;
 
 /// Typed settings for one token. Built by the composition root from the config file.
@@ -62,14 +72,19 @@ pub struct Pkcs11Backend {
 
 /// What the workers share: the module, the token selector, the PIN and the caches.
 struct Shared {
-    /// The loaded and initialised module.
+    /// The loaded module (initialised, or to be initialised again when that failed).
     ctx: Pkcs11,
+    /// Where the module was loaded from, for messages and raw token information.
+    module: PathBuf,
     /// Which token to use.
     selector: Pkcs11Uri,
     /// The user PIN, used for the (rare) logins.
     pin: Secret,
     /// The token's current slot and identity, cleared after a fault so it is found again.
     token: Mutex<Option<TokenRef>>,
+    /// What the token last found can do (its mechanism list), checked before requests reach
+    /// it; `None` until a token was found or when its list could not be read.
+    caps: RwLock<Option<Arc<Capabilities>>>,
     /// Private-key handles by `CKA_ID`, so signing never searches objects.
     handles: RwLock<HashMap<KeyId, ObjectHandle>>,
     /// Set once the token refused the PIN: further logins would only burn retries.
@@ -136,10 +151,12 @@ impl Pkcs11Backend {
     /// PIN or a missing token is reported at start-up rather than on the first request.
     ///
     /// # Errors
-    /// [`BackendError::Unavailable`] when the module cannot be loaded or initialised;
+    /// [`BackendError::Unavailable`] when the module does not exist or cannot be loaded;
     /// [`BackendError::PinRejected`] / [`BackendError::PinLocked`] when the token refuses the
-    /// PIN. A token that is merely absent is not an error here: requests get `Unavailable` and
-    /// the workers find the token when it appears.
+    /// PIN. A module whose `C_Initialize` fails (its daemon or service is down) or a token that
+    /// is merely absent is not an error here: it is returned as the start-up issue, requests
+    /// get `Unavailable`, and the workers initialise the module and find the token when they
+    /// can.
     pub fn open(settings: Pkcs11Settings) -> Result<(Self, Option<BackendError>), BackendError> {
         let module = &settings.module;
         if !module.exists() {
@@ -156,19 +173,19 @@ impl Pkcs11Backend {
         })?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            // Not fatal: the first connection below initialises again and reports the failure
+            // with its likely cause as the start-up issue; later ones keep retrying.
             Err(e) => {
-                return Err(BackendError::Unavailable(format!(
-                    "C_Initialize failed for {}: {}",
-                    module.display(),
-                    ck_code(&e)
-                )));
+                tracing::debug!(code = %ck_code(&e), "C_Initialize failed; retrying on first use")
             }
         }
         let shared = Arc::new(Shared {
             ctx,
+            module: settings.module.clone(),
             selector: settings.token,
             pin: settings.pin,
             token: Mutex::new(None),
+            caps: RwLock::new(None),
             handles: RwLock::new(HashMap::new()),
             pin_rejected: AtomicBool::new(false),
             last_reinit: Mutex::new(None),
@@ -286,11 +303,13 @@ impl Shared {
                 // Every session of ours is on the missing token, so none is in use: closing
                 // them all (C_Finalize) loses nothing. Workers reconnect and log in again.
                 let _ = self.ctx.clone().finalize();
-                self.ctx
+                match self
+                    .ctx
                     .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-                    .map_err(|e| {
-                        BackendError::Unavailable(format!("C_Initialize failed: {}", ck_code(&e)))
-                    })?;
+                {
+                    Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+                    Err(e) => return Err(token::init_failure(&self.module, &e)),
+                }
                 let found = self.find_token()?;
                 *cached = Some(found.clone());
                 Ok(found)
@@ -339,66 +358,39 @@ impl Shared {
         true
     }
 
-    /// Search the module's slots for the one token matching the selector.
+    /// Search the module's slots for the one token matching the selector (see
+    /// [`token::discover`]) and remember what it can do.
     fn find_token(&self) -> Result<TokenRef, BackendError> {
-        let slots = self.ctx.get_slots_with_token().map_err(|e| {
-            BackendError::Unavailable(format!("C_GetSlotList failed: {}", ck_code(&e)))
-        })?;
-        let mut found = Vec::new();
-        for slot in slots {
-            let Ok(info) = self.ctx.get_token_info(slot) else {
-                continue;
-            };
-            let sel = &self.selector;
-            let fits = |want: &Option<String>, have: &str| {
-                want.as_deref()
-                    .is_none_or(|w| w.trim_end() == have.trim_end())
-            };
-            if fits(&sel.token, info.label())
-                && fits(&sel.serial, info.serial_number())
-                && fits(&sel.manufacturer, info.manufacturer_id())
-                && fits(&sel.model, info.model())
-                && sel.slot_id.is_none_or(|id| id == slot.id())
-            {
-                found.push(TokenRef {
-                    slot,
-                    label: info.label().trim_end().to_owned(),
-                    serial: info.serial_number().trim_end().to_owned(),
-                });
-            }
+        let found = token::discover(
+            &self.ctx,
+            &self.module,
+            &self.selector,
+            &self.describe_selector(),
+        )?;
+        if let Ok(mut caps) = self.caps.write() {
+            *caps = found.caps.map(Arc::new);
         }
-        match found.len() {
-            1 => Ok(found.remove(0)),
-            0 => Err(BackendError::Unavailable(format!(
-                "no token matches {}",
-                self.describe_selector()
-            ))),
-            n => Err(BackendError::Unavailable(format!(
-                "{n} tokens match {}; add serial= to the token URI",
-                self.describe_selector()
-            ))),
+        Ok(TokenRef {
+            slot: found.slot,
+            label: found.identity.label,
+            serial: found.identity.serial,
+        })
+    }
+
+    /// Refuse early what the token's mechanism list says it cannot do (no check before the
+    /// token was first found: such requests fail as unavailable anyway).
+    fn capable(
+        &self,
+        check: impl FnOnce(&Capabilities) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        match self.caps.read() {
+            Ok(caps) => caps.as_deref().map_or(Ok(()), check),
+            Err(_) => Err(poisoned()),
         }
     }
 
     fn describe_selector(&self) -> String {
-        let s = &self.selector;
-        let mut parts = Vec::new();
-        if let Some(v) = &s.token {
-            parts.push(format!("token={}", uri::percent_encode(v.as_bytes())));
-        }
-        if let Some(v) = &s.serial {
-            parts.push(format!("serial={v}"));
-        }
-        if let Some(v) = &s.manufacturer {
-            parts.push(format!(
-                "manufacturer={}",
-                uri::percent_encode(v.as_bytes())
-            ));
-        }
-        if let Some(v) = &s.model {
-            parts.push(format!("model={}", uri::percent_encode(v.as_bytes())));
-        }
-        format!("pkcs11:{}", parts.join(";"))
+        describe(&self.selector)
     }
 
     /// Forget the slot and the handles after a fault: the token may come back elsewhere.
@@ -579,11 +571,17 @@ impl Backend for Pkcs11Backend {
     }
 
     fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>> {
+        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
+            return Box::pin(async { Err(e) });
+        }
         let key = key.clone();
         self.submit(move |w| w.sign(&key, kind, &op))
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
+        if let Err(e) = self.shared.capable(|c| c.check_generate(spec.kind)) {
+            return Box::pin(async { Err(e) });
+        }
         self.submit(move |w| {
             let id = KeyId(objects::random_id()?);
             w.run(Retry::IfNotRun, |session, shared| {
@@ -599,6 +597,12 @@ impl Backend for Pkcs11Backend {
     }
 
     fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject> {
+        if let Err(e) = self
+            .shared
+            .capable(|c| c.check_import(material.public().kind()))
+        {
+            return Box::pin(async { Err(e) });
+        }
         self.submit(move |w| {
             let id = KeyId(objects::random_id()?);
             let result = w.run(Retry::IfNotRun, |session, shared| {
@@ -701,6 +705,27 @@ impl Fail {
             Fail::Ck(e) => map_ck(&e),
         }
     }
+}
+
+/// A token selector as a URI for messages (`pkcs11:token=…;serial=…`).
+fn describe(s: &Pkcs11Uri) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = &s.token {
+        parts.push(format!("token={}", uri::percent_encode(v.as_bytes())));
+    }
+    if let Some(v) = &s.serial {
+        parts.push(format!("serial={v}"));
+    }
+    if let Some(v) = &s.manufacturer {
+        parts.push(format!(
+            "manufacturer={}",
+            uri::percent_encode(v.as_bytes())
+        ));
+    }
+    if let Some(v) = &s.model {
+        parts.push(format!("model={}", uri::percent_encode(v.as_bytes())));
+    }
+    format!("pkcs11:{}", parts.join(";"))
 }
 
 /// Map a PKCS#11 error to the backend's vocabulary, keeping the `CKR_…` code.

@@ -180,7 +180,20 @@ pub(super) fn generate(session: &Session, spec: &KeySpec, id: &KeyId) -> Result<
             Mechanism::EccEdwardsKeyPairGen
         }
     };
-    let (pub_handle, _priv) = session.generate_key_pair(&mechanism, &public, &private)?;
+    let (pub_handle, _priv) = session
+        .generate_key_pair(&mechanism, &public, &private)
+        .map_err(|e| {
+            refused(
+                || {
+                    format!(
+                        "{} key generation with {}",
+                        spec.kind,
+                        mechanism.mechanism_type()
+                    )
+                },
+                e,
+            )
+        })?;
     read_public(session, pub_handle)
 }
 
@@ -271,15 +284,28 @@ pub(super) fn import(
             ]);
         }
     }
+    let what = || format!("import of an {} key (C_CreateObject)", m.public().kind());
     let created = session.create_object(&private);
     wipe(&mut private);
-    let priv_handle = created?;
+    let priv_handle = created.map_err(|e| refused(what, e))?;
     if let Err(e) = session.create_object(&public) {
         // Leave nothing half-imported behind.
         let _ = session.destroy_object(priv_handle);
-        return Err(e.into());
+        return Err(refused(what, e));
     }
     Ok(())
+}
+
+/// A device error of a key-making call, with what was attempted when the token refused it as
+/// unsupported (`CKR_MECHANISM_INVALID`, `CKR_CURVE_NOT_SUPPORTED`, …): the bare code does not
+/// say which key or mechanism. Other errors stay raw, for the retry rules.
+fn refused(what: impl FnOnce() -> String, e: cryptoki::error::Error) -> Fail {
+    match super::map_ck(&e) {
+        BackendError::Unsupported(code) => {
+            BackendError::Unsupported(format!("{}: the token refused it ({code})", what())).into()
+        }
+        _ => Fail::Ck(e),
+    }
 }
 
 /// Zeroize the secret-bearing attributes of a template.

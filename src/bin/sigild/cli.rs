@@ -47,11 +47,16 @@ pub enum Command {
         #[arg(long, default_value = dev::DEV_LISTEN)]
         listen: SocketAddr,
     },
-    /// Check a config file and what it points at (module, PIN file); print what is wrong.
+    /// Check a config file and the device it names: load the PKCS#11 module, find the token,
+    /// log in once (a wrong PIN costs one try) and list the algorithms the token can serve;
+    /// print what is wrong.
     CheckConfig {
         /// TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the file and the files it names only; do not touch the device.
+        #[arg(long)]
+        offline: bool,
     },
     /// Measure signatures/s and latency through the daemon against direct PKCS#11 calls on the
     /// same SoftHSM token.
@@ -862,15 +867,32 @@ pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError
     }
 }
 
-/// `sigild check-config`: parse, validate, check the module and PIN source.
+/// `sigild check-config`: parse, validate, check the module and PIN source, then (unless
+/// `offline`) probe the PKCS#11 device: module, token, login, algorithms.
 ///
 /// # Errors
 /// The first problem found, located.
-pub fn check_config(path: &Path) -> Result<(), CliError> {
+pub fn check_config(path: &Path, offline: bool) -> Result<(), CliError> {
     let c = Config::load(path).map_err(|e| CliError::Local(e.to_string()))?;
     c.check_environment(path)
         .map_err(|e| CliError::Local(e.to_string()))?;
-    print(&format!("{}: OK", path.display()))
+    let device = match &c.pkcs11 {
+        _ if offline => "device: not checked (--offline)".to_owned(),
+        None => "device: not checked (only [pkcs11] devices are probed)".to_owned(),
+        Some(_) => {
+            let settings = sigild::app::pkcs11_settings(&c, path)
+                .map_err(|e| CliError::Local(e.to_string()))?;
+            sigild::backend::pkcs11::probe(&settings)
+                .map_err(|e| {
+                    CliError::Local(format!(
+                        "{}: the file is valid, but the device check failed: {e}",
+                        path.display()
+                    ))
+                })?
+                .to_string()
+        }
+    };
+    print(&format!("{}: OK\n{device}", path.display()))
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
                 pointer::remove(&paths.dir);
                 result?;
             }
-            Command::CheckConfig { config } => cli::check_config(&config)?,
+            Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {
                 let paths = dev_paths.ok_or("bench paths missing")?;
                 let result = bench::run(&paths, &args).await;
