@@ -50,6 +50,9 @@ pub struct Running {
     /// The PKCS#11 backend when that is the device, for benchmarks that compare the daemon with
     /// direct calls on the same token.
     pub pkcs11: Option<Arc<Pkcs11Backend>>,
+    /// The device, released last at shutdown (workers joined, then the module finalised), so
+    /// no device call races the process's teardown.
+    backend: Arc<dyn Backend>,
 }
 
 impl Running {
@@ -66,7 +69,14 @@ impl Running {
         self,
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), StartError> {
-        Ok(self.serving.run_until(signal).await?)
+        let served = self.serving.run_until(signal).await;
+        drop(self.service);
+        drop(self.pkcs11);
+        let backend = self.backend;
+        tokio::task::spawn_blocking(move || backend.shutdown())
+            .await
+            .map_err(|e| StartError::Thread(format!("device shutdown: {e}")))?;
+        Ok(served?)
     }
 }
 
@@ -96,7 +106,7 @@ pub async fn start_on(
     if let Some(issue) = &startup_issue {
         tracing::warn!(error = %issue, "device not usable yet; serving NOT_SERVING until it is");
     }
-    let keyring = Arc::new(Keyring::new(backend));
+    let keyring = Arc::new(Keyring::new(Arc::clone(&backend)));
     if startup_issue.is_none()
         && let Err(e) = keyring.refresh().await
     {
@@ -114,6 +124,7 @@ pub async fn start_on(
         serving,
         service,
         pkcs11,
+        backend,
     })
 }
 

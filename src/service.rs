@@ -510,10 +510,12 @@ impl Service {
         input: &[u8],
     ) -> Result<Vec<u8>, Error> {
         let op = alg.sign_op(input);
-        let pending = self
-            .keyring
-            .backend()
-            .sign(&version.key_id, version.kind, op);
+        let pending = self.keyring.backend().sign(
+            &version.key_id,
+            version.kind,
+            op,
+            std::time::Instant::now() + self.options.sign_timeout,
+        );
         let sig = tokio::time::timeout(self.options.sign_timeout, pending)
             .await
             .map_err(|_| {

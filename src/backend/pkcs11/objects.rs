@@ -304,7 +304,7 @@ fn refused(what: impl FnOnce() -> String, e: cryptoki::error::Error) -> Fail {
         BackendError::Unsupported(code) => {
             BackendError::Unsupported(format!("{}: the token refused it ({code})", what())).into()
         }
-        _ => Fail::Ck(e),
+        _ => Fail::Device(e),
     }
 }
 

@@ -312,13 +312,10 @@ async fn direct_row(
         let (alg, duration) = (m.alg, m.duration);
         handles.push(tokio::task::spawn_blocking(
             move || -> Result<(Vec<u64>, u64), String> {
-                let session = backend.open_session().map_err(|e| e.to_string())?;
-                let handle = backend
-                    .private_key_handle(&session, &version.key_id)
+                let signer = backend
+                    .direct_signer(&version.key_id, version.kind)
                     .map_err(|e| e.to_string())?;
-                let sign = || {
-                    Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input))
-                };
+                let sign = || signer.sign(&alg.sign_op(&input));
                 for _ in 0..50 {
                     let _ = sign();
                 }
