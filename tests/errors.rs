@@ -30,6 +30,43 @@ async fn jws(
     .into_inner())
 }
 
+/// The code, message and request id (`x-request-id`) of a failed call.
+fn failure<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+) -> TestResult<(tonic::Code, String, String)> {
+    let s = match r {
+        Ok(v) => return Err(format!("expected an error status, got {v:?}").into()),
+        Err(s) => s,
+    };
+    let id = s
+        .metadata()
+        .get(sigild::api::REQUEST_ID)
+        .ok_or("no request id in the status")?
+        .to_str()?
+        .to_owned();
+    Ok((s.code(), s.message().to_owned(), id))
+}
+
+/// The daemon's log line about request `id` (it may reach the log just after the answer).
+async fn log_line(d: &Daemon, id: &str) -> TestResult<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = d
+            .log
+            .lock()
+            .map_err(|_| "log lock")?
+            .iter()
+            .find(|l| l.contains(id) && l.contains("request failed"))
+        {
+            return Ok(line.clone());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no log line for request {id}:\n{}", d.log_text()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn bad_requests_get_clear_statuses() -> TestResult {
     let token = Token::new()?;
@@ -351,22 +388,35 @@ async fn missing_token_is_unavailable_until_it_appears() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, msg) = code_of(
-        d.keys()
-            .await?
-            .create_key(pb::CreateKeyRequest {
-                name: "k".into(),
-                alg: "ES256".into(),
-                rsa_bits: 0,
-                fapi2: false,
-            })
-            .await,
+    let mut keys = d.keys().await?;
+    let (code, msg, id) = failure(
+        keys.create_key(pb::CreateKeyRequest {
+            name: "k".into(),
+            alg: "ES256".into(),
+            rsa_bits: 0,
+            fapi2: false,
+        })
+        .await,
     )?;
     assert_eq!(code, tonic::Code::Unavailable, "{msg}");
-    assert!(
-        msg.contains("late-token") && msg.contains("request id"),
-        "{msg}"
-    );
+    // The caller gets the request id; the token's name and the device's words go to the log
+    // only, under that id.
+    assert!(msg.contains(&format!("request id {id}")), "{msg}");
+    assert!(!msg.contains("late-token"), "{msg}");
+    let line = log_line(&d, &id).await?;
+    assert!(line.contains("late-token"), "{line}");
+
+    // Nothing was ever loaded: reads say UNAVAILABLE, never an empty keyring.
+    let (code, msg) = code_of(keys.list_keys(pb::ListKeysRequest {}).await)?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    let (code, msg) = code_of(keys.get_jwks(pb::GetJwksRequest {}).await)?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    let (code, msg) = code_of(keys.get_key(pb::GetKeyRequest { name: "k".into() }).await)?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    let out = d.cli(&["key", "list"], None)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "key list succeeded: {stderr}");
+    assert!(stderr.contains("UNAVAILABLE"), "{stderr}");
 
     // The token appears (same PIN): the daemon finds it, logs in and serves.
     let out = std::process::Command::new("softhsm2-util")
@@ -402,6 +452,13 @@ async fn missing_token_is_unavailable_until_it_appears() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Loaded now: an empty keyring is listed as empty.
+    let out = d.cli(&["key", "list"], None)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.create("k", "ES256", 0).await?;
     let r = jws(&d, "k", b"{\"alg\":\"ES256\"}", b"{}").await?;
     verify_jws(&r.compact, &d.jwks().await?)?;
@@ -474,13 +531,26 @@ async fn token_fault_is_survived_without_a_wrong_signature() -> TestResult {
         .path();
     let aside = token.dir.path().join("aside");
     std::fs::rename(&entry, &aside)?;
-    let (code, msg) = code_of(sign().await)?;
+    let (code, msg, id) = failure(sign().await)?;
     assert!(
         matches!(
             code,
             tonic::Code::Unavailable | tonic::Code::FailedPrecondition
         ),
         "{code:?}: {msg}"
+    );
+    // The caller gets a stable sentence and the request id; the log line with that id has the
+    // device's own account.
+    assert!(!msg.contains("CKR_"), "{msg}");
+    assert!(msg.contains(&format!("request id {id}")), "{msg}");
+    let line = log_line(&d, &id).await?;
+    assert!(
+        line.contains("no token matches pkcs11:token=sigild-test"),
+        "{line}"
+    );
+    assert!(
+        !msg.contains("sigild-test") && !msg.contains("no token"),
+        "{msg}"
     );
     // Meanwhile the JWKS stays what it was: tokens signed earlier still verify at relying parties.
     tokio::time::sleep(Duration::from_millis(2500)).await;

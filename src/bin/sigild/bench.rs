@@ -191,7 +191,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                     false,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.chain().to_string())?;
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         let p11 = running

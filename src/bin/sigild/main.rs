@@ -60,7 +60,9 @@ fn main() -> ExitCode {
                 }
                 let c = Config::load(&paths.config)?;
                 let running = app::start(&c, &paths.config).await?;
-                let keys = dev::ensure_default_keys(&running.service).await?;
+                let keys = dev::ensure_default_keys(&running.service)
+                    .await
+                    .map_err(|e| e.chain().to_string())?;
                 if !keys.is_empty() {
                     tracing::info!(keys = ?keys, "created default dev keys");
                 }
