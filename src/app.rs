@@ -191,8 +191,8 @@ pub fn pkcs11_settings(config: &Config, path: &Path) -> Result<Pkcs11Settings, C
 pub fn yubikey_settings(
     yk: &crate::config::YubikeyConfig,
     path: &Path,
-) -> Result<crate::backend::yubikey_settings::YubikeySettings, ConfigError> {
-    use crate::backend::yubikey_settings::{PinPolicySetting, TouchPolicySetting, YubikeySettings};
+) -> Result<crate::backend::yubikey::YubikeySettings, ConfigError> {
+    use crate::backend::yubikey::{PinPolicySetting, TouchPolicySetting, YubikeySettings};
     use crate::config::{PinPolicy, TouchPolicy};
     let (pin, management_key) = yk.secrets(path)?;
     Ok(YubikeySettings {

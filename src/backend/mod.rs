@@ -15,7 +15,6 @@ pub mod pkcs11;
 pub mod worker;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
-pub mod yubikey_settings;
 
 use std::future::Future;
 use std::pin::Pin;

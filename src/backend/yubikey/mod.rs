@@ -26,14 +26,13 @@ use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
 use super::worker::{Device, Failure, Fault, Pool, Retry};
-pub use super::yubikey_settings::{
-    PinPolicySetting, TouchPolicySetting, YubikeySettings, default_slots,
-};
+mod settings;
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
 };
 use crate::crypto::{Curve, KeyKind, SignOp};
 use encode::CardKey;
+pub use settings::{PinPolicySetting, TouchPolicySetting, YubikeySettings};
 
 /// A YubiKey behind its worker thread.
 pub struct YubikeyBackend {
