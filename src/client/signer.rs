@@ -343,12 +343,13 @@ fn ecdsa_der(rs: &[u8], curve: Curve) -> Result<Vec<u8>, ClientError> {
             2 * n
         )));
     }
-    let mut seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::new();
-    seq.add(der::asn1::UintRef::new(r).map_err(bad)?)
-        .map_err(bad)?;
-    seq.add(der::asn1::UintRef::new(s).map_err(bad)?)
-        .map_err(bad)?;
-    seq.to_der().map_err(bad)
+    // A fixed-size array encodes as a DER SEQUENCE of its elements.
+    [
+        der::asn1::UintRef::new(r).map_err(bad)?,
+        der::asn1::UintRef::new(s).map_err(bad)?,
+    ]
+    .to_der()
+    .map_err(bad)
 }
 
 impl rustls::sign::SigningKey for SigildSigningKey {

@@ -128,7 +128,7 @@ pub fn ecdsa_der_to_fixed(der_sig: &[u8], curve: Curve) -> Result<Vec<u8>, Backe
             Ok((r.as_bytes().to_vec(), s.as_bytes().to_vec()))
         })
         .map_err(|e: der::Error| bad(&e.to_string()))?;
-    reader.finish(()).map_err(|e| bad(&e.to_string()))?;
+    reader.finish().map_err(|e| bad(&e.to_string()))?;
     let n = curve.field_len();
     let mut out = Vec::with_capacity(2 * n);
     for v in [r, s] {
@@ -174,7 +174,7 @@ pub fn public_key(kind: CardKey, spk: &[u8]) -> Result<PublicKey, BackendError> 
         CardKey::Ed25519 if spk.len() == 32 => Ok(PublicKey::Ed25519 { x: spk.to_vec() }),
         CardKey::Ed25519 => Err(bad(format!("Ed25519 key of {} bytes", spk.len()))),
         CardKey::Rsa => {
-            let k = pkcs1::RsaPublicKey::from_der(spk).map_err(|e| bad(e.to_string()))?;
+            let k = pkcs1::RsaPublicKeyRef::from_der(spk).map_err(|e| bad(e.to_string()))?;
             Ok(PublicKey::Rsa {
                 n: trim_leading_zeros(k.modulus.as_bytes()),
                 e: trim_leading_zeros(k.public_exponent.as_bytes()),
