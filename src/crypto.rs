@@ -6,7 +6,7 @@
 //! beyond the two encodings of an ECDSA signature (DER for cards, X.509 and TLS; `r‖s` for
 //! JOSE and the backend contract), which both the server and the client-only build convert.
 
-use der::{Decode as _, Encode as _};
+use der::{Decode as _, Encode as _, Reader as _};
 use sha2::Digest as _;
 
 /// A named elliptic curve for ECDSA keys.
@@ -202,11 +202,9 @@ pub enum EcdsaSignatureError {
     /// `r` or `s` does not fit the curve's field.
     #[error("an integer of the ECDSA signature is longer than the {0:?} field")]
     IntegerTooLong(Curve),
-    /// Not a DER `ECDSA-Sig-Value` (`SEQUENCE { r INTEGER, s INTEGER }`). The `der` error is
-    /// kept in the message, not as a `source`: without its `std` feature `der` 0.7 does not
-    /// implement `std::error::Error`.
+    /// Not a DER `ECDSA-Sig-Value` (`SEQUENCE { r INTEGER, s INTEGER }`).
     #[error("not a DER ECDSA-Sig-Value: {0}")]
-    Der(der::Error),
+    Der(#[source] der::Error),
 }
 
 /// An ECDSA signature in DER (`ECDSA-Sig-Value`, RFC 3279: what cards, X.509 and TLS use) →
@@ -216,11 +214,16 @@ pub enum EcdsaSignatureError {
 /// [`EcdsaSignatureError`] when `sig` is not a DER `SEQUENCE` of two unsigned integers, or one
 /// of them is longer than the curve's field.
 pub fn ecdsa_der_to_fixed(sig: &[u8], curve: Curve) -> Result<Vec<u8>, EcdsaSignatureError> {
-    let seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::from_der(sig)
+    let mut reader = der::SliceReader::new(sig).map_err(EcdsaSignatureError::Der)?;
+    let seq = reader
+        .sequence(|seq| {
+            Ok([
+                der::asn1::UintRef::decode(seq)?,
+                der::asn1::UintRef::decode(seq)?,
+            ])
+        })
         .map_err(EcdsaSignatureError::Der)?;
-    if seq.len() != 2 {
-        return Err(EcdsaSignatureError::Der(der::Tag::Sequence.value_error()));
-    }
+    reader.finish().map_err(EcdsaSignatureError::Der)?;
     let n = curve.field_len();
     let mut out = vec![0u8; 2 * n];
     for (int, half) in seq.iter().zip(out.chunks_exact_mut(n)) {
@@ -250,12 +253,13 @@ pub fn ecdsa_fixed_to_der(rs: &[u8], curve: Curve) -> Result<Vec<u8>, EcdsaSigna
         });
     }
     let (r, s) = rs.split_at(n);
-    let mut seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::new();
-    for int in [r, s] {
-        seq.add(der::asn1::UintRef::new(int).map_err(EcdsaSignatureError::Der)?)
-            .map_err(EcdsaSignatureError::Der)?;
-    }
-    seq.to_der().map_err(EcdsaSignatureError::Der)
+    // A fixed-size array encodes as a DER SEQUENCE of its elements.
+    [
+        der::asn1::UintRef::new(r).map_err(EcdsaSignatureError::Der)?,
+        der::asn1::UintRef::new(s).map_err(EcdsaSignatureError::Der)?,
+    ]
+    .to_der()
+    .map_err(EcdsaSignatureError::Der)
 }
 
 /// The DER `DigestInfo` prefix of RFC 8017 §9.2 note 1, for backends that do raw PKCS#1 v1.5.

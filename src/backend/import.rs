@@ -81,7 +81,7 @@ impl std::fmt::Debug for PrivateKeyMaterial {
 /// A message fit for the caller: unsupported algorithm or curve, malformed DER, EC key without
 /// its public point. Never contains key bytes.
 pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
-    let info = pkcs8::PrivateKeyInfo::try_from(der)
+    let info = pkcs8::PrivateKeyInfoRef::try_from(der)
         .map_err(|e| format!("not an unencrypted PKCS#8 private key (DER): {e}"))?;
     let oid = info.algorithm.oid;
     if oid == OID_EC_PUBLIC_KEY {
@@ -94,7 +94,7 @@ pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
             c if c == OID_P384 => Curve::P384,
             c => return Err(format!("unsupported EC curve {c}: use P-256 or P-384")),
         };
-        let ec = sec1::EcPrivateKey::from_der(info.private_key)
+        let ec = sec1::EcPrivateKey::from_der(info.private_key.as_bytes())
             .map_err(|e| format!("malformed EC private key: {e}"))?;
         let len = curve.field_len();
         let d = left_pad(ec.private_key, len)
@@ -105,7 +105,7 @@ pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
         let public = ec_point(curve, point)?;
         Ok(PrivateKeyMaterial::Ec { curve, d, public })
     } else if oid == OID_RSA {
-        let rsa = pkcs1::RsaPrivateKey::from_der(info.private_key)
+        let rsa = pkcs1::RsaPrivateKeyRef::from_der(info.private_key.as_bytes())
             .map_err(|e| format!("malformed RSA private key: {e}"))?;
         if rsa.other_prime_infos.is_some() {
             return Err("multi-prime RSA keys are not supported".to_owned());
@@ -124,7 +124,7 @@ pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
             },
         })
     } else if oid == OID_ED25519 {
-        let inner = der::asn1::OctetStringRef::from_der(info.private_key)
+        let inner = <&der::asn1::OctetStringRef>::from_der(info.private_key.as_bytes())
             .map_err(|e| format!("malformed Ed25519 private key: {e}"))?;
         let seed = Zeroizing::new(inner.as_bytes().to_vec());
         if seed.len() != 32 {
@@ -135,7 +135,10 @@ pub fn parse_pkcs8(der: &[u8]) -> Result<PrivateKeyMaterial, String> {
         let x = ring::signature::KeyPair::public_key(&pair)
             .as_ref()
             .to_vec();
-        if info.public_key.is_some_and(|given| given != x.as_slice()) {
+        if info
+            .public_key
+            .is_some_and(|given| given.as_bytes() != Some(x.as_slice()))
+        {
             return Err("Ed25519 public key does not match the private key".to_owned());
         }
         Ok(PrivateKeyMaterial::Ed25519 {

@@ -146,7 +146,7 @@ pub fn public_key(kind: CardKey, spk: &[u8]) -> Result<PublicKey, BackendError> 
         CardKey::Ed25519 if spk.len() == 32 => Ok(PublicKey::Ed25519 { x: spk.to_vec() }),
         CardKey::Ed25519 => Err(bad(format!("Ed25519 key of {} bytes", spk.len()))),
         CardKey::Rsa => {
-            let k = pkcs1::RsaPublicKey::from_der(spk).map_err(|e| bad(e.to_string()))?;
+            let k = pkcs1::RsaPublicKeyRef::from_der(spk).map_err(|e| bad(e.to_string()))?;
             Ok(PublicKey::Rsa {
                 n: trim_leading_zeros(k.modulus.as_bytes()),
                 e: trim_leading_zeros(k.public_exponent.as_bytes()),
