@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod config_yubikey;
 pub mod crypto;
 #[cfg(feature = "server")]
