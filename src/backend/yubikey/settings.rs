@@ -46,7 +46,8 @@ pub struct YubikeySettings {
     pub pin_policy: PinPolicySetting,
     /// Touch policy of generated keys.
     pub touch_policy: TouchPolicySetting,
-    /// Requests that may wait for the card before callers get [`BackendError::Busy`].
+    /// Requests that may wait for the card before callers get
+    /// [`BackendError::Busy`](crate::backend::BackendError::Busy).
     pub queue_depth: usize,
     /// How long a request may take, queueing included.
     pub timeout: Duration,
