@@ -3,7 +3,7 @@
 //! The only place that names concrete backends and the only place that turns the plain data of
 //! [`crate::config`] into the settings and objects each part owns (backend settings, the caller
 //! policy, the audit writer, service options). Adding a backend means a `backend/x/` module, a
-//! `config/x.rs` table and one arm in [`open_backend`].
+//! `config/x.rs` table and one arm in `open_backend`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
