@@ -3,8 +3,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sigil_v1_descriptor.bin"))
-        // Key material must never reach a Debug print: ImportKeyRequest gets a hand-written one.
-        .skip_debug(["sigil.v1.ImportKeyRequest"])
+        // Secrets must never reach a Debug print: key material (ImportKeyRequest), access
+        // tokens and authorization codes (SignIdTokenRequest, SignDpopProofRequest) get
+        // hand-written, redacting Debug impls in the `pb` module.
+        .skip_debug([
+            "sigil.v1.ImportKeyRequest",
+            "sigil.v1.SignIdTokenRequest",
+            "sigil.v1.SignDpopProofRequest",
+        ])
         .compile_protos(
             &["proto/sigil/v1/keys.proto", "proto/sigil/v1/signing.proto"],
             &["proto"],

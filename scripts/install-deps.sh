@@ -6,7 +6,8 @@
 #                                    openCryptoki (a second PKCS#11 implementation; the tests
 #                                    configure and start its pkcsslotd with scripts/ock-up.sh),
 #                                    Python jwcrypto/cryptography (independent verifiers),
-#                                    PyKCS11 (non-extractable keys made outside sigild)
+#                                    PyKCS11 (non-extractable keys made outside sigild),
+#                                    cargo-nextest and cargo-deny
 set -euo pipefail
 
 SUDO=""
@@ -44,5 +45,13 @@ if [ $want_test = 1 ]; then
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "install-deps: installing cargo-nextest" >&2
         cargo install --quiet --locked cargo-nextest
+    fi
+    # cargo-deny: licenses, bans and sources of the dependency graph (deny.toml). Pinned so a new
+    # release cannot change what CI checks; 0.20 needs Rust >= 1.88. Building it takes about
+    # 8 minutes on 2 cores (7 min of CPU), once per machine.
+    CARGO_DENY_VERSION=0.20.2
+    if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+        echo "install-deps: installing cargo-deny $CARGO_DENY_VERSION" >&2
+        cargo install --quiet --locked "cargo-deny@$CARGO_DENY_VERSION"
     fi
 fi

@@ -1,31 +1,70 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then
-#   1. cargo fmt --check and clippy (-D warnings)
-#   2. unit + integration tests (real SoftHSM tokens per test, independent verifiers)
-#   3. the virtual YubiKey: unit tests, then end to end through pcscd + vpcd with Yubico's tools
+#   1. cargo fmt --check, clippy (-D warnings), rustdoc (-D warnings), cargo deny
+#   2. the client-only build: library and examples without the device crates
+#   3. unit + integration tests (real SoftHSM tokens per test, independent verifiers)
+#   4. the virtual YubiKey: unit tests, then end to end through pcscd + vpcd with Yubico's tools
 #      (needs root for pcscd; set SIGILD_SKIP_YUBIKEY_E2E=1 to skip on a workstation)
-#   4. a short `sigild bench` smoke run (figures come from scripts/bench.sh, not from here)
+#   5. a short `sigild bench` smoke run (figures come from scripts/bench.sh, not from here)
+#
+# Every check is a command of its own, so `set -e` stops the run at the first one that fails.
+# (Never chain checks with `&&`: bash ignores a failure anywhere but in the last command of an
+# `&&` list, and the run would go on green.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 
-echo "== fmt + clippy"
-cargo fmt --check
-cargo clippy --quiet --all-targets -- -D warnings
-cargo check --quiet --no-default-features --features client && cargo build --quiet --examples && [ "$(cargo tree --no-default-features --features client -e normal | grep -c cryptoki)" = 0 ]
+fail() {
+    echo "test.sh: FAILED: $*" >&2
+    exit 1
+}
 
-echo "== sigild tests"
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --no-fail-fast
-else
-    cargo test --no-fail-fast
+echo "== fmt"
+cargo fmt --check
+
+echo "== clippy"
+cargo clippy --quiet --all-targets -- -D warnings
+
+echo "== rustdoc"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps
+
+echo "== cargo deny (bans, licenses, sources; advisories need the network database: see deny.toml)"
+cargo deny check bans licenses sources
+
+echo "== client-only build (what client applications depend on)"
+client=(--no-default-features --features client)
+# clippy type-checks like `cargo check`, and -D warnings keeps this configuration warning-free too.
+cargo clippy --quiet "${client[@]}" --lib --examples -- -D warnings
+cargo build --quiet "${client[@]}" --examples
+client_tree=$(cargo tree "${client[@]}" -e normal --prefix none --format '{p}')
+grep -q '^sigild ' <<<"$client_tree" || fail "cargo tree printed no graph for the client build"
+if device_crates=$(grep -E '^(cryptoki|cryptoki-sys|yubikey|pcsc|pcsc-sys) ' <<<"$client_tree"); then
+    fail "the client build depends on device crates: $(sort -u <<<"$device_crates" | tr '\n' ' ')"
 fi
 
+echo "== sigild tests"
+# nextest fails a run that executes no test (--no-tests=fail), e.g. when a filter or a feature
+# gate leaves nothing to run; install-deps.sh --test installs it.
+cargo nextest run --no-fail-fast --no-tests=fail
+
 echo "== virtual YubiKey"
-cargo test --release --quiet --manifest-path tests/virtual-yubikey/Cargo.toml
+cargo nextest run --release --no-tests=fail --manifest-path tests/virtual-yubikey/Cargo.toml
 if [ "${SIGILD_SKIP_YUBIKEY_E2E:-0}" != 1 ]; then
     tests/virtual-yubikey/e2e.sh
 fi
 
 echo "== bench smoke"
-cargo run --quiet --bin sigild -- bench --seconds 0.2 --algs ES256 --clients 1 2>/dev/null
+# The bench logs the daemon's start-up and shutdown on stderr: keep it out of the CI log unless
+# the run fails. It exits 0 with failed signatures counted in the `errors` column, so check the
+# table too: at least one ES256 row, every row with signatures and no errors.
+bench_err=$(mktemp)
+trap 'rm -f "$bench_err"' EXIT
+if ! bench_out=$(cargo run --quiet --bin sigild -- bench --seconds 0.2 --algs ES256 --clients 1 2>"$bench_err"); then
+    echo "$bench_out"
+    cat "$bench_err" >&2
+    fail "sigild bench exited non-zero"
+fi
+echo "$bench_out"
+awk '$1 == "ES256" { rows++; if ($NF != 0 || $(NF-4) <= 0) bad++ }
+     END { exit !(rows > 0 && bad == 0) }' <<<"$bench_out" \
+    || { cat "$bench_err" >&2; fail "bench smoke: no ES256 rows, or a row with errors or no signatures"; }

@@ -1,6 +1,8 @@
 //! The gRPC layer: authenticates the caller of each request (client certificate, Unix peer
 //! credentials, or nobody on a danger-plaintext listener), maps `sigil.v1` requests to service
-//! calls and [`service::Error`] to `tonic::Status` — the only place that does either.
+//! calls and [`service::Error`] to `tonic::Status` — the only place that does either. The one
+//! table from error kinds to gRPC codes is [`code`]; [`status_for`] logs each failure's whole
+//! chain under its request id and gives the caller the stable message.
 //! Generated code is fenced into [`pb`], which the `client` feature uses on its own; everything
 //! else here is the server side (`server` feature).
 
@@ -21,7 +23,7 @@ use crate::policy::Caller;
 #[cfg(feature = "server")]
 use crate::secret::SecretBytes;
 #[cfg(feature = "server")]
-use crate::service::{self, Origin, Service};
+use crate::service::{self, ErrorKind, Origin, Service};
 #[cfg(feature = "server")]
 use crate::tls::IdentityKind;
 
@@ -40,6 +42,41 @@ pub mod pb {
     /// Encoded file descriptors for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("sigil_v1_descriptor");
+
+    /// What Debug shows of a secret string field: whether it is set, never its value.
+    fn redacted(s: &str) -> &'static str {
+        if s.is_empty() { "" } else { "<redacted>" }
+    }
+
+    impl std::fmt::Debug for SignIdTokenRequest {
+        // Hand-written: the access token and code are secrets, the claims may hold personal
+        // data (build.rs skips the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignIdTokenRequest")
+                .field("key", &self.key)
+                .field(
+                    "claims_json",
+                    &format_args!("<{} bytes>", self.claims_json.len()),
+                )
+                .field("lifetime_seconds", &self.lifetime_seconds)
+                .field("access_token", &redacted(&self.access_token))
+                .field("code", &redacted(&self.code))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignDpopProofRequest {
+        // Hand-written: the access token is a secret (build.rs skips the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignDpopProofRequest")
+                .field("key", &self.key)
+                .field("htm", &self.htm)
+                .field("htu", &self.htu)
+                .field("access_token", &redacted(&self.access_token))
+                .field("nonce", &self.nonce)
+                .finish()
+        }
+    }
 
     impl std::fmt::Debug for ImportKeyRequest {
         // Hand-written so the private key can never reach a log through `{:?}`.
@@ -148,34 +185,43 @@ impl Api {
     }
 }
 
-/// The one mapping from service errors to wire statuses. Internal and device details stay in
-/// the log, tagged with a request id that the caller also gets.
+/// The one table from error kinds to gRPC codes.
 #[cfg(feature = "server")]
-pub fn status(e: service::Error) -> Status {
-    status_for(e, &service::request_id())
+pub fn code(kind: ErrorKind) -> tonic::Code {
+    match kind {
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Internal => tonic::Code::Internal,
+    }
 }
 
-/// [`status`] for a request whose id is already known (it is also in the audit record).
+/// The status for a failed request whose id is `request_id` (also in the audit record and the
+/// `x-request-id` metadata). The log gets the whole error chain, device detail included, under
+/// that id: at error for internal failures, warn for other daemon-side faults, debug for the
+/// caller's own mistakes. The caller gets the stable message, plus the request id to quote
+/// when the fault is on the daemon's side.
 #[cfg(feature = "server")]
-pub fn status_for(e: service::Error, id: &str) -> Status {
-    use service::Error as E;
-    let mut status = match e {
-        E::PermissionDenied(m) => Status::permission_denied(m),
-        E::InvalidArgument(m) => Status::invalid_argument(m),
-        E::NotFound(m) => Status::not_found(m),
-        E::AlreadyExists(m) => Status::already_exists(m),
-        E::FailedPrecondition(m) => Status::failed_precondition(m),
-        E::ResourceExhausted(m) => Status::resource_exhausted(m),
-        E::Unavailable(m) => {
-            tracing::warn!(request_id = %id, "{m}");
-            Status::unavailable(format!("{m} (request id {id})"))
-        }
-        E::Internal(m) => {
-            tracing::error!(request_id = %id, "{m}");
-            Status::internal(format!("{m} (request id {id})"))
-        }
-    };
-    if let Ok(v) = id.parse() {
+pub fn status_for(e: &service::Error, request_id: &str) -> Status {
+    let kind = e.kind();
+    let chain = e.chain();
+    let mut message = e.message();
+    if kind == ErrorKind::Internal {
+        tracing::error!(request_id = %request_id, %kind, error = %chain, "request failed");
+    } else if e.is_fault() {
+        tracing::warn!(request_id = %request_id, %kind, error = %chain, "request failed");
+    } else {
+        tracing::debug!(request_id = %request_id, %kind, error = %chain, "request refused");
+    }
+    if e.is_fault() {
+        message = format!("{message} (request id {request_id})");
+    }
+    let mut status = Status::new(code(kind), message);
+    if let Ok(v) = request_id.parse() {
         status.metadata_mut().insert(REQUEST_ID, v);
     }
     status
@@ -270,7 +316,7 @@ impl KeyService for Api {
             .service
             .create_key(&origin, &r.name, &r.alg, r.rsa_bits, r.fapi2)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key created");
         Ok(respond(&origin, key_to_pb(k)))
     }
@@ -280,13 +326,13 @@ impl KeyService for Api {
         let mut r = req.into_inner();
         // Move the key bytes into a zeroizing buffer at once; the request no longer holds them.
         let der = SecretBytes::new(std::mem::take(&mut r.pkcs8_der));
-        let material = parse_pkcs8(&der).map_err(|e| status(e.into()))?;
+        let material = parse_pkcs8(&der).map_err(|e| status_for(&e.into(), &origin.request_id))?;
         drop(der);
         let k = self
             .service
             .import_key(&origin, &r.name, &r.alg, r.fapi2, material)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key imported");
         Ok(respond(&origin, key_to_pb(k)))
     }
@@ -298,20 +344,22 @@ impl KeyService for Api {
             .service
             .adopt_key(&origin, &r.name, &r.alg, r.fapi2, &r.uri)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, uri = %r.uri, "key adopted");
         Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<pb::ListKeysResponse> {
         let origin = self.origin(&req)?;
-        self.service
-            .authorize_read(&origin, "read:list", "")
-            .map_err(|e| status_for(e, &origin.request_id))?;
+        let keys = self
+            .service
+            .read(&origin, "read:list", "", Service::keys)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(
             &origin,
             pb::ListKeysResponse {
-                keys: self.service.keys().into_iter().map(key_to_pb).collect(),
+                keys: keys.into_iter().map(key_to_pb).collect(),
             },
         ))
     }
@@ -319,13 +367,11 @@ impl KeyService for Api {
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<pb::Key> {
         let origin = self.origin(&req)?;
         let name = req.into_inner().name;
-        self.service
-            .authorize_read(&origin, "read:key", &name)
-            .map_err(|e| status_for(e, &origin.request_id))?;
         let k = self
             .service
-            .key(&name)
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .read(&origin, "read:key", &name, |s| s.key(&name))
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, key_to_pb(k)))
     }
 
@@ -336,7 +382,7 @@ impl KeyService for Api {
             .service
             .rotate_key(&origin, &r.name, &r.alg, r.rsa_bits)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, "key rotated");
         Ok(respond(&origin, key_to_pb(k)))
     }
@@ -348,7 +394,7 @@ impl KeyService for Api {
             .service
             .activate(&origin, &r.name, r.version)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version activated");
         Ok(respond(&origin, key_to_pb(k)))
     }
@@ -360,7 +406,7 @@ impl KeyService for Api {
             .service
             .retire(&origin, &r.name, r.version)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version retired");
         Ok(respond(&origin, key_to_pb(k)))
     }
@@ -377,20 +423,18 @@ impl KeyService for Api {
             .service
             .destroy(&origin, &r.name, r.version)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, version = r.version, "key version destroyed");
         Ok(respond(&origin, key_to_pb(k)))
     }
 
     async fn get_jwks(&self, req: Request<pb::GetJwksRequest>) -> Result<pb::GetJwksResponse> {
         let origin = self.origin(&req)?;
-        self.service
-            .authorize_read(&origin, "read:jwks", "")
-            .map_err(|e| status_for(e, &origin.request_id))?;
         let jwks = self
             .service
-            .jwks()
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .read(&origin, "read:jwks", "", Service::jwks)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(
             &origin,
             pb::GetJwksResponse {
@@ -409,7 +453,7 @@ impl KeyService for Api {
             .service
             .set_certificate_chain(&origin, &r.name, r.version, &r.certificates)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, version, "certificate chain attached");
         Ok(respond(
             &origin,
@@ -427,7 +471,7 @@ impl KeyService for Api {
             .service
             .certificate_chain(&origin, &r.name, r.version)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, chain_to_pb(r.name, version, certs)))
     }
 }
@@ -455,7 +499,7 @@ impl SigningService for Api {
             .service
             .sign_jws(&origin, &r.key, &r.protected_header, &r.payload)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
     }
 
@@ -463,14 +507,14 @@ impl SigningService for Api {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
         let alg = match opt(r.alg) {
-            Some(a) => Some(Alg::parse(&a).map_err(|e| status(e.into()))?),
+            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
             None => None,
         };
         let s = self
             .service
             .sign_raw(&origin, &r.key, &r.data, alg)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(
             &origin,
             pb::SignRawResponse {
@@ -498,7 +542,7 @@ impl SigningService for Api {
             .service
             .sign_id_token(&origin, &r.key, input)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
     }
 
@@ -518,7 +562,7 @@ impl SigningService for Api {
             .service
             .sign_request_object(&origin, &r.key, input)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
     }
 
@@ -537,7 +581,7 @@ impl SigningService for Api {
             .service
             .sign_client_assertion(&origin, &r.key, input)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
     }
 
@@ -557,7 +601,7 @@ impl SigningService for Api {
             .service
             .sign_dpop_proof(&origin, &r.key, input)
             .await
-            .map_err(|e| status_for(e, &origin.request_id))?;
+            .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
     }
 }
@@ -580,9 +624,122 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_carries_a_request_id() {
-        let s = status(service::Error::Unavailable("device gone".into()));
-        assert_eq!(s.code(), tonic::Code::Unavailable);
-        assert!(s.message().starts_with("device gone (request id "));
+    fn id_token_and_dpop_requests_debug_hides_secrets() {
+        let id = pb::SignIdTokenRequest {
+            key: "idp".into(),
+            claims_json: r#"{"sub":"alice-the-subject"}"#.into(),
+            lifetime_seconds: 60,
+            access_token: "at-secret-value".into(),
+            code: "code-secret-value".into(),
+        };
+        let dpop = pb::SignDpopProofRequest {
+            key: "dpop".into(),
+            htm: "POST".into(),
+            htu: "https://rs.example/api".into(),
+            access_token: "at-secret-value".into(),
+            nonce: "n-1".into(),
+        };
+        for text in [format!("{id:?}"), format!("{dpop:?}")] {
+            assert!(text.contains("<redacted>"), "{text}");
+            for secret in ["at-secret-value", "code-secret-value", "alice-the-subject"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(format!("{dpop:?}").contains("https://rs.example/api"));
+    }
+
+    #[test]
+    fn one_code_per_kind() {
+        use tonic::Code;
+        let table = [
+            (ErrorKind::InvalidArgument, Code::InvalidArgument),
+            (ErrorKind::NotFound, Code::NotFound),
+            (ErrorKind::AlreadyExists, Code::AlreadyExists),
+            (ErrorKind::FailedPrecondition, Code::FailedPrecondition),
+            (ErrorKind::PermissionDenied, Code::PermissionDenied),
+            (ErrorKind::ResourceExhausted, Code::ResourceExhausted),
+            (ErrorKind::Unavailable, Code::Unavailable),
+            (ErrorKind::Internal, Code::Internal),
+        ];
+        assert_eq!(table.len(), ErrorKind::ALL.len());
+        for (kind, want) in table {
+            assert_eq!(code(kind), want, "{kind}");
+        }
+    }
+
+    /// Log lines captured by a subscriber installed for the current thread.
+    fn logged(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = lines
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn device_detail_goes_to_the_log_not_the_caller() {
+        let e = service::Error::from(crate::backend::BackendError::Device {
+            function: "C_Sign".into(),
+            code: "CKR_DEVICE_ERROR".into(),
+        });
+        let mut status = None;
+        let log = logged(|| status = Some(status_for(&e, "00112233aabbccdd")));
+        let status = status.unwrap_or_else(|| Status::unknown("not run"));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(!status.message().contains("CKR_"), "{}", status.message());
+        assert!(
+            status.message().ends_with("(request id 00112233aabbccdd)"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok()),
+            Some("00112233aabbccdd")
+        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("00112233aabbccdd"))
+            .unwrap_or_default();
+        assert!(line.contains("WARN"), "{log}");
+        assert!(
+            line.contains("C_Sign") && line.contains("CKR_DEVICE_ERROR"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn caller_mistakes_keep_their_message_exactly() {
+        let e = service::Error::from(crate::jose::JoseError::AlgNone);
+        let status = status_for(&e, "00112233aabbccdd");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "JWS alg \"none\" is never allowed");
+        assert!(status.metadata().get(REQUEST_ID).is_some());
     }
 }

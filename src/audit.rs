@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 use sha2::Digest as _;
+use time::format_description::well_known::{Iso8601, iso8601};
 
 /// Where records go.
 enum Sink {
@@ -241,33 +242,23 @@ pub fn hash(value: &str) -> String {
     crate::jose::b64(d.get(..16).unwrap_or(&d))
 }
 
+/// RFC 3339 UTC with milliseconds (`2026-11-18T11:06:40.999Z`): ISO 8601's extended format
+/// with a four-digit year, three decimal digits (truncated) and `Z`.
+const RFC3339_MILLIS: iso8601::EncodedConfig = iso8601::Config::DEFAULT
+    .set_time_precision(iso8601::TimePrecision::Second {
+        decimal_digits: std::num::NonZeroU8::new(3),
+    })
+    .encode();
+
 /// RFC 3339 UTC with milliseconds, from the system clock.
 pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs(), d.subsec_millis())
+    rfc3339(time::OffsetDateTime::now_utc())
 }
 
-/// Format seconds since the epoch (days → civil date after Howard Hinnant's algorithm).
-fn rfc3339(secs: u64, millis: u32) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+/// Format a UTC time. Years outside 0..=9999 cannot be written with four digits; the system
+/// clock does not produce them, and such a record gets an empty time rather than no record.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Iso8601::<RFC3339_MILLIS>).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -275,10 +266,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_795_000_000, 999), "2026-11-18T11:06:40.999Z");
+    fn dates() -> Result<(), time::error::ComponentRange> {
+        let at = |secs: i64, millis: i64| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map(|t| rfc3339(t + time::Duration::milliseconds(millis)))
+        };
+        assert_eq!(at(0, 0)?, "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5)?, "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_795_000_000, 999)?, "2026-11-18T11:06:40.999Z");
+        // Sub-millisecond digits are cut, not rounded up into the next millisecond.
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(999_999_999)?;
+        assert_eq!(rfc3339(t), "1970-01-01T00:00:00.999Z");
+        Ok(())
     }
 
     #[test]

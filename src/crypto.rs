@@ -2,8 +2,11 @@
 //! algorithms and the exact operation a backend is asked to perform.
 //!
 //! It exists so that `backend/` need not know JOSE and `jose/` need not know any backend: both
-//! depend on these plain data types and on nothing else. No I/O, no device, no wire format.
+//! depend on these plain data types and on nothing else. No I/O, no device, no wire format
+//! beyond the two encodings of an ECDSA signature (DER for cards, X.509 and TLS; `r‖s` for
+//! JOSE and the backend contract), which both the server and the client-only build convert.
 
+use der::{Decode as _, Encode as _, Reader as _};
 use sha2::Digest as _;
 
 /// A named elliptic curve for ECDSA keys.
@@ -185,6 +188,80 @@ impl SignOp {
     }
 }
 
+/// Why an ECDSA signature could not be converted between its DER and `r‖s` forms.
+#[derive(Debug, thiserror::Error)]
+pub enum EcdsaSignatureError {
+    /// An `r‖s` signature of the wrong length for the curve.
+    #[error("ECDSA signature of {got} bytes, expected {want}")]
+    Length {
+        /// Bytes given.
+        got: usize,
+        /// Bytes the curve needs (twice the field length).
+        want: usize,
+    },
+    /// `r` or `s` does not fit the curve's field.
+    #[error("an integer of the ECDSA signature is longer than the {0:?} field")]
+    IntegerTooLong(Curve),
+    /// Not a DER `ECDSA-Sig-Value` (`SEQUENCE { r INTEGER, s INTEGER }`).
+    #[error("not a DER ECDSA-Sig-Value: {0}")]
+    Der(#[source] der::Error),
+}
+
+/// An ECDSA signature in DER (`ECDSA-Sig-Value`, RFC 3279: what cards, X.509 and TLS use) →
+/// the fixed-size `r‖s` of JOSE (RFC 7518 §3.4) and of the backend contract.
+///
+/// # Errors
+/// [`EcdsaSignatureError`] when `sig` is not a DER `SEQUENCE` of two unsigned integers, or one
+/// of them is longer than the curve's field.
+pub fn ecdsa_der_to_fixed(sig: &[u8], curve: Curve) -> Result<Vec<u8>, EcdsaSignatureError> {
+    let mut reader = der::SliceReader::new(sig).map_err(EcdsaSignatureError::Der)?;
+    let seq = reader
+        .sequence(|seq| {
+            Ok([
+                der::asn1::UintRef::decode(seq)?,
+                der::asn1::UintRef::decode(seq)?,
+            ])
+        })
+        .map_err(EcdsaSignatureError::Der)?;
+    reader.finish().map_err(EcdsaSignatureError::Der)?;
+    let n = curve.field_len();
+    let mut out = vec![0u8; 2 * n];
+    for (int, half) in seq.iter().zip(out.chunks_exact_mut(n)) {
+        // `as_bytes` has the leading zeros (and the sign byte) stripped.
+        let v = int.as_bytes();
+        let pad = n
+            .checked_sub(v.len())
+            .ok_or(EcdsaSignatureError::IntegerTooLong(curve))?;
+        if let Some(dst) = half.get_mut(pad..) {
+            dst.copy_from_slice(v);
+        }
+    }
+    Ok(out)
+}
+
+/// A fixed-size `r‖s` ECDSA signature (JOSE, the backend contract) → DER `ECDSA-Sig-Value`
+/// (RFC 3279), as X.509 and TLS carry it.
+///
+/// # Errors
+/// [`EcdsaSignatureError::Length`] when `rs` is not twice the curve's field length.
+pub fn ecdsa_fixed_to_der(rs: &[u8], curve: Curve) -> Result<Vec<u8>, EcdsaSignatureError> {
+    let n = curve.field_len();
+    if rs.len() != 2 * n {
+        return Err(EcdsaSignatureError::Length {
+            got: rs.len(),
+            want: 2 * n,
+        });
+    }
+    let (r, s) = rs.split_at(n);
+    // A fixed-size array encodes as a DER SEQUENCE of its elements.
+    [
+        der::asn1::UintRef::new(r).map_err(EcdsaSignatureError::Der)?,
+        der::asn1::UintRef::new(s).map_err(EcdsaSignatureError::Der)?,
+    ]
+    .to_der()
+    .map_err(EcdsaSignatureError::Der)
+}
+
 /// The DER `DigestInfo` prefix of RFC 8017 §9.2 note 1, for backends that do raw PKCS#1 v1.5.
 pub fn digest_info_prefix(hash: HashAlg) -> &'static [u8] {
     match hash {
@@ -228,6 +305,37 @@ mod tests {
         assert_eq!(trim_leading_zeros(&[0, 0, 1, 0]), vec![1, 0]);
         assert_eq!(trim_leading_zeros(&[0, 0]), vec![0]);
         assert_eq!(trim_leading_zeros(&[]), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn ecdsa_der_and_fixed_convert_both_ways() -> Result<(), EcdsaSignatureError> {
+        // r = 0xff… (33 bytes with its sign byte), s = 1
+        let mut der = vec![0x30, 0x26, 0x02, 0x21, 0x00];
+        der.extend_from_slice(&[0xff; 32]);
+        der.extend_from_slice(&[0x02, 0x01, 0x01]);
+        let f = ecdsa_der_to_fixed(&der, Curve::P256)?;
+        assert_eq!(f.len(), 64);
+        assert_eq!(&f[..32], &[0xff; 32]);
+        assert_eq!(f[63], 1);
+        assert!(f[32..63].iter().all(|b| *b == 0));
+        assert_eq!(ecdsa_fixed_to_der(&f, Curve::P256)?, der);
+        // Truncated, trailing data, one integer only, too long for P-256, wrong r‖s length.
+        assert!(ecdsa_der_to_fixed(&der[..10], Curve::P256).is_err());
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(ecdsa_der_to_fixed(&trailing, Curve::P256).is_err());
+        assert!(ecdsa_der_to_fixed(&[0x30, 0x03, 0x02, 0x01, 0x01], Curve::P256).is_err());
+        let p384 = ecdsa_fixed_to_der(&[0x7f; 96], Curve::P384)?;
+        assert!(matches!(
+            ecdsa_der_to_fixed(&p384, Curve::P256),
+            Err(EcdsaSignatureError::IntegerTooLong(Curve::P256))
+        ));
+        assert_eq!(ecdsa_der_to_fixed(&p384, Curve::P384)?, vec![0x7f; 96]);
+        assert!(matches!(
+            ecdsa_fixed_to_der(&[1; 63], Curve::P256),
+            Err(EcdsaSignatureError::Length { got: 63, want: 64 })
+        ));
+        Ok(())
     }
 
     #[test]

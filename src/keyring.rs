@@ -4,7 +4,8 @@
 //! [`Backend::records`]), so a restart or a second sigild on the same token (or HSM cluster)
 //! sees the same keyring without a database. The in-memory copy is what the signing path reads;
 //! it is refreshed from the device before every change and periodically, and changes are
-//! serialised within one process.
+//! serialised within one process. The keyring knows whether it has ever been loaded: until
+//! then it answers reads with [`KeyringError::NotLoaded`] rather than with an empty keyring.
 //!
 //! Depends on the backend contract and the pure JOSE layer (algorithms, thumbprints, JWKS);
 //! never on gRPC or config files.
@@ -282,6 +283,13 @@ pub enum KeyringError {
     /// The device failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The keyring has not been loaded from the device since start-up, so what it holds is
+    /// unknown (not empty).
+    #[error("the keyring has not been loaded from the device yet ({why})")]
+    NotLoaded {
+        /// Why: the last refresh's failure, or that none has run.
+        why: String,
+    },
     /// A record on the device could not be written as JSON.
     #[error("cannot encode keyring record: {0}")]
     Encode(String),
@@ -315,12 +323,60 @@ struct ChainRecord {
     certificates: Vec<String>,
 }
 
+/// How the in-memory keyring relates to what the device holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Never loaded: the device has not been readable since start-up. `why` is the last
+    /// refresh's failure, `None` before any refresh ran.
+    NeverLoaded {
+        /// The last refresh's failure.
+        why: Option<String>,
+    },
+    /// The last refresh succeeded.
+    Current,
+    /// Loaded before, but the last refresh failed (device unavailable, records vanished): the
+    /// last known keyring is served, so the JWKS stays stable.
+    Stale {
+        /// The last refresh's failure.
+        why: String,
+    },
+}
+
+impl Freshness {
+    /// The state after a refresh that ended with `outcome`.
+    fn after(&self, outcome: Result<(), &KeyringError>) -> Freshness {
+        match (self, outcome) {
+            (_, Ok(())) => Freshness::Current,
+            (Freshness::NeverLoaded { .. }, Err(e)) => Freshness::NeverLoaded {
+                why: Some(e.to_string()),
+            },
+            (Freshness::Current | Freshness::Stale { .. }, Err(e)) => {
+                Freshness::Stale { why: e.to_string() }
+            }
+        }
+    }
+
+    /// Whether reads may be answered: the keyring was loaded at least once.
+    fn check_loaded(&self) -> Result<(), KeyringError> {
+        match self {
+            Freshness::NeverLoaded { why } => Err(KeyringError::NotLoaded {
+                why: why
+                    .clone()
+                    .unwrap_or_else(|| "the device has not been readable since start-up".into()),
+            }),
+            Freshness::Current | Freshness::Stale { .. } => Ok(()),
+        }
+    }
+}
+
 /// The key names → versions map, kept on and refreshed from one backend.
 pub struct Keyring {
     /// The device that holds keys and records.
     backend: Arc<dyn Backend>,
     /// The current view, read by every signature.
     keys: RwLock<BTreeMap<KeyName, KeyInfo>>,
+    /// Whether `keys` was ever loaded and how the last refresh went.
+    freshness: RwLock<Freshness>,
     /// Serialises changes (and refreshes) within this process.
     admin: tokio::sync::Mutex<()>,
 }
@@ -331,6 +387,7 @@ impl Keyring {
         Keyring {
             backend,
             keys: RwLock::new(BTreeMap::new()),
+            freshness: RwLock::new(Freshness::NeverLoaded { why: None }),
             admin: tokio::sync::Mutex::new(()),
         }
     }
@@ -350,7 +407,27 @@ impl Keyring {
         self.refresh_locked().await
     }
 
+    /// Whether the keyring was ever loaded, and how the last refresh went.
+    pub fn freshness(&self) -> Freshness {
+        self.freshness
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Refresh, and note how it went.
     async fn refresh_locked(&self) -> Result<(), KeyringError> {
+        let outcome = self.load().await;
+        let mut freshness = self
+            .freshness
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *freshness = freshness.after(outcome.as_ref().map(|_| ()));
+        outcome
+    }
+
+    /// Read every record from the device and rebuild the in-memory keyring.
+    async fn load(&self) -> Result<(), KeyringError> {
         let records = self.backend.records().await?;
         // Public keys already known are not read again.
         let known: HashMap<KeyId, Arc<VersionInfo>> = self
@@ -499,14 +576,26 @@ impl Keyring {
         self.keys.read().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// The in-memory keyring for a read, once it has been loaded.
+    fn loaded(
+        &self,
+    ) -> Result<std::sync::RwLockReadGuard<'_, BTreeMap<KeyName, KeyInfo>>, KeyringError> {
+        self.freshness
+            .read()
+            .map_err(|_| poisoned())?
+            .check_loaded()?;
+        self.keys.read().map_err(|_| poisoned())
+    }
+
     /// The version of `name` that signs now. Cheap: a map lookup under a read lock.
     ///
     /// # Errors
-    /// [`KeyringError::KeyNotFound`] or [`KeyringError::NoActiveVersion`].
+    /// [`KeyringError::KeyNotFound`] or [`KeyringError::NoActiveVersion`];
+    /// [`KeyringError::NotLoaded`].
     pub fn active(&self, name: &str) -> Result<Arc<VersionInfo>, KeyringError> {
         let not_found = || KeyringError::KeyNotFound(name.to_owned());
+        let map = self.loaded()?;
         let key_name = KeyName::new(name).map_err(|_| not_found())?;
-        let map = self.keys.read().map_err(|_| poisoned())?;
         let key = map.get(&key_name).ok_or_else(not_found)?;
         key.active()
             .cloned()
@@ -516,28 +605,29 @@ impl Keyring {
     /// One key with its versions.
     ///
     /// # Errors
-    /// [`KeyringError::KeyNotFound`].
+    /// [`KeyringError::KeyNotFound`]; [`KeyringError::NotLoaded`].
     pub fn get(&self, name: &str) -> Result<KeyInfo, KeyringError> {
+        let map = self.loaded()?;
         let name = KeyName::new(name).map_err(|_| KeyringError::KeyNotFound(name.to_owned()))?;
-        self.keys
-            .read()
-            .map_err(|_| poisoned())?
-            .get(&name)
+        map.get(&name)
             .cloned()
             .ok_or(KeyringError::KeyNotFound(name.0))
     }
 
     /// Every key.
-    pub fn list(&self) -> Vec<KeyInfo> {
-        self.read_map().into_values().collect()
+    ///
+    /// # Errors
+    /// [`KeyringError::NotLoaded`]: an empty list would claim the device holds no keys.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, KeyringError> {
+        Ok(self.loaded()?.values().cloned().collect())
     }
 
     /// The JWK Set of every published version, without duplicate kids.
     ///
     /// # Errors
-    /// From the JOSE layer.
+    /// From the JOSE layer; [`KeyringError::NotLoaded`].
     pub fn jwks(&self) -> Result<serde_json::Value, KeyringError> {
-        let map = self.keys.read().map_err(|_| poisoned())?;
+        let map = self.loaded()?;
         let entries = map
             .values()
             .flat_map(|k| k.versions.iter())
@@ -561,7 +651,7 @@ impl Keyring {
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
         let kind = kind_for(alg, rsa_bits)?;
-        check_alg(alg, kind, fapi2)?;
+        jose::check_alg(alg, kind, fapi2)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
@@ -598,7 +688,7 @@ impl Keyring {
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
-        check_alg(alg, material.public().kind(), fapi2)?;
+        jose::check_alg(alg, material.public().kind(), fapi2)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
@@ -648,7 +738,7 @@ impl Keyring {
                 v.name, v.version
             )));
         }
-        check_alg(alg, obj.public.kind(), fapi2)?;
+        jose::check_alg(alg, obj.public.kind(), fapi2)?;
         self.add_version(
             &name,
             1,
@@ -686,7 +776,7 @@ impl Keyring {
             (b, _) => b,
         };
         let kind = kind_for(alg, bits)?;
-        check_alg(alg, kind, key.fapi2)?;
+        jose::check_alg(alg, kind, key.fapi2)?;
         let version = newest.version + 1;
         let obj = self
             .backend
@@ -1004,20 +1094,6 @@ pub fn kind_for(alg: Alg, rsa_bits: u32) -> Result<KeyKind, KeyringError> {
     })
 }
 
-/// The alg must fit the key, and FAPI 2.0 keys only allow what FAPI 2.0 allows.
-fn check_alg(alg: Alg, kind: KeyKind, fapi2: bool) -> Result<(), KeyringError> {
-    if !alg.fits(kind) {
-        return Err(KeyringError::Jose(JoseError::AlgKeyMismatch {
-            alg,
-            key: kind,
-        }));
-    }
-    if fapi2 {
-        jose::check_fapi2(alg, kind)?;
-    }
-    Ok(())
-}
-
 fn poisoned() -> KeyringError {
     KeyringError::Backend(BackendError::Device {
         function: "keyring".into(),
@@ -1074,9 +1150,36 @@ mod tests {
 
     #[test]
     fn fapi_refuses_rs256() {
-        assert!(check_alg(Alg::Rs256, KeyKind::Rsa { bits: 2048 }, true).is_err());
-        assert!(check_alg(Alg::Rs256, KeyKind::Rsa { bits: 2048 }, false).is_ok());
-        assert!(check_alg(Alg::Es256, KeyKind::Ed25519, false).is_err());
+        // The one alg-vs-key check lives in the JOSE layer; the keyring's errors carry it.
+        let refuse = |alg, kind, fapi2| -> Result<(), KeyringError> {
+            Ok(jose::check_alg(alg, kind, fapi2)?)
+        };
+        assert!(refuse(Alg::Rs256, KeyKind::Rsa { bits: 2048 }, true).is_err());
+        assert!(refuse(Alg::Rs256, KeyKind::Rsa { bits: 2048 }, false).is_ok());
+        assert!(refuse(Alg::Es256, KeyKind::Ed25519, false).is_err());
+    }
+
+    #[test]
+    fn reads_wait_for_the_first_load() {
+        let down = KeyringError::Backend(BackendError::Unavailable("no token".into()));
+        let never = Freshness::NeverLoaded { why: None };
+        assert!(matches!(
+            never.check_loaded(),
+            Err(KeyringError::NotLoaded { why }) if why.contains("since start-up")
+        ));
+        // A failed refresh before the first load keeps it unloaded, with the reason.
+        let still = never.after(Err(&down));
+        assert!(matches!(
+            still.check_loaded(),
+            Err(KeyringError::NotLoaded { why }) if why.contains("no token")
+        ));
+        // Loaded once, a failed refresh leaves it stale but readable (the last known keyring).
+        let current = still.after(Ok(()));
+        assert_eq!(current, Freshness::Current);
+        let stale = current.after(Err(&down));
+        assert!(matches!(&stale, Freshness::Stale { why } if why.contains("no token")));
+        assert!(stale.check_loaded().is_ok());
+        assert_eq!(stale.after(Ok(())), Freshness::Current);
     }
 }
 

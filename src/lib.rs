@@ -1,8 +1,10 @@
 //! sigild: keeps signing keys on hardware and signs for the identity stack.
 //!
-//! Features: `server` (default) is the daemon and everything that talks PKCS#11; `client` is
-//! [`client`] (typed gRPC client, rustls signer whose key stays behind sigild, DPoP helpers)
-//! together with the pure [`jose`] and [`crypto`] vocabulary, without `cryptoki`.
+//! Features: `server` (default) is the daemon's library — backends, keyring, policy, audit,
+//! service, gRPC servers and the composition root [`app`]; `client` is [`client`] (typed gRPC
+//! client, rustls signer whose key stays behind sigild, DPoP helpers) together with the pure
+//! [`jose`] and [`crypto`] vocabulary, without `cryptoki` or `yubikey`. The command line, dev
+//! mode and benchmarks belong to the `sigild` binary, not to this library's API.
 // `deny`, not `forbid`: one module may opt out, `backend::pkcs11::raw_info`, which calls
 // `C_GetTokenInfo` itself because cryptoki cannot return token information it fails to parse
 // (openCryptoki's clock field). Every other module stays free of unsafe code.
@@ -10,20 +12,15 @@
 
 pub mod api;
 #[cfg(feature = "server")]
+pub mod app;
+#[cfg(feature = "server")]
 pub mod audit;
 #[cfg(feature = "server")]
 pub mod backend;
-#[cfg(feature = "server")]
-pub mod bench;
-#[cfg(feature = "server")]
-pub mod cli;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
-pub mod config_yubikey;
 pub mod crypto;
-#[cfg(feature = "server")]
-pub mod dev;
 pub mod jose;
 #[cfg(feature = "server")]
 pub mod keyring;
@@ -35,3 +32,4 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod service;
 pub mod tls;
+pub mod uri;

@@ -3,7 +3,8 @@
 //!
 //! Async, transport-free: the gRPC layer maps requests into these calls and [`Error`] into
 //! statuses; the CLI's bench drives it too. Holds the clock and jti source, so the JOSE layer
-//! stays pure.
+//! stays pure. Errors keep their causes ([`Error`]): the caller gets a stable message, the log
+//! the device detail.
 //!
 //! Every request names its [`Origin`] (the caller and a request id). The [`Policy`] is
 //! evaluated twice, both times before any device call: operation and key before the key is
@@ -18,10 +19,14 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::audit::{self, Audit, Record};
-use crate::backend::{BackendError, PrivateKeyMaterial};
-use crate::jose::{self, Alg, JoseError};
-use crate::keyring::{KeyInfo, Keyring, KeyringError, VersionInfo};
+use crate::backend::PrivateKeyMaterial;
+use crate::jose::{self, Alg};
+use crate::keyring::{KeyInfo, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
+
+mod error;
+
+pub use error::{Chain, Error, ErrorKind};
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -93,7 +98,7 @@ pub struct RawSignature {
 }
 
 /// Inputs of an ID token, as the API receives them.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct IdTokenInput {
     /// JSON object of claims (iss, sub, aud, …).
     pub claims_json: String,
@@ -103,6 +108,21 @@ pub struct IdTokenInput {
     pub access_token: Option<String>,
     /// For `c_hash`.
     pub code: Option<String>,
+}
+
+impl std::fmt::Debug for IdTokenInput {
+    // Hand-written: the access token and code are secrets, claims may hold personal data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdTokenInput")
+            .field(
+                "claims_json",
+                &format_args!("<{} bytes>", self.claims_json.len()),
+            )
+            .field("lifetime", &self.lifetime)
+            .field("access_token", &redacted(&self.access_token))
+            .field("code", &redacted(&self.code))
+            .finish()
+    }
 }
 
 /// Inputs of a JAR request object.
@@ -130,7 +150,7 @@ pub struct ClientAssertionInput {
 }
 
 /// Inputs of a DPoP proof.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct DpopInput {
     /// HTTP method.
     pub htm: String,
@@ -142,60 +162,21 @@ pub struct DpopInput {
     pub nonce: Option<String>,
 }
 
-/// What went wrong, in the categories a caller can act on. Exactly one place (the API layer)
-/// turns these into wire statuses.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The request is malformed or does not fit the key.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// No such key or version.
-    #[error("{0}")]
-    NotFound(String),
-    /// A key by that name exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The key's state does not allow it (retired, no active version, FAPI mode).
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The device cannot be used right now; retrying later may work.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The device's queue is full, or a rate limit is exhausted.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// The caller's policy does not allow this request.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// A bug or a device misbehaving; details are in the log only.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl Error {
-    /// The gRPC-style name of the category, for audit records.
-    pub fn code_name(&self) -> &'static str {
-        match self {
-            Error::InvalidArgument(_) => "invalid_argument",
-            Error::NotFound(_) => "not_found",
-            Error::AlreadyExists(_) => "already_exists",
-            Error::FailedPrecondition(_) => "failed_precondition",
-            Error::Unavailable(_) => "unavailable",
-            Error::ResourceExhausted(_) => "resource_exhausted",
-            Error::PermissionDenied(_) => "permission_denied",
-            Error::Internal(_) => "internal",
-        }
+impl std::fmt::Debug for DpopInput {
+    // Hand-written: the access token is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopInput")
+            .field("htm", &self.htm)
+            .field("htu", &self.htu)
+            .field("access_token", &redacted(&self.access_token))
+            .field("nonce", &self.nonce)
+            .finish()
     }
 }
 
-impl From<PolicyError> for Error {
-    fn from(e: PolicyError) -> Self {
-        if e.is_rate_limit() {
-            Error::ResourceExhausted(e.to_string())
-        } else {
-            Error::PermissionDenied(e.to_string())
-        }
-    }
+/// What Debug shows of an optional secret: whether it is there.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
 }
 
 /// Who is asking, and the id that ties the answer, the audit record and the logs together.
@@ -226,107 +207,23 @@ impl Origin {
 pub fn request_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    base16ct::lower::encode_string(&b)
 }
 
-/// One request in flight: what policy and the audit record need to know about it.
-struct Call<'a> {
+/// One request in flight: what policy and the audit record need to know about it. It owns
+/// its data (no borrowed lifetimes), so request bodies can take it as `&mut Call` in an async
+/// closure whose future must be `Send`.
+struct Call {
     /// Who asks.
-    origin: &'a Origin,
+    caller: Caller,
     /// What for.
     op: Operation,
-    /// Which key.
-    key: &'a str,
     /// Arrival, for the latency.
     started: std::time::Instant,
     /// The record being filled in.
     record: Record,
     /// Which rule allowed it (for its rate limit).
     grant: Option<crate::policy::Grant>,
-}
-
-impl From<JoseError> for Error {
-    fn from(e: JoseError) -> Self {
-        match e {
-            JoseError::SignatureLength { .. } => {
-                tracing::error!(error = %e, "device returned a signature of the wrong length");
-                Error::Unavailable(
-                    "the signing device returned an invalid signature; it was not released".into(),
-                )
-            }
-            JoseError::FapiAlgNotAllowed { .. } | JoseError::FapiKeyTooSmall { .. } => {
-                Error::FailedPrecondition(e.to_string())
-            }
-            other => Error::InvalidArgument(other.to_string()),
-        }
-    }
-}
-
-impl From<BackendError> for Error {
-    fn from(e: BackendError) -> Self {
-        match &e {
-            BackendError::Busy(_) => {
-                Error::ResourceExhausted("the signing device is busy; retry shortly".into())
-            }
-            BackendError::InvalidRequest(_) | BackendError::Import(_) => {
-                Error::InvalidArgument(e.to_string())
-            }
-            BackendError::Unsupported(_) => Error::FailedPrecondition(e.to_string()),
-            BackendError::KeyNotFound(_) => {
-                tracing::error!(error = %e, "keyring names a key that is not on the device");
-                Error::FailedPrecondition(
-                    "this key version's private key is not on the device".into(),
-                )
-            }
-            BackendError::PinRejected(_) => {
-                tracing::error!(error = %e, "device refuses the configured PIN");
-                Error::Unavailable("the signing device refuses the configured PIN".into())
-            }
-            BackendError::PinLocked => {
-                tracing::error!(error = %e, "device PIN is locked");
-                Error::FailedPrecondition(
-                    "the signing device's PIN is locked; an operator must unblock it".into(),
-                )
-            }
-            BackendError::TouchRequired => Error::Unavailable(
-                "the key needs a touch on the signing device; nobody touched it in time".into(),
-            ),
-            BackendError::TouchTimeout => Error::Unavailable(
-                "the signing device timed out waiting for a touch; nobody touched it".into(),
-            ),
-            BackendError::Unavailable(_)
-            | BackendError::ShuttingDown
-            | BackendError::Device { .. }
-            | BackendError::Malformed(_) => {
-                tracing::error!(error = %e, "device failure");
-                Error::Unavailable(format!("signing device unavailable: {e}"))
-            }
-        }
-    }
-}
-
-impl From<KeyringError> for Error {
-    fn from(e: KeyringError) -> Self {
-        match e {
-            KeyringError::InvalidName(_) | KeyringError::UnsupportedKeySize(_) => {
-                Error::InvalidArgument(e.to_string())
-            }
-            KeyringError::KeyNotFound(_)
-            | KeyringError::VersionNotFound { .. }
-            | KeyringError::NoChain { .. } => Error::NotFound(e.to_string()),
-            KeyringError::InvalidChain { .. } => Error::InvalidArgument(e.to_string()),
-            KeyringError::AlreadyExists(_) => Error::AlreadyExists(e.to_string()),
-            KeyringError::NoActiveVersion(_) | KeyringError::InvalidState { .. } => {
-                Error::FailedPrecondition(e.to_string())
-            }
-            KeyringError::Jose(j) => j.into(),
-            KeyringError::Backend(b) => b.into(),
-            KeyringError::Encode(_) => {
-                tracing::error!(error = %e, "keyring record");
-                Error::Internal("internal error in the keyring".into())
-            }
-        }
-    }
 }
 
 /// The signing and key-management service.
@@ -377,11 +274,36 @@ impl Service {
         &self.audit
     }
 
-    fn begin<'a>(&self, origin: &'a Origin, op: Operation, name: &str, key: &'a str) -> Call<'a> {
+    /// The keyring (for health checks and refresh tasks).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// The service's options.
+    pub fn options(&self) -> &ServiceOptions {
+        &self.options
+    }
+
+    /// Run one request: open its audit record, run `body` (which authorizes first), then
+    /// complete and write the record. Every public operation goes through here, so none can
+    /// skip the audit trail or the fail-closed rule.
+    async fn run<T>(
+        &self,
+        origin: &Origin,
+        op: Operation,
+        name: &str,
+        key: &str,
+        body: impl AsyncFnOnce(&mut Call) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut call = self.begin(origin, op, name, key);
+        let r = body(&mut call).await;
+        self.finish(call, r)
+    }
+
+    fn begin(&self, origin: &Origin, op: Operation, name: &str, key: &str) -> Call {
         Call {
-            origin,
+            caller: origin.caller.clone(),
             op,
-            key,
             started: std::time::Instant::now(),
             record: Record {
                 time: audit::now_rfc3339(),
@@ -402,14 +324,40 @@ impl Service {
         }
     }
 
+    /// Complete the audit record and write it; with fail-closed, a result whose record
+    /// could not be written is replaced by an error.
+    fn finish<T>(&self, mut call: Call, r: Result<T, Error>) -> Result<T, Error> {
+        call.record.outcome = match &r {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.kind().name().to_owned(),
+        };
+        call.record.latency_us =
+            u64::try_from(call.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match self.audit.write(&call.record) {
+            Ok(()) => r,
+            Err(e) => {
+                tracing::error!(request_id = %call.record.request_id, error = %e, "audit record not written");
+                // Fail-closed withholds signatures. A key-management action has already
+                // happened on the device, and reads return public data: saying "failed" for
+                // those would mislead, so they are only logged.
+                let signs = !matches!(call.op, Operation::Admin | Operation::Read);
+                if self.audit.fail_closed() && signs && r.is_ok() {
+                    Err(Error::AuditNotWritten(e))
+                } else {
+                    r
+                }
+            }
+        }
+    }
+
     /// The early check: may this caller do this operation on this key at all?
-    fn authorize(&self, call: &mut Call<'_>) -> Result<(), Error> {
+    fn authorize(&self, call: &mut Call) -> Result<(), Error> {
         let req = Request {
             op: call.op,
-            key: call.key,
+            key: &call.record.key,
             claims: None,
         };
-        match self.policy.evaluate(&call.origin.caller, &req) {
+        match self.policy.evaluate(&call.caller, &req) {
             Ok(g) => {
                 call.grant = Some(g);
                 Ok(())
@@ -419,84 +367,52 @@ impl Service {
     }
 
     /// The late check, on what is about to be signed, then the rate limits.
-    fn authorize_content(&self, call: &mut Call<'_>, claims: &Option<Claims>) -> Result<(), Error> {
+    fn authorize_content(&self, call: &mut Call, claims: &Option<Claims>) -> Result<(), Error> {
         let req = Request {
             op: call.op,
-            key: call.key,
+            key: &call.record.key,
             claims: Some(claims),
         };
-        let grant = match self.policy.evaluate(&call.origin.caller, &req) {
+        let grant = match self.policy.evaluate(&call.caller, &req) {
             Ok(g) => g,
             Err(e) => return Err(Self::refused(call, e)),
         };
         call.grant = Some(grant);
         self.policy
-            .admit(&call.origin.caller, grant, call.key, self.epoch.elapsed())
+            .admit(&call.caller, grant, &call.record.key, self.epoch.elapsed())
             .map_err(|e| Self::refused(call, e))
     }
 
-    fn refused(call: &mut Call<'_>, e: PolicyError) -> Error {
+    fn refused(call: &mut Call, e: PolicyError) -> Error {
         call.record.decision = if e.is_rate_limit() { "limited" } else { "deny" };
         call.record.reason = Some(audit_reason(&e));
-        tracing::info!(request_id = %call.origin.request_id, caller = %call.origin.caller, op = %call.op, key = call.key, "refused: {e}");
+        tracing::info!(request_id = %call.record.request_id, caller = %call.caller, op = %call.op, key = %call.record.key, "refused: {e}");
         e.into()
     }
 
-    /// Complete the audit record and write it; with fail-closed, a result whose record
-    /// could not be written is replaced by an error.
-    fn finish<T>(&self, mut call: Call<'_>, r: Result<T, Error>) -> Result<T, Error> {
-        call.record.outcome = match &r {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => e.code_name().to_owned(),
-        };
-        call.record.latency_us =
-            u64::try_from(call.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        match self.audit.write(&call.record) {
-            Ok(()) => r,
-            Err(e) => {
-                tracing::error!(request_id = %call.origin.request_id, error = %e, "audit record not written");
-                // Fail-closed withholds signatures. A key-management action has already
-                // happened on the device, and reads return public data: saying "failed" for
-                // those would mislead, so they are only logged.
-                let signs = !matches!(call.op, Operation::Admin | Operation::Read);
-                if self.audit.fail_closed() && signs && r.is_ok() {
-                    Err(Error::Unavailable(
-                        "the audit record could not be written, so the signature was withheld (audit.fail_closed)".into(),
-                    ))
-                } else {
-                    r
-                }
-            }
-        }
-    }
-
-    /// Check that `origin` may read public key material (key list, a key, the JWKS), and
-    /// record the read.
+    /// A read of public key material (key list, a key, the JWKS) by `origin`: authorized and
+    /// recorded like every other request, with the read's own outcome.
     ///
     /// # Errors
-    /// PermissionDenied for callers with no rule.
-    pub fn authorize_read(&self, origin: &Origin, what: &str, key: &str) -> Result<(), Error> {
-        let mut call = self.begin(origin, Operation::Read, what, key);
-        let r = self.authorize(&mut call);
-        self.finish(call, r)
+    /// PermissionDenied for callers with no rule; whatever `read` returns.
+    pub async fn read<T>(
+        &self,
+        origin: &Origin,
+        what: &str,
+        key: &str,
+        read: impl FnOnce(&Self) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.run(origin, Operation::Read, what, key, async |call| {
+            self.authorize(call)?;
+            read(self)
+        })
+        .await
     }
 
-    /// The keyring (for health checks and refresh tasks).
-    pub fn keyring(&self) -> &Arc<Keyring> {
-        &self.keyring
-    }
-
-    /// The service's options.
-    pub fn options(&self) -> &ServiceOptions {
-        &self.options
-    }
-
-    fn check_size(&self, what: &str, len: usize) -> Result<(), Error> {
-        if len > self.options.max_payload_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "{what} of {len} bytes exceeds the limit of {} bytes",
-                self.options.max_payload_bytes
-            )));
+    fn check_size(&self, what: &'static str, len: usize) -> Result<(), Error> {
+        let limit = self.options.max_payload_bytes;
+        if len > limit {
+            return Err(Error::TooLarge { what, len, limit });
         }
         Ok(())
     }
@@ -510,33 +426,34 @@ impl Service {
         input: &[u8],
     ) -> Result<Vec<u8>, Error> {
         let op = alg.sign_op(input);
-        let pending = self
-            .keyring
-            .backend()
-            .sign(&version.key_id, version.kind, op);
+        let pending = self.keyring.backend().sign(
+            &version.key_id,
+            version.kind,
+            op,
+            std::time::Instant::now() + self.options.sign_timeout,
+        );
         let sig = tokio::time::timeout(self.options.sign_timeout, pending)
             .await
-            .map_err(|_| {
-                tracing::error!(key = %version.name, version = version.version, "device did not answer in time");
-                Error::Unavailable(format!(
-                    "the signing device did not answer within {} ms",
-                    self.options.sign_timeout.as_millis()
-                ))
-            })??;
+            .map_err(|_| Error::Timeout {
+                key: version.name.to_string(),
+                version: version.version,
+                ms: self.options.sign_timeout.as_millis(),
+            })?
+            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
         alg.check_signature(version.kind, &sig)?;
         if self.options.verify_signatures && !jose::verify(&version.public, alg, input, &sig) {
-            tracing::error!(key = %version.name, version = version.version, kid = %version.kid, "device signature failed verification");
-            return Err(Error::Unavailable(
-                "the signing device produced a signature that does not verify; it was not released"
-                    .into(),
-            ));
+            return Err(Error::BadSignature {
+                key: version.name.to_string(),
+                version: version.version,
+                kid: version.kid.clone(),
+            });
         }
         Ok(sig)
     }
 
     async fn sign_parts(
         &self,
-        call: &mut Call<'_>,
+        call: &mut Call,
         version: &VersionInfo,
         parts: jose::JwsParts,
     ) -> Result<SignedJws, Error> {
@@ -557,23 +474,13 @@ impl Service {
         })
     }
 
-    /// The active version of `key`, with the alg the caller asked for checked against it.
-    fn resolve(&self, key: &str) -> Result<Arc<VersionInfo>, Error> {
-        Ok(self.keyring.active(key)?)
-    }
-
-    fn check_alg(version: &VersionInfo, alg: Alg) -> Result<(), Error> {
-        if !alg.fits(version.kind) {
-            return Err(JoseError::AlgKeyMismatch {
-                alg,
-                key: version.kind,
-            }
-            .into());
-        }
-        if version.fapi2 {
-            jose::check_fapi2(alg, version.kind)?;
-        }
-        Ok(())
+    /// The active version of `key`, checked for signing with `alg` (the version's own alg
+    /// unless the caller named one).
+    fn resolve(&self, key: &str, alg: Option<Alg>) -> Result<(Arc<VersionInfo>, Alg), Error> {
+        let version = self.keyring.active(key)?;
+        let alg = alg.unwrap_or(version.alg);
+        jose::check_alg(alg, version.kind, version.fapi2)?;
+        Ok((version, alg))
     }
 
     /// Generic JWS: the caller's header and payload bytes, signed as given.
@@ -587,29 +494,20 @@ impl Service {
         header: &[u8],
         payload: &[u8],
     ) -> Result<SignedJws, Error> {
-        let mut call = self.begin(origin, Operation::Jws, "jws", key);
-        let r = self.sign_jws_in(&mut call, key, header, payload).await;
-        self.finish(call, r)
-    }
-
-    async fn sign_jws_in(
-        &self,
-        call: &mut Call<'_>,
-        key: &str,
-        header: &[u8],
-        payload: &[u8],
-    ) -> Result<SignedJws, Error> {
-        self.authorize(call)?;
-        self.check_size("header and payload", header.len() + payload.len())?;
-        let version = self.resolve(key)?;
-        let alg = jose::check_header(header, version.kind, &version.kid)?;
-        Self::check_alg(&version, alg)?;
-        let parts = jose::JwsParts {
-            alg,
-            header: header.to_vec(),
-            payload: payload.to_vec(),
-        };
-        self.sign_parts(call, &version, parts).await
+        self.run(origin, Operation::Jws, "jws", key, async |call| {
+            self.authorize(call)?;
+            self.check_size("header and payload", header.len() + payload.len())?;
+            let version = self.keyring.active(key)?;
+            let alg = jose::check_header(header, version.kind, &version.kid)?;
+            jose::check_alg(alg, version.kind, version.fapi2)?;
+            let parts = jose::JwsParts {
+                alg,
+                header: header.to_vec(),
+                payload: payload.to_vec(),
+            };
+            self.sign_parts(call, &version, parts).await
+        })
+        .await
     }
 
     /// Raw signature over `data` with the key's alg, or `alg` when given.
@@ -623,32 +521,21 @@ impl Service {
         data: &[u8],
         alg: Option<Alg>,
     ) -> Result<RawSignature, Error> {
-        let mut call = self.begin(origin, Operation::Raw, "raw", key);
-        let r = self.sign_raw_in(&mut call, key, data, alg).await;
-        self.finish(call, r)
-    }
-
-    async fn sign_raw_in(
-        &self,
-        call: &mut Call<'_>,
-        key: &str,
-        data: &[u8],
-        alg: Option<Alg>,
-    ) -> Result<RawSignature, Error> {
-        self.authorize(call)?;
-        self.check_size("data", data.len())?;
-        let version = self.resolve(key)?;
-        let alg = alg.unwrap_or(version.alg);
-        Self::check_alg(&version, alg)?;
-        note_version(call, &version, alg);
-        self.authorize_content(call, &None)?;
-        let signature = self.sign_input(&version, alg, data).await?;
-        Ok(RawSignature {
-            signature,
-            kid: version.kid.clone(),
-            alg,
-            version: version.version,
+        self.run(origin, Operation::Raw, "raw", key, async |call| {
+            self.authorize(call)?;
+            self.check_size("data", data.len())?;
+            let (version, alg) = self.resolve(key, alg)?;
+            note_version(call, &version, alg);
+            self.authorize_content(call, &None)?;
+            let signature = self.sign_input(&version, alg, data).await?;
+            Ok(RawSignature {
+                signature,
+                kid: version.kid.clone(),
+                alg,
+                version: version.version,
+            })
         })
+        .await
     }
 
     /// An OpenID Connect ID token.
@@ -661,35 +548,22 @@ impl Service {
         key: &str,
         input: IdTokenInput,
     ) -> Result<SignedJws, Error> {
-        let mut call = self.begin(origin, Operation::IdToken, "id-token", key);
-        let r = self.sign_id_token_in(&mut call, key, input).await;
-        self.finish(call, r)
-    }
-
-    async fn sign_id_token_in(
-        &self,
-        call: &mut Call<'_>,
-        key: &str,
-        input: IdTokenInput,
-    ) -> Result<SignedJws, Error> {
-        self.authorize(call)?;
-        self.check_size("claims", input.claims_json.len())?;
-        let version = self.resolve(key)?;
-        Self::check_alg(&version, version.alg)?;
-        let req = jose::IdTokenRequest {
-            claims: parse_object("claims_json", &input.claims_json)?,
-            now: self.clock.now(),
-            lifetime: if input.lifetime == 0 {
-                300
-            } else {
-                input.lifetime
-            },
-            access_token: input.access_token,
-            code: input.code,
-            typ: None,
-        };
-        let parts = jose::id_token(key_ref(&version), &req)?;
-        self.sign_parts(call, &version, parts).await
+        self.run(origin, Operation::IdToken, "id-token", key, async |call| {
+            self.authorize(call)?;
+            self.check_size("claims", input.claims_json.len())?;
+            let (version, _) = self.resolve(key, None)?;
+            let req = jose::IdTokenRequest {
+                claims: parse_object("claims_json", &input.claims_json)?,
+                now: self.clock.now(),
+                lifetime: or_default(input.lifetime, 300),
+                access_token: input.access_token,
+                code: input.code,
+                typ: None,
+            };
+            let parts = jose::id_token(key_ref(&version), &req)?;
+            self.sign_parts(call, &version, parts).await
+        })
+        .await
     }
 
     /// A JAR request object (RFC 9101).
@@ -702,39 +576,26 @@ impl Service {
         key: &str,
         input: RequestObjectInput,
     ) -> Result<SignedJws, Error> {
-        let mut call = self.begin(origin, Operation::Jar, "jar", key);
-        let r = self.sign_request_object_in(&mut call, key, input).await;
-        self.finish(call, r)
-    }
-
-    async fn sign_request_object_in(
-        &self,
-        call: &mut Call<'_>,
-        key: &str,
-        input: RequestObjectInput,
-    ) -> Result<SignedJws, Error> {
-        self.authorize(call)?;
-        self.check_size("claims", input.claims_json.len())?;
-        let version = self.resolve(key)?;
-        Self::check_alg(&version, version.alg)?;
-        let req = jose::JarRequest {
-            client_id: input.client_id,
-            audience: input.audience,
-            claims: if input.claims_json.trim().is_empty() {
-                Map::new()
-            } else {
-                parse_object("claims_json", &input.claims_json)?
-            },
-            now: self.clock.now(),
-            lifetime: if input.lifetime == 0 {
-                300
-            } else {
-                input.lifetime
-            },
-            jti: new_jti()?,
-        };
-        let parts = jose::jar_request_object(key_ref(&version), &req)?;
-        self.sign_parts(call, &version, parts).await
+        self.run(origin, Operation::Jar, "jar", key, async |call| {
+            self.authorize(call)?;
+            self.check_size("claims", input.claims_json.len())?;
+            let (version, _) = self.resolve(key, None)?;
+            let req = jose::JarRequest {
+                client_id: input.client_id,
+                audience: input.audience,
+                claims: if input.claims_json.trim().is_empty() {
+                    Map::new()
+                } else {
+                    parse_object("claims_json", &input.claims_json)?
+                },
+                now: self.clock.now(),
+                lifetime: or_default(input.lifetime, 300),
+                jti: new_jti()?,
+            };
+            let parts = jose::jar_request_object(key_ref(&version), &req)?;
+            self.sign_parts(call, &version, parts).await
+        })
+        .await
     }
 
     /// A `private_key_jwt` client assertion (RFC 7523).
@@ -747,34 +608,22 @@ impl Service {
         key: &str,
         input: ClientAssertionInput,
     ) -> Result<SignedJws, Error> {
-        let mut call = self.begin(origin, Operation::ClientAssertion, "client-assertion", key);
-        let r = self.sign_client_assertion_in(&mut call, key, input).await;
-        self.finish(call, r)
-    }
-
-    async fn sign_client_assertion_in(
-        &self,
-        call: &mut Call<'_>,
-        key: &str,
-        input: ClientAssertionInput,
-    ) -> Result<SignedJws, Error> {
-        self.authorize(call)?;
-        let version = self.resolve(key)?;
-        Self::check_alg(&version, version.alg)?;
-        let req = jose::ClientAssertionRequest {
-            client_id: input.client_id,
-            audience: input.audience,
-            now: self.clock.now(),
-            lifetime: if input.lifetime == 0 {
-                60
-            } else {
-                input.lifetime
-            },
-            jti: new_jti()?,
-            nbf: false,
-        };
-        let parts = jose::client_assertion(key_ref(&version), &req)?;
-        self.sign_parts(call, &version, parts).await
+        let op = Operation::ClientAssertion;
+        self.run(origin, op, "client-assertion", key, async |call| {
+            self.authorize(call)?;
+            let (version, _) = self.resolve(key, None)?;
+            let req = jose::ClientAssertionRequest {
+                client_id: input.client_id,
+                audience: input.audience,
+                now: self.clock.now(),
+                lifetime: or_default(input.lifetime, 60),
+                jti: new_jti()?,
+                nbf: false,
+            };
+            let parts = jose::client_assertion(key_ref(&version), &req)?;
+            self.sign_parts(call, &version, parts).await
+        })
+        .await
     }
 
     /// A DPoP proof (RFC 9449).
@@ -787,38 +636,47 @@ impl Service {
         key: &str,
         input: DpopInput,
     ) -> Result<SignedJws, Error> {
-        let mut call = self.begin(origin, Operation::Dpop, "dpop", key);
-        let r = self.sign_dpop_proof_in(&mut call, key, input).await;
-        self.finish(call, r)
-    }
-
-    async fn sign_dpop_proof_in(
-        &self,
-        call: &mut Call<'_>,
-        key: &str,
-        input: DpopInput,
-    ) -> Result<SignedJws, Error> {
-        self.authorize(call)?;
-        self.check_size(
-            "access token",
-            input.access_token.as_ref().map_or(0, String::len),
-        )?;
-        let version = self.resolve(key)?;
-        Self::check_alg(&version, version.alg)?;
-        let req = jose::DpopRequest {
-            htm: input.htm,
-            htu: input.htu,
-            access_token: input.access_token,
-            nonce: input.nonce,
-            now: self.clock.now(),
-            jti: new_jti()?,
-        };
-        let parts = jose::dpop_proof(&version.public, version.alg, &req)?;
-        self.sign_parts(call, &version, parts).await
+        self.run(origin, Operation::Dpop, "dpop", key, async |call| {
+            self.authorize(call)?;
+            self.check_size(
+                "access token",
+                input.access_token.as_ref().map_or(0, String::len),
+            )?;
+            let (version, _) = self.resolve(key, None)?;
+            let req = jose::DpopRequest {
+                htm: input.htm,
+                htu: input.htu,
+                access_token: input.access_token,
+                nonce: input.nonce,
+                now: self.clock.now(),
+                jti: new_jti()?,
+            };
+            let parts = jose::dpop_proof(&version.public, version.alg, &req)?;
+            self.sign_parts(call, &version, parts).await
+        })
+        .await
     }
 
     fn now(&self) -> i64 {
         i64::try_from(self.clock.now()).unwrap_or(i64::MAX)
+    }
+
+    /// Run a key-management request on `name`: authorized as `admin`, recorded with the
+    /// version it acts on (0: none named).
+    async fn admin<T>(
+        &self,
+        origin: &Origin,
+        what: &str,
+        name: &str,
+        version: u32,
+        body: impl AsyncFnOnce() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.run(origin, Operation::Admin, what, name, async |call| {
+            call.record.version = (version != 0).then_some(version);
+            self.authorize(call)?;
+            body().await
+        })
+        .await
     }
 
     /// Generate a key (version 1 active).
@@ -833,17 +691,14 @@ impl Service {
         rsa_bits: u32,
         fapi2: bool,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:create", name);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:create", name, 0, async || {
             let alg = Alg::parse(alg)?;
-            Ok(self
-                .keyring
+            self.keyring
                 .create(name, alg, rsa_bits, fapi2, self.now())
-                .await?)
-        }
-        .await;
-        self.finish(call, r)
+                .await
+                .map_err(|e| Error::from(e).for_alg(alg, "make keys for"))
+        })
+        .await
     }
 
     /// Import PKCS#8 DER (migration). `der` is zeroized by the caller's [`crate::secret::SecretBytes`].
@@ -858,17 +713,14 @@ impl Service {
         fapi2: bool,
         material: PrivateKeyMaterial,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:import", name);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:import", name, 0, async || {
             let alg = Alg::parse(alg)?;
-            Ok(self
-                .keyring
+            self.keyring
                 .import(name, alg, fapi2, material, self.now())
-                .await?)
-        }
-        .await;
-        self.finish(call, r)
+                .await
+                .map_err(|e| Error::from(e).for_alg(alg, "import keys for"))
+        })
+        .await
     }
 
     /// Adopt a key pair by URI.
@@ -883,17 +735,14 @@ impl Service {
         fapi2: bool,
         uri: &str,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:adopt", name);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:adopt", name, 0, async || {
             let alg = Alg::parse(alg)?;
             Ok(self
                 .keyring
                 .adopt(name, alg, fapi2, uri, self.now())
                 .await?)
-        }
-        .await;
-        self.finish(call, r)
+        })
+        .await
     }
 
     /// Add a `next` version.
@@ -907,18 +756,19 @@ impl Service {
         alg: &str,
         rsa_bits: u32,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:rotate", name);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:rotate", name, 0, async || {
             let alg = if alg.is_empty() {
                 None
             } else {
                 Some(Alg::parse(alg)?)
             };
-            Ok(self.keyring.rotate(name, alg, rsa_bits, self.now()).await?)
-        }
-        .await;
-        self.finish(call, r)
+            let r = self.keyring.rotate(name, alg, rsa_bits, self.now()).await;
+            r.map_err(|e| match alg {
+                Some(alg) => Error::from(e).for_alg(alg, "make keys for"),
+                None => e.into(),
+            })
+        })
+        .await
     }
 
     /// Activate a version.
@@ -931,14 +781,10 @@ impl Service {
         name: &str,
         version: u32,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:activate", name);
-        call.record.version = (version != 0).then_some(version);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:activate", name, version, async || {
             Ok(self.keyring.activate(name, version).await?)
-        }
-        .await;
-        self.finish(call, r)
+        })
+        .await
     }
 
     /// Retire a version.
@@ -951,14 +797,10 @@ impl Service {
         name: &str,
         version: u32,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:retire", name);
-        call.record.version = (version != 0).then_some(version);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:retire", name, version, async || {
             Ok(self.keyring.retire(name, version).await?)
-        }
-        .await;
-        self.finish(call, r)
+        })
+        .await
     }
 
     /// Destroy a version.
@@ -971,14 +813,10 @@ impl Service {
         name: &str,
         version: u32,
     ) -> Result<KeyInfo, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:destroy", name);
-        call.record.version = (version != 0).then_some(version);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:destroy", name, version, async || {
             Ok(self.keyring.destroy(name, version).await?)
-        }
-        .await;
-        self.finish(call, r)
+        })
+        .await
     }
 
     /// Attach a certificate chain (DER, leaf first) to a version (0: active). Admin.
@@ -992,14 +830,10 @@ impl Service {
         version: u32,
         chain: &[Vec<u8>],
     ) -> Result<u32, Error> {
-        let mut call = self.begin(origin, Operation::Admin, "admin:set-chain", name);
-        call.record.version = (version != 0).then_some(version);
-        let r = async {
-            self.authorize(&mut call)?;
+        self.admin(origin, "admin:set-chain", name, version, async || {
             Ok(self.keyring.set_chain(name, version, chain).await?)
-        }
-        .await;
-        self.finish(call, r)
+        })
+        .await
     }
 
     /// The certificate chain attached to a version (0: active): public data, so any caller
@@ -1013,39 +847,51 @@ impl Service {
         name: &str,
         version: u32,
     ) -> Result<(u32, Vec<Vec<u8>>), Error> {
-        self.authorize_read(origin, "read:chain", name)?;
-        Ok(self.keyring.chain(name, version).await?)
+        self.run(origin, Operation::Read, "read:chain", name, async |call| {
+            self.authorize(call)?;
+            Ok(self.keyring.chain(name, version).await?)
+        })
+        .await
     }
 
-    /// One key.
+    /// One key. In-process; remote callers go through [`Service::read`].
     ///
     /// # Errors
-    /// Not found.
+    /// Not found; Unavailable while the keyring has never been loaded.
     pub fn key(&self, name: &str) -> Result<KeyInfo, Error> {
         Ok(self.keyring.get(name)?)
     }
 
-    /// Every key.
-    pub fn keys(&self) -> Vec<KeyInfo> {
-        self.keyring.list()
-    }
-
-    /// The JWKS.
+    /// Every key. In-process; remote callers go through [`Service::read`].
     ///
     /// # Errors
-    /// Internal JOSE errors.
+    /// Unavailable while the keyring has never been loaded (an empty list would look like an
+    /// empty keyring).
+    pub fn keys(&self) -> Result<Vec<KeyInfo>, Error> {
+        Ok(self.keyring.list()?)
+    }
+
+    /// The JWKS. In-process; remote callers go through [`Service::read`].
+    ///
+    /// # Errors
+    /// Unavailable while the keyring has never been loaded; internal JOSE errors.
     pub fn jwks(&self) -> Result<Value, Error> {
         Ok(self.keyring.jwks()?)
     }
 }
 
-fn note_version(call: &mut Call<'_>, v: &VersionInfo, alg: Alg) {
+/// `value`, or `default` when it is 0 (proto3's "not set").
+fn or_default(value: u64, default: u64) -> u64 {
+    if value == 0 { default } else { value }
+}
+
+fn note_version(call: &mut Call, v: &VersionInfo, alg: Alg) {
     call.record.version = Some(v.version);
     call.record.kid = Some(v.kid.clone());
     call.record.alg = Some(alg.name().to_owned());
 }
 
-fn note_claims(call: &mut Call<'_>, claims: &Option<Claims>, header: &[u8]) {
+fn note_claims(call: &mut Call, claims: &Option<Claims>, header: &[u8]) {
     call.record.typ = serde_json::from_slice::<Value>(header)
         .ok()
         .and_then(|h| h.get("typ").and_then(Value::as_str).map(str::to_owned));
@@ -1077,27 +923,22 @@ fn key_ref(v: &VersionInfo) -> jose::KeyRef<'_> {
     }
 }
 
-fn parse_object(field: &str, json: &str) -> Result<Map<String, Value>, Error> {
+fn parse_object(field: &'static str, json: &str) -> Result<Map<String, Value>, Error> {
     match serde_json::from_str::<Value>(json) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::InvalidArgument(format!(
-            "{field} must be a JSON object"
-        ))),
-        Err(e) => Err(Error::InvalidArgument(format!(
-            "{field} is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))),
+        Ok(_) => Err(Error::NotAnObject { field }),
+        Err(e) => Err(Error::InvalidJson {
+            field,
+            line: e.line(),
+            column: e.column(),
+        }),
     }
 }
 
 /// 128 random bits, base64url: unique per token as RFC 7519/9449 require.
 fn new_jti() -> Result<String, Error> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| {
-        tracing::error!(error = %e, "system RNG failed");
-        Error::Internal("random number generator failed".into())
-    })?;
+    getrandom::fill(&mut b).map_err(Error::Random)?;
     Ok(jose::b64(&b))
 }
 
@@ -1117,22 +958,33 @@ mod tests {
     fn claims_must_be_a_json_object() {
         assert!(parse_object("c", "{\"a\":1}").is_ok());
         assert!(
-            matches!(parse_object("c", "[1]"), Err(Error::InvalidArgument(m)) if m.contains("JSON object"))
+            matches!(parse_object("c", "[1]"), Err(e @ Error::NotAnObject { .. }) if e.message().contains("JSON object"))
         );
         assert!(
-            matches!(parse_object("c", "{"), Err(Error::InvalidArgument(m)) if m.contains("line 1"))
+            matches!(parse_object("c", "{"), Err(e @ Error::InvalidJson { .. }) if e.message().contains("line 1"))
         );
     }
 
     #[test]
-    fn busy_device_is_resource_exhausted() {
-        assert!(matches!(
-            Error::from(BackendError::Busy(8)),
-            Error::ResourceExhausted(_)
-        ));
-        assert!(matches!(
-            Error::from(KeyringError::NoActiveVersion("k".into())),
-            Error::FailedPrecondition(_)
-        ));
+    fn debug_of_inputs_hides_tokens_and_codes() {
+        let id = IdTokenInput {
+            claims_json: r#"{"sub":"alice-the-subject"}"#.into(),
+            lifetime: 60,
+            access_token: Some("at-secret-value".into()),
+            code: Some("code-secret-value".into()),
+        };
+        let dpop = DpopInput {
+            htm: "POST".into(),
+            htu: "https://rs.example/api".into(),
+            access_token: Some("at-secret-value".into()),
+            nonce: None,
+        };
+        for text in [format!("{id:?}"), format!("{dpop:?}")] {
+            assert!(text.contains("<redacted>"), "{text}");
+            for secret in ["at-secret-value", "code-secret-value", "alice-the-subject"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(format!("{dpop:?}").contains("https://rs.example/api"));
     }
 }

@@ -235,8 +235,8 @@ pub fn certificate_is_for(
     let cert =
         x509_cert::Certificate::from_der(cert_der).map_err(|e| TlsError::Parse(e.to_string()))?;
     let theirs = cert
-        .tbs_certificate
-        .subject_public_key_info
+        .tbs_certificate()
+        .subject_public_key_info()
         .to_der()
         .map_err(|e| TlsError::Parse(e.to_string()))?;
     Ok(theirs == spki_der(pk)?)
@@ -250,24 +250,22 @@ pub fn identity_of(der: &[u8], kind: IdentityKind) -> Result<String, TlsError> {
     use x509_cert::ext::pkix::SubjectAltName;
     use x509_cert::ext::pkix::name::GeneralName;
     let cert = x509_cert::Certificate::from_der(der).map_err(|e| TlsError::Parse(e.to_string()))?;
-    let tbs = &cert.tbs_certificate;
+    let tbs = cert.tbs_certificate();
     match kind {
         IdentityKind::Cn => {
-            for rdn in &tbs.subject.0 {
-                for atv in rdn.0.iter() {
-                    if atv.oid == x509_cert::der::oid::db::rfc4519::CN
-                        && let Ok(s) = std::str::from_utf8(atv.value.value())
-                    {
-                        return Ok(s.to_owned());
-                    }
+            for atv in tbs.subject().iter() {
+                if atv.oid == x509_cert::der::oid::db::rfc4519::CN
+                    && let Ok(s) = std::str::from_utf8(atv.value.value())
+                {
+                    return Ok(s.to_owned());
                 }
             }
             Err(TlsError::NoIdentity("subject common name"))
         }
         IdentityKind::Spiffe | IdentityKind::Dns => {
             let sans: Vec<GeneralName> = tbs
-                .extensions
-                .iter()
+                .extensions()
+                .into_iter()
                 .flatten()
                 .filter(|e| e.extn_id == x509_cert::der::oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME)
                 .filter_map(|e| SubjectAltName::from_der(e.extn_value.as_bytes()).ok())

@@ -312,7 +312,7 @@ async fn unix_socket_callers_are_their_uid() -> TestResult {
     assert_eq!(mode, 0o666);
 
     // Allowed: our own uid.
-    let channel = sigild::cli::unix_channel(&sock).await?;
+    let channel = sigild::client::unix_channel(&sock).await?;
     let mut signer = pb::signing_service_client::SigningServiceClient::new(channel.clone());
     let r = signer
         .sign_raw(pb::SignRawRequest {

@@ -346,3 +346,69 @@ async fn health_and_reflection_describe_the_api() -> TestResult {
     }
     Ok(())
 }
+
+/// After `sigild dev --state-dir DIR`, the same user's client commands work from any directory
+/// with no flags and no environment variables (the dev daemon leaves a pointer in the user's
+/// runtime directory), the ready line says exactly what to run, and the pointer is removed when
+/// the daemon exits.
+#[tokio::test]
+async fn dev_mode_is_found_from_any_directory() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let runtime = tempfile::tempdir()?;
+    let elsewhere = tempfile::tempdir()?;
+    let mut child = Command::new(sigild_bin())
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .env("SIGILD_LOG", "info")
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("SOFTHSM2_CONF")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("sigild dev ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| "sigild dev did not become ready")?;
+    let hint = format!("`{} key list`", sigild_bin());
+    assert!(ready.contains(&hint), "{ready}");
+    let pointer = runtime.path().join("sigild").join("dev.json");
+    assert!(pointer.is_file(), "no pointer at {}", pointer.display());
+
+    let cli = |args: &[&str]| {
+        Command::new(sigild_bin())
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env_remove("SIGILD_ENDPOINT")
+            .env_remove("SIGILD_CA")
+            .env_remove("SIGILD_CERT")
+            .env_remove("SIGILD_KEY")
+            .output()
+    };
+    let list = ok(&cli(&["key", "list"])?)?;
+    for name in ["dev-es256", "dev-ps256", "dev-eddsa"] {
+        assert!(list.contains(name), "{list}");
+    }
+    let jwks: Value = serde_json::from_str(&ok(&cli(&["jwks"])?)?)?;
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(3), "{jwks}");
+
+    // SIGTERM: the daemon exits cleanly and takes its pointer with it.
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    assert!(killed.success());
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(!pointer.exists(), "pointer left behind");
+    // With no daemon and no pointer the CLI says where it looked.
+    let out = cli(&["key", "list"])?;
+    assert_eq!(out.status.code(), Some(1));
+    Ok(())
+}

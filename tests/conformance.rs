@@ -833,8 +833,19 @@ mod checks {
                 recovers_at_once,
             } => {
                 dev.fault()?;
-                let (code, msg) = code_of(sign_active(&d, "k").await)?;
+                let (code, msg, id) = failure(sign_active(&d, "k").await)?;
                 assert!(codes.contains(&code), "{code:?}: {msg}");
+                // The caller gets a stable sentence and the request id; the log line with that
+                // id has the device's own account.
+                assert!(msg.contains(&format!("request id {id}")), "{msg}");
+                for device_words in ["CKR_", "PC/SC"] {
+                    assert!(!msg.contains(device_words), "{msg}");
+                }
+                let line = log_line(&d, &id).await?;
+                if let Some(account) = dev.fault_account() {
+                    assert!(line.contains(&account), "{line}");
+                    assert!(!msg.contains(&account), "{msg}");
+                }
                 // Past a keyring refresh, the JWKS is unchanged.
                 tokio::time::sleep(Duration::from_millis(2500)).await;
                 assert_eq!(d.jwks().await?, jwks);

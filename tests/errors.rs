@@ -333,22 +333,35 @@ async fn missing_token_is_unavailable_until_it_appears() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, msg) = code_of(
-        d.keys()
-            .await?
-            .create_key(pb::CreateKeyRequest {
-                name: "k".into(),
-                alg: "ES256".into(),
-                rsa_bits: 0,
-                fapi2: false,
-            })
-            .await,
+    let mut keys = d.keys().await?;
+    let (code, msg, id) = failure(
+        keys.create_key(pb::CreateKeyRequest {
+            name: "k".into(),
+            alg: "ES256".into(),
+            rsa_bits: 0,
+            fapi2: false,
+        })
+        .await,
     )?;
     assert_eq!(code, tonic::Code::Unavailable, "{msg}");
-    assert!(
-        msg.contains("late-token") && msg.contains("request id"),
-        "{msg}"
-    );
+    // The caller gets the request id; the token's name and the device's words go to the log
+    // only, under that id.
+    assert!(msg.contains(&format!("request id {id}")), "{msg}");
+    assert!(!msg.contains("late-token"), "{msg}");
+    let line = log_line(&d, &id).await?;
+    assert!(line.contains("late-token"), "{line}");
+
+    // Nothing was ever loaded: reads say UNAVAILABLE, never an empty keyring.
+    let (code, msg) = code_of(keys.list_keys(pb::ListKeysRequest {}).await)?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    let (code, msg) = code_of(keys.get_jwks(pb::GetJwksRequest {}).await)?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    let (code, msg) = code_of(keys.get_key(pb::GetKeyRequest { name: "k".into() }).await)?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    let out = d.cli(&["key", "list"], None)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "key list succeeded: {stderr}");
+    assert!(stderr.contains("UNAVAILABLE"), "{stderr}");
 
     // The token appears (same PIN): the daemon finds it, logs in and serves.
     let out = std::process::Command::new("softhsm2-util")
@@ -384,6 +397,13 @@ async fn missing_token_is_unavailable_until_it_appears() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Loaded now: an empty keyring is listed as empty.
+    let out = d.cli(&["key", "list"], None)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.create("k", "ES256", 0).await?;
     let r = sign_jws(&d, "k", b"{\"alg\":\"ES256\"}", b"{}").await?;
     verify_jws(&r.compact, &d.jwks().await?)?;

@@ -295,6 +295,32 @@ async fn touch_accepted_timed_out_and_required() -> TestResult {
     Ok(())
 }
 
+/// The caller's deadline counts: when the service's deadline (`[signing] timeout_ms`) is sooner
+/// than the card's own (`[yubikey] timeout_ms`; the shipped defaults are 5000 and 10000 ms), a
+/// key waiting for a touch is still reported as needing one, before the service gives up.
+#[tokio::test]
+async fn touch_required_reaches_a_caller_whose_deadline_is_sooner() -> TestResult {
+    let _one_pcscd = serial_guard().await;
+    let card = VirtualCard::start("5.7.1", &["--touch", "accept", "--touch-delay-ms", "200"])?;
+    let text = format!(
+        "{}\n[signing]\ntimeout_ms = 1500\n",
+        card.config("touch_policy = \"always\"\ntimeout_ms = 10000")
+    );
+    let config = card.write_config(&text)?;
+    let d = Daemon::start_config(&card.work(), &config)?;
+    d.create("touchy", "ES256", 0).await?;
+    sign_and_verify(&d, "touchy", "ES256").await?;
+
+    card.remove()?;
+    card.insert(Some(&["--touch", "timeout", "--touch-delay-ms", "4000"]))?;
+    let started = std::time::Instant::now();
+    let (code, msg) = sign_status(&d, "touchy", "ES256").await?;
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    assert!(msg.contains("needs a touch"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(3500));
+    Ok(())
+}
+
 /// Issue 5 on the card: an mTLS client whose ES256 key is in a YubiKey slot completes TLS 1.3
 /// and TLS 1.2 handshakes with a rustls server that requires client certificates; every
 /// CertificateVerify is a `SignRaw` that the card signs (DER-encoded for TLS by the signer).

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use ring::rand::SystemRandom;
 use ring::signature::{self, KeyPair as _};
@@ -66,6 +67,9 @@ struct State {
     next_id: u64,
     /// Pending faults.
     faults: Faults,
+    /// [`Backend::shutdown`] was called: every later call answers
+    /// [`BackendError::ShuttingDown`].
+    shut_down: bool,
 }
 
 /// An in-memory device for unit tests (see the module documentation).
@@ -274,7 +278,13 @@ impl MemoryBackend {
         f: impl FnOnce(&mut State) -> Result<T, BackendError> + Send + 'static,
     ) -> BackendFuture<T> {
         let state = Arc::clone(&self.state);
-        Box::pin(async move { f(&mut *lock(&state)?) })
+        Box::pin(async move {
+            let mut state = lock(&state)?;
+            if state.shut_down {
+                return Err(BackendError::ShuttingDown);
+            }
+            f(&mut state)
+        })
     }
 }
 
@@ -283,7 +293,14 @@ impl Backend for MemoryBackend {
         "memory".into()
     }
 
-    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>> {
+    /// Answers at once, so the deadline never matters.
+    fn sign(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        _deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
         let key = key.clone();
         self.call(move |s| {
             let soft = s
@@ -426,6 +443,13 @@ impl Backend for MemoryBackend {
     fn check(&self) -> BackendFuture<()> {
         self.call(|_| Ok(()))
     }
+
+    /// No workers to stop: later calls answer [`BackendError::ShuttingDown`].
+    fn shutdown(&self) {
+        if let Ok(mut s) = self.lock() {
+            s.shut_down = true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -455,6 +479,7 @@ mod tests {
             SignOp::Ed25519 {
                 message: b"msg".to_vec(),
             },
+            Instant::now(),
         ))?;
         let verified =
             signature::UnparsedPublicKey::new(&signature::ED25519, x).verify(b"msg", &sig);
@@ -481,6 +506,7 @@ mod tests {
             SignOp::Ecdsa {
                 digest: vec![0; 32],
             },
+            Instant::now(),
         ));
         assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
         let r = block_on(b.generate(KeySpec {
@@ -524,6 +550,12 @@ mod tests {
         assert!(block_on(b.records())?.is_empty());
         b.hide_records(false)?;
         assert_eq!(block_on(b.records())?.len(), 2);
+
+        b.shutdown();
+        assert!(matches!(
+            block_on(b.records()),
+            Err(BackendError::ShuttingDown)
+        ));
         Ok(())
     }
 }

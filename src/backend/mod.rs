@@ -6,19 +6,21 @@
 //! settings, the keyring and service drive it.
 //!
 //! Every method returns a [`BackendFuture`]: the device call itself runs on the backend's own
-//! blocking workers and the future only waits for the reply, so the async runtime never blocks
-//! on hardware. A full work queue is reported at once as [`BackendError::Busy`].
+//! blocking workers ([`worker`], the same for every backend) and the future only waits for the
+//! reply, so the async runtime never blocks on hardware. A full work queue is reported at once
+//! as [`BackendError::Busy`].
 
 pub mod import;
 #[cfg(test)]
 pub mod memory;
 pub mod pkcs11;
+pub mod worker;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
-pub mod yubikey_settings;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use crate::crypto::{KeyKind, PublicKey, SignOp};
 use crate::secret::SecretBytes;
@@ -35,7 +37,7 @@ pub struct KeyId(pub Vec<u8>);
 impl KeyId {
     /// Lower-case hex, as stored in keyring records and shown to operators.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        base16ct::lower::encode_string(&self.0)
     }
 
     /// Parse lower- or upper-case hex.
@@ -43,14 +45,7 @@ impl KeyId {
     /// # Errors
     /// `None` for odd length or non-hex characters.
     pub fn from_hex(s: &str) -> Option<KeyId> {
-        if !s.len().is_multiple_of(2) {
-            return None;
-        }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect::<Option<Vec<u8>>>()
-            .map(KeyId)
+        base16ct::mixed::decode_vec(s).ok().map(KeyId)
     }
 }
 
@@ -151,8 +146,17 @@ pub trait Backend: Send + Sync + 'static {
     /// A short human name for logs and `key show` (e.g. `pkcs11:token=sigild-dev`).
     fn describe(&self) -> String;
 
-    /// Sign with the private key `key` of kind `kind`.
-    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>>;
+    /// Sign with the private key `key` of kind `kind`, answering by `deadline` (the caller's):
+    /// when the device has not signed by then the future resolves anyway, with the most precise
+    /// reason the backend knows (e.g. [`BackendError::TouchRequired`]), shortly before the
+    /// deadline so a caller that gives up at the deadline still receives it.
+    fn sign(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>>;
 
     /// Generate a key pair on the device.
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject>;
@@ -183,6 +187,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the device is reachable and logged in, checked cheaply (no signature).
     fn check(&self) -> BackendFuture<()>;
+
+    /// Stop the device workers and release the device: requests still queued and every later
+    /// one are answered [`BackendError::ShuttingDown`]; returns once no thread is inside the
+    /// device API any more (PKCS#11: then the module is finalised), so the process can exit
+    /// without a device call racing its teardown. Blocks for as long as the slowest operation
+    /// in flight: call it from a blocking context.
+    fn shutdown(&self);
 }
 
 /// Parse a PKCS#8 DER private key for [`Backend::import`].

@@ -544,6 +544,40 @@ impl Client {
     }
 }
 
+/// Read a PKCS#8 key file for [`Client::import_key`] as DER (PEM is decoded), in zeroizing
+/// buffers so the key material does not linger in this process.
+///
+/// # Errors
+/// Unreadable file, wrong PEM type (with a hint to convert).
+pub fn read_pkcs8(path: &Path) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+    use base64::Engine as _;
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?,
+    );
+    if !raw.starts_with(b"-----BEGIN") {
+        return Ok(raw);
+    }
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| ClientError::Config("PEM file is not UTF-8".into()))?;
+    let first = text.lines().next().unwrap_or_default();
+    if first.trim() != "-----BEGIN PRIVATE KEY-----" {
+        return Err(ClientError::Config(format!(
+            "{}: expected an unencrypted PKCS#8 \"PRIVATE KEY\" PEM, found {first:?}; convert with `openssl pkcs8 -topk8 -nocrypt -in KEY -out key.p8.pem`",
+            path.display()
+        )));
+    }
+    let body: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        text.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::trim)
+            .collect(),
+    );
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|e| ClientError::Config(format!("{}: bad PEM base64: {e}", path.display())))?;
+    Ok(zeroize::Zeroizing::new(der))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -324,31 +324,10 @@ fn public_key_bits(
     Ok(crate::tls::public_key_bits(pk)?)
 }
 
-/// JOSE `r‖s` → DER `ECDSA-Sig-Value` (RFC 3279), as TLS carries ECDSA signatures.
+/// JOSE `r‖s` → DER `ECDSA-Sig-Value` (RFC 3279), as TLS and X.509 carry ECDSA signatures.
 fn ecdsa_der(rs: &[u8], curve: Curve) -> Result<Vec<u8>, ClientError> {
-    use der::Encode as _;
-    let n = curve.field_len();
-    let bad = |e: der::Error| ClientError::InvalidResponse(format!("ECDSA signature: {e}"));
-    let (Some(r), Some(s)) = (rs.get(..n), rs.get(n..)) else {
-        return Err(ClientError::InvalidResponse(format!(
-            "ECDSA signature of {} bytes, expected {}",
-            rs.len(),
-            2 * n
-        )));
-    };
-    if s.len() != n {
-        return Err(ClientError::InvalidResponse(format!(
-            "ECDSA signature of {} bytes, expected {}",
-            rs.len(),
-            2 * n
-        )));
-    }
-    let mut seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::new();
-    seq.add(der::asn1::UintRef::new(r).map_err(bad)?)
-        .map_err(bad)?;
-    seq.add(der::asn1::UintRef::new(s).map_err(bad)?)
-        .map_err(bad)?;
-    seq.to_der().map_err(bad)
+    crate::crypto::ecdsa_fixed_to_der(rs, curve)
+        .map_err(|e| ClientError::InvalidResponse(format!("ECDSA signature: {e}")))
 }
 
 impl rustls::sign::SigningKey for SigildSigningKey {

@@ -1,6 +1,6 @@
 //! The parts of the configuration that decide who may call: the TLS and Unix listeners,
 //! `[[caller]]` rules, `[limits]` and `[audit]`, with their validation (every mistake, each
-//! with its field path) and the translation into a [`Policy`] and an [`Audit`] writer.
+//! with its field path). The composition root turns them into the policy and the audit writer.
 //!
 //! ```toml
 //! [server]
@@ -41,8 +41,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::audit::{Audit, AuditError};
-use crate::policy::{KeyPattern, Operation, Policy, Rate, Rule, Who};
+use crate::policy::{Operation, Rate};
 use crate::tls::IdentityKind;
 
 /// `[server.tls]`: mutual TLS on the TCP listener.
@@ -146,20 +145,6 @@ pub struct AuditConfig {
     /// Withhold a signature whose audit record could not be written.
     #[serde(default)]
     pub fail_closed: bool,
-}
-
-impl AuditConfig {
-    /// Open the configured sink.
-    ///
-    /// # Errors
-    /// [`AuditError::Open`].
-    pub fn open(&self) -> Result<Audit, AuditError> {
-        match (&self.file, self.stdout) {
-            (Some(p), _) => Audit::file(p, self.fail_closed),
-            (None, true) => Ok(Audit::stdout(self.fail_closed)),
-            (None, false) => Ok(Audit::off()),
-        }
-    }
 }
 
 /// A validation finding: dotted field path (with `[i]` indices) and what is wrong.
@@ -367,49 +352,6 @@ pub fn check_files(server: &super::ServerConfig, audit: &AuditConfig) -> Vec<Pro
         ));
     }
     out
-}
-
-/// Build the policy from validated rules (invalid entries were refused by [`validate`]).
-pub fn policy(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
-    let rules = callers
-        .iter()
-        .map(|c| Rule {
-            who: match (&c.identity, c.uid, c.gid, c.danger_plaintext) {
-                (Some(i), _, _, _) => Some(Who::Identity(i.clone())),
-                (None, Some(u), _, _) => Some(Who::Uid(u)),
-                (None, None, Some(g), _) => Some(Who::Gid(g)),
-                (None, None, None, true) => Some(Who::Plaintext),
-                _ => None,
-            },
-            keys: match &c.keys {
-                Some(k) => k.iter().map(|k| KeyPattern::new(k.as_str())).collect(),
-                // Admin-only rules without keys administer every key.
-                None if c.admin => vec![KeyPattern::new("*")],
-                None => Vec::new(),
-            },
-            operations: c
-                .operations
-                .iter()
-                .filter_map(|o| Operation::parse(o))
-                .collect(),
-            admin: c.admin,
-            iss: c.iss.clone(),
-            aud: c.aud.clone(),
-            client_id: c.client_id.clone(),
-            htu_prefix: c.htu_prefix.clone(),
-            rate: c.rate.as_deref().and_then(|r| Rate::parse(r).ok()),
-        })
-        .collect();
-    Policy::new(
-        rules,
-        limits.per_key.as_deref().and_then(|r| Rate::parse(r).ok()),
-    )
-    .with_per_caller(
-        limits
-            .per_caller
-            .as_deref()
-            .and_then(|r| Rate::parse(r).ok()),
-    )
 }
 
 /// The 1-based line where `field` (a path like `caller[1].rate`) is written in `text`, or of

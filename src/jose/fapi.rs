@@ -1,14 +1,32 @@
-//! The FAPI 2.0 Security Profile's rules on algorithms and keys.
+//! The rules on which algorithm may sign with which key, in FAPI 2.0 mode and outside it.
 //!
-//! It owns the question "may this algorithm and key sign in FAPI 2.0 mode?" and nothing else:
-//! which keys a caller may use is `policy/`'s business, and which algorithms exist at all is
-//! `alg.rs`'s. Pure: no I/O, no configuration.
+//! It owns the questions "does this algorithm fit this key?" and "may this algorithm and key
+//! sign in FAPI 2.0 mode?" and nothing else: which keys a caller may use is `policy/`'s
+//! business, and which algorithms exist at all is `alg.rs`'s. Pure: no I/O, no configuration.
 
 use super::{Alg, JoseError};
 use crate::crypto::{Curve, KeyKind};
 
 /// Smallest RSA modulus FAPI 2.0 accepts.
 const FAPI2_MIN_RSA_BITS: u32 = 2048;
+
+/// Check that `alg` can sign with a key of `kind`, and, for a key in FAPI 2.0 mode, that the
+/// profile allows the pair (see [`check_fapi2`]). The keyring checks it when a key or version
+/// is made, the service before every signature.
+///
+/// # Errors
+///
+/// [`JoseError::AlgKeyMismatch`] if the algorithm does not fit the key; the FAPI 2.0 refusals
+/// of [`check_fapi2`].
+pub fn check_alg(alg: Alg, kind: KeyKind, fapi2: bool) -> Result<(), JoseError> {
+    if !alg.fits(kind) {
+        return Err(JoseError::AlgKeyMismatch { alg, key: kind });
+    }
+    if fapi2 {
+        check_fapi2(alg, kind)?;
+    }
+    Ok(())
+}
 
 /// Check that `alg` with a key of `kind` is allowed by the FAPI 2.0 Security Profile §5.4.1:
 /// PS256, ES256 (P-256) or EdDSA with Ed25519, RSA keys of at least 2048 bits.
@@ -113,6 +131,23 @@ mod tests {
         assert_eq!(
             msg,
             "FAPI 2.0 mode allows PS256, ES256 or EdDSA (Ed25519); RS256 is not allowed"
+        );
+    }
+
+    #[test]
+    fn alg_must_fit_the_key_and_the_mode() {
+        let rsa = KeyKind::Rsa { bits: 2048 };
+        assert_eq!(
+            check_alg(Alg::Rs256, rsa, true),
+            Err(JoseError::FapiAlgNotAllowed { alg: Alg::Rs256 })
+        );
+        assert_eq!(check_alg(Alg::Rs256, rsa, false), Ok(()));
+        assert_eq!(
+            check_alg(Alg::Es256, KeyKind::Ed25519, false),
+            Err(JoseError::AlgKeyMismatch {
+                alg: Alg::Es256,
+                key: KeyKind::Ed25519
+            })
         );
     }
 }

@@ -18,7 +18,7 @@ mod profiles;
 mod verify;
 
 pub use alg::Alg;
-pub use fapi::check_fapi2;
+pub use fapi::{check_alg, check_fapi2};
 pub use header::check_header;
 pub use jwk::{jwks, jwks_entry, public_jwk, public_key_from_jwk, thumbprint};
 pub use profiles::{

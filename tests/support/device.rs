@@ -219,6 +219,10 @@ pub trait Fixture: Send + Sync {
 
     /// Undo [`Fixture::fault`].
     fn recover(&self) -> TestResult;
+
+    /// What the daemon's log says about a request that failed during the fault (the device's
+    /// own account, which the caller must not see), where it is known.
+    fn fault_account(&self) -> Option<String>;
 }
 
 /// One fresh device for one test.
@@ -554,6 +558,13 @@ impl Fixture for SoftHsm {
         std::fs::rename(self.aside(), dir)?;
         Ok(())
     }
+
+    fn fault_account(&self) -> Option<String> {
+        Some(format!(
+            "no token matches pkcs11:token={}",
+            self.token.label
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,6 +711,13 @@ impl Fixture for Yubikey {
     fn recover(&self) -> TestResult {
         self.card.insert(None)
     }
+
+    fn fault_account(&self) -> Option<String> {
+        Some(format!(
+            "YubiKey with serial {} not found",
+            super::yubikey::SERIAL
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -774,5 +792,10 @@ impl Fixture for Ock {
 
     fn recover(&self) -> TestResult {
         self.token.start_slotd()
+    }
+
+    /// A running daemon does not see this fault (see [`FaultModel::AtStart`]).
+    fn fault_account(&self) -> Option<String> {
+        None
     }
 }

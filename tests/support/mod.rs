@@ -720,3 +720,40 @@ where
         }
     }
 }
+
+/// The code, message and request id (`x-request-id`) of a failed call.
+pub fn failure<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+) -> TestResult<(tonic::Code, String, String)> {
+    let s = match r {
+        Ok(v) => return Err(format!("expected an error status, got {v:?}").into()),
+        Err(s) => s,
+    };
+    let id = s
+        .metadata()
+        .get(sigild::api::REQUEST_ID)
+        .ok_or("no request id in the status")?
+        .to_str()?
+        .to_owned();
+    Ok((s.code(), s.message().to_owned(), id))
+}
+
+/// The daemon's log line about request `id` (it may reach the log just after the answer).
+pub async fn log_line(d: &Daemon, id: &str) -> TestResult<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = d
+            .log
+            .lock()
+            .map_err(|_| "log lock")?
+            .iter()
+            .find(|l| l.contains(id) && l.contains("request failed"))
+        {
+            return Ok(line.clone());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no log line for request {id}:\n{}", d.log_text()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

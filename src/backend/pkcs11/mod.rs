@@ -1,5 +1,6 @@
 //! The PKCS#11 backend (crate `cryptoki`): any module loaded by path, one token selected by an
-//! RFC 7512 URI, a bounded pool of worker threads each owning one logged-in session.
+//! RFC 7512 URI, a bounded pool of worker threads ([`super::worker`]) each owning one logged-in
+//! session.
 //!
 //! Owns: module loading, token resolution (by label/serial, re-resolved after faults because slot
 //! ids change), login (once per token; a rejected PIN is never retried, since retries lock real
@@ -15,16 +16,17 @@
 mod caps;
 mod objects;
 mod probe;
+pub mod provision;
 mod raw_info;
 mod token;
-pub mod uri;
+pub use crate::uri;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -32,6 +34,7 @@ use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 
+use super::worker::{Device, Failure, Fault, Pool, Retry};
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
 };
@@ -57,17 +60,12 @@ pub struct Pkcs11Settings {
     pub queue_depth: usize,
 }
 
-/// A job for a worker: runs with the worker's session and replies through its own channel.
-type Job = Box<dyn FnOnce(&mut Worker) + Send>;
-
 /// A PKCS#11 token behind a pool of session-owning workers.
 pub struct Pkcs11Backend {
     /// State shared with the workers.
     shared: Arc<Shared>,
-    /// The bounded work queue; `try_send` so a full queue fails fast.
-    tx: Sender<Job>,
-    /// Capacity of `tx`, reported in [`BackendError::Busy`].
-    queue_depth: usize,
+    /// The workers, each owning one session, behind the bounded queue.
+    pool: Pool<Worker>,
 }
 
 /// What the workers share: the module, the token selector, the PIN and the caches.
@@ -115,35 +113,36 @@ struct Worker {
     session: Option<Session>,
 }
 
-/// A failure inside a worker: either a raw PKCS#11 error (classified for retry) or one already
-/// mapped.
-enum Fail {
-    /// A PKCS#11 call failed.
-    Ck(CkError),
-    /// Already mapped.
-    Backend(BackendError),
-}
+/// A failure inside a worker: a raw PKCS#11 error (classified for retry) or one already mapped.
+type Fail = Failure<CkError>;
 
 impl From<CkError> for Fail {
     fn from(e: CkError) -> Self {
-        Fail::Ck(e)
+        Failure::Device(e)
     }
 }
 
-impl From<BackendError> for Fail {
-    fn from(e: BackendError) -> Self {
-        Fail::Backend(e)
-    }
+/// A logged-in session of its own on the token and one private key's handle, for signing
+/// outside the worker pool (benchmarks compare the daemon against it).
+pub struct DirectSigner {
+    /// The session, used by this signer alone.
+    session: Session,
+    /// The private key's handle on `session`'s token.
+    handle: ObjectHandle,
+    /// The key's kind, for the mechanism and the result's normal form.
+    kind: KeyKind,
 }
 
-/// How much of a failed operation may be retried on a fresh session.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Idempotent (sign, read): retry after any session or device fault.
-    AfterFault,
-    /// Not idempotent (generate, create, destroy): retry only when the operation surely did
-    /// not happen (the session was gone before the call).
-    IfNotRun,
+impl DirectSigner {
+    /// One signature, made exactly as a worker makes it (same mechanism, same normalised
+    /// result), on this signer's own session.
+    ///
+    /// # Errors
+    /// [`BackendError::InvalidRequest`] when `op` does not fit the key; device errors.
+    pub fn sign(&self, op: &SignOp) -> Result<Vec<u8>, BackendError> {
+        fits(self.kind, op)?;
+        sign_on(&self.session, self.handle, self.kind, op).map_err(to_backend)
+    }
 }
 
 impl Pkcs11Backend {
@@ -190,28 +189,14 @@ impl Pkcs11Backend {
             pin_rejected: AtomicBool::new(false),
             last_reinit: Mutex::new(None),
         });
-        let queue_depth = settings.queue_depth.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_depth);
-        for i in 0..settings.workers.max(1) {
-            let rx: Receiver<Job> = rx.clone();
-            let mut worker = Worker {
+        let workers = (0..settings.workers.max(1))
+            .map(|_| Worker {
                 shared: Arc::clone(&shared),
                 session: None,
-            };
-            std::thread::Builder::new()
-                .name(format!("pkcs11-worker-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        job(&mut worker);
-                    }
-                })
-                .map_err(|e| BackendError::Unavailable(format!("cannot start worker: {e}")))?;
-        }
-        let backend = Pkcs11Backend {
-            shared,
-            tx,
-            queue_depth,
-        };
+            })
+            .collect();
+        let pool = Pool::start("pkcs11-worker", workers, settings.queue_depth)?;
+        let backend = Pkcs11Backend { shared, pool };
         // Log in now, on this thread, with a throwaway session: the login is per token, so
         // the workers' sessions inherit it.
         let first = backend.shared.connect().map(drop);
@@ -222,69 +207,28 @@ impl Pkcs11Backend {
         }
     }
 
-    /// The module context, for benchmarks that compare the daemon with direct calls.
-    pub fn context(&self) -> &Pkcs11 {
-        &self.shared.ctx
-    }
-
-    /// Open a new logged-in session on the token outside the pool (benchmarks, tooling).
+    /// A signer with its own logged-in session and the handle of the private key `key`, outside
+    /// the worker pool: benchmarks compare the daemon against it. Blocks on the device.
     ///
     /// # Errors
-    /// As for a worker's session.
-    pub fn open_session(&self) -> Result<Session, BackendError> {
-        self.shared.connect()
+    /// [`BackendError::KeyNotFound`], or why no session could be opened.
+    pub fn direct_signer(&self, key: &KeyId, kind: KeyKind) -> Result<DirectSigner, BackendError> {
+        let session = self.shared.connect()?;
+        let handle =
+            objects::find_one(&session, ObjectClass::PRIVATE_KEY, key).map_err(to_backend)?;
+        Ok(DirectSigner {
+            session,
+            handle,
+            kind,
+        })
     }
 
-    /// Find the private key handle for `id` (benchmarks, tooling).
-    ///
-    /// # Errors
-    /// [`BackendError::KeyNotFound`] or a device error.
-    pub fn private_key_handle(
-        &self,
-        session: &Session,
-        id: &KeyId,
-    ) -> Result<ObjectHandle, BackendError> {
-        objects::find_one(session, ObjectClass::PRIVATE_KEY, id).map_err(Fail::into_backend)
-    }
-
-    /// One signature on `session` exactly as a worker makes it, without the pool (benchmarks
-    /// compare the daemon against this).
-    ///
-    /// # Errors
-    /// Device errors.
-    pub fn direct_sign(
-        session: &Session,
-        handle: ObjectHandle,
-        kind: KeyKind,
-        op: &SignOp,
-    ) -> Result<Vec<u8>, BackendError> {
-        let (mechanism, data) = objects::sign_mechanism(op);
-        let sig = session
-            .sign(&mechanism, handle, &data)
-            .map_err(|e| map_ck(&e))?;
-        objects::normalise_signature(kind, sig)
-    }
-
-    /// Queue `f` for a worker. A full queue is answered at once.
+    /// Queue `f` for a worker, without a deadline: a full queue is answered at once.
     fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Worker) -> Result<T, BackendError> + Send + 'static,
     ) -> BackendFuture<T> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |w| {
-            // The caller may have gone (timeout, cancelled request): nothing to do then.
-            let _ = reply.send(f(w));
-        });
-        match self.tx.try_send(job) {
-            Ok(()) => Box::pin(async move { rx.await.map_err(|_| BackendError::ShuttingDown)? }),
-            Err(TrySendError::Full(_)) => {
-                let depth = self.queue_depth;
-                Box::pin(async move { Err(BackendError::Busy(depth)) })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                Box::pin(async { Err(BackendError::ShuttingDown) })
-            }
-        }
+        self.pool.submit(f)
     }
 }
 
@@ -333,7 +277,7 @@ impl Shared {
         }
         tracing::warn!("re-initialising the PKCS#11 module after a key vanished from the token");
         // Sessions of other workers become invalid; their idempotent operations are retried
-        // once after reconnecting (see `Worker::run`).
+        // once after reconnecting (see `Device::run`).
         let _ = self.ctx.clone().finalize();
         let ok = self
             .ctx
@@ -483,40 +427,43 @@ impl Shared {
     }
 }
 
+impl Device for Worker {
+    type Error = CkError;
+
+    fn connect(&mut self) -> Result<(), BackendError> {
+        if self.session.is_none() {
+            self.session = Some(self.shared.connect()?);
+        }
+        Ok(())
+    }
+
+    fn disconnect(&mut self) {
+        self.session = None;
+        self.shared.invalidate();
+    }
+
+    fn fault(&self, e: &CkError) -> Fault {
+        if is_session_gone(e) {
+            Fault::ConnectionBeforeRun
+        } else if is_session_fault(e) {
+            Fault::Connection
+        } else {
+            Fault::Operation
+        }
+    }
+
+    fn map_error(&self, e: &CkError) -> BackendError {
+        map_ck(e)
+    }
+}
+
 impl Worker {
-    /// Run `f` on this worker's session, (re)connecting first when needed; after a session or
-    /// device fault reconnect and run it once more when `retry` allows.
-    fn run<T>(
-        &mut self,
-        retry: Retry,
-        mut f: impl FnMut(&Session, &Shared) -> Result<T, Fail>,
-    ) -> Result<T, BackendError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let session = match self.session.take() {
-                Some(s) => s,
-                None => self.shared.connect()?,
-            };
-            let result = f(&session, &self.shared);
-            match result {
-                Err(Fail::Ck(ref e)) if is_session_fault(e) => {
-                    tracing::warn!(code = %ck_code(e), attempt, "PKCS#11 session fault; reconnecting");
-                    drop(session);
-                    self.shared.invalidate();
-                    let may_retry = match retry {
-                        Retry::AfterFault => true,
-                        Retry::IfNotRun => is_session_gone(e),
-                    };
-                    if attempt >= 2 || !may_retry {
-                        return result.map_err(Fail::into_backend);
-                    }
-                }
-                other => {
-                    self.session = Some(session);
-                    return other.map_err(Fail::into_backend);
-                }
-            }
+    /// This worker's session and the shared state, inside [`Device::run`] (which connects
+    /// first).
+    fn parts(&self) -> Result<(&Session, &Shared), Fail> {
+        match &self.session {
+            Some(s) => Ok((s, &self.shared)),
+            None => Err(BackendError::Unavailable("no PKCS#11 session".into()).into()),
         }
     }
 
@@ -539,30 +486,49 @@ impl Worker {
         kind: KeyKind,
         op: &SignOp,
     ) -> Result<Vec<u8>, BackendError> {
-        if !op.fits(kind) {
-            return Err(BackendError::InvalidRequest(format!(
-                "this operation needs a different key type than {kind}"
-            )));
-        }
-        let (mechanism, data) = objects::sign_mechanism(op);
-        self.run(Retry::AfterFault, |session, shared| {
+        fits(kind, op)?;
+        self.run(Retry::Idempotent, |w| {
+            let (session, shared) = w.parts()?;
             let handle = shared.private_handle(session, key)?;
-            match session.sign(&mechanism, handle, data.as_ref()) {
-                Err(CkError::Pkcs11(
+            match sign_on(session, handle, kind, op) {
+                Err(Failure::Device(CkError::Pkcs11(
                     RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
                     _,
-                )) => {
+                ))) => {
                     // Stale cache (key destroyed and re-created, token re-inserted): look
                     // it up once more.
                     shared.forget_handle(key);
                     let handle = shared.private_handle(session, key)?;
-                    Ok(session.sign(&mechanism, handle, data.as_ref())?)
+                    sign_on(session, handle, kind, op)
                 }
-                other => Ok(other?),
+                other => other,
             }
         })
-        .and_then(|sig| objects::normalise_signature(kind, sig))
     }
+}
+
+/// Refuse an operation the key cannot perform, before touching the device.
+fn fits(kind: KeyKind, op: &SignOp) -> Result<(), BackendError> {
+    if op.fits(kind) {
+        Ok(())
+    } else {
+        Err(BackendError::InvalidRequest(format!(
+            "this operation needs a different key type than {kind}"
+        )))
+    }
+}
+
+/// One `C_Sign` with `handle` on `session` and its result in the backend contract's form: what
+/// a worker does per signature, and what [`DirectSigner`] does.
+fn sign_on(
+    session: &Session,
+    handle: ObjectHandle,
+    kind: KeyKind,
+    op: &SignOp,
+) -> Result<Vec<u8>, Fail> {
+    let (mechanism, data) = objects::sign_mechanism(op);
+    let sig = session.sign(&mechanism, handle, data.as_ref())?;
+    Ok(objects::normalise_signature(kind, sig)?)
 }
 
 impl Backend for Pkcs11Backend {
@@ -570,12 +536,26 @@ impl Backend for Pkcs11Backend {
         self.shared.describe_selector()
     }
 
-    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>> {
+    fn sign(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
         if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
             return Box::pin(async { Err(e) });
         }
         let key = key.clone();
-        self.submit(move |w| w.sign(&key, kind, &op))
+        self.pool.submit_by(
+            deadline,
+            || {
+                BackendError::Unavailable(
+                    "the PKCS#11 token did not sign before the deadline".into(),
+                )
+            },
+            move |w| w.sign(&key, kind, &op),
+        )
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
@@ -584,7 +564,8 @@ impl Backend for Pkcs11Backend {
         }
         self.submit(move |w| {
             let id = KeyId(objects::random_id()?);
-            w.run(Retry::IfNotRun, |session, shared| {
+            w.run(Retry::IfNotRun, |w| {
+                let (session, shared) = w.parts()?;
                 let public = objects::generate(session, &spec, &id)?;
                 Ok(KeyObject {
                     id: id.clone(),
@@ -605,7 +586,8 @@ impl Backend for Pkcs11Backend {
         }
         self.submit(move |w| {
             let id = KeyId(objects::random_id()?);
-            let result = w.run(Retry::IfNotRun, |session, shared| {
+            let result = w.run(Retry::IfNotRun, |w| {
+                let (session, shared) = w.parts()?;
                 objects::import(session, &label, &id, &material)?;
                 Ok(KeyObject {
                     id: id.clone(),
@@ -624,7 +606,8 @@ impl Backend for Pkcs11Backend {
             let parsed: Pkcs11Uri = uri
                 .parse()
                 .map_err(|e| BackendError::InvalidRequest(format!("{e}")))?;
-            w.run(Retry::AfterFault, |session, shared| {
+            w.run(Retry::Idempotent, |w| {
+                let (session, shared) = w.parts()?;
                 let token = shared.token()?;
                 let fits =
                     |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
@@ -649,7 +632,8 @@ impl Backend for Pkcs11Backend {
     fn key(&self, key: &KeyId) -> BackendFuture<KeyObject> {
         let key = key.clone();
         self.submit(move |w| {
-            w.run(Retry::AfterFault, |session, shared| {
+            w.run(Retry::Idempotent, |w| {
+                let (session, shared) = w.parts()?;
                 let (label, public) = objects::read_key(session, &key)?;
                 Ok(KeyObject {
                     uri: shared.key_uri(&label, &key),
@@ -664,7 +648,8 @@ impl Backend for Pkcs11Backend {
     fn destroy(&self, key: &KeyId) -> BackendFuture<()> {
         let key = key.clone();
         self.submit(move |w| {
-            w.run(Retry::IfNotRun, |session, shared| {
+            w.run(Retry::IfNotRun, |w| {
+                let (session, shared) = w.parts()?;
                 shared.forget_handle(&key);
                 objects::destroy(session, &key)
             })
@@ -672,12 +657,18 @@ impl Backend for Pkcs11Backend {
     }
 
     fn records(&self) -> BackendFuture<Vec<Record>> {
-        self.submit(|w| w.run(Retry::AfterFault, |session, _| objects::records(session)))
+        self.submit(|w| {
+            w.run(Retry::Idempotent, |w| {
+                let (session, _) = w.parts()?;
+                objects::records(session)
+            })
+        })
     }
 
     fn put_record(&self, record: Record) -> BackendFuture<()> {
         self.submit(move |w| {
-            w.run(Retry::IfNotRun, |session, _| {
+            w.run(Retry::IfNotRun, |w| {
+                let (session, _) = w.parts()?;
                 objects::put_record(session, &record)
             })
         })
@@ -690,20 +681,29 @@ impl Backend for Pkcs11Backend {
 
     fn check(&self) -> BackendFuture<()> {
         self.submit(|w| {
-            w.run(Retry::AfterFault, |session, _| {
-                session.get_session_info()?;
+            w.run(Retry::Idempotent, |w| {
+                w.parts()?.0.get_session_info()?;
                 Ok(())
             })
         })
     }
+
+    fn shutdown(&self) {
+        self.pool.shutdown();
+        // No worker is inside the module any more and their sessions are closed: finalising
+        // cannot pull the module out from under a call. Re-initialising (token discovery) is
+        // the workers' only other use of the context, and they are gone.
+        if let Err(e) = self.shared.ctx.clone().finalize() {
+            tracing::warn!(code = %ck_code(&e), "C_Finalize failed at shutdown");
+        }
+    }
 }
 
-impl Fail {
-    fn into_backend(self) -> BackendError {
-        match self {
-            Fail::Backend(b) => b,
-            Fail::Ck(e) => map_ck(&e),
-        }
+/// A failure inside a worker in the backend's vocabulary.
+fn to_backend(f: Fail) -> BackendError {
+    match f {
+        Failure::Device(e) => map_ck(&e),
+        Failure::Backend(e) => e,
     }
 }
 

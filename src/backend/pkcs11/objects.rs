@@ -304,7 +304,7 @@ fn refused(what: impl FnOnce() -> String, e: cryptoki::error::Error) -> Fail {
         BackendError::Unsupported(code) => {
             BackendError::Unsupported(format!("{}: the token refused it ({code})", what())).into()
         }
-        _ => Fail::Ck(e),
+        _ => Fail::Device(e),
     }
 }
 
@@ -502,7 +502,7 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Fai
 
 /// `CKA_EC_POINT` is a DER OCTET STRING by the standard, the raw point on some tokens.
 fn unwrap_octet_string(v: &[u8]) -> &[u8] {
-    match der::asn1::OctetStringRef::from_der(v) {
+    match <&der::asn1::OctetStringRef>::from_der(v) {
         Ok(o) => o.as_bytes(),
         Err(_) => v,
     }

@@ -1,8 +1,9 @@
 //! Pure encodings the card does not do for us: PKCS#1 v1.5 and PSS encoded messages for raw RSA
-//! (the card performs only the private-key operation), ECDSA DER → fixed `r‖s`, and the card's
-//! SubjectPublicKeyInfo bytes → [`PublicKey`]. No I/O, no card.
+//! (the card performs only the private-key operation) and the card's SubjectPublicKeyInfo bytes
+//! → [`PublicKey`]. No I/O, no card. (ECDSA DER → `r‖s` is [`crate::crypto::ecdsa_der_to_fixed`],
+//! shared with the client.)
 
-use der::{Decode as _, Reader as _};
+use der::Decode as _;
 use sha2::Digest as _;
 
 use crate::backend::BackendError;
@@ -113,35 +114,6 @@ fn mgf1(hash: HashAlg, seed: &[u8], len: usize) -> Vec<u8> {
     out
 }
 
-/// An ECDSA signature as the card returns it (DER `SEQUENCE { r INTEGER, s INTEGER }`) → the
-/// fixed-size `r‖s` of the backend contract.
-///
-/// # Errors
-/// [`BackendError::Malformed`] when the DER is not that, or an integer is too long.
-pub fn ecdsa_der_to_fixed(der_sig: &[u8], curve: Curve) -> Result<Vec<u8>, BackendError> {
-    let bad = |why: &str| BackendError::Malformed(format!("ECDSA signature from the card: {why}"));
-    let mut reader = der::SliceReader::new(der_sig).map_err(|e| bad(&e.to_string()))?;
-    let (r, s) = reader
-        .sequence(|seq| {
-            let r = der::asn1::UintRef::decode(seq)?;
-            let s = der::asn1::UintRef::decode(seq)?;
-            Ok((r.as_bytes().to_vec(), s.as_bytes().to_vec()))
-        })
-        .map_err(|e: der::Error| bad(&e.to_string()))?;
-    reader.finish(()).map_err(|e| bad(&e.to_string()))?;
-    let n = curve.field_len();
-    let mut out = Vec::with_capacity(2 * n);
-    for v in [r, s] {
-        let v = trim_leading_zeros(&v);
-        if v.len() > n {
-            return Err(bad("integer longer than the field"));
-        }
-        out.resize(out.len() + n - v.len(), 0);
-        out.extend_from_slice(&v);
-    }
-    Ok(out)
-}
-
 /// The algorithms sigild uses on a card, as far as public-key parsing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CardKey {
@@ -174,7 +146,7 @@ pub fn public_key(kind: CardKey, spk: &[u8]) -> Result<PublicKey, BackendError> 
         CardKey::Ed25519 if spk.len() == 32 => Ok(PublicKey::Ed25519 { x: spk.to_vec() }),
         CardKey::Ed25519 => Err(bad(format!("Ed25519 key of {} bytes", spk.len()))),
         CardKey::Rsa => {
-            let k = pkcs1::RsaPublicKey::from_der(spk).map_err(|e| bad(e.to_string()))?;
+            let k = pkcs1::RsaPublicKeyRef::from_der(spk).map_err(|e| bad(e.to_string()))?;
             Ok(PublicKey::Rsa {
                 n: trim_leading_zeros(k.modulus.as_bytes()),
                 e: trim_leading_zeros(k.public_exponent.as_bytes()),
@@ -216,21 +188,6 @@ mod tests {
         let sep = db.iter().position(|b| *b != 0);
         assert_eq!(sep.map(|i| db[i]), Some(1));
         assert!(db.ends_with(&[7u8; 32]));
-        Ok(())
-    }
-
-    #[test]
-    fn der_to_fixed() -> Result<(), BackendError> {
-        // r = 0x00ff.. (33 bytes with sign byte), s = 0x01
-        let mut der = vec![0x30, 0x26, 0x02, 0x21, 0x00];
-        der.extend_from_slice(&[0xff; 32]);
-        der.extend_from_slice(&[0x02, 0x01, 0x01]);
-        let f = ecdsa_der_to_fixed(&der, Curve::P256)?;
-        assert_eq!(f.len(), 64);
-        assert_eq!(&f[..32], &[0xff; 32]);
-        assert_eq!(f[63], 1);
-        assert!(f[32..63].iter().all(|b| *b == 0));
-        assert!(ecdsa_der_to_fixed(&der[..10], Curve::P256).is_err());
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The YubiKey PIV backend (crate `yubikey`): one card, selected by serial, owned by one worker
-//! thread (PC/SC access is exclusive and the crate needs `&mut`), behind a bounded queue with a
-//! per-request deadline.
+//! thread (PC/SC access is exclusive and the crate needs `&mut`), behind the bounded queue of
+//! [`super::worker`] with a per-request deadline.
 //!
 //! Owns: opening the card by serial and reopening it after a reset or removal (then the PIN is
 //! verified again and the operation retried once), PIN verification as each slot's PIN policy
@@ -21,30 +21,25 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use yubikey::piv::{self, AlgorithmId, ManagementSlotId, SlotAlgorithmId, SlotId};
 use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
-pub use super::yubikey_settings::{
-    PinPolicySetting, TouchPolicySetting, YubikeySettings, default_slots,
-};
+use super::worker::{Device, Failure, Fault, Pool, Retry};
+mod settings;
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
 };
 use crate::crypto::{Curve, KeyKind, SignOp};
 use encode::CardKey;
-
-/// A job for the worker; replies through its own channel.
-type Job = Box<dyn FnOnce(&mut Card) + Send>;
+pub use settings::{PinPolicySetting, TouchPolicySetting, YubikeySettings};
 
 /// A YubiKey behind its worker thread.
 pub struct YubikeyBackend {
-    /// The bounded queue to the worker; `try_send` so a full queue fails fast.
-    tx: Sender<Job>,
-    /// Capacity of `tx`, reported in [`BackendError::Busy`].
-    queue_depth: usize,
-    /// Deadline of each request.
+    /// The one worker, owning the card, behind the bounded queue.
+    pool: Pool<Card>,
+    /// The longest a request may take, queueing included (a caller's own deadline may be
+    /// sooner, and then counts).
     timeout: Duration,
     /// The card's serial, for URIs and logs.
     serial: u32,
@@ -55,31 +50,11 @@ pub struct YubikeyBackend {
 
 /// Why a card operation failed: a crate error (classified for reconnects) or an already mapped
 /// one.
-enum Fail {
-    /// The crate failed.
-    Yk(yubikey::Error),
-    /// Already mapped.
-    Backend(BackendError),
-}
+type Fail = Failure<yubikey::Error>;
 
 impl From<yubikey::Error> for Fail {
     fn from(e: yubikey::Error) -> Self {
-        Fail::Yk(e)
-    }
-}
-
-impl From<BackendError> for Fail {
-    fn from(e: BackendError) -> Self {
-        Fail::Backend(e)
-    }
-}
-
-impl Fail {
-    fn into_backend(self) -> BackendError {
-        match self {
-            Fail::Backend(b) => b,
-            Fail::Yk(e) => map_yk(&e),
-        }
+        Failure::Device(e)
     }
 }
 
@@ -112,7 +87,7 @@ impl YubikeyBackend {
     /// [`BackendError::Unavailable`] when the worker cannot start. An absent card is not an
     /// error: it is returned as the second value and requests get `Unavailable` until it appears.
     pub fn open(settings: YubikeySettings) -> Result<(Self, Option<BackendError>), BackendError> {
-        let queue_depth = settings.queue_depth.max(1);
+        let queue_depth = settings.queue_depth;
         let timeout = settings.timeout;
         let serial = settings.serial;
         let touch_slots = Arc::new(Mutex::new(HashMap::new()));
@@ -125,19 +100,10 @@ impl YubikeyBackend {
             touch_slots: Arc::clone(&touch_slots),
             tags: HashMap::new(),
         };
-        let first = card.run(|c| c.verify_pin());
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_depth);
-        std::thread::Builder::new()
-            .name(format!("yubikey-{serial}"))
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut card);
-                }
-            })
-            .map_err(|e| BackendError::Unavailable(format!("cannot start worker: {e}")))?;
+        let first = card.run(Retry::Idempotent, |c| c.verify_pin());
+        let pool = Pool::start(&format!("yubikey-{serial}"), vec![card], queue_depth)?;
         let backend = YubikeyBackend {
-            tx,
-            queue_depth,
+            pool,
             timeout,
             serial,
             touch_slots,
@@ -149,92 +115,48 @@ impl YubikeyBackend {
         }
     }
 
-    /// Queue `f` for the worker with a deadline. A full queue is answered at once; a job still
-    /// queued at its deadline is dropped without touching the card.
+    /// Queue `f` for the worker, to be answered within the backend's timeout.
     fn submit<T: Send + 'static>(
         &self,
         slot: Option<u8>,
         f: impl FnOnce(&mut Card) -> Result<T, BackendError> + Send + 'static,
     ) -> BackendFuture<T> {
-        self.submit_within(self.timeout, slot, f)
+        self.submit_by(Instant::now() + self.timeout, slot, f)
     }
 
-    /// [`Self::submit`] with an explicit deadline.
-    fn submit_within<T: Send + 'static>(
+    /// Queue `f` for the worker, to be answered by `deadline`. A full queue is answered at once;
+    /// a job still queued at its deadline never touches the card. A request on a `slot` whose
+    /// key needs a touch is told [`BackendError::TouchRequired`] when the deadline passes.
+    fn submit_by<T: Send + 'static>(
         &self,
-        timeout: Duration,
+        deadline: Instant,
         slot: Option<u8>,
         f: impl FnOnce(&mut Card) -> Result<T, BackendError> + Send + 'static,
     ) -> BackendFuture<T> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let deadline = Instant::now() + timeout;
-        let job: Job = Box::new(move |card| {
-            if Instant::now() >= deadline {
-                let _ = reply.send(Err(BackendError::Unavailable(
-                    "request expired in the YubiKey queue".into(),
-                )));
-                return;
+        let touch_slots = Arc::clone(&self.touch_slots);
+        let started = Instant::now();
+        let late = move || {
+            let touch = slot.is_some_and(|s| {
+                touch_slots
+                    .lock()
+                    .map(|m| m.get(&s).copied().unwrap_or(false))
+                    .unwrap_or(false)
+            });
+            if touch {
+                BackendError::TouchRequired
+            } else {
+                BackendError::Unavailable(format!(
+                    "the YubiKey did not answer within {} ms",
+                    started.elapsed().as_millis()
+                ))
             }
-            // The caller may have gone (deadline, cancelled request): nothing to do then.
-            let _ = reply.send(f(card));
-        });
-        match self.tx.try_send(job) {
-            Ok(()) => {
-                let touch = slot.is_some_and(|s| {
-                    self.touch_slots
-                        .lock()
-                        .map(|m| m.get(&s).copied().unwrap_or(false))
-                        .unwrap_or(false)
-                });
-                Box::pin(async move {
-                    match tokio::time::timeout(timeout, rx).await {
-                        Ok(r) => r.map_err(|_| BackendError::ShuttingDown)?,
-                        Err(_) if touch => Err(BackendError::TouchRequired),
-                        Err(_) => Err(BackendError::Unavailable(format!(
-                            "the YubiKey did not answer within {} ms",
-                            timeout.as_millis()
-                        ))),
-                    }
-                })
-            }
-            Err(TrySendError::Full(_)) => {
-                let depth = self.queue_depth;
-                Box::pin(async move { Err(BackendError::Busy(depth)) })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                Box::pin(async { Err(BackendError::ShuttingDown) })
-            }
-        }
+        };
+        self.pool.submit_by(deadline, late, f)
     }
 }
 
-impl Card {
-    /// Run `f` with the card open; after a PC/SC fault (reset, removal) reopen the card by serial
-    /// and run `f` once more. Every operation here is safe to repeat: signing and reading are
-    /// idempotent, and writes (generate into the chosen slot, store, scrub) converge.
-    fn run<T>(
-        &mut self,
-        mut f: impl FnMut(&mut Card) -> Result<T, Fail>,
-    ) -> Result<T, BackendError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.connect()?;
-            match f(self) {
-                Err(Fail::Yk(e)) if is_connection_fault(&e) => {
-                    tracing::warn!(serial = self.settings.serial, error = %e, attempt, "YubiKey connection fault; reopening");
-                    self.disconnect();
-                    if attempt >= 2 {
-                        return Err(BackendError::Unavailable(format!(
-                            "YubiKey {} lost: {e}",
-                            self.settings.serial
-                        )));
-                    }
-                }
-                other => return other.map_err(Fail::into_backend),
-            }
-        }
-    }
+impl Device for Card {
+    type Error = yubikey::Error;
 
     /// Open the card by serial unless it is open.
     fn connect(&mut self) -> Result<(), BackendError> {
@@ -259,6 +181,27 @@ impl Card {
         self.policies.clear();
     }
 
+    /// PC/SC errors (card reset, removed, pcscd restarted) break the connection; a command
+    /// may have reached the card before they did.
+    fn fault(&self, e: &yubikey::Error) -> Fault {
+        if is_connection_fault(e) {
+            Fault::Connection
+        } else {
+            Fault::Operation
+        }
+    }
+
+    fn map_error(&self, e: &yubikey::Error) -> BackendError {
+        match e {
+            yubikey::Error::PcscError { .. } => {
+                BackendError::Unavailable(format!("YubiKey {} lost: {e}", self.settings.serial))
+            }
+            other => map_yk(other),
+        }
+    }
+}
+
+impl Card {
     fn yk(&mut self) -> Result<&mut YubiKey, Fail> {
         self.yk
             .as_mut()
@@ -298,9 +241,9 @@ impl Card {
     /// Authenticate with the management key (for generation and writes).
     fn authenticate(&mut self) -> Result<(), Fail> {
         let bytes = Zeroizing::new(
-            hex_decode(self.settings.management_key.expose()).ok_or_else(|| {
-                BackendError::InvalidRequest("the management key is not hex".into())
-            })?,
+            base16ct::mixed::decode_vec(self.settings.management_key.expose().trim()).map_err(
+                |_| BackendError::InvalidRequest("the management key is not hex".into()),
+            )?,
         );
         let yk = self.yk()?;
         let alg = match piv::metadata(yk, SlotId::Management(ManagementSlotId::Management)) {
@@ -449,7 +392,11 @@ impl Card {
             Err(e) => return Err(e.into()),
         };
         match kind {
-            KeyKind::Ec(curve) => Ok(encode::ecdsa_der_to_fixed(&raw, curve)?),
+            KeyKind::Ec(curve) => {
+                Ok(crate::crypto::ecdsa_der_to_fixed(&raw, curve).map_err(|e| {
+                    BackendError::Malformed(format!("ECDSA signature from the card: {e}"))
+                })?)
+            }
             KeyKind::Rsa { bits } => {
                 let k = bits as usize / 8;
                 if raw.len() > k {
@@ -674,14 +621,24 @@ impl Backend for YubikeyBackend {
         format!("yubikey:serial={}", self.serial)
     }
 
-    fn sign(&self, key: &KeyId, kind: KeyKind, op: SignOp) -> BackendFuture<Vec<u8>> {
+    /// Answered by the caller's deadline or the backend's timeout, whichever comes first: a
+    /// key waiting for a touch is reported [`BackendError::TouchRequired`] while the caller
+    /// still listens.
+    fn sign(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
         let slot = match Self::slot_of(key) {
             Ok(s) => s,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let key = key.clone();
-        self.submit(Some(slot), move |c| {
-            c.run(|c| {
+        let deadline = deadline.min(Instant::now() + self.timeout);
+        self.submit_by(deadline, Some(slot), move |c| {
+            c.run(Retry::Idempotent, |c| {
                 let slot = c.resolve(&key)?;
                 c.sign(slot, kind, &op)
             })
@@ -693,8 +650,10 @@ impl Backend for YubikeyBackend {
         // On-card RSA generation takes seconds (RSA-4096 up to about a minute): a deadline
         // shorter than that would abandon a key the card goes on to make.
         let within = self.timeout.max(GENERATE_TIMEOUT);
-        self.submit_within(within, None, move |c| {
-            c.run(|c| {
+        self.submit_by(Instant::now() + within, None, move |c| {
+            // Not repeated after a fault that may have come after the card made the key: a
+            // second run would make another key in the next free slot.
+            c.run(Retry::IfNotRun, |c| {
                 let (id, public) = c.generate(&spec)?;
                 let (slot, _) = split_key_id(&id)?;
                 Ok(KeyObject {
@@ -728,7 +687,8 @@ impl Backend for YubikeyBackend {
                     "the URI names YubiKey {want_serial}; this daemon serves {serial}"
                 )));
             }
-            c.run(|c| {
+            // Repeatable: a slot already recorded as sigild's keeps its tag.
+            c.run(Retry::Idempotent, |c| {
                 let public = c.public(slot)?;
                 let mut entries = c.load_store()?;
                 let tag = match c.tags.get(&slot) {
@@ -761,7 +721,7 @@ impl Backend for YubikeyBackend {
         };
         let key = key.clone();
         self.submit(Some(slot), move |c| {
-            c.run(|c| {
+            c.run(Retry::Idempotent, |c| {
                 let slot = c.resolve(&key)?;
                 let public = c.public(slot)?;
                 // Learn the touch policy now, for deadline messages.
@@ -778,12 +738,14 @@ impl Backend for YubikeyBackend {
 
     fn destroy(&self, key: &KeyId) -> BackendFuture<()> {
         let key = key.clone();
-        self.submit(None, move |c| c.run(|c| c.destroy(&key)))
+        // Repeatable: overwriting the slot again and saving the same store converge (a destroy
+        // that completed answers KeyNotFound, which callers take as done).
+        self.submit(None, move |c| c.run(Retry::Idempotent, |c| c.destroy(&key)))
     }
 
     fn records(&self) -> BackendFuture<Vec<Record>> {
         self.submit(None, |c| {
-            c.run(|c| {
+            c.run(Retry::Idempotent, |c| {
                 Ok(c.load_store()?
                     .into_iter()
                     .filter(|(label, _)| !label.starts_with(store::SLOT_PREFIX))
@@ -800,7 +762,8 @@ impl Backend for YubikeyBackend {
                     "record label is reserved by the YubiKey backend".into(),
                 ));
             }
-            c.run(|c| {
+            // Repeatable: the same store written twice is the same store.
+            c.run(Retry::Idempotent, |c| {
                 let mut entries = c.load_store()?;
                 entries.insert(record.label.clone(), record.value.clone());
                 c.save_store(&entries)
@@ -813,7 +776,7 @@ impl Backend for YubikeyBackend {
     fn attestation(&self, key: &KeyId) -> BackendFuture<Vec<Vec<u8>>> {
         let key = key.clone();
         self.submit(None, move |c| {
-            c.run(|c| {
+            c.run(Retry::Idempotent, |c| {
                 let slot = c.resolve(&key)?;
                 c.attestation(slot)
             })
@@ -822,7 +785,7 @@ impl Backend for YubikeyBackend {
 
     fn check(&self) -> BackendFuture<()> {
         self.submit(None, |c| {
-            c.run(|c| {
+            c.run(Retry::Idempotent, |c| {
                 // A GET DATA: cheap, proves the card answers, and does not un-verify the PIN.
                 match c.yk()?.fetch_object(store::OBJECTS[0]) {
                     Ok(_) | Err(yubikey::Error::NotFound) => {}
@@ -842,6 +805,12 @@ impl Backend for YubikeyBackend {
                 }
             })
         })
+    }
+
+    /// Waits for the card's current operation (a touch wait: up to ~15 s), then releases the
+    /// card.
+    fn shutdown(&self) {
+        self.pool.shutdown();
     }
 }
 
@@ -960,10 +929,6 @@ fn certificate_from_object(obj: &[u8]) -> Option<Vec<u8>> {
         _ => return None,
     };
     rest.get(..len).map(<[u8]>::to_vec)
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    KeyId::from_hex(s.trim()).map(|k| k.0)
 }
 
 /// PC/SC errors after which the card must be opened again (reset, removed, pcscd restarted).

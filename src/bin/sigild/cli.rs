@@ -10,12 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
-use crate::api::pb;
-use crate::api::pb::key_service_client::KeyServiceClient;
-use crate::api::pb::signing_service_client::SigningServiceClient;
-use crate::config::Config;
 use crate::dev;
-use crate::jose;
+use sigild::api::pb;
+use sigild::api::pb::key_service_client::KeyServiceClient;
+use sigild::api::pb::signing_service_client::SigningServiceClient;
+use sigild::config::Config;
+use sigild::jose;
 
 /// sigild: keeps signing keys on hardware and signs JOSE objects for the identity stack.
 #[derive(Debug, Parser)]
@@ -96,21 +96,20 @@ pub enum Command {
     },
 }
 
+/// The endpoint of `sigild dev` on its default address.
+const DEFAULT_ENDPOINT: &str = "https://127.0.0.1:7711";
+
 /// Connection to a running daemon: `https://host:port` (mutual TLS), `unix:/path/to.sock`, or
-/// `http://host:port` (only for a daemon started with `danger_plaintext`). For TLS the CA and
-/// client certificate default to the dev ones in `./.sigild/`, so `sigild dev` followed by
-/// `sigild key list` in the same directory works. (`--cert-key` rather than `--key`, which the
-/// sign commands use for the signing key's name.)
+/// `http://host:port` (only for a daemon started with `danger_plaintext`). With no endpoint
+/// given, the dev daemon is used: the one whose state is in `./.sigild/`, else the one that
+/// this user's `sigild dev` recorded in its pointer file (see `pointer.rs`), so `sigild dev`
+/// followed by `sigild key list` works from any directory. (`--cert-key` rather than `--key`,
+/// which the sign commands use for the signing key's name.)
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// gRPC endpoint of the daemon.
-    #[arg(
-        long,
-        env = "SIGILD_ENDPOINT",
-        default_value = "https://127.0.0.1:7711",
-        global = true
-    )]
-    pub endpoint: String,
+    /// gRPC endpoint of the daemon [default: the running `sigild dev`, else https://127.0.0.1:7711].
+    #[arg(long, env = "SIGILD_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
     /// CA certificate (PEM) that issued the daemon's certificate [default: ./.sigild/ca.pem].
     #[arg(long, env = "SIGILD_CA", global = true)]
     pub ca: Option<PathBuf>,
@@ -127,29 +126,47 @@ impl Conn {
     ///
     /// # Errors
     /// Missing TLS files for an `https://` endpoint.
-    pub fn connection(&self) -> Result<crate::client::Connection, CliError> {
-        use crate::client::Connection;
-        if let Some(path) = self.endpoint.strip_prefix("unix:") {
+    pub fn connection(&self) -> Result<sigild::client::Connection, CliError> {
+        use sigild::client::Connection;
+        let (endpoint, dev_dir) = self.resolve();
+        if let Some(path) = endpoint.strip_prefix("unix:") {
             return Ok(Connection::unix(path));
         }
-        if self.endpoint.starts_with("https://") {
-            let (ca, cert, key) = self.tls_files()?;
-            return Ok(Connection::mtls(self.endpoint.clone(), ca, cert, key));
+        if endpoint.starts_with("https://") {
+            let (ca, cert, key) = self.tls_files(&endpoint, &dev_dir)?;
+            return Ok(Connection::mtls(endpoint, ca, cert, key));
         }
-        Ok(Connection::danger_plaintext_loopback(
-            self.endpoint.clone(),
-        )?)
+        Ok(Connection::danger_plaintext_loopback(endpoint)?)
     }
 
-    /// CA, certificate and key files: the ones given, else the dev ones in `./.sigild`.
-    fn tls_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), CliError> {
-        let dev = crate::tls::DevPki::in_dir(Path::new(".sigild"));
+    /// The endpoint and the directory whose dev PKI is the default: an endpoint given by flag
+    /// or environment with `./.sigild`; else `./.sigild` when it exists (dev daemon on the
+    /// default port); else the running dev daemon recorded in this user's pointer file.
+    fn resolve(&self) -> (String, PathBuf) {
+        let local = PathBuf::from(".sigild");
+        if let Some(e) = &self.endpoint {
+            return (e.clone(), local);
+        }
+        if !local.is_dir()
+            && let Some(p) = crate::pointer::read()
+        {
+            return (p.endpoint, p.dir);
+        }
+        (DEFAULT_ENDPOINT.to_owned(), local)
+    }
+
+    /// CA, certificate and key files: the ones given, else the dev ones in `dev_dir`.
+    fn tls_files(
+        &self,
+        endpoint: &str,
+        dev_dir: &Path,
+    ) -> Result<(PathBuf, PathBuf, PathBuf), CliError> {
+        let dev = sigild::tls::DevPki::in_dir(dev_dir);
         let pick = |given: &Option<PathBuf>, default: PathBuf, what: &str| match given {
             Some(p) => Ok(p.clone()),
             None if default.is_file() => Ok(default),
             None => Err(CliError::Local(format!(
-                "no {what} for {}: pass --ca, --cert and --cert-key (or SIGILD_CA, SIGILD_CERT, SIGILD_KEY), or run this where `sigild dev` created .sigild/",
-                self.endpoint
+                "no {what} for {endpoint}: pass --ca, --cert and --cert-key (or SIGILD_CA, SIGILD_CERT, SIGILD_KEY), or start `sigild dev` as this user"
             ))),
         };
         Ok((
@@ -165,14 +182,9 @@ impl Conn {
 /// (same environment variables and `./.sigild` defaults as the other commands).
 #[derive(Debug, Args)]
 pub struct TlsConn {
-    /// gRPC endpoint of the daemon.
-    #[arg(
-        long,
-        env = "SIGILD_ENDPOINT",
-        default_value = "https://127.0.0.1:7711",
-        global = true
-    )]
-    pub endpoint: String,
+    /// gRPC endpoint of the daemon [default: the running `sigild dev`, else https://127.0.0.1:7711].
+    #[arg(long, env = "SIGILD_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
     /// CA certificate that issued the daemon's certificate [default: ./.sigild/ca.pem].
     #[arg(long, env = "SIGILD_CA", global = true)]
     pub daemon_ca: Option<PathBuf>,
@@ -460,17 +472,14 @@ pub enum CliError {
     Local(String),
     /// The client library failed (connection, TLS files).
     #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] sigild::client::ClientError),
 }
 
-use crate::client::code_name;
+use sigild::client::code_name;
 
 async fn connect(conn: &Conn) -> Result<Channel, CliError> {
     Ok(conn.connection()?.connect().await?)
 }
-
-/// A gRPC channel over the daemon's Unix socket (moved to [`crate::client::unix_channel`]).
-pub use crate::client::unix_channel;
 
 fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
     let bytes = Zeroizing::new(
@@ -486,39 +495,6 @@ fn opt_secret(path: &Option<PathBuf>) -> Result<Zeroizing<String>, CliError> {
         Some(p) => read_file_secret(p),
         None => Ok(Zeroizing::new(String::new())),
     }
-}
-
-/// Read a PKCS#8 key file as DER (PEM is decoded), in zeroizing buffers.
-///
-/// # Errors
-/// Unreadable file, wrong PEM type (with a hint to convert).
-pub fn read_pkcs8(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
-    use base64::Engine as _;
-    let raw = Zeroizing::new(
-        std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?,
-    );
-    if !raw.starts_with(b"-----BEGIN") {
-        return Ok(raw);
-    }
-    let text =
-        std::str::from_utf8(&raw).map_err(|_| CliError::Local("PEM file is not UTF-8".into()))?;
-    let first = text.lines().next().unwrap_or_default();
-    if first.trim() != "-----BEGIN PRIVATE KEY-----" {
-        return Err(CliError::Local(format!(
-            "{}: expected an unencrypted PKCS#8 \"PRIVATE KEY\" PEM, found {first:?}; convert with `openssl pkcs8 -topk8 -nocrypt -in KEY -out key.p8.pem`",
-            path.display()
-        )));
-    }
-    let body: Zeroizing<String> = Zeroizing::new(
-        text.lines()
-            .filter(|l| !l.starts_with("-----"))
-            .map(str::trim)
-            .collect(),
-    );
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body.as_bytes())
-        .map_err(|e| CliError::Local(format!("{}: bad PEM base64: {e}", path.display())))?;
-    Ok(Zeroizing::new(der))
 }
 
 fn print(s: &str) -> Result<(), CliError> {
@@ -655,7 +631,7 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             pkcs8_file,
             fapi2,
         } => {
-            let der = read_pkcs8(&pkcs8_file)?;
+            let der = sigild::client::read_pkcs8(&pkcs8_file)?;
             let mut req = pb::ImportKeyRequest {
                 name,
                 alg,
@@ -807,14 +783,14 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
 /// # Errors
 /// [`CliError`].
 pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError> {
-    use crate::client::{SigildSigningKey, SignerOptions};
+    use sigild::client::{SigildSigningKey, SignerOptions};
     let connection = conn.conn().connection()?;
     match cmd {
         TlsCommand::Attach { key, cert } => {
-            let pem = crate::tls::read_certificates(std::slice::from_ref(&cert))
-                .map_err(crate::client::ClientError::from)?;
-            let chain = crate::tls::pem_certificates(&pem);
-            let c = crate::client::Client::connect(&connection).await?;
+            let pem = sigild::tls::read_certificates(std::slice::from_ref(&cert))
+                .map_err(sigild::client::ClientError::from)?;
+            let chain = sigild::tls::pem_certificates(&pem);
+            let c = sigild::client::Client::connect(&connection).await?;
             let r = c.set_certificate_chain(&key, 0, chain).await?;
             print(&format!(
                 "attached {} certificate(s) to {} version {}; x5t#S256 {}",
@@ -825,14 +801,14 @@ pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError
             ))
         }
         TlsCommand::Chain { key } => {
-            let c = crate::client::Client::connect(&connection).await?;
+            let c = sigild::client::Client::connect(&connection).await?;
             let chain = c.certificate_chain(&key, 0).await?;
             print(pem_chain(&chain).trim_end())
         }
         TlsCommand::Csr { key, subject, san } => {
             let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
             let pem =
-                tokio::task::spawn_blocking(move || crate::client::csr_pem(&k, &subject, &san))
+                tokio::task::spawn_blocking(move || sigild::client::csr_pem(&k, &subject, &san))
                     .await
                     .map_err(|e| CliError::Local(e.to_string()))??;
             print(pem.trim_end())
@@ -844,20 +820,20 @@ pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError
             addr,
         } => {
             let k = SigildSigningKey::connect(&connection, &key, SignerOptions::default()).await?;
-            let chain_pem = crate::tls::read_certificates(std::slice::from_ref(&cert))
-                .map_err(crate::client::ClientError::from)?;
+            let chain_pem = sigild::tls::read_certificates(std::slice::from_ref(&cert))
+                .map_err(sigild::client::ClientError::from)?;
             let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
-                crate::tls::pem_certificates(&chain_pem)
+                sigild::tls::pem_certificates(&chain_pem)
                     .into_iter()
                     .map(rustls::pki_types::CertificateDer::from)
                     .collect();
             let roots = match &ca {
                 None => None,
                 Some(p) => {
-                    let pem = crate::tls::read_certificates(std::slice::from_ref(p))
-                        .map_err(crate::client::ClientError::from)?;
+                    let pem = sigild::tls::read_certificates(std::slice::from_ref(p))
+                        .map_err(sigild::client::ClientError::from)?;
                     let mut roots = rustls::RootCertStore::empty();
-                    for der in crate::tls::pem_certificates(&pem) {
+                    for der in sigild::tls::pem_certificates(&pem) {
                         roots
                             .add(der.into())
                             .map_err(|e| CliError::Local(format!("{}: {e}", p.display())))?;
@@ -868,7 +844,7 @@ pub async fn tls_command(conn: &TlsConn, cmd: TlsCommand) -> Result<(), CliError
             let verified = roots.is_some();
             let target = addr.clone();
             let report = tokio::task::spawn_blocking(move || {
-                crate::client::handshake_check(&k, chain, roots, &target)
+                sigild::client::handshake_check(&k, chain, roots, &target)
             })
             .await
             .map_err(|e| CliError::Local(e.to_string()))??;
@@ -904,10 +880,9 @@ pub fn check_config(path: &Path, offline: bool) -> Result<(), CliError> {
         _ if offline => "device: not checked (--offline)".to_owned(),
         None => "device: not checked (only [pkcs11] devices are probed)".to_owned(),
         Some(_) => {
-            let settings = c
-                .pkcs11_settings(path)
+            let settings = sigild::app::pkcs11_settings(&c, path)
                 .map_err(|e| CliError::Local(e.to_string()))?;
-            crate::backend::pkcs11::probe(&settings)
+            sigild::backend::pkcs11::probe(&settings)
                 .map_err(|e| {
                     CliError::Local(format!(
                         "{}: the file is valid, but the device check failed: {e}",
@@ -941,7 +916,7 @@ mod tests {
             &p,
             "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
         )?;
-        let err = read_pkcs8(&p)
+        let err = sigild::client::read_pkcs8(&p)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

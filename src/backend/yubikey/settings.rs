@@ -1,5 +1,5 @@
-//! Typed settings of the YubiKey PIV backend, outside the `yubikey` feature so configuration
-//! can be parsed (and refused with a clear message) by builds without the backend.
+//! Typed settings of the YubiKey PIV backend, owned by the backend; the composition root builds
+//! them from the `[yubikey]` config table.
 
 use std::time::Duration;
 
@@ -46,14 +46,9 @@ pub struct YubikeySettings {
     pub pin_policy: PinPolicySetting,
     /// Touch policy of generated keys.
     pub touch_policy: TouchPolicySetting,
-    /// Requests that may wait for the card before callers get [`BackendError::Busy`].
+    /// Requests that may wait for the card before callers get
+    /// [`BackendError::Busy`](crate::backend::BackendError::Busy).
     pub queue_depth: usize,
     /// How long a request may take, queueing included.
     pub timeout: Duration,
-}
-
-/// The default slots: the 20 retired-key slots, which no PIV middleware uses for login or
-/// e-mail, so sigild never takes a slot someone relies on.
-pub fn default_slots() -> Vec<u8> {
-    (0x82..=0x95).collect()
 }

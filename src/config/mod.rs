@@ -1,20 +1,25 @@
-//! The daemon's TOML configuration: parsed strictly (`deny_unknown_fields`, so a typo is an
-//! error, not a silently ignored setting) and validated into typed values at start-up. Errors
-//! name the file, line and field.
+//! The daemon's TOML configuration as plain data: parsed strictly (`deny_unknown_fields`, so a
+//! typo is an error, not a silently ignored setting) and validated at start-up, with errors that
+//! name the file, line and field. One file per table (`pkcs11`, `yubikey`, `auth` for the
+//! listeners, callers, limits and audit).
+//!
+//! Owns: the shape of the file and every check that needs nothing but the file (and, in
+//! [`Config::check_environment`], the files it names). Must never import a backend, the service,
+//! the audit writer or anything that runs: the composition root ([`crate::app`]) maps these values
+//! onto the settings each part owns.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 pub mod auth;
+pub mod pkcs11;
+pub mod yubikey;
 
 pub use auth::{AuditConfig, CallerConfig, LimitsConfig, TlsConfig, UnixConfig};
-
-use crate::backend::pkcs11::{Pkcs11Settings, Pkcs11Uri};
-use crate::secret::SecretSource;
-use crate::service::ServiceOptions;
+pub use pkcs11::Pkcs11Config;
+pub use yubikey::{PinPolicy, TouchPolicy, YubikeyConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,7 +32,7 @@ pub struct Config {
     pub pkcs11: Option<Pkcs11Config>,
     /// The YubiKey holding the keys (exactly one of `pkcs11` and `yubikey`).
     #[serde(default)]
-    pub yubikey: Option<crate::config_yubikey::YubikeyConfig>,
+    pub yubikey: Option<YubikeyConfig>,
     /// Keyring refresh.
     #[serde(default)]
     pub keyring: KeyringConfig,
@@ -63,24 +68,6 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// An additional Unix-socket listener.
     pub unix: Option<UnixConfig>,
-}
-
-/// The PKCS#11 token.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pkcs11Config {
-    /// Path of the PKCS#11 module.
-    pub module: PathBuf,
-    /// RFC 7512 URI selecting the token by label and/or serial, e.g. `pkcs11:token=sigild`.
-    pub token: String,
-    /// The user PIN: `{ file = "/path" }` or `{ env = "VAR" }`; never a literal.
-    pub pin: SecretSource,
-    /// Logged-in sessions, one per worker thread.
-    #[serde(default = "default_workers")]
-    pub workers: usize,
-    /// Requests waiting for a worker before callers get RESOURCE_EXHAUSTED.
-    #[serde(default = "default_queue_depth")]
-    pub queue_depth: usize,
 }
 
 /// Keyring refresh.
@@ -127,12 +114,6 @@ impl Default for SigningConfig {
 
 fn default_concurrency() -> usize {
     256
-}
-fn default_workers() -> usize {
-    2
-}
-fn default_queue_depth() -> usize {
-    1024
 }
 fn default_refresh() -> u64 {
     10
@@ -246,44 +227,6 @@ impl Config {
         }
     }
 
-    /// The caller policy these rules describe.
-    pub fn policy(&self) -> crate::policy::Policy {
-        auth::policy(&self.callers, &self.limits)
-    }
-
-    /// Turn this config into one for benchmarks: plain TCP on loopback, every plaintext
-    /// caller and this process's own uid (for the benchmark's Unix sockets) allowed
-    /// everything, no configured Unix socket and no rate limits (benchmarks measure the
-    /// signing path and run their own clients in-process).
-    pub fn for_benchmark(&mut self) {
-        use std::os::unix::fs::MetadataExt as _;
-        self.server.tls = None;
-        self.server.unix = None;
-        self.server.danger_plaintext = true;
-        self.limits = LimitsConfig::default();
-        let everything = |danger_plaintext, uid| CallerConfig {
-            identity: None,
-            uid,
-            gid: None,
-            danger_plaintext,
-            keys: Some(vec!["*".into()]),
-            operations: crate::policy::Operation::CONFIGURABLE
-                .iter()
-                .map(|o| o.name().to_owned())
-                .collect(),
-            admin: true,
-            iss: None,
-            aud: None,
-            client_id: None,
-            htu_prefix: None,
-            rate: None,
-        };
-        self.callers = vec![everything(true, None)];
-        if let Ok(me) = std::fs::metadata("/proc/self") {
-            self.callers.push(everything(false, Some(me.uid())));
-        }
-    }
-
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -304,15 +247,7 @@ impl Config {
                     "configure the device: a [pkcs11] or a [yubikey] table".into(),
                 ));
             }
-            (Some(p11), None) => {
-                self.token_uri().map_err(|e| invalid("pkcs11.token", e))?;
-                if p11.workers == 0 || p11.workers > 256 {
-                    return Err(invalid("pkcs11.workers", "must be 1..=256".into()));
-                }
-                if p11.queue_depth == 0 {
-                    return Err(invalid("pkcs11.queue_depth", "must be at least 1".into()));
-                }
-            }
+            (Some(p11), None) => p11.validate(path)?,
             (None, Some(yk)) => yk.validate(path)?,
         }
         if self.keyring.refresh_seconds == 0 {
@@ -333,21 +268,6 @@ impl Config {
         Ok(())
     }
 
-    fn token_uri(&self) -> Result<Pkcs11Uri, String> {
-        let p11 = self.pkcs11.as_ref().ok_or("no [pkcs11] table")?;
-        let uri: Pkcs11Uri = p11.token.parse().map_err(|e| format!("{e}"))?;
-        if uri.token.is_none() && uri.serial.is_none() {
-            return Err(
-                "name the token by label (token=) or serial (serial=); slot ids are not stable"
-                    .into(),
-            );
-        }
-        if uri.object.is_some() || uri.id.is_some() {
-            return Err("the token URI must not name an object".into());
-        }
-        Ok(uri)
-    }
-
     /// Further checks that look outside the file: the module exists, the PIN can be read.
     ///
     /// # Errors
@@ -362,15 +282,11 @@ impl Config {
         };
         let mut errors = Vec::new();
         if let Some(p11) = &self.pkcs11 {
-            if !p11.module.is_file() {
-                errors.push(locate(
-                    "pkcs11.module",
-                    format!("{} is not a file", p11.module.display()),
-                ));
-            }
-            if let Err(e) = p11.pin.read() {
-                errors.push(locate("pkcs11.pin", e.to_string()));
-            }
+            errors.extend(
+                p11.check_environment()
+                    .into_iter()
+                    .map(|(field, message)| locate(field, message)),
+            );
         }
         if let Some(yk) = &self.yubikey
             && let Err(e) = yk.check_environment(path)
@@ -386,41 +302,6 @@ impl Config {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
             _ => Err(ConfigError::Several(errors)),
-        }
-    }
-
-    /// Typed backend settings, reading the PIN now.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] when the PIN cannot be read.
-    pub fn pkcs11_settings(&self, path: &Path) -> Result<Pkcs11Settings, ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
-        };
-        let p11 = self
-            .pkcs11
-            .as_ref()
-            .ok_or_else(|| invalid("pkcs11", "no [pkcs11] table".into()))?;
-        Ok(Pkcs11Settings {
-            module: p11.module.clone(),
-            token: self.token_uri().map_err(|e| invalid("pkcs11.token", e))?,
-            pin: p11
-                .pin
-                .read()
-                .map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
-            workers: p11.workers,
-            queue_depth: p11.queue_depth,
-        })
-    }
-
-    /// The service's options.
-    pub fn service_options(&self) -> ServiceOptions {
-        ServiceOptions {
-            max_payload_bytes: self.signing.max_payload_bytes,
-            sign_timeout: Duration::from_millis(self.signing.timeout_ms),
-            verify_signatures: self.signing.verify_signatures,
         }
     }
 }
@@ -524,7 +405,7 @@ fail_closed = true
 "#;
         let c = Config::parse(Path::new("x.toml"), &text)?;
         assert_eq!(c.callers.len(), 3);
-        let p = c.policy();
+        let p = crate::app::policy(&c);
         use crate::policy::{Caller, Operation, Request};
         let r = |op, key| Request {
             op,
@@ -596,7 +477,7 @@ per_key = "1/d"
 
     #[test]
     fn the_example_config_parses() -> Result<(), ConfigError> {
-        let text = include_str!("../hsm-config/sigild.example.toml");
+        let text = include_str!("../../hsm-config/sigild.example.toml");
         let c = Config::parse(Path::new("sigild.example.toml"), text)?;
         assert_eq!(c.callers.len(), 4);
         Ok(())
@@ -613,11 +494,11 @@ mod example_tests {
         for (name, text) in [
             (
                 "sigild-softhsm.toml",
-                include_str!("../hsm-config/sigild-softhsm.toml"),
+                include_str!("../../hsm-config/sigild-softhsm.toml"),
             ),
             (
                 "sigild-network-hsm.toml",
-                include_str!("../hsm-config/sigild-network-hsm.toml"),
+                include_str!("../../hsm-config/sigild-network-hsm.toml"),
             ),
         ] {
             Config::parse(Path::new(name), text)?;

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::api::{Api, Listener, pb};
-use crate::backend::pkcs11::Pkcs11Backend;
-use crate::config::Config;
 use crate::dev::{self, DevPaths};
-use crate::jose::Alg;
-use crate::keyring::VersionInfo;
-use crate::server;
-use crate::service::{Service, ServiceOptions, SystemClock};
+use sigild::api::{Api, Listener, pb};
+use sigild::app;
+use sigild::backend::pkcs11::Pkcs11Backend;
+use sigild::config::Config;
+use sigild::jose::Alg;
+use sigild::keyring::VersionInfo;
+use sigild::service::{Service, ServiceOptions, SystemClock};
 
 /// Options of `sigild bench`.
 #[derive(Debug, Clone, Args)]
@@ -62,7 +62,7 @@ pub struct Row {
 fn sample_input() -> Vec<u8> {
     let header = br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#;
     let payload = br#"{"iss":"https://op.example.com","sub":"248289761001","aud":"s6BhdRkqt3","nonce":"n-0S6_WzA2Mj","exp":1311281970,"iat":1311280970,"auth_time":1311280969,"acr":"urn:mace:incommon:iap:silver","at_hash":"77QmUPtjPfzWtF2AnpK9RQ"}"#;
-    crate::jose::signing_input(header, payload).into_bytes()
+    sigild::jose::signing_input(header, payload).into_bytes()
 }
 
 /// Where a client reaches the daemon.
@@ -77,6 +77,40 @@ enum Transport {
 /// Create the bench token (if needed) and run every measurement, printing a table.
 ///
 /// # Errors
+/// Turn the dev config into one for benchmarks: plain TCP on loopback, every plaintext caller
+/// and this process's own uid (for the benchmark's Unix sockets) allowed everything, no
+/// configured Unix socket and no rate limits (benchmarks measure the signing path and run their
+/// own clients in-process).
+fn for_benchmark(config: &mut Config) {
+    use sigild::config::{CallerConfig, LimitsConfig};
+    use std::os::unix::fs::MetadataExt as _;
+    config.server.tls = None;
+    config.server.unix = None;
+    config.server.danger_plaintext = true;
+    config.limits = LimitsConfig::default();
+    let everything = |danger_plaintext, uid| CallerConfig {
+        identity: None,
+        uid,
+        gid: None,
+        danger_plaintext,
+        keys: Some(vec!["*".into()]),
+        operations: sigild::policy::Operation::CONFIGURABLE
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect(),
+        admin: true,
+        iss: None,
+        aud: None,
+        client_id: None,
+        htu_prefix: None,
+        rate: None,
+    };
+    config.callers = vec![everything(true, None)];
+    if let Ok(me) = std::fs::metadata("/proc/self") {
+        config.callers.push(everything(false, Some(me.uid())));
+    }
+}
+
 /// Set-up failures, as text.
 pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String> {
     let paths2 = paths.clone();
@@ -85,7 +119,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
-    config.for_benchmark();
+    for_benchmark(&mut config);
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     if let Some(p11) = config.pkcs11.as_mut() {
         p11.workers = max_clients.max(1);
@@ -94,7 +128,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     let running = {
         let (config, path) = (config.clone(), paths.config.clone());
         tokio::task::spawn_blocking(move || {
-            server::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
+            app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -150,18 +184,18 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         if service.key(&key).is_err() {
             service
                 .create_key(
-                    &crate::service::Origin::in_process(),
+                    &sigild::service::Origin::in_process(),
                     &key,
                     alg.name(),
                     0,
                     false,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.chain().to_string())?;
         }
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         let p11 = running
-            .backend
+            .pkcs11
             .as_ref()
             .ok_or("the benchmark needs the PKCS#11 backend")?;
         for &clients in &args.clients {
@@ -278,13 +312,10 @@ async fn direct_row(
         let (alg, duration) = (m.alg, m.duration);
         handles.push(tokio::task::spawn_blocking(
             move || -> Result<(Vec<u64>, u64), String> {
-                let session = backend.open_session().map_err(|e| e.to_string())?;
-                let handle = backend
-                    .private_key_handle(&session, &version.key_id)
+                let signer = backend
+                    .direct_signer(&version.key_id, version.kind)
                     .map_err(|e| e.to_string())?;
-                let sign = || {
-                    Pkcs11Backend::direct_sign(&session, handle, version.kind, &alg.sign_op(&input))
-                };
+                let sign = || signer.sign(&alg.sign_op(&input));
                 for _ in 0..50 {
                     let _ = sign();
                 }
@@ -317,7 +348,7 @@ async fn service_row(service: &Arc<Service>, m: &Measure) -> Result<Row, String>
         let (service, m) = (Arc::clone(service), m.clone());
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::with_capacity(65536), 0u64);
-            let origin = crate::service::Origin::in_process();
+            let origin = sigild::service::Origin::in_process();
             let deadline = Instant::now() + m.duration;
             while Instant::now() < deadline {
                 let t = Instant::now();

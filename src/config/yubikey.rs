@@ -1,6 +1,7 @@
-//! The `[yubikey]` table of the configuration: one YubiKey, by serial, as the alternative to
-//! `[pkcs11]`. Parsed strictly and turned into [`YubikeySettings`] at start-up; kept apart from
-//! `config.rs` so the PKCS#11 and YubiKey settings evolve independently.
+//! The `[yubikey]` table: one YubiKey, by serial, as the alternative to `[pkcs11]`. Plain data,
+//! compiled in every server build (not only with the `yubikey` feature) so that a build without
+//! the backend refuses the table with a clear message instead of "unknown field"; the
+//! composition root maps it onto the backend's own settings.
 //!
 //! ```toml
 //! [yubikey]
@@ -15,15 +16,43 @@
 //! ```
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::backend::yubikey_settings::{
-    PinPolicySetting, TouchPolicySetting, YubikeySettings, default_slots,
-};
-use crate::config::ConfigError;
-use crate::secret::SecretSource;
+use super::ConfigError;
+use crate::secret::{Secret, SecretSource};
+
+/// The PIN policy given to keys sigild generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinPolicy {
+    /// The slot's default (9a/9d/82–95: once, 9c: always, 9e: never).
+    Default,
+    /// No PIN needed to sign.
+    Never,
+    /// PIN verified once per card session.
+    Once,
+    /// PIN verified before every signature.
+    Always,
+}
+
+/// The touch policy given to keys sigild generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TouchPolicy {
+    /// No touch.
+    Never,
+    /// A touch for every signature (someone must be at the card).
+    Always,
+    /// A touch, then 15 s without.
+    Cached,
+}
+
+/// The default slots: the 20 retired-key slots, which no PIV middleware uses for login or
+/// e-mail, so sigild never takes a slot someone relies on.
+pub fn default_slots() -> Vec<u8> {
+    (0x82..=0x95).collect()
+}
 
 /// The YubiKey.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,10 +69,10 @@ pub struct YubikeyConfig {
     pub slots: Option<Vec<String>>,
     /// PIN policy of generated keys.
     #[serde(default = "default_pin_policy")]
-    pub pin_policy: PinPolicySetting,
+    pub pin_policy: PinPolicy,
     /// Touch policy of generated keys.
     #[serde(default = "default_touch_policy")]
-    pub touch_policy: TouchPolicySetting,
+    pub touch_policy: TouchPolicy,
     /// Requests waiting for the card before callers get RESOURCE_EXHAUSTED (a YubiKey signs
     /// about 10 times a second, so a deep queue only adds latency).
     #[serde(default = "default_queue_depth")]
@@ -53,11 +82,11 @@ pub struct YubikeyConfig {
     pub timeout_ms: u64,
 }
 
-fn default_pin_policy() -> PinPolicySetting {
-    PinPolicySetting::Once
+fn default_pin_policy() -> PinPolicy {
+    PinPolicy::Once
 }
-fn default_touch_policy() -> TouchPolicySetting {
-    TouchPolicySetting::Never
+fn default_touch_policy() -> TouchPolicy {
+    TouchPolicy::Never
 }
 fn default_queue_depth() -> usize {
     64
@@ -67,7 +96,11 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl YubikeyConfig {
-    fn slots(&self) -> Result<Vec<u8>, String> {
+    /// The slots sigild may generate keys in, parsed.
+    ///
+    /// # Errors
+    /// A slot that is not a PIV key slot, or an empty list.
+    pub fn slots(&self) -> Result<Vec<u8>, String> {
         let Some(list) = &self.slots else {
             return Ok(default_slots());
         };
@@ -115,14 +148,14 @@ impl YubikeyConfig {
     /// # Errors
     /// [`ConfigError::Invalid`].
     pub fn check_environment(&self, path: &Path) -> Result<(), ConfigError> {
-        self.settings(path).map(drop)
+        self.secrets(path).map(drop)
     }
 
-    /// Typed backend settings, reading the PIN and management key now.
+    /// Read the PIN and the management key now and check their form.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] when a secret cannot be read or is malformed.
-    pub fn settings(&self, path: &Path) -> Result<YubikeySettings, ConfigError> {
+    pub fn secrets(&self, path: &Path) -> Result<(Secret, Secret), ConfigError> {
         let invalid = |field, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             field,
@@ -152,16 +185,7 @@ impl YubikeyConfig {
                 "must be 32, 48 or 64 hex digits (AES-128, 3DES/AES-192, AES-256)".into(),
             ));
         }
-        Ok(YubikeySettings {
-            serial: self.serial,
-            pin,
-            management_key,
-            slots: self.slots().map_err(|e| invalid("yubikey.slots", e))?,
-            pin_policy: self.pin_policy,
-            touch_policy: self.touch_policy,
-            queue_depth: self.queue_depth,
-            timeout: Duration::from_millis(self.timeout_ms),
-        })
+        Ok((pin, management_key))
     }
 }
 

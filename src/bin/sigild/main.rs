@@ -1,12 +1,18 @@
-//! The `sigild` binary: parses the command line and hands over to the library. The one thing
-//! done here rather than in the library is pointing SoftHSM at the dev token store, because
-//! that means setting an environment variable before any thread exists.
+//! The `sigild` binary: the command line, dev mode and the benchmark, on top of the library's
+//! composition root ([`sigild::app`]). One thing is done here rather than in the library:
+//! pointing SoftHSM at the dev token store, because that means setting an environment variable
+//! before any thread exists.
+
+mod bench;
+mod cli;
+mod dev;
+mod pointer;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use sigild::cli::{self, Cli, Command};
-use sigild::{bench, config::Config, dev, server};
+use cli::{Cli, Command};
+use sigild::{app, config::Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,7 +48,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => {
                 let c = Config::load(&config)?;
-                let running = server::start(&c, &config).await?;
+                let running = app::start(&c, &config).await?;
                 running.run_until(shutdown_signal()).await?;
             }
             Command::Dev { .. } => {
@@ -53,18 +59,37 @@ fn main() -> ExitCode {
                     tracing::info!(dir = %paths.dir.display(), "created the SoftHSM dev token");
                 }
                 let c = Config::load(&paths.config)?;
-                let running = server::start(&c, &paths.config).await?;
-                let keys = dev::ensure_default_keys(&running.service).await?;
+                let running = app::start(&c, &paths.config).await?;
+                let keys = dev::ensure_default_keys(&running.service)
+                    .await
+                    .map_err(|e| e.chain().to_string())?;
                 if !keys.is_empty() {
                     tracing::info!(keys = ?keys, "created default dev keys");
                 }
-                tracing::info!(
-                    "sigild dev ready on https://{} (mTLS with the client certificate in {}) and unix:{}: try `sigild key list` or `sigild jwks` from the directory holding .sigild/",
-                    running.addr,
-                    paths.dir.display(),
-                    paths.socket.display()
-                );
-                running.run_until(shutdown_signal()).await?;
+                let endpoint = format!("https://{}", running.addr());
+                let exe = std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "sigild".into());
+                match pointer::write(&pointer::DevPointer {
+                    dir: paths.dir.clone(),
+                    endpoint: endpoint.clone(),
+                    pid: std::process::id(),
+                }) {
+                    Ok(at) => tracing::info!(
+                        pointer = %at.display(),
+                        "sigild dev ready on {endpoint} (mTLS, dev PKI in {dir}) and unix:{socket}: as this user, from any directory, try `{exe} key list` or `{exe} jwks`",
+                        dir = paths.dir.display(),
+                        socket = paths.socket.display(),
+                    ),
+                    Err(e) => tracing::info!(
+                        "sigild dev ready on {endpoint} (mTLS, dev PKI in {dir}) and unix:{socket}: no dev pointer ({e}); try `{exe} key list --endpoint unix:{socket}`",
+                        dir = paths.dir.display(),
+                        socket = paths.socket.display(),
+                    ),
+                }
+                let result = running.run_until(shutdown_signal()).await;
+                pointer::remove(&paths.dir);
+                result?;
             }
             Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {

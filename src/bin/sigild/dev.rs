@@ -11,12 +11,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
-
-use crate::secret::{SecretSource, write_secret_file};
-use crate::service::Service;
+use sigild::backend::pkcs11::provision;
+use sigild::secret::{SecretSource, write_secret_file};
+use sigild::service::Service;
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "sigild-dev";
@@ -55,7 +52,7 @@ pub struct DevPaths {
     /// The SoftHSM module found on this machine.
     pub module: PathBuf,
     /// The dev CA, server and client certificates.
-    pub pki: crate::tls::DevPki,
+    pub pki: sigild::tls::DevPki,
     /// The Unix socket.
     pub socket: PathBuf,
 }
@@ -71,15 +68,18 @@ pub enum DevError {
         "SoftHSM2 is not installed (looked for {0}); install it with `apt-get install softhsm2`, or set SIGILD_PKCS11_MODULE"
     )]
     NoModule(String),
+    /// A random PIN could not be made.
+    #[error("cannot make a random PIN: {0}")]
+    Random(String),
     /// Token initialisation failed.
     #[error("cannot initialise the dev token: {0}")]
-    Token(String),
+    Provision(#[from] provision::ProvisionError),
     /// Reading a PIN back.
     #[error(transparent)]
-    Secret(#[from] crate::secret::SecretError),
+    Secret(#[from] sigild::secret::SecretError),
     /// Creating the dev certificates.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] sigild::tls::TlsError),
 }
 
 /// The SoftHSM module: `SIGILD_PKCS11_MODULE` if set, else the first usual path that exists.
@@ -123,7 +123,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
         user_pin: dir.join("user.pin"),
         so_pin: dir.join("so.pin"),
         module,
-        pki: crate::tls::DevPki::in_dir(&dir),
+        pki: sigild::tls::DevPki::in_dir(&dir),
         socket: dir.join("sigild.sock"),
         dir,
     };
@@ -145,7 +145,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> Result<DevPaths, DevError> {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(&paths.dir).map_err(io(&paths.dir))?.uid()
     };
-    let all_ops = crate::policy::Operation::CONFIGURABLE
+    let all_ops = sigild::policy::Operation::CONFIGURABLE
         .map(|o| format!("\"{}\"", o.name()))
         .join(", ");
     // Rewritten every start so it follows --listen and the module found on this machine.
@@ -191,7 +191,7 @@ workers = 2
         server_key = paths.pki.server_key.display(),
         ca = paths.pki.ca.display(),
         socket = paths.socket.display(),
-        client = crate::tls::DEV_CLIENT_SPIFFE,
+        client = sigild::tls::DEV_CLIENT_SPIFFE,
         audit = paths.dir.join("audit.jsonl").display(),
         module = paths.module.display(),
         pin = paths.user_pin.display(),
@@ -202,73 +202,36 @@ workers = 2
 
 fn random_pin() -> Result<String, DevError> {
     let mut b = [0u8; 12];
-    getrandom::fill(&mut b).map_err(|e| DevError::Token(format!("random PIN: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    getrandom::fill(&mut b).map_err(|e| DevError::Random(e.to_string()))?;
+    Ok(base16ct::lower::encode_string(&b))
 }
 
 /// Initialise the dev token on first run (SO and user PIN from the state directory). Must run
 /// with `SOFTHSM2_CONF` pointing at `paths.softhsm_conf`, before the daemon loads the module.
 ///
 /// # Errors
-/// [`DevError::Token`].
+/// [`DevError::Provision`], or [`DevError::Secret`] when a PIN file cannot be read.
 pub fn ensure_token(paths: &DevPaths) -> Result<bool, DevError> {
-    let tok = |e: cryptoki::error::Error| DevError::Token(e.to_string());
-    let ctx = Pkcs11::new(&paths.module).map_err(tok)?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .map_err(tok)?;
-    let exists = ctx
-        .get_slots_with_token()
-        .map_err(tok)?
-        .into_iter()
-        .any(|s| {
-            ctx.get_token_info(s)
-                .is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL)
-        });
-    if exists {
-        return Ok(false);
-    }
-    let free = ctx
-        .get_slots_with_token()
-        .map_err(tok)?
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).is_ok_and(|t| !t.token_initialized()))
-        .ok_or_else(|| DevError::Token("SoftHSM offers no free slot".into()))?;
     let so = SecretSource::File(paths.so_pin.clone()).read()?;
     let user = SecretSource::File(paths.user_pin.clone()).read()?;
-    let so_pin = AuthPin::from(so.expose().to_owned());
-    ctx.init_token(free, &so_pin, DEV_TOKEN_LABEL)
-        .map_err(tok)?;
-    // SoftHSM renumbers slots after initialisation: find the token again by label.
-    let slot = ctx
-        .get_slots_with_token()
-        .map_err(tok)?
-        .into_iter()
-        .find(|s| {
-            ctx.get_token_info(*s)
-                .is_ok_and(|t| t.label().trim_end() == DEV_TOKEN_LABEL)
-        })
-        .ok_or_else(|| DevError::Token("token vanished after initialisation".into()))?;
-    let session = ctx.open_rw_session(slot).map_err(tok)?;
-    session.login(UserType::So, Some(&so_pin)).map_err(tok)?;
-    session
-        .init_pin(&AuthPin::from(user.expose().to_owned()))
-        .map_err(tok)?;
-    session.logout().map_err(tok)?;
-    drop(session);
-    ctx.finalize().map_err(tok)?;
-    Ok(true)
+    Ok(provision::ensure_token(
+        &paths.module,
+        DEV_TOKEN_LABEL,
+        &so,
+        &user,
+    )?)
 }
 
 /// Create the default dev keys that are missing.
 ///
 /// # Errors
 /// Service errors (the token refused to generate).
-pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, crate::service::Error> {
+pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, sigild::service::Error> {
     let mut created = Vec::new();
     for (name, alg) in DEV_KEYS {
         if service.key(name).is_err() {
             service
-                .create_key(&crate::service::Origin::in_process(), name, alg, 0, true)
+                .create_key(&sigild::service::Origin::in_process(), name, alg, 0, true)
                 .await?;
             created.push(name.to_owned());
         }
