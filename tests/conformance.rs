@@ -842,9 +842,9 @@ mod checks {
                     assert!(!msg.contains(device_words), "{msg}");
                 }
                 let line = log_line(&d, &id).await?;
-                if let Some(account) = dev.fault_account() {
-                    assert!(line.contains(&account), "{line}");
-                    assert!(!msg.contains(&account), "{msg}");
+                for words in dev.fault_log() {
+                    assert!(line.contains(&words), "{line}");
+                    assert!(!msg.contains(&words), "{msg}");
                 }
                 // Past a keyring refresh, the JWKS is unchanged.
                 tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -868,6 +868,13 @@ mod checks {
                 dev.fault()?;
                 signs_as_before(sign_active(&d, "k").await?)?;
                 let late = dev.daemon(extra)?;
+                let log = late.log_text();
+                for words in dev.fault_log() {
+                    assert!(
+                        log.contains(&words),
+                        "the start-up log lacks {words:?}:\n{log}"
+                    );
+                }
                 wait_health(
                     &late,
                     "sigil.v1.SigningService",

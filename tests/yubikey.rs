@@ -25,27 +25,6 @@ const ALGS_57: [(&str, &str); 5] = [
     ("eddsa", "EdDSA"),
 ];
 
-/// Sign a JWS and a raw signature with `name` and check both with the independent verifiers.
-async fn sign_and_verify(d: &Daemon, name: &str, alg: &str) -> TestResult<String> {
-    let jwks = d.jwks().await?;
-    let mut signer = d.signer().await?;
-    let header = format!("{{\"typ\":\"JWT\", \"alg\":\"{alg}\"}}");
-    let payload = br#"{"sub":"alice", "card":"yubikey"}"#.to_vec();
-    let r = signer
-        .sign_jws(pb::SignJwsRequest {
-            key: name.into(),
-            protected_header: header.into_bytes(),
-            payload,
-        })
-        .await
-        .map_err(|e| format!("{name}: sign_jws: {e}"))?
-        .into_inner();
-    let v = verify_jws_with_kid(&r.compact, &r.kid, &jwks).map_err(|e| format!("{name}: {e}"))?;
-    assert_eq!(v["thumbprint"], r.kid, "{name}: kid = RFC 7638 thumbprint");
-    sign_raw_verified(d, name, format!("raw input for {name}").as_bytes()).await?;
-    Ok(r.kid)
-}
-
 /// `openssl verify` the chain (leaf, F9) against the emulator's attestation root.
 fn verify_attestation(card: &VirtualCard, name: &str, chain: &[Vec<u8>]) -> TestResult {
     let dir = card.dir.path();
@@ -135,7 +114,7 @@ async fn fw_5_7_1_attestation_and_pin_lockout() -> TestResult {
         assert_eq!(x5c["kid"], json!(v.kid));
         assert_eq!(x5c["x5c"].as_array().map(Vec::len), Some(2));
     }
-    sign_and_verify(&d, "es256", "ES256").await?;
+    sign_verified(&d, "es256", "ES256").await?;
 
     // Lock the PIN with another tool: the daemon says so, distinctly.
     // (yubico-piv-tool may lose a race for the reader with the daemon's health check, so try
@@ -188,7 +167,7 @@ async fn fw_5_7_1_attestation_and_pin_lockout() -> TestResult {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    sign_and_verify(&d, "es256", "ES256").await?;
+    sign_verified(&d, "es256", "ES256").await?;
     Ok(())
 }
 
@@ -204,7 +183,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
             k.versions[0].uri,
             format!("yubikey:serial={SERIAL};slot=95")
         );
-        let kid = sign_and_verify(&d, "es256", "ES256").await?;
+        let kid = sign_verified(&d, "es256", "ES256").await?;
         // No Ed25519 before 5.7: a clear FAILED_PRECONDITION, nothing generated.
         let r = d
             .keys()
@@ -249,7 +228,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
             format!("yubikey:serial={SERIAL};slot=93")
         );
         keys.activate_key_version(version(3)).await?;
-        let rot_kid = sign_and_verify(&d, "rot", "ES256").await?;
+        let rot_kid = sign_verified(&d, "rot", "ES256").await?;
         assert_eq!(rot_kid, k.versions[2].kid);
         kid
     };
@@ -262,8 +241,8 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
         .await?
         .into_inner();
     assert_eq!(keys.keys.len(), 3);
-    assert_eq!(sign_and_verify(&d, "es256", "ES256").await?, kid);
-    sign_and_verify(&d, "rs", "RS256").await?;
+    assert_eq!(sign_verified(&d, "es256", "ES256").await?, kid);
+    sign_verified(&d, "rs", "RS256").await?;
     Ok(())
 }
 
@@ -275,7 +254,7 @@ async fn touch_accepted_timed_out_and_required() -> TestResult {
     let d = Daemon::start_config(&card.work(), &config)?;
     d.create("touchy", "ES256", 0).await?;
     // Touched: signs.
-    sign_and_verify(&d, "touchy", "ES256").await?;
+    sign_verified(&d, "touchy", "ES256").await?;
 
     // Nobody touches, the card gives up: TouchTimeout.
     card.remove()?;
@@ -309,7 +288,7 @@ async fn touch_required_reaches_a_caller_whose_deadline_is_sooner() -> TestResul
     let config = card.write_config(&text)?;
     let d = Daemon::start_config(&card.work(), &config)?;
     d.create("touchy", "ES256", 0).await?;
-    sign_and_verify(&d, "touchy", "ES256").await?;
+    sign_verified(&d, "touchy", "ES256").await?;
 
     card.remove()?;
     card.insert(Some(&["--touch", "timeout", "--touch-delay-ms", "4000"]))?;

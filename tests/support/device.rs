@@ -220,9 +220,10 @@ pub trait Fixture: Send + Sync {
     /// Undo [`Fixture::fault`].
     fn recover(&self) -> TestResult;
 
-    /// What the daemon's log says about a request that failed during the fault (the device's
-    /// own account, which the caller must not see), where it is known.
-    fn fault_account(&self) -> Option<String>;
+    /// What the daemon's log says during the fault, in its own words (which a caller must not
+    /// see): about a request that failed ([`FaultModel::Running`]), or at start-up
+    /// ([`FaultModel::AtStart`]).
+    fn fault_log(&self) -> Vec<String>;
 }
 
 /// One fresh device for one test.
@@ -559,11 +560,11 @@ impl Fixture for SoftHsm {
         Ok(())
     }
 
-    fn fault_account(&self) -> Option<String> {
-        Some(format!(
+    fn fault_log(&self) -> Vec<String> {
+        vec![format!(
             "no token matches pkcs11:token={}",
             self.token.label
-        ))
+        )]
     }
 }
 
@@ -712,11 +713,11 @@ impl Fixture for Yubikey {
         self.card.insert(None)
     }
 
-    fn fault_account(&self) -> Option<String> {
-        Some(format!(
+    fn fault_log(&self) -> Vec<String> {
+        vec![format!(
             "YubiKey with serial {} not found",
             super::yubikey::SERIAL
-        ))
+        )]
     }
 }
 
@@ -808,8 +809,12 @@ impl Fixture for Ock {
         self.token.start_slotd()
     }
 
-    /// A running daemon does not see this fault (see [`FaultModel::AtStart`]).
-    fn fault_account(&self) -> Option<String> {
-        None
+    /// A daemon starting meanwhile names the module and the likely cause.
+    fn fault_log(&self) -> Vec<String> {
+        vec![
+            "NOT_SERVING".into(),
+            self.token.module.display().to_string(),
+            "pkcsslotd running".into(),
+        ]
     }
 }

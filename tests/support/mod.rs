@@ -757,3 +757,21 @@ pub async fn log_line(d: &Daemon, id: &str) -> TestResult<String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sign a JWS (header `{"typ":"JWT","alg":ALG}`, no kid) and a raw signature with `key`, and
+/// check both with the independent verifiers: the JWS against the key's JWKS entry (alg as
+/// asked, kid = its RFC 7638 thumbprint), the raw one against its active public JWK. Returns
+/// the kid that signed.
+pub async fn sign_verified(d: &Daemon, key: &str, alg: &str) -> TestResult<String> {
+    let header = format!("{{\"typ\":\"JWT\", \"alg\":\"{alg}\"}}");
+    let payload = format!("{{\"sub\":\"alice\", \"key\":\"{key}\"}}");
+    let r = sign_jws(d, key, header.as_bytes(), payload.as_bytes())
+        .await
+        .map_err(|e| format!("{key}: sign_jws: {e}"))?;
+    let v = verify_jws_with_kid(&r.compact, &r.kid, &d.jwks().await?)
+        .map_err(|e| format!("{key}: {e}"))?;
+    assert_eq!(v["header"]["alg"], alg, "{key}");
+    assert_eq!(v["thumbprint"], r.kid, "{key}: kid = RFC 7638 thumbprint");
+    sign_raw_verified(d, key, format!("raw input for {key}").as_bytes()).await?;
+    Ok(r.kid)
+}
