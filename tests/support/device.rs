@@ -786,8 +786,22 @@ impl Fixture for Ock {
     }
 
     /// pkcsslotd stops (token data and configuration stay): the module cannot initialise.
+    /// With a daemon connected, pkcsslotd may outlive ock-down.sh for a moment (it ends with a
+    /// KILL); wait until it is gone, so that starting it again finds no stranger.
     fn fault(&self) -> TestResult {
-        self.token.stop_slotd()
+        self.token.stop_slotd()?;
+        for _ in 0..150 {
+            let running = Command::new("pgrep")
+                .args(["-x", "pkcsslotd"])
+                .output()?
+                .status
+                .success();
+            if !running {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err("pkcsslotd still running 15 s after ock-down.sh --daemon".into())
     }
 
     fn recover(&self) -> TestResult {
