@@ -36,6 +36,7 @@ client=(--no-default-features --features client)
 # clippy type-checks like `cargo check`, and -D warnings keeps this configuration warning-free too.
 cargo clippy --quiet "${client[@]}" --lib --examples -- -D warnings
 cargo build --quiet "${client[@]}" --examples
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps "${client[@]}"
 client_tree=$(cargo tree "${client[@]}" -e normal --prefix none --format '{p}')
 grep -q '^sigild ' <<<"$client_tree" || fail "cargo tree printed no graph for the client build"
 if device_crates=$(grep -E '^(cryptoki|cryptoki-sys|yubikey|pcsc|pcsc-sys) ' <<<"$client_tree"); then

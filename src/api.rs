@@ -1,7 +1,7 @@
 //! The gRPC layer: authenticates the caller of each request (client certificate, Unix peer
 //! credentials, or nobody on a danger-plaintext listener), maps `sigil.v1` requests to service
-//! calls and [`service::Error`] to `tonic::Status` — the only place that does either. The one
-//! table from error kinds to gRPC codes is [`code`]; [`status_for`] logs each failure's whole
+//! calls and `service::Error` to `tonic::Status` — the only place that does either. The one
+//! table from error kinds to gRPC codes is `code`; `status_for` logs each failure's whole
 //! chain under its request id and gives the caller the stable message.
 //! Generated code is fenced into [`pb`], which the `client` feature uses on its own; everything
 //! else here is the server side (`server` feature).

@@ -494,6 +494,16 @@ impl Keyring {
                     .await
                 {
                     Ok(v) => infos.push(v),
+                    // The device could not answer for this key right now: a keyring without
+                    // the version (its key with no active version, its kid gone from the
+                    // JWKS) must never be served. Keep the last known one; the next refresh
+                    // retries.
+                    Err(KeyringError::Backend(e)) if !matches!(e, BackendError::KeyNotFound(_)) => {
+                        tracing::warn!(key = %name, version = rec.version, error = %e, "cannot read a key version from the device; keeping the last known keyring");
+                        return Err(KeyringError::Backend(e));
+                    }
+                    // The record itself is unusable, or its key is gone from the device: skip
+                    // that version so one bad record does not take the whole keyring down.
                     Err(e) => {
                         tracing::error!(key = %name, version = rec.version, error = %e, "keyring version unavailable")
                     }

@@ -1,7 +1,7 @@
 //! sigild: keeps signing keys on hardware and signs for the identity stack.
 //!
 //! Features: `server` (default) is the daemon's library — backends, keyring, policy, audit,
-//! service, gRPC servers and the composition root [`app`]; `client` is [`client`] (typed gRPC
+//! service, gRPC servers and the composition root `app`; `client` is [`client`] (typed gRPC
 //! client, rustls signer whose key stays behind sigild, DPoP helpers) together with the pure
 //! [`jose`] and [`crypto`] vocabulary, without `cryptoki` or `yubikey`. The command line, dev
 //! mode and benchmarks belong to the `sigild` binary, not to this library's API.

@@ -22,7 +22,7 @@ mod token;
 pub use crate::uri;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -157,26 +157,11 @@ impl Pkcs11Backend {
     /// get `Unavailable`, and the workers initialise the module and find the token when they
     /// can.
     pub fn open(settings: Pkcs11Settings) -> Result<(Self, Option<BackendError>), BackendError> {
-        let module = &settings.module;
-        if !module.exists() {
-            return Err(BackendError::Unavailable(format!(
-                "PKCS#11 module {} does not exist",
-                module.display()
-            )));
-        }
-        let ctx = Pkcs11::new(module).map_err(|e| {
-            BackendError::Unavailable(format!(
-                "cannot load PKCS#11 module {}: {e}",
-                module.display()
-            ))
-        })?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        let (ctx, init) = load_module(&settings.module)?;
+        if let Err(e) = init {
             // Not fatal: the first connection below initialises again and reports the failure
             // with its likely cause as the start-up issue; later ones keep retrying.
-            Err(e) => {
-                tracing::debug!(code = %ck_code(&e), "C_Initialize failed; retrying on first use")
-            }
+            tracing::debug!(code = %ck_code(&e), "C_Initialize failed; retrying on first use");
         }
         let shared = Arc::new(Shared {
             ctx,
@@ -230,6 +215,32 @@ impl Pkcs11Backend {
     ) -> BackendFuture<T> {
         self.pool.submit(f)
     }
+}
+
+/// Load the module and initialise it (a module another part of the process initialised
+/// already is fine). A missing or unloadable module is an error; a failing `C_Initialize` is
+/// returned beside the context, for the caller to decide whether it is fatal.
+///
+/// # Errors
+/// [`BackendError::Unavailable`] when the module does not exist or cannot be loaded.
+pub(super) fn load_module(module: &Path) -> Result<(Pkcs11, Result<(), CkError>), BackendError> {
+    if !module.is_file() {
+        return Err(BackendError::Unavailable(format!(
+            "PKCS#11 module {} does not exist",
+            module.display()
+        )));
+    }
+    let ctx = Pkcs11::new(module).map_err(|e| {
+        BackendError::Unavailable(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            module.display()
+        ))
+    })?;
+    let init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(e),
+    };
+    Ok((ctx, init))
 }
 
 impl Shared {

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::UserType;
 
@@ -46,22 +46,9 @@ pub struct Probe {
 /// `C_Initialize` with its likely cause, no or several matching tokens with every slot seen);
 /// [`BackendError::PinRejected`] / [`BackendError::PinLocked`] when the token refuses the PIN.
 pub fn probe(settings: &Pkcs11Settings) -> Result<Probe, BackendError> {
-    let module = &settings.module;
-    if !module.is_file() {
-        return Err(BackendError::Unavailable(format!(
-            "PKCS#11 module {} does not exist",
-            module.display()
-        )));
-    }
-    let ctx = Pkcs11::new(module).map_err(|e| {
-        BackendError::Unavailable(format!(
-            "cannot load PKCS#11 module {}: {e}",
-            module.display()
-        ))
-    })?;
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(token::init_failure(module, &e)),
+    let (ctx, init) = super::load_module(&settings.module)?;
+    if let Err(e) = init {
+        return Err(token::init_failure(&settings.module, &e));
     }
     let result = examine(&ctx, settings);
     let _ = ctx.finalize();

@@ -1,15 +1,12 @@
-//! Runs `e2e.sh` (pcscd + vpcd + the emulator, driven by yubico-piv-tool, ykman and ykcs11)
-//! when `VYK_E2E=1` is set; otherwise it does nothing, so a plain `cargo test` needs neither
-//! root nor the PC/SC stack.
+//! Runs `e2e.sh` (pcscd + vpcd + the emulator, driven by yubico-piv-tool, ykman and ykcs11).
+//! Ignored by default, so a plain `cargo test` needs neither root nor the PC/SC stack, and
+//! reported as ignored rather than passed; `scripts/test.sh` runs `e2e.sh` itself.
 
 use std::process::Command;
 
 #[test]
+#[ignore = "needs root, pcscd, vpcd and Yubico's tools; scripts/test.sh runs e2e.sh directly"]
 fn e2e_with_yubico_tools() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::var("VYK_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set VYK_E2E=1 (as root, with pcscd/vpcd/Yubico tools installed)");
-        return Ok(());
-    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e.sh");
     let status = Command::new("bash").arg(script).status()?;
     if !status.success() {
