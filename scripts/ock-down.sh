@@ -30,8 +30,14 @@ if [ -f "$W/pkcsslotd.pid" ]; then
         if kill -0 "$pid" 2>/dev/null; then
             echo "ock-down: pkcsslotd ($pid) did not stop on TERM, sending KILL" >&2
             kill -KILL "$pid" 2>/dev/null
-            sleep 0.2
         fi
+        # Wait until it is really gone (or a zombie): ock-up.sh refuses to start while a
+        # pkcsslotd it did not start is running, so the next test must not see this one.
+        for _ in $(seq 100); do
+            state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+            { [ -z "$state" ] || [ "$state" = Z ]; } && break
+            sleep 0.1
+        done
     fi
     # pkcsslotd leaves its pid file behind; remove it only when it is the one we stopped.
     if [ "$(cat /run/pkcsslotd.pid 2>/dev/null)" = "$pid" ]; then
