@@ -47,8 +47,8 @@ DEFAULT_SO_PIN=87654321
 die() { echo "ock-up: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (pkcsslotd, /etc/opencryptoki and /var/lib/opencryptoki)"
-command -v pkcsslotd >/dev/null && command -v pkcsconf >/dev/null \
-    || die "openCryptoki is not installed (apt-get install opencryptoki)"
+command -v pkcsslotd >/dev/null || die "openCryptoki is not installed (apt-get install opencryptoki)"
+command -v pkcsconf >/dev/null || die "openCryptoki is not installed (apt-get install opencryptoki)"
 getent group pkcs11 >/dev/null || die "group pkcs11 missing; reinstall the opencryptoki package"
 MODULE=$(ls /usr/lib/*/pkcs11/libopencryptoki.so 2>/dev/null | head -n 1)
 [ -n "$MODULE" ] || die "libopencryptoki.so not found under /usr/lib/*/pkcs11"
