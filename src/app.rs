@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::audit::{Audit, AuditError};
+use crate::audit::{Audit, AuditError, Durability};
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::{Backend, BackendError};
 use crate::config::{AuditConfig, CallerConfig, Config, ConfigError, LimitsConfig};
@@ -234,8 +234,13 @@ pub fn service_options(config: &Config) -> ServiceOptions {
 /// # Errors
 /// [`AuditError::Open`].
 pub fn open_audit(audit: &AuditConfig) -> Result<Audit, AuditError> {
+    let durability = if audit.fsync {
+        Durability::Synced
+    } else {
+        Durability::Written
+    };
     match (&audit.file, audit.stdout) {
-        (Some(p), _) => Audit::file(p, audit.fail_closed),
+        (Some(p), _) => Audit::file_with(p, audit.fail_closed, durability),
         (None, true) => Ok(Audit::stdout(audit.fail_closed)),
         (None, false) => Ok(Audit::off()),
     }

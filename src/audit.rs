@@ -6,8 +6,14 @@
 //! the fail-closed mode must know that the record reached the file (the `write` system call
 //! returned) before a signature is released, and a tracing subscriber cannot report a write
 //! failure back to the event site. One `write` of a whole line under a mutex keeps lines
-//! whole when requests run in parallel. Not `fsync`ed per record (that would cap signing at
-//! the disk's sync rate); a crash of the machine, not of the daemon, may lose the last records.
+//! whole when requests run in parallel. By default not synced per record (that caps signing at
+//! the disk's sync rate), so a crash of the machine, not of the daemon, may lose the last
+//! records; with `fsync` ([`Durability::Synced`]) each record is `fdatasync`ed before
+//! [`Audit::write`] returns, so a released signature's record survives a power cut, and a
+//! failed sync is a failed write (fail-closed withholds the signature).
+//!
+//! Owns the audit sink and the record format; must never decide what is signed or touch a
+//! device.
 //!
 //! Hashes: SHA-256 of the UTF-8 value, first 16 bytes, base64url (22 characters) — enough to
 //! correlate records with an IdP's own logs, not enough to recover low-entropy values cheaply
@@ -31,11 +37,25 @@ enum Sink {
     File {
         /// For error messages.
         path: PathBuf,
-        /// The open file; the lock makes each record one uninterrupted write.
+        /// The open file; the lock makes each record one uninterrupted write (and keeps a
+        /// record and its sync together).
         file: Mutex<std::fs::File>,
+        /// Whether each record is synced to the disk before the write returns.
+        durability: Durability,
     },
     /// An in-memory list (tests).
     Memory(Mutex<Vec<String>>),
+}
+
+/// How far a file record must have got when [`Audit::write`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Handed to the kernel (`write` returned): survives a crash of the daemon, not of the
+    /// machine. Signing is not slowed by the disk.
+    #[default]
+    Written,
+    /// On the disk (`write`, then `fdatasync`): survives a power cut. One disk flush per record.
+    Synced,
 }
 
 /// The audit writer.
@@ -51,7 +71,9 @@ impl std::fmt::Debug for Audit {
         let sink = match &self.sink {
             Sink::Off => "off".to_owned(),
             Sink::Stdout => "stdout".to_owned(),
-            Sink::File { path, .. } => path.display().to_string(),
+            Sink::File {
+                path, durability, ..
+            } => format!("{} ({durability:?})", path.display()),
             Sink::Memory(_) => "memory".to_owned(),
         };
         f.debug_struct("Audit")
@@ -127,6 +149,9 @@ pub enum AuditError {
     /// Writing a record.
     #[error("audit write failed: {0}")]
     Write(#[source] std::io::Error),
+    /// Syncing a written record to the disk (`[audit] fsync`).
+    #[error("audit fsync failed: {0}")]
+    Sync(#[source] std::io::Error),
 }
 
 impl Audit {
@@ -146,11 +171,24 @@ impl Audit {
         }
     }
 
-    /// Records appended to `path` (created 0600 if missing).
+    /// Records appended to `path` (created 0600 if missing), handed to the kernel per record.
     ///
     /// # Errors
     /// [`AuditError::Open`].
     pub fn file(path: &Path, fail_closed: bool) -> Result<Audit, AuditError> {
+        Audit::file_with(path, fail_closed, Durability::Written)
+    }
+
+    /// Records appended to `path` (created 0600 if missing), each as durable as `durability`
+    /// says before [`Audit::write`] returns.
+    ///
+    /// # Errors
+    /// [`AuditError::Open`].
+    pub fn file_with(
+        path: &Path,
+        fail_closed: bool,
+        durability: Durability,
+    ) -> Result<Audit, AuditError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let file = std::fs::OpenOptions::new()
             .append(true)
@@ -165,6 +203,7 @@ impl Audit {
             sink: Sink::File {
                 path: path.to_owned(),
                 file: Mutex::new(file),
+                durability,
             },
             fail_closed,
         })
@@ -202,7 +241,8 @@ impl Audit {
     /// Write one record as one line.
     ///
     /// # Errors
-    /// [`AuditError::Write`].
+    /// [`AuditError::Write`]; [`AuditError::Sync`] when a synced file's record was written but
+    /// could not be made durable.
     pub fn write(&self, record: &Record) -> Result<(), AuditError> {
         if let Sink::Off = self.sink {
             return Ok(());
@@ -218,13 +258,21 @@ impl Audit {
                     .and_then(|()| out.flush())
                     .map_err(AuditError::Write)
             }
-            Sink::File { file, .. } => {
+            Sink::File {
+                file, durability, ..
+            } => {
                 let mut f = file
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 f.write_all(&line)
                     .and_then(|()| f.flush())
-                    .map_err(AuditError::Write)
+                    .map_err(AuditError::Write)?;
+                match durability {
+                    Durability::Written => Ok(()),
+                    // Under the lock: a record is on the disk before the next one is written,
+                    // and the sync that reports success covers this record.
+                    Durability::Synced => f.sync_data().map_err(AuditError::Sync),
+                }
             }
             Sink::Memory(m) => {
                 m.lock()
@@ -306,6 +354,29 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or(""))?;
         assert_eq!(v["caller"], "c");
         assert!(v.get("kid").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn synced_records_reach_the_file_and_a_failed_sync_is_a_failed_write()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let r = Record {
+            caller: "c".into(),
+            decision: "allow",
+            outcome: "ok".into(),
+            ..Record::default()
+        };
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("audit.jsonl");
+        let a = Audit::file_with(&p, true, Durability::Synced)?;
+        a.write(&r)?;
+        assert_eq!(std::fs::read_to_string(&p)?.lines().count(), 1);
+        // /dev/null takes every write and refuses fdatasync (EINVAL): the same sink without
+        // syncing succeeds, so the error below comes from the sync alone.
+        let null = Path::new("/dev/null");
+        Audit::file_with(null, true, Durability::Written)?.write(&r)?;
+        let err = Audit::file_with(null, true, Durability::Synced)?.write(&r);
+        assert!(matches!(err, Err(AuditError::Sync(_))), "{err:?}");
         Ok(())
     }
 }

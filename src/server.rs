@@ -20,6 +20,10 @@ use crate::api::{Api, Listener, pb};
 use crate::config::ServerConfig;
 use crate::service::Service;
 
+mod listen;
+
+pub use listen::{ListenerCounters, ListenerCounts};
+
 /// Why the servers could not start or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -60,6 +64,9 @@ pub struct Serving {
     pub addr: SocketAddr,
     /// The Unix socket, when one is served (removed at shutdown).
     pub unix_path: Option<PathBuf>,
+    /// What the TCP listener accepted and refused (connections over the limit, failed and
+    /// timed-out TLS handshakes), for an operations endpoint.
+    pub counters: Arc<ListenerCounters>,
     /// Dropping or sending tells the servers and tasks to stop.
     stop: watch::Sender<bool>,
     /// The TCP server task.
@@ -128,21 +135,18 @@ pub async fn serve(
         addr: server.listen,
         source,
     })?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(server.concurrency_per_connection);
-    let listener_kind = match &server.tls {
-        Some(t) => {
-            builder =
-                builder.tls_config(crate::tls::server_config(&t.cert, &t.key, &t.client_ca)?)?;
-            Listener::Tls(t.identity)
-        }
+    let mut builder = listen::server_builder(server);
+    let (listener_kind, tls) = match &server.tls {
+        Some(t) => (
+            Listener::Tls(t.identity),
+            Some(crate::tls::server_config(&t.cert, &t.key, &t.client_ca)?),
+        ),
         None => {
             tracing::warn!(
                 %addr,
                 "danger_plaintext: serving unauthenticated plain-text gRPC; every caller on this port is `plaintext` and may do what the danger_plaintext [[caller]] rules allow"
             );
-            Listener::DangerPlaintext
+            (Listener::DangerPlaintext, None)
         }
     };
     let api = Api::new(Arc::clone(&service), listener_kind);
@@ -152,9 +156,31 @@ pub async fn serve(
         .add_service(api.key_service())
         .add_service(api.signing_service());
     let mut stopped2 = stopped.clone();
-    let tcp_server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+    let counters = Arc::new(ListenerCounters::default());
+    let limits = listen::Limits::of(server);
+    let mut stop_accepting = stopped.clone();
+    let stop_accepting = async move {
+        let _ = stop_accepting.wait_for(|s| *s).await;
+    };
+    let stop_serving = async move {
         let _ = stopped.wait_for(|s| *s).await;
-    }));
+    };
+    let tcp_server = match tls {
+        Some(config) => {
+            let incoming = listen::tls(
+                listener,
+                config,
+                limits,
+                Arc::clone(&counters),
+                stop_accepting,
+            );
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop_serving))
+        }
+        None => {
+            let incoming = listen::plain(listener, limits, Arc::clone(&counters), stop_accepting);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop_serving))
+        }
+    };
     tracing::info!(%addr, tls = server.tls.is_some(), backend = %service.keyring().backend().describe(), "listening");
 
     let (unix_path, unix_server) = match &server.unix {
@@ -168,8 +194,7 @@ pub async fn serve(
             let mode = u.mode_bits().map_err(&unix_error)?;
             let listener = bind_unix(&path, mode).map_err(&unix_error)?;
             let api = Api::new(Arc::clone(&service), Listener::Unix);
-            let router = tonic::transport::Server::builder()
-                .concurrency_limit_per_connection(server.concurrency_per_connection)
+            let router = listen::server_builder(server)
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(api.key_service())
@@ -184,6 +209,7 @@ pub async fn serve(
     };
     Ok(Serving {
         addr,
+        counters,
         unix_path,
         stop,
         server: tcp_server,

@@ -17,7 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use x509_cert::der::Decode as _;
 
 use crate::secret::{SecretSource, write_secret_file};
@@ -68,6 +68,15 @@ pub enum TlsError {
     /// Writing dev PKI files failed.
     #[error("{0}: {1}")]
     Write(PathBuf, #[source] std::io::Error),
+    /// The key file holds no PEM private key (PKCS#8, SEC1 or PKCS#1).
+    #[error("{0}: no PEM private key found")]
+    NoPrivateKey(PathBuf),
+    /// rustls refuses a certificate or key (as a trust anchor, or as ours with this key).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier cannot be built from the configured CAs.
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// Make ring the process-wide rustls provider. Idempotent; call before any TLS config is
@@ -133,25 +142,47 @@ pub fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// The server side: our certificate and key, and the CAs client certificates must chain to.
-/// Client authentication is required (tonic's default when a client CA is set).
+/// Client authentication is required: a peer without a certificate that chains to `client_ca`
+/// fails the handshake. ALPN offers `h2` only (gRPC). The listener runs the handshake itself
+/// (with a timeout, counting failures: [`crate::server`]) and hands the finished stream to
+/// tonic, which reads the verified peer certificates from it.
 ///
 /// # Errors
-/// Unreadable files, a key file readable by others, PEM without certificates.
+/// Unreadable files, a key file readable by others, PEM without certificates or key, a
+/// certificate rustls refuses (as a trust anchor, or as our own with this key).
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &[PathBuf],
-) -> Result<ServerTlsConfig, TlsError> {
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
     install_crypto_provider();
-    let cert_pem = read_certificates(&[cert.to_owned()])?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        pem_certificates(&read_certificates(&[cert.to_owned()])?)
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
     let key_pem = SecretSource::File(key.to_owned()).read()?;
-    let cas = read_certificates(client_ca)?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem.expose().as_bytes()))
-        .client_ca_root(Certificate::from_pem(cas))
-        .client_auth_optional(false)
-        // A peer that stalls the handshake must not hold a connection slot for long.
-        .timeout(std::time::Duration::from_secs(10)))
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
+        .map_err(|_| TlsError::NoPrivateKey(key.to_owned()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem_certificates(&read_certificates(client_ca)?) {
+        roots.add(CertificateDer::from(der))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The client side: the CA that issued the server's certificate and our own certificate and

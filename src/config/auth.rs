@@ -35,6 +35,7 @@
 //! [audit]
 //! file = "/var/log/sigild/audit.jsonl"     # or stdout = true
 //! fail_closed = true
+//! fsync = true                             # each record on disk before the answer leaves
 //! ```
 
 use std::path::PathBuf;
@@ -145,6 +146,12 @@ pub struct AuditConfig {
     /// Withhold a signature whose audit record could not be written.
     #[serde(default)]
     pub fail_closed: bool,
+    /// Make each record durable (`fdatasync` of the file) before the answer leaves: a machine
+    /// crash then cannot lose the record of a released signature. Costs one disk flush per
+    /// request (signing runs at the disk's sync rate); with `fail_closed`, a failed flush
+    /// withholds the signature like a failed write.
+    #[serde(default)]
+    pub fsync: bool,
 }
 
 /// A validation finding: dotted field path (with `[i]` indices) and what is wrong.
@@ -308,6 +315,12 @@ pub fn validate(
         out.push(problem(
             "audit.fail_closed",
             "needs an audit destination (file or stdout)",
+        ));
+    }
+    if audit.fsync && audit.file.is_none() {
+        out.push(problem(
+            "audit.fsync",
+            "needs audit.file (standard output is a pipe or terminal and cannot be synced)",
         ));
     }
     out

@@ -60,6 +60,24 @@ pub struct ServerConfig {
     /// Concurrent requests per connection.
     #[serde(default = "default_concurrency")]
     pub concurrency_per_connection: usize,
+    /// Open TCP connections (handshaking or established) at most; a connection beyond it is
+    /// closed at once, counted and logged, so a flood of idle or stalled peers cannot exhaust
+    /// the daemon's file descriptors.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 streams (requests in flight) one connection may open at once (announced to the
+    /// client in SETTINGS_MAX_CONCURRENT_STREAMS), on the TCP listener and the Unix socket.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// A TLS client that has not completed its handshake after this many milliseconds is
+    /// dropped (and counted), so a peer stalling mid-handshake holds a slot only this long.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Send an HTTP/2 PING on a connection idle this many seconds and close it when the answer
+    /// does not come within 20 s: dead peers (a vanished load balancer, a cut network) free
+    /// their slot. 0 turns keepalive off.
+    #[serde(default = "default_keepalive_seconds")]
+    pub keepalive_seconds: u64,
     /// Serve plain, unauthenticated gRPC on `listen` (every caller is `plaintext`); logs a
     /// warning at start. For local experiments and benchmarks only.
     #[serde(default)]
@@ -114,6 +132,18 @@ impl Default for SigningConfig {
 
 fn default_concurrency() -> usize {
     256
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+fn default_handshake_timeout_ms() -> u64 {
+    5000
+}
+fn default_keepalive_seconds() -> u64 {
+    60
 }
 fn default_refresh() -> u64 {
     10
@@ -250,6 +280,24 @@ impl Config {
             (Some(p11), None) => p11.validate(path)?,
             (None, Some(yk)) => yk.validate(path)?,
         }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.handshake_timeout_ms == 0 {
+            return Err(invalid(
+                "server.handshake_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
         if self.keyring.refresh_seconds == 0 {
             return Err(invalid(
                 "keyring.refresh_seconds",
@@ -327,7 +375,42 @@ pin = { file = "/etc/sigild/pin" }
         assert_eq!(c.pkcs11.as_ref().map(|p| p.workers), Some(2));
         assert_eq!(c.keyring.refresh_seconds, 10);
         assert!(c.signing.verify_signatures);
+        assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(c.server.max_concurrent_streams, 256);
+        assert_eq!(c.server.handshake_timeout_ms, 5000);
+        assert_eq!(c.server.keepalive_seconds, 60);
+        assert!(!c.audit.fsync);
         Ok(())
+    }
+
+    #[test]
+    fn connection_limits_of_zero_are_refused() {
+        for key in [
+            "max_connections",
+            "max_concurrent_streams",
+            "handshake_timeout_ms",
+        ] {
+            let text = GOOD.replace(
+                "danger_plaintext = true",
+                &format!("danger_plaintext = true\n{key} = 0"),
+            );
+            let err = Config::parse(Path::new("x.toml"), &text)
+                .map(drop)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(&format!(
+                    "x.toml:5: field `server.{key}`: must be at least 1"
+                )),
+                "{err}"
+            );
+        }
+        let off = GOOD.replace(
+            "danger_plaintext = true",
+            "danger_plaintext = true\nkeepalive_seconds = 0",
+        );
+        assert!(Config::parse(Path::new("x.toml"), &off).is_ok());
     }
 
     #[test]
