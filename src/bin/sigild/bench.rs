@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::dev::{self, DevPaths};
+
+mod overload;
+
+pub use overload::run as run_overload;
 use sigild::api::{Api, Listener, pb};
 use sigild::app;
 use sigild::backend::pkcs11::Pkcs11Backend;
@@ -25,9 +29,10 @@ pub struct BenchArgs {
     /// State directory of the benchmark token (default: a new temporary directory, removed after).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
-    pub seconds: f64,
+    /// Seconds per measurement (default 3); with `--overload`, the length of the overload
+    /// phase (default 300).
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// Concurrency levels (clients for the daemon, threads for direct calls).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub clients: Vec<usize>,
@@ -37,6 +42,24 @@ pub struct BenchArgs {
     /// Algorithms.
     #[arg(long, value_delimiter = ',', default_value = "ES256,PS256,EdDSA")]
     pub algs: Vec<String>,
+    /// Saturation run instead of the table: measure the capacity (signatures/s, closed loop),
+    /// then offer `--factor` times that rate open-loop for `--seconds`, and report accepted/s,
+    /// RESOURCE_EXHAUSTED answers and their latency, accepted latency against the queue bound,
+    /// other errors (expected 0; the run fails otherwise) and the process's memory.
+    #[arg(long)]
+    pub overload: bool,
+    /// With `--overload`: offered load as a multiple of the measured capacity.
+    #[arg(long, default_value_t = 3.0)]
+    pub factor: f64,
+    /// With `--overload`: the PKCS#11 workers (default: the dev config's).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// With `--overload`: the workers' queue depth (default: the dev config's).
+    #[arg(long)]
+    pub queue_depth: Option<usize>,
+    /// With `--overload`: HTTP/2 connections the offered load is spread over.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
 }
 
 /// One measured row.
@@ -59,7 +82,7 @@ pub struct Row {
 }
 
 /// A JWS signing input of typical ID-token size.
-fn sample_input() -> Vec<u8> {
+pub(crate) fn sample_input() -> Vec<u8> {
     let header = br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#;
     let payload = br#"{"iss":"https://op.example.com","sub":"248289761001","aud":"s6BhdRkqt3","nonce":"n-0S6_WzA2Mj","exp":1311281970,"iat":1311280970,"auth_time":1311280969,"acr":"urn:mace:incommon:iap:silver","at_hash":"77QmUPtjPfzWtF2AnpK9RQ"}"#;
     sigild::jose::signing_input(header, payload).into_bytes()
@@ -74,14 +97,11 @@ enum Transport {
     Uds(PathBuf),
 }
 
-/// Create the bench token (if needed) and run every measurement, printing a table.
-///
-/// # Errors
 /// Turn the dev config into one for benchmarks: plain TCP on loopback, every plaintext caller
 /// and this process's own uid (for the benchmark's Unix sockets) allowed everything, no
 /// configured Unix socket and no rate limits (benchmarks measure the signing path and run their
 /// own clients in-process).
-fn for_benchmark(config: &mut Config) {
+pub(crate) fn for_benchmark(config: &mut Config) {
     use sigild::config::{CallerConfig, LimitsConfig};
     use std::os::unix::fs::MetadataExt as _;
     config.server.tls = None;
@@ -111,6 +131,9 @@ fn for_benchmark(config: &mut Config) {
     }
 }
 
+/// Create the bench token (if needed) and run every measurement, printing a table.
+///
+/// # Errors
 /// Set-up failures, as text.
 pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String> {
     let paths2 = paths.clone();
@@ -163,7 +186,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     }
 
     let input = Arc::new(sample_input());
-    let duration = Duration::from_secs_f64(args.seconds.clamp(0.2, 600.0));
+    let duration = Duration::from_secs_f64(args.seconds.unwrap_or(3.0).clamp(0.2, 600.0));
     let mut rows = Vec::new();
     println!(
         "sigild bench: {} s per row, SoftHSM token in {}, {} PKCS#11 worker sessions, daemon runtime threads {}; input {} bytes",

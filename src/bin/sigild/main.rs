@@ -94,7 +94,11 @@ fn main() -> ExitCode {
             Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {
                 let paths = dev_paths.ok_or("bench paths missing")?;
-                let result = bench::run(&paths, &args).await;
+                let result = if args.overload {
+                    bench::run_overload(&paths, &args).await
+                } else {
+                    bench::run(&paths, &args).await.map(drop)
+                };
                 if args.state_dir.is_none() {
                     let _ = std::fs::remove_dir_all(&paths.dir);
                 }
