@@ -5,7 +5,8 @@
 #   3. unit + integration tests (real SoftHSM tokens per test, independent verifiers)
 #   4. the virtual YubiKey: unit tests, then end to end through pcscd + vpcd with Yubico's tools
 #      (needs root for pcscd; set SIGILD_SKIP_YUBIKEY_E2E=1 to skip on a workstation)
-#   5. a short `sigild bench` smoke run (figures come from scripts/bench.sh, not from here)
+#   5. a short `sigild bench` smoke run (figures come from scripts/bench.sh, not from here), and a
+#      two-second `sigild bench --overload` that fails on any error but RESOURCE_EXHAUSTED
 #
 # Every check is a command of its own, so `set -e` stops the run at the first one that fails.
 # (Never chain checks with `&&`: bash ignores a failure anywhere but in the last command of an
@@ -69,3 +70,19 @@ echo "$bench_out"
 awk '$1 == "ES256" { rows++; if ($NF != 0 || $(NF-4) <= 0) bad++ }
      END { if (rows == 0 || bad > 0) exit 1 }' <<<"$bench_out" \
     || { cat "$bench_err" >&2; fail "bench smoke: no ES256 rows, or a row with errors or no signatures"; }
+
+echo "== bench overload smoke"
+# Two seconds at three times the measured capacity, with a short queue so that the daemon
+# answers RESOURCE_EXHAUSTED from the start. The run exits non-zero when any other error
+# occurred or nothing was signed; its report is checked as well, so that a change to that exit
+# path cannot let errors through.
+if ! overload_out=$(cargo run --quiet --bin sigild -- bench --overload --seconds 2 --queue-depth 16 --algs ES256 2>"$bench_err"); then
+    echo "$overload_out"
+    cat "$bench_err" >&2
+    fail "sigild bench --overload exited non-zero"
+fi
+echo "$overload_out"
+awk '/^  other errors: / { lines++; if ($NF != 0) bad++ }
+     /^  accepted: / { accepted = $2 }
+     END { if (lines != 1 || bad > 0 || accepted <= 0) exit 1 }' <<<"$overload_out" \
+    || { cat "$bench_err" >&2; fail "bench overload smoke: an error other than RESOURCE_EXHAUSTED, or nothing signed"; }

@@ -536,6 +536,60 @@ async fn fail_closed_withholds_signatures_it_cannot_record() -> TestResult {
 }
 
 #[tokio::test]
+async fn fail_closed_with_fsync_withholds_signatures_it_cannot_make_durable() -> TestResult {
+    // /dev/null takes every write and refuses fdatasync (EINVAL): only the sync fails.
+    let raw = || pb::SignRawRequest {
+        key: "k".into(),
+        data: b"x".to_vec(),
+        alg: String::new(),
+    };
+    let token = Token::new()?;
+    let d = Daemon::start_with(
+        &token,
+        "[audit]\nfile = \"/dev/null\"\nfail_closed = true\nfsync = true\n",
+    )?;
+    d.create("k", "ES256", 0).await?;
+    let (code, msg) = code_of(d.signer().await?.sign_raw(raw()).await)?;
+    assert_eq!(code, Code::Unavailable);
+    assert!(
+        msg.starts_with("the audit record could not be written, so the signature was withheld"),
+        "{msg}"
+    );
+    let log = d.log_text();
+    assert!(log.contains("audit record not written"), "{log}");
+    assert!(log.contains("audit fsync failed"), "{log}");
+    // The same sink without fsync: the write succeeds and the signature is released (so the
+    // refusal above came from the sync).
+    let token = Token::new()?;
+    let d = Daemon::start_with(
+        &token,
+        "[audit]\nfile = \"/dev/null\"\nfail_closed = true\n",
+    )?;
+    d.create("k", "ES256", 0).await?;
+    sign_raw_verified(&d, "k", b"x").await?;
+    assert!(!d.log_text().contains("audit record not written"));
+    // A real file with fsync: signatures are released and each has its record on disk.
+    let token = Token::new()?;
+    let audit = token.dir.path().join("audit.jsonl");
+    let d = Daemon::start_with(
+        &token,
+        &format!(
+            "[audit]\nfile = \"{}\"\nfail_closed = true\nfsync = true\n",
+            audit.display()
+        ),
+    )?;
+    d.create("k", "ES256", 0).await?;
+    sign_raw_verified(&d, "k", b"durable").await?;
+    let text = std::fs::read_to_string(&audit)?;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"operation\":\"raw\"") && l.contains("\"outcome\":\"ok\"")),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn danger_plaintext_warns_and_callers_are_anonymous() -> TestResult {
     let token = Token::new()?;
     let text = format!(
