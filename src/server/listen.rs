@@ -240,6 +240,7 @@ where
     H: Fn(TcpStream) -> F + Send + 'static,
     F: Future<Output = std::io::Result<S>> + Send + 'static,
 {
+    warn_if_few_open_files(limits.max_connections);
     // A connection waits here only between its handshake and tonic picking it up.
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -331,6 +332,40 @@ where
     ReceiverStream::new(rx)
 }
 
+/// File descriptors the daemon needs besides its connections (device sessions, logs, the
+/// audit file, the runtime).
+const OTHER_FILES: u64 = 64;
+
+/// Warn at start when the soft open-file limit cannot hold `max_connections`: connections
+/// below the limit would then fail in `accept` (EMFILE) rather than be served.
+fn warn_if_few_open_files(max_connections: usize) {
+    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| open_files_soft_limit(&l))
+    else {
+        return;
+    };
+    let need = max_connections as u64 + OTHER_FILES;
+    if soft < need {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-file limit is below server.max_connections + {OTHER_FILES}: raise it (systemd LimitNOFILE={need}) or lower max_connections"
+        );
+    }
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text (`None`: unlimited or absent).
+fn open_files_soft_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Errors of one connection that the next `accept` does not repeat.
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
@@ -378,6 +413,129 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_stream::StreamExt as _;
+
+    async fn bound() -> Result<(TcpListener, std::net::SocketAddr), std::io::Error> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let a = l.local_addr()?;
+        Ok((l, a))
+    }
+
+    /// Read until the peer closes (or resets) the connection, for at most 5 s.
+    async fn closed(tcp: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_and_a_freed_slot_is_taken_again()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (listener, addr) = bound().await?;
+        let counters = Arc::new(ListenerCounters::default());
+        let limits = Limits {
+            max_connections: 1,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let mut incoming = plain(
+            listener,
+            limits,
+            Arc::clone(&counters),
+            std::future::pending(),
+        );
+        let _first = TcpStream::connect(addr).await?;
+        let held = incoming.next().await.ok_or("stream ended")??;
+        let mut second = TcpStream::connect(addr).await?;
+        assert!(
+            closed(&mut second).await,
+            "the second connection stayed open"
+        );
+        let s = counters.snapshot();
+        assert_eq!((s.accepted, s.refused_over_limit, s.open), (1, 1, 1));
+        // Dropping the served connection frees its slot.
+        drop(held);
+        assert_eq!(counters.snapshot().open, 0);
+        let _third = TcpStream::connect(addr).await?;
+        let again = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await?
+            .ok_or("stream ended")??;
+        let s = counters.snapshot();
+        assert_eq!((s.accepted, s.refused_over_limit, s.open), (2, 1, 1));
+        drop(again);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failed_and_stalled_handshakes_are_counted() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let pki = crate::tls::DevPki::in_dir(dir.path());
+        pki.ensure()?;
+        let config = crate::tls::server_config(
+            &pki.server_cert,
+            &pki.server_key,
+            std::slice::from_ref(&pki.ca),
+        )?;
+        let (listener, addr) = bound().await?;
+        let counters = Arc::new(ListenerCounters::default());
+        let limits = Limits {
+            max_connections: 8,
+            handshake_timeout: Duration::from_millis(300),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let _incoming = tls(listener, config, limits, Arc::clone(&counters), async {
+            let _ = stop_rx.await;
+        });
+        // Garbage instead of a ClientHello: refused at once.
+        let mut garbage = TcpStream::connect(addr).await?;
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await?;
+        assert!(closed(&mut garbage).await);
+        // Nothing at all: dropped after the timeout.
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(addr).await?;
+        assert!(closed(&mut silent).await);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        // The client may see the close a moment before the counters move.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let s = loop {
+            let s = counters.snapshot();
+            if s.handshake_timed_out + s.handshake_failed >= 2 && s.open == 0
+                || Instant::now() > deadline
+            {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!((s.handshake_failed, s.handshake_timed_out), (1, 1));
+        assert_eq!(counters.handshakes_refused(), 2);
+        // Both slots are free again.
+        assert_eq!((s.accepted, s.open), (2, 0));
+        // Once stopped, the listener is closed: new connections are refused by the kernel.
+        let _ = stop_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "still accepting after the stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn open_files_limit_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             127590               127590               processes \nMax open files            1024                 524288               files     \n";
+        assert_eq!(open_files_soft_limit(text), Some(1024));
+        assert_eq!(
+            open_files_soft_limit(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn throttle_writes_a_few_lines_a_second_and_counts_the_rest() {

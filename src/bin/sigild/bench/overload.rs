@@ -281,7 +281,8 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
     };
-    let result = measure(&running, args, workers, queue_depth).await;
+    let streams = usize::try_from(config.server.max_concurrent_streams).unwrap_or(usize::MAX);
+    let result = measure(&running, args, workers, queue_depth, streams).await;
     tokio::task::spawn_blocking(move || running.shutdown())
         .await
         .map_err(|e| e.to_string())?;
@@ -324,6 +325,7 @@ async fn measure(
     args: &BenchArgs,
     workers: usize,
     queue_depth: usize,
+    streams: usize,
 ) -> Result<(Arc<Outcomes>, String), String> {
     let alg_name = args.algs.first().map_or("ES256", String::as_str);
     let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
@@ -350,7 +352,7 @@ async fn measure(
     let duration = Duration::from_secs_f64(args.seconds.unwrap_or(300.0).clamp(1.0, 86_400.0));
     let capacity_time = Duration::from_secs_f64((duration.as_secs_f64() / 10.0).clamp(0.5, 10.0));
     println!(
-        "sigild bench --overload: {} on SoftHSM, {workers} PKCS#11 workers, queue_depth {queue_depth}, daemon runtime threads {}, {} HTTP/2 connections (plain TCP), input {} bytes",
+        "sigild bench --overload: {} on SoftHSM, {workers} PKCS#11 workers, queue_depth {queue_depth}, daemon runtime threads {}, {} HTTP/2 connections (plain TCP, up to {streams} requests in flight each), input {} bytes",
         alg.name(),
         args.server_threads,
         clients.len(),
@@ -398,8 +400,14 @@ async fn measure(
     let end = start + duration;
     let warm_up = Duration::from_secs_f64((duration.as_secs_f64() / 10.0).clamp(0.5, 30.0));
     let report_every = Duration::from_secs_f64((duration.as_secs_f64() / 10.0).max(1.0));
-    // A guard against a daemon that stops answering: the open loop never holds more than this.
-    let max_outstanding = 16 * (queue_depth + workers) as u64 + 1024;
+    // At most `max_concurrent_streams` requests in flight per connection, as the daemon
+    // announces: a request beyond it would wait in the client's HTTP/2 queue, and its latency
+    // would measure the client, not the daemon. A request due while every connection is full
+    // is counted as not sent (the client, on the same cores, could not keep up).
+    let slots: Vec<Arc<tokio::sync::Semaphore>> = clients
+        .iter()
+        .map(|_| Arc::new(tokio::sync::Semaphore::new(streams)))
+        .collect();
     let (mut sent, mut not_sent) = (0u64, 0u64);
     let mut rss_warm: Option<u64> = None;
     let mut rss_max = 0u64;
@@ -416,18 +424,23 @@ async fn measure(
         }
         let due = ((now - start).as_secs_f64() * rate) as u64;
         while sent + not_sent < due {
-            if outcomes.outstanding.load(Ordering::Relaxed) >= max_outstanding {
+            let n = clients.len();
+            let free = (0..n).find_map(|i| {
+                let at = (sent as usize + i) % n;
+                let permit = Arc::clone(slots.get(at)?).try_acquire_owned().ok()?;
+                Some((clients.get(at)?.clone(), permit))
+            });
+            let Some((client, permit)) = free else {
                 not_sent += 1;
                 continue;
-            }
-            let client = clients
-                .get((sent as usize) % clients.len())
-                .cloned()
-                .ok_or("no client")?;
+            };
             sent += 1;
             let (outcomes, key, input) =
                 (Arc::clone(&outcomes), Arc::clone(&key), Arc::clone(&input));
-            tokio::spawn(async move { outcomes.call(client, &key, &input).await });
+            tokio::spawn(async move {
+                outcomes.call(client, &key, &input).await;
+                drop(permit);
+            });
         }
         if now >= next_sample {
             next_sample = now + Duration::from_millis(200);
@@ -469,8 +482,9 @@ async fn measure(
     let p99_ms = outcomes.accepted.quantile(0.99) as f64 / 1000.0;
     println!("result ({secs:.1} s of overload):");
     println!(
-        "  offered: {:.0} req/s ({sent} sent; {not_sent} not sent: more than {max_outstanding} outstanding)",
-        (sent + not_sent) as f64 / secs
+        "  offered: {:.0} req/s; sent {:.0} req/s ({sent}; {not_sent} not sent: every connection had {streams} requests in flight)",
+        (sent + not_sent) as f64 / secs,
+        sent as f64 / secs
     );
     println!(
         "  accepted: {:.0} sig/s ({:.0}% of capacity; {ok} signatures, {} of them answered after the offered load stopped)",
