@@ -384,6 +384,22 @@ pin = { file = "/etc/sigild/pin" }
     }
 
     #[test]
+    fn audit_fsync_needs_a_file() {
+        let text = GOOD.to_owned() + "\n[audit]\nstdout = true\nfsync = true\n";
+        let err = Config::parse(Path::new("x.toml"), &text)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("field `audit.fsync`: needs audit.file"),
+            "{err}"
+        );
+        let text = GOOD.to_owned() + "\n[audit]\nfile = \"/var/log/a.jsonl\"\nfsync = true\n";
+        assert!(Config::parse(Path::new("x.toml"), &text).is_ok_and(|c| c.audit.fsync));
+    }
+
+    #[test]
     fn connection_limits_of_zero_are_refused() {
         for key in [
             "max_connections",
