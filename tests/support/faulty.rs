@@ -21,7 +21,11 @@ const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faulty-pkcs11/f
 pub fn module() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| build().unwrap_or_else(|e| panic!("cannot build the faulty module: {e}")))
+        .get_or_init(|| {
+            build()
+                .map_err(|e| e.to_string())
+                .expect("cannot build the faulty module")
+        })
         .clone()
 }
 
