@@ -154,7 +154,7 @@ impl Faults {
 /// Counters read from the stats file: `sign_calls` (data-producing `C_Sign` calls),
 /// `sign_inits`, `corrupted`, `other_key`, `sign_errors`, `delayed`, `hung`, `sessions_dropped`
 /// (drop generations applied), `sessions_invalidated`, `token_removals`, `absent_refusals`,
-/// `invalid_handle_calls`, `control_reads`.
+/// `invalid_handle_calls`, `control_reads`, `logins` (successful `C_Login` calls).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats(pub BTreeMap<String, u64>);
 
