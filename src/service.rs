@@ -12,6 +12,10 @@
 //! exact payload about to be signed, followed by the rate limits. Each request ends with one
 //! [`Record`] in the audit trail; with `fail_closed`, a signature whose record cannot be
 //! written is withheld.
+//!
+//! A signature that does not verify is never released: it is made once more afresh (the
+//! backend finds the key again, on a new session), and a device whose requests keep failing is
+//! quarantined ([`quarantine`]) until a probe signature verifies.
 
 use std::sync::Arc;
 use std::time::Duration;
