@@ -182,6 +182,25 @@ fn assert_invisible(t: &Tally, n: usize, what: &str, at_least: u64) {
     );
 }
 
+/// The daemon caught each bad signature itself: one "signing again afresh" warning per
+/// signature the module spoiled (the retries run on new sessions, which the every-2nd pattern
+/// spares).
+async fn assert_each_caught(d: &Daemon, injected: u64) -> TestResult {
+    let text = "withheld, signing again afresh";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = d.log_text().matches(text).count() as u64;
+        if seen == injected {
+            println!("  retried afresh: {seen}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{seen} retries logged for {injected} spoiled signatures").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupted_signature_every_2nd_is_invisible() -> TestResult {
     let cell = Cell::start("corrupted signature every 2nd", "").await?;
@@ -189,7 +208,7 @@ async fn corrupted_signature_every_2nd_is_invisible() -> TestResult {
     let results = cell.batch(50, 4).await?;
     let t = cell.tally(&results).await?;
     assert_invisible(&t, 50, "corrupted", 10);
-    Ok(())
+    assert_each_caught(&cell.d, t.stats.get("corrupted")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -199,7 +218,7 @@ async fn other_keys_signature_every_2nd_is_invisible() -> TestResult {
     let results = cell.batch(50, 4).await?;
     let t = cell.tally(&results).await?;
     assert_invisible(&t, 50, "other_key", 10);
-    Ok(())
+    assert_each_caught(&cell.d, t.stats.get("other_key")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
