@@ -257,6 +257,8 @@ async fn maintain(
                 .await;
             if ok {
                 tracing::info!("device available: SERVING");
+            } else if service.quarantine().since().is_some() {
+                tracing::warn!("device quarantined: NOT_SERVING");
             } else {
                 tracing::warn!("device unavailable: NOT_SERVING");
             }
