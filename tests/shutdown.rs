@@ -320,6 +320,80 @@ async fn requests_past_the_grace_period_get_unavailable() -> TestResult {
     Ok(())
 }
 
+/// A slow device (the fault-injecting module delays every `C_Sign` by 4 s): signing requests
+/// inside the device or queued for it at SIGTERM are answered UNAVAILABLE at the end of a 1 s
+/// grace period, and the daemon still exits 0 after its workers have left the module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_device_requests_past_the_grace_period_get_unavailable() -> TestResult {
+    let token = Token::new()?;
+    let faults = faulty::Faults::new(token.dir.path());
+    let text = faults
+        .config(&token, "\n[signing]\ntimeout_ms = 60000\n")
+        .replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 1\n",
+            1,
+        );
+    let config = token.write_config("slow.toml", &text)?;
+    let mut d = Daemon::start_config_env(&token.conf, &config, &faults.env())?;
+    d.create("sd-es256", "ES256", 0).await?;
+    faults.set("sign_delay_ms=4000\n");
+    let mut signing = Vec::new();
+    for n in 0..4 {
+        let mut s = d.signer().await?;
+        signing.push(tokio::spawn(async move {
+            let r = s
+                .sign_jws(pb::SignJwsRequest {
+                    key: "sd-es256".into(),
+                    protected_header: br#"{"alg":"ES256"}"#.to_vec(),
+                    payload: format!("{{\"n\":{n}}}").into_bytes(),
+                })
+                .await;
+            (r, Instant::now())
+        }));
+    }
+    // SIGTERM once the delay is seen at work inside the device.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while faults.stats().get("delayed") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no C_Sign was delayed\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term_at = Instant::now();
+    send_signal(d.pid(), "TERM")?;
+    for s in signing {
+        let (r, at) = s.await?;
+        let status = r
+            .err()
+            .ok_or("a request signed despite the 4 s delay and 1 s grace")?;
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("shutting down"), "{status:?}");
+        let waited = at.duration_since(term_at);
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_millis(3500),
+            "answered after {waited:?}, not at the end of the grace period"
+        );
+    }
+    let (d_back, status) = tokio::task::spawn_blocking(move || {
+        let status = d.wait_exit(Duration::from_secs(60));
+        (d, status)
+    })
+    .await?;
+    d = d_back;
+    let status = status?;
+    let log = d.log_text();
+    assert_eq!(status.code(), Some(0), "{status}\n{log}");
+    assert!(log.contains("device released"), "{log}");
+    println!(
+        "slow device: 4 requests answered UNAVAILABLE at the 1 s grace; stats {}",
+        faults.stats()
+    );
+    Ok(())
+}
+
 /// A `sigild dev` process with its log collected.
 struct Dev {
     child: Child,
