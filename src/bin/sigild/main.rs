@@ -78,6 +78,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Told to stop before serving: a clean exit, whichever step noticed it.
+        Err(e) if matches!(e.downcast_ref(), Some(app::StartError::Stopped)) => {
+            tracing::info!("stopped during start-up");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&*e),
     }
 }
@@ -158,7 +163,10 @@ async fn dev_mode(
     paths: &dev::DevPaths,
     stop: &app::Stop,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    stop.check()?;
+    if stop.requested() {
+        tracing::info!("stopped during start-up");
+        return Ok(());
+    }
     let p2 = paths.clone();
     let created = tokio::task::spawn_blocking(move || dev::ensure_token(&p2)).await??;
     if created {
