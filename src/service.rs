@@ -25,8 +25,10 @@ use crate::keyring::{KeyInfo, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
 mod error;
+pub mod quarantine;
 
 pub use error::{Chain, Error, ErrorKind};
+pub use quarantine::Quarantine;
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -57,6 +59,11 @@ pub struct ServiceOptions {
     /// Verify every signature with the public key before returning it, so a faulty device
     /// can never hand a caller a wrong signature.
     pub verify_signatures: bool,
+    /// Requests in a row whose signature did not verify, first and on the retry, before the
+    /// device is quarantined (0: never).
+    pub quarantine_after: u32,
+    /// Time between two probe signatures while the device is quarantined.
+    pub quarantine_probe: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -65,6 +72,8 @@ impl Default for ServiceOptions {
             max_payload_bytes: 64 * 1024,
             sign_timeout: Duration::from_secs(10),
             verify_signatures: true,
+            quarantine_after: 3,
+            quarantine_probe: Duration::from_secs(5),
         }
     }
 }
@@ -240,12 +249,15 @@ pub struct Service {
     audit: Arc<Audit>,
     /// Origin of the monotonic time handed to the rate limiter.
     epoch: std::time::Instant,
+    /// Whether the device is quarantined for producing signatures that do not verify.
+    quarantine: Quarantine,
 }
 
 impl Service {
     /// Wire a service. It refuses every remote caller until [`Service::with_access`] gives
     /// it a policy; in-process callers are not subject to policy.
     pub fn new(keyring: Arc<Keyring>, clock: Arc<dyn Clock>, options: ServiceOptions) -> Self {
+        let quarantine = Quarantine::new(options.quarantine_after, options.quarantine_probe);
         Service {
             keyring,
             clock,
@@ -253,6 +265,7 @@ impl Service {
             policy: Arc::new(Policy::deny_all()),
             audit: Arc::new(Audit::off()),
             epoch: std::time::Instant::now(),
+            quarantine,
         }
     }
 
@@ -282,6 +295,48 @@ impl Service {
     /// The service's options.
     pub fn options(&self) -> &ServiceOptions {
         &self.options
+    }
+
+    /// The device's quarantine state (readiness reports NOT_SERVING while it is quarantined).
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    /// While the device is quarantined and a probe is due: sign a fixed message with the
+    /// active version of a key and verify it; a verified probe lifts the quarantine. Returns
+    /// whether the device may sign (not quarantined). Called by the readiness upkeep.
+    pub async fn probe_quarantine(&self) -> bool {
+        if !self.quarantine.probe_due() {
+            return self.quarantine.since().is_none();
+        }
+        let mut versions: Vec<_> = match self.keyring.list() {
+            Ok(keys) => keys.iter().filter_map(|k| k.active().cloned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        versions.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        let Some(version) = versions.first() else {
+            tracing::warn!("quarantine probe: no key has an active version to sign with");
+            return false;
+        };
+        let deadline = std::time::Instant::now() + self.options.sign_timeout;
+        let alg = version.alg;
+        match self
+            .device_sign(version, alg, PROBE_MESSAGE, deadline, true)
+            .await
+        {
+            Ok(sig) if self.verifies(version, alg, PROBE_MESSAGE, &sig) => {
+                self.quarantine.lift();
+                true
+            }
+            Ok(_) => {
+                tracing::warn!(key = %version.name.as_str(), version = version.version, "quarantine probe: the signature still does not verify");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(key = %version.name.as_str(), version = version.version, error = %e.chain(), "quarantine probe failed");
+                false
+            }
+        }
     }
 
     /// Run one request: open its audit record, run `body` (which authorizes first), then
@@ -418,37 +473,83 @@ impl Service {
     }
 
     /// Sign `input` with `version` using `alg`: hash on the host where allowed, sign on the
-    /// device, refuse a signature of the wrong length, optionally verify it.
+    /// device, refuse a signature of the wrong length, verify it (unless configured not to).
+    /// A signature that fails those checks is withheld and the device asked once more, afresh
+    /// (the key handle found again, on another session); the caller sees only a signature that
+    /// passed. Requests that fail on the retry too feed the quarantine, which refuses signing
+    /// at once while it lasts.
     async fn sign_input(
         &self,
         version: &VersionInfo,
         alg: Alg,
         input: &[u8],
+        request_id: &str,
+    ) -> Result<Vec<u8>, Error> {
+        if self.quarantine.since().is_some() {
+            return Err(Error::Quarantined);
+        }
+        let deadline = std::time::Instant::now() + self.options.sign_timeout;
+        let sig = self
+            .device_sign(version, alg, input, deadline, false)
+            .await?;
+        if self.verifies(version, alg, input, &sig) {
+            self.quarantine.verified();
+            return Ok(sig);
+        }
+        tracing::warn!(
+            request_id,
+            key = %version.name.as_str(),
+            version = version.version,
+            "the device's signature does not verify; withheld, signing again afresh"
+        );
+        let sig = self
+            .device_sign(version, alg, input, deadline, true)
+            .await?;
+        if self.verifies(version, alg, input, &sig) {
+            self.quarantine.verified();
+            return Ok(sig);
+        }
+        self.quarantine.failed(request_id);
+        alg.check_signature(version.kind, &sig)?;
+        Err(Error::BadSignature {
+            key: version.name.to_string(),
+            version: version.version,
+            kid: version.kid.clone(),
+        })
+    }
+
+    /// One device signature of `input`, answered by `deadline` (`fresh`: with the key handle
+    /// and session renewed first, see [`crate::backend::Backend::sign_afresh`]).
+    async fn device_sign(
+        &self,
+        version: &VersionInfo,
+        alg: Alg,
+        input: &[u8],
+        deadline: std::time::Instant,
+        fresh: bool,
     ) -> Result<Vec<u8>, Error> {
         let op = alg.sign_op(input);
-        let pending = self.keyring.backend().sign(
-            &version.key_id,
-            version.kind,
-            op,
-            std::time::Instant::now() + self.options.sign_timeout,
-        );
-        let sig = tokio::time::timeout(self.options.sign_timeout, pending)
+        let backend = self.keyring.backend();
+        let pending = if fresh {
+            backend.sign_afresh(&version.key_id, version.kind, op, deadline)
+        } else {
+            backend.sign(&version.key_id, version.kind, op, deadline)
+        };
+        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), pending)
             .await
             .map_err(|_| Error::Timeout {
                 key: version.name.to_string(),
                 version: version.version,
                 ms: self.options.sign_timeout.as_millis(),
             })?
-            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
-        alg.check_signature(version.kind, &sig)?;
-        if self.options.verify_signatures && !jose::verify(&version.public, alg, input, &sig) {
-            return Err(Error::BadSignature {
-                key: version.name.to_string(),
-                version: version.version,
-                kid: version.kid.clone(),
-            });
-        }
-        Ok(sig)
+            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))
+    }
+
+    /// Whether `sig` is a well-formed signature of `input` by `version` (the length always;
+    /// the signature itself unless verification is turned off).
+    fn verifies(&self, version: &VersionInfo, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
+        alg.check_signature(version.kind, sig).is_ok()
+            && (!self.options.verify_signatures || jose::verify(&version.public, alg, input, sig))
     }
 
     async fn sign_parts(
@@ -463,7 +564,12 @@ impl Service {
         self.authorize_content(call, &claims)?;
         let input = parts.signing_input();
         let sig = self
-            .sign_input(version, parts.alg, input.as_bytes())
+            .sign_input(
+                version,
+                parts.alg,
+                input.as_bytes(),
+                &call.record.request_id,
+            )
             .await?;
         Ok(SignedJws {
             signature: jose::b64(&sig),
@@ -527,7 +633,9 @@ impl Service {
             let (version, alg) = self.resolve(key, alg)?;
             note_version(call, &version, alg);
             self.authorize_content(call, &None)?;
-            let signature = self.sign_input(&version, alg, data).await?;
+            let signature = self
+                .sign_input(&version, alg, data, &call.record.request_id)
+                .await?;
             Ok(RawSignature {
                 signature,
                 kid: version.kid.clone(),
@@ -904,6 +1012,9 @@ impl Service {
 }
 
 /// `value`, or `default` when it is 0 (proto3's "not set").
+/// What the quarantine probe signs: fixed, so a probe never signs anything a caller chose.
+const PROBE_MESSAGE: &[u8] = b"sigild quarantine probe: not a token";
+
 fn or_default(value: u64, default: u64) -> u64 {
     if value == 0 { default } else { value }
 }

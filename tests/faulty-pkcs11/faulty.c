@@ -10,11 +10,16 @@
  * a new file and rename it over the old one). One key=value per line, all optional, '#' starts a
  * comment:
  *   sign_error=CKR_NAME|0xHEX   fail the data-producing C_Sign with this code ...
- *   sign_error_every=N          ... every Nth data-producing C_Sign (default 1: every one)
+ *   sign_error_every=N          ... every Nth data-producing C_Sign of a session (default 1:
+ *                               every one)
  *   sign_error_percent=P        ... or at random, P % of them
- *   corrupt_every=N             flip a byte of every Nth signature (C_Sign answers CKR_OK)
- *   other_key_every=N           every Nth C_SignInit signs with another private key of the same
- *                               CKA_KEY_TYPE (and CKA_EC_PARAMS) found on the session
+ *   corrupt_every=N             flip a byte of every Nth signature of a session (C_Sign
+ *                               answers CKR_OK)
+ *   other_key_every=N           every Nth C_SignInit of a session signs with another private
+ *                               key of the same CKA_KEY_TYPE (and CKA_EC_PARAMS) on the token
+ * "Every Nth" counts per session, so that with several threads signing at once the pattern
+ * stays what it says for each of them (a retry on a new session starts counting again); the
+ * stats count over the whole process.
  *   drop_sessions=GEN           each new GEN invalidates every open session once; with
  *   keep_login=0|1              0: the real sessions are closed (the token logs out);
  *                               1: the old handles answer CKR_SESSION_HANDLE_INVALID while the
@@ -35,7 +40,11 @@
  * Session handles are virtual (the module's own numbers, never reused), so a handle invalidated
  * here can never come to name another thread's new session on the real module.
  *
- * Stats: <control>.stats, rewritten (atomically) after each counted event, key=count lines.
+ * Stats: <control>.stats, rewritten (atomically) after each counted event, key=count lines:
+ * sign_inits, sign_calls (data-producing), corrupted, other_key, sign_errors, delayed, hung,
+ * sessions_dropped (drop generations applied), sessions_invalidated, token_removals,
+ * absent_refusals, invalid_handle_calls (calls on an invalidated handle), control_reads,
+ * logins (successful C_Login calls).
  *
  * Thread-safe: one mutex guards the state, never held across a call into the real module; a
  * read-write gate keeps session invalidation (which closes real sessions) from running while
@@ -88,6 +97,8 @@ struct session {
 	CK_SESSION_HANDLE real;
 	CK_SLOT_ID slot;
 	enum session_state state;
+	unsigned long sign_inits; /* C_SignInit calls on this session */
+	unsigned long sign_calls; /* data-producing C_Sign calls on this session */
 };
 
 /* Counters written to the stats file. */
@@ -105,6 +116,7 @@ struct stats {
 	unsigned long absent_refusals;
 	unsigned long invalid_handle_calls;
 	unsigned long control_reads;
+	unsigned long logins;
 };
 
 /* Calls per function name, for kill_at / kill_after. */
@@ -194,11 +206,11 @@ static void write_stats(void)
 		"sign_inits=%lu\nsign_calls=%lu\ncorrupted=%lu\nother_key=%lu\n"
 		"sign_errors=%lu\ndelayed=%lu\nhung=%lu\nsessions_dropped=%lu\n"
 		"sessions_invalidated=%lu\ntoken_removals=%lu\nabsent_refusals=%lu\n"
-		"invalid_handle_calls=%lu\ncontrol_reads=%lu\n",
+		"invalid_handle_calls=%lu\ncontrol_reads=%lu\nlogins=%lu\n",
 		st.sign_inits, st.sign_calls, st.corrupted, st.other_key, st.sign_errors,
 		st.delayed, st.hung, st.sessions_dropped, st.sessions_invalidated,
 		st.token_removals, st.absent_refusals, st.invalid_handle_calls,
-		st.control_reads);
+		st.control_reads, st.logins);
 	if (fclose(f) == 0)
 		rename(tmp, stats_path);
 	else
@@ -320,6 +332,8 @@ static int add_session(CK_SESSION_HANDLE real_h, CK_SLOT_ID slot, CK_SESSION_HAN
 	sessions[n_sessions].real = real_h;
 	sessions[n_sessions].slot = slot;
 	sessions[n_sessions].state = LIVE;
+	sessions[n_sessions].sign_inits = 0;
+	sessions[n_sessions].sign_calls = 0;
 	n_sessions++;
 	return 1;
 }
@@ -747,9 +761,27 @@ SESSION_FN(C_SetOperationState,
 	   (CK_SESSION_HANDLE hSession, CK_BYTE_PTR state, CK_ULONG len, CK_OBJECT_HANDLE ek,
 	    CK_OBJECT_HANDLE ak),
 	   (rh, state, len, ek, ak))
-SESSION_FN(C_Login,
-	   (CK_SESSION_HANDLE hSession, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len),
-	   (rh, user, pin, len))
+
+/* C_Login, counted when it succeeds (a test tells a kept login from a new one). */
+static CK_RV w_C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+		       CK_ULONG len)
+{
+	CK_SESSION_HANDLE rh = 0;
+	unsigned long n = enter("C_Login");
+	CK_RV rv = resolve(hSession, &rh);
+	if (rv == CKR_OK) {
+		rv = real->C_Login(rh, user, pin, len);
+		pthread_rwlock_unlock(&gate);
+		if (rv == CKR_OK) {
+			pthread_mutex_lock(&lock);
+			st.logins++;
+			write_stats();
+			pthread_mutex_unlock(&lock);
+		}
+	}
+	leave("C_Login", n);
+	return rv;
+}
 SESSION_FN(C_Logout, (CK_SESSION_HANDLE hSession), (rh))
 SESSION_FN(C_CreateObject,
 	   (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR t, CK_ULONG n_t, CK_OBJECT_HANDLE_PTR o),
@@ -902,15 +934,18 @@ static CK_RV w_C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJ
 	unsigned long n = enter("C_SignInit");
 	CK_SESSION_HANDLE rh = 0;
 	CK_OBJECT_HANDLE use = key;
-	unsigned long every, count;
+	unsigned long every, count = 0;
+	struct session *s;
 	CK_RV rv = resolve(hSession, &rh);
 
 	if (rv == CKR_OK) {
 		pthread_mutex_lock(&lock);
-		count = ++st.sign_inits;
+		st.sign_inits++;
+		if ((s = find_session(hSession)))
+			count = ++s->sign_inits;
 		every = ctl.other_key_every;
 		pthread_mutex_unlock(&lock);
-		if (every && count % every == 0) {
+		if (every && count && count % every == 0) {
 			use = other_key(rh, key);
 			if (use != key) {
 				pthread_mutex_lock(&lock);
@@ -932,6 +967,7 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR data, CK_ULONG dat
 	unsigned long n = enter("C_Sign");
 	CK_SESSION_HANDLE rh = 0;
 	struct control c;
+	struct session *s;
 	unsigned long count = 0;
 	int fail = 0, corrupt = 0;
 	CK_RV rv;
@@ -940,12 +976,14 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR data, CK_ULONG dat
 		/* The data-producing call: count it and decide its fate. */
 		pthread_mutex_lock(&lock);
 		c = ctl;
-		count = ++st.sign_calls;
+		st.sign_calls++;
+		if ((s = find_session(hSession)) && s->state == LIVE)
+			count = ++s->sign_calls;
 		if (c.sign_error && c.sign_error_percent)
 			fail = (unsigned long)(rand_r(&rand_state) % 100) < c.sign_error_percent;
-		else if (c.sign_error && c.sign_error_every)
+		else if (c.sign_error && c.sign_error_every && count)
 			fail = count % c.sign_error_every == 0;
-		corrupt = c.corrupt_every && count % c.corrupt_every == 0;
+		corrupt = c.corrupt_every && count && count % c.corrupt_every == 0;
 		if (c.sign_delay_ms)
 			st.delayed++;
 		if (c.hang)

@@ -21,7 +21,11 @@ const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faulty-pkcs11/f
 pub fn module() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| build().unwrap_or_else(|e| panic!("cannot build the faulty module: {e}")))
+        .get_or_init(|| {
+            build()
+                .map_err(|e| e.to_string())
+                .expect("cannot build the faulty module")
+        })
         .clone()
 }
 
@@ -150,7 +154,7 @@ impl Faults {
 /// Counters read from the stats file: `sign_calls` (data-producing `C_Sign` calls),
 /// `sign_inits`, `corrupted`, `other_key`, `sign_errors`, `delayed`, `hung`, `sessions_dropped`
 /// (drop generations applied), `sessions_invalidated`, `token_removals`, `absent_refusals`,
-/// `invalid_handle_calls`, `control_reads`.
+/// `invalid_handle_calls`, `control_reads`, `logins` (successful `C_Login` calls).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats(pub BTreeMap<String, u64>);
 
