@@ -478,3 +478,73 @@ async fn import_survives_a_kill_at_every_device_write() -> TestResult {
     writes_are_complete(Op::Import).await?;
     crash_everywhere(Op::Import).await
 }
+
+/// Repair concerns every key and objects that belong to none: only an admin rule that covers
+/// every key may run it (even as a dry run), and both kinds of run are in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_needs_admin_on_every_key_and_is_audited() -> TestResult {
+    const PARTIAL: &str = "spiffe://sigild.test/idp-admin";
+    let token = Token::new()?;
+    let d = Daemon::start_with(
+        &token,
+        &format!(
+            "[[caller]]\nidentity = \"{PARTIAL}\"\nkeys = [\"idp-*\"]\noperations = [\"jws\"]\nadmin = true\n\n[audit]\nstdout = true\n"
+        ),
+    )?;
+    let partial = token.pki.client(
+        "idp-admin",
+        &sigild::tls::ClientNames {
+            spiffe: Some(PARTIAL.into()),
+            ..Default::default()
+        },
+    )?;
+    let mut c = pb::key_service_client::KeyServiceClient::new(d.channel_as(&partial).await?);
+    for dry_run in [true, false] {
+        let refused = c
+            .repair_keyring(pb::RepairKeyringRequest { dry_run })
+            .await
+            .err()
+            .ok_or("an admin of idp-* ran a repair")?;
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    // The same caller may still administer its own keys.
+    c.create_key(pb::CreateKeyRequest {
+        name: "idp-a".into(),
+        alg: "ES256".into(),
+        rsa_bits: 0,
+        fapi2: false,
+    })
+    .await?;
+    assert_eq!(repair(&d, true)?.1, "nothing to repair");
+    assert_eq!(repair(&d, false)?.1, "nothing to repair");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let records: Vec<Value> = d
+        .stdout_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    let of = |op: &str, caller: &str, decision: &str| {
+        records
+            .iter()
+            .filter(|r| r["operation"] == op && r["caller"] == caller && r["decision"] == decision)
+            .filter(|r| r["key"] == "*")
+            .count()
+    };
+    assert_eq!(
+        of("admin:repair-dry-run", PARTIAL, "deny"),
+        1,
+        "{records:?}"
+    );
+    assert_eq!(of("admin:repair", PARTIAL, "deny"), 1, "{records:?}");
+    assert_eq!(
+        of("admin:repair-dry-run", support::ADMIN_SPIFFE, "allow"),
+        1,
+        "{records:?}"
+    );
+    assert_eq!(
+        of("admin:repair", support::ADMIN_SPIFFE, "allow"),
+        1,
+        "{records:?}"
+    );
+    Ok(())
+}
