@@ -728,7 +728,9 @@ impl Keyring {
                             None => {
                                 versions.insert(r.version, r);
                             }
-                            // Two copies: a replacement was interrupted. The newer one counts.
+                            // Two copies: a replacement was interrupted. The newer one counts
+                            // (equal generations only between records of releases before
+                            // generations: the first seen is kept).
                             Some(have) => {
                                 stale.push((name, r.version));
                                 if r.generation > have.generation {
