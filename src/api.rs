@@ -17,7 +17,7 @@ use crate::backend::parse_pkcs8;
 #[cfg(feature = "server")]
 use crate::jose::Alg;
 #[cfg(feature = "server")]
-use crate::keyring::{KeyInfo, KeyState};
+use crate::keyring::{KeyInfo, KeyState, Leftover};
 #[cfg(feature = "server")]
 use crate::policy::Caller;
 #[cfg(feature = "server")]
@@ -461,6 +461,32 @@ impl KeyService for Api {
         ))
     }
 
+    async fn repair_keyring(
+        &self,
+        req: Request<pb::RepairKeyringRequest>,
+    ) -> Result<pb::RepairKeyringResponse> {
+        let origin = self.origin(&req)?;
+        let dry_run = req.into_inner().dry_run;
+        let report = self
+            .service
+            .repair_keyring(&origin, dry_run)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        tracing::info!(
+            request_id = %origin.request_id,
+            found = report.found.len(),
+            repaired = report.repaired,
+            "keyring repair"
+        );
+        Ok(respond(
+            &origin,
+            pb::RepairKeyringResponse {
+                leftovers: report.found.iter().map(leftover_to_pb).collect(),
+                repaired: report.repaired,
+            },
+        ))
+    }
+
     async fn get_certificate_chain(
         &self,
         req: Request<pb::GetCertificateChainRequest>,
@@ -477,6 +503,21 @@ impl KeyService for Api {
 }
 
 #[cfg(feature = "server")]
+fn leftover_to_pb(l: &Leftover) -> pb::KeyringLeftover {
+    let (name, version) = l
+        .version()
+        .map(|(n, v)| (n.to_string(), v))
+        .unwrap_or_default();
+    pb::KeyringLeftover {
+        kind: l.kind().to_owned(),
+        name,
+        version,
+        key_id: l.key_id().map(|id| id.to_hex()).unwrap_or_default(),
+        description: l.to_string(),
+        action: l.action(),
+    }
+}
+
 fn chain_to_pb(name: String, version: u32, certificates: Vec<Vec<u8>>) -> pb::CertificateChain {
     pb::CertificateChain {
         x5t_s256: certificates

@@ -935,6 +935,29 @@ impl Service {
         .await
     }
 
+    /// Find what interrupted key operations left on the device and, unless `dry_run`, remove
+    /// it (see [`crate::keyring::Keyring::repair`]). It concerns every key and objects that
+    /// belong to none, so it is authorized as `admin` on the key name `*`: only a caller whose
+    /// admin rule covers every key may run it.
+    ///
+    /// # Errors
+    /// Permission, device errors.
+    pub async fn repair_keyring(
+        &self,
+        origin: &Origin,
+        dry_run: bool,
+    ) -> Result<crate::keyring::RepairReport, Error> {
+        let what = if dry_run {
+            "admin:repair-dry-run"
+        } else {
+            "admin:repair"
+        };
+        self.admin(origin, what, "*", 0, async || {
+            Ok(self.keyring.repair(dry_run).await?)
+        })
+        .await
+    }
+
     /// Attach a certificate chain (DER, leaf first) to a version (0: active). Admin.
     ///
     /// # Errors

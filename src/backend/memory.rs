@@ -23,6 +23,7 @@ use ring::signature::{self, KeyPair as _};
 
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+    StoredKeyPair,
 };
 use crate::crypto::{Curve, KeyKind, PublicKey, SignOp};
 
@@ -51,6 +52,10 @@ struct Faults {
     destroy_fails: bool,
     /// How many further `key` calls fail as a device that is briefly unreachable would.
     key_reads_failing: usize,
+    /// How many `put_record` calls succeed before one writes its new copy and stops before
+    /// removing the old one, as a process killed between the two device writes of a record
+    /// replacement would; the call then fails.
+    put_record_leaves_old_after: Option<usize>,
     /// `records` lists nothing while set (the device hides its objects: a fault, a partition
     /// being restored); the records are still there.
     records_hidden: bool,
@@ -75,6 +80,9 @@ struct State {
     keys: BTreeMap<KeyId, SoftKey>,
     /// Records by label.
     records: BTreeMap<String, Vec<u8>>,
+    /// Older copies of records that an interrupted replacement left next to the current one;
+    /// listed before the current copies, so a reader that takes the last copy it sees is wrong.
+    old_copies: Vec<(String, Vec<u8>)>,
     /// The next key id.
     next_id: u64,
     /// Pending faults.
@@ -116,6 +124,13 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Let `n` further `put_record` calls succeed; the next one that replaces a record writes
+    /// the new copy, keeps the old one, and fails (a process killed between the two writes).
+    pub fn crash_in_record_replacement_after(&self, n: usize) -> Result<(), BackendError> {
+        self.lock()?.faults.put_record_leaves_old_after = Some(n);
+        Ok(())
+    }
+
     /// The next `destroy` fails and leaves the key pair on the device.
     pub fn fail_destroy(&self) -> Result<(), BackendError> {
         self.lock()?.faults.destroy_fails = true;
@@ -151,9 +166,14 @@ impl MemoryBackend {
         Ok(self.lock()?.keys.keys().cloned().collect())
     }
 
-    /// The labels of every record on the device (hidden or not).
+    /// The labels of every record copy on the device (hidden or not).
     pub fn record_labels(&self) -> Result<Vec<String>, BackendError> {
-        Ok(self.lock()?.records.keys().cloned().collect())
+        let s = self.lock()?;
+        Ok(s.old_copies
+            .iter()
+            .map(|(l, _)| l.clone())
+            .chain(s.records.keys().cloned())
+            .collect())
     }
 
     /// Put an Ed25519 key pair on the device as another tool would; returns its URI for
@@ -459,13 +479,29 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>> {
+        self.call(|s| {
+            Ok(s.keys
+                .iter()
+                .map(|(id, k)| StoredKeyPair {
+                    id: id.clone(),
+                    label: k.label.clone(),
+                    private: true,
+                    public: true,
+                })
+                .collect())
+        })
+    }
+
     fn records(&self) -> BackendFuture<Vec<Record>> {
         self.call(|s| {
             if s.faults.records_hidden {
                 return Ok(Vec::new());
             }
-            Ok(s.records
+            Ok(s.old_copies
                 .iter()
+                .map(|(label, value)| (label, value))
+                .chain(s.records.iter())
                 .map(|(label, value)| Record {
                     label: label.clone(),
                     value: value.clone(),
@@ -487,6 +523,23 @@ impl Backend for MemoryBackend {
                 Some(n) => s.faults.put_record_fails_after = Some(n - 1),
                 None => {}
             }
+            let replaces = s.records.contains_key(&record.label);
+            match s.faults.put_record_leaves_old_after {
+                Some(0) if replaces => {
+                    s.faults.put_record_leaves_old_after = None;
+                    let label = record.label.clone();
+                    if let Some(old) = s.records.insert(record.label, record.value) {
+                        s.old_copies.push((label.clone(), old));
+                    }
+                    return Err(BackendError::Unavailable(format!(
+                        "injected crash between writing record {label} and removing its old copy"
+                    )));
+                }
+                Some(n) if replaces => s.faults.put_record_leaves_old_after = Some(n - 1),
+                _ => {}
+            }
+            // A replacement removes every older copy, as the PKCS#11 backend does.
+            s.old_copies.retain(|(l, _)| *l != record.label);
             s.records.insert(record.label, record.value);
             Ok(())
         })

@@ -87,6 +87,21 @@ pub struct Record {
     pub value: Vec<u8>,
 }
 
+/// A key pair as the device lists it, or the one half of it that an interrupted generation,
+/// import or destruction left behind: what the keyring needs to find key pairs that no record
+/// names (see [`Backend::key_pairs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKeyPair {
+    /// The backend's identifier (PKCS#11: the objects' `CKA_ID`).
+    pub id: KeyId,
+    /// The device label, which tells sigild's key pairs (`sigild/…`) from other tools'.
+    pub label: String,
+    /// The private half is on the device.
+    pub private: bool,
+    /// The public half is on the device.
+    pub public: bool,
+}
+
 /// Why a backend operation failed. Device return codes are kept for the log (`CKR_…`); the
 /// service decides what a caller is told.
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +199,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Read a key pair's public half and label (used when loading the keyring).
     fn key(&self, key: &KeyId) -> BackendFuture<KeyObject>;
 
-    /// Destroy both halves of a key pair.
+    /// Destroy both halves of a key pair, or the one half that is left of it (an earlier
+    /// destroy was interrupted); [`BackendError::KeyNotFound`] when neither is there.
     fn destroy(&self, key: &KeyId) -> BackendFuture<()>;
+
+    /// Every key pair on the device that has a key id, with halves found alone, whoever made
+    /// them: the keyring compares it with its records to find what an interrupted operation
+    /// left behind. Read-only.
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>>;
 
     /// All metadata records this backend holds for sigild.
     fn records(&self) -> BackendFuture<Vec<Record>>;

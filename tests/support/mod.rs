@@ -442,6 +442,24 @@ impl Daemon {
     pub fn wait_exit(&mut self, within: Duration) -> TestResult<std::process::ExitStatus> {
         wait_exit(&mut self.child, within)
     }
+
+    /// Wait up to `within` for the daemon to exit by itself (a crash, a kill it did not get
+    /// from the test): its exit status, or `None` while it still runs.
+    pub fn exited_within(
+        &mut self,
+        within: Duration,
+    ) -> TestResult<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Send `signal` (`TERM`, `INT`, `KILL`, …) to process `pid`.

@@ -37,6 +37,7 @@ use cryptoki::slot::Slot;
 use super::worker::{Device, Failure, Fault, Pool, Retry};
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+    StoredKeyPair,
 };
 use crate::crypto::{KeyKind, SignOp};
 use crate::secret::Secret;
@@ -699,6 +700,15 @@ impl Backend for Pkcs11Backend {
                 let (session, shared) = w.parts()?;
                 shared.forget_handle(&key);
                 objects::destroy(session, &key)
+            })
+        })
+    }
+
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>> {
+        self.submit(|w| {
+            w.run(Retry::Idempotent, |w| {
+                let (session, _) = w.parts()?;
+                objects::key_pairs(session)
             })
         })
     }

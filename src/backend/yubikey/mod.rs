@@ -29,6 +29,7 @@ use super::worker::{Device, Failure, Fault, Pool, Retry};
 mod settings;
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+    StoredKeyPair,
 };
 use crate::crypto::{Curve, KeyKind, SignOp};
 use encode::CardKey;
@@ -766,6 +767,29 @@ impl Backend for YubikeyBackend {
         // Repeatable: overwriting the slot again and saving the same store converge (a destroy
         // that completed answers KeyNotFound, which callers take as done).
         self.submit(None, move |c| c.run(Retry::Idempotent, |c| c.destroy(&key)))
+    }
+
+    /// The slot table's sigild keys (a PIV slot always holds both halves); keys of other
+    /// tools have no entry and no key id, so they are not listed.
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>> {
+        self.submit(None, |c| {
+            c.run(Retry::Idempotent, |c| {
+                Ok(c.load_store()?
+                    .into_iter()
+                    .filter_map(|(label, entry)| {
+                        let slot = label.strip_prefix(store::SLOT_PREFIX)?;
+                        let slot = u8::from_str_radix(slot, 16).ok()?;
+                        let tag: [u8; 4] = entry.get(..4)?.try_into().ok()?;
+                        Some(StoredKeyPair {
+                            id: key_id(slot, tag),
+                            label: String::from_utf8_lossy(entry.get(4..)?).into_owned(),
+                            private: true,
+                            public: true,
+                        })
+                    })
+                    .collect())
+            })
+        })
     }
 
     fn records(&self) -> BackendFuture<Vec<Record>> {
