@@ -226,7 +226,9 @@ async fn maintain(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let ok = service.keyring().backend().check().await.is_ok();
+        let Some(ok) = device_ready(service.keyring().backend().as_ref(), period).await else {
+            continue;
+        };
         since_refresh += period.min(Duration::from_secs(5));
         if ok && (serving != Some(true) || since_refresh >= period) {
             since_refresh = Duration::ZERO;
@@ -249,10 +251,59 @@ async fn maintain(
                 .await;
             if ok {
                 tracing::info!("device available: SERVING");
+            } else if service.keyring().backend().stalled() {
+                tracing::warn!("every device worker is stuck inside the device: NOT_SERVING");
             } else {
                 tracing::warn!("device unavailable: NOT_SERVING");
             }
             serving = Some(ok);
         }
+    }
+}
+
+/// Whether the device can serve now: not while every worker is stuck inside it (asked without
+/// queueing), otherwise what its check says. `None` when the check, queued behind busy
+/// workers, did not answer within `wait` (up to 5 s): no news, readiness stays as it is.
+async fn device_ready(backend: &dyn crate::backend::Backend, wait: Duration) -> Option<bool> {
+    if backend.stalled() {
+        return Some(false);
+    }
+    match tokio::time::timeout(wait.min(Duration::from_secs(5)), backend.check()).await {
+        Ok(r) => Some(r.is_ok()),
+        Err(_) if backend.stalled() => Some(false),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::backend::Backend as _;
+    use crate::backend::memory::MemoryBackend;
+
+    #[tokio::test]
+    async fn a_stalled_device_is_not_ready_without_a_queued_check() {
+        let backend = MemoryBackend::new();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(true)
+        );
+        backend.set_stalled(true).unwrap();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(false)
+        );
+        backend.set_stalled(false).unwrap();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(true)
+        );
+        // A device that cannot be reached is not ready either.
+        backend.shutdown();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(false)
+        );
     }
 }

@@ -54,6 +54,8 @@ struct Faults {
     /// `records` lists nothing while set (the device hides its objects: a fault, a partition
     /// being restored); the records are still there.
     records_hidden: bool,
+    /// [`Backend::stalled`] answers `true` while set (every worker of a real device stuck).
+    stalled: bool,
 }
 
 /// The shared "device".
@@ -112,6 +114,12 @@ impl MemoryBackend {
     /// [`BackendError::Unavailable`], as on a device that is briefly busy or unreachable.
     pub fn fail_key_reads(&self, n: usize) -> Result<(), BackendError> {
         self.lock()?.faults.key_reads_failing = n;
+        Ok(())
+    }
+
+    /// Report every worker stuck (`true`) or none (`false`) through [`Backend::stalled`].
+    pub fn set_stalled(&self, stalled: bool) -> Result<(), BackendError> {
+        self.lock()?.faults.stalled = stalled;
         Ok(())
     }
 
@@ -442,6 +450,10 @@ impl Backend for MemoryBackend {
 
     fn check(&self) -> BackendFuture<()> {
         self.call(|_| Ok(()))
+    }
+
+    fn stalled(&self) -> bool {
+        self.lock().is_ok_and(|s| s.faults.stalled)
     }
 
     /// No workers to stop: later calls answer [`BackendError::ShuttingDown`].
