@@ -186,15 +186,25 @@ pub struct Origin {
     pub caller: Caller,
     /// Random request id (16 hex digits).
     pub request_id: String,
+    /// The caller's own deadline (gRPC `grpc-timeout`), when it set one: a signature is given
+    /// up by then even when `[signing] timeout_ms` is longer, and refused at once when it has
+    /// passed already.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Origin {
-    /// A request from `caller` with a fresh id.
+    /// A request from `caller` with a fresh id and no deadline of its own.
     pub fn new(caller: Caller) -> Origin {
         Origin {
             caller,
             request_id: request_id(),
+            deadline: None,
         }
+    }
+
+    /// The same request with the caller's deadline.
+    pub fn with_deadline(self, deadline: Option<std::time::Instant>) -> Origin {
+        Origin { deadline, ..self }
     }
 
     /// The daemon itself (dev set-up, benchmarks): not subject to policy, still audited.
@@ -224,6 +234,8 @@ struct Call {
     record: Record,
     /// Which rule allowed it (for its rate limit).
     grant: Option<crate::policy::Grant>,
+    /// The caller's deadline ([`Origin::deadline`]).
+    deadline: Option<std::time::Instant>,
 }
 
 /// The signing and key-management service.
@@ -321,6 +333,7 @@ impl Service {
                 ..Record::default()
             },
             grant: None,
+            deadline: origin.deadline,
         }
     }
 
@@ -417,27 +430,28 @@ impl Service {
         Ok(())
     }
 
-    /// Sign `input` with `version` using `alg`: hash on the host where allowed, sign on the
-    /// device, refuse a signature of the wrong length, optionally verify it.
+    /// Sign `input` with `version` using `alg` by `deadline` (the caller's, when it set one;
+    /// the configured timeout bounds it): hash on the host where allowed, sign on the device,
+    /// refuse a signature of the wrong length, optionally verify it.
     async fn sign_input(
         &self,
         version: &VersionInfo,
         alg: Alg,
         input: &[u8],
+        deadline: Option<std::time::Instant>,
     ) -> Result<Vec<u8>, Error> {
+        let (deadline, wait) = sign_deadline(self.options.sign_timeout, deadline)?;
         let op = alg.sign_op(input);
-        let pending = self.keyring.backend().sign(
-            &version.key_id,
-            version.kind,
-            op,
-            std::time::Instant::now() + self.options.sign_timeout,
-        );
-        let sig = tokio::time::timeout(self.options.sign_timeout, pending)
+        let pending = self
+            .keyring
+            .backend()
+            .sign(&version.key_id, version.kind, op, deadline);
+        let sig = tokio::time::timeout(wait, pending)
             .await
             .map_err(|_| Error::Timeout {
                 key: version.name.to_string(),
                 version: version.version,
-                ms: self.options.sign_timeout.as_millis(),
+                ms: wait.as_millis(),
             })?
             .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
         alg.check_signature(version.kind, &sig)?;
@@ -463,7 +477,7 @@ impl Service {
         self.authorize_content(call, &claims)?;
         let input = parts.signing_input();
         let sig = self
-            .sign_input(version, parts.alg, input.as_bytes())
+            .sign_input(version, parts.alg, input.as_bytes(), call.deadline)
             .await?;
         Ok(SignedJws {
             signature: jose::b64(&sig),
@@ -527,7 +541,7 @@ impl Service {
             let (version, alg) = self.resolve(key, alg)?;
             note_version(call, &version, alg);
             self.authorize_content(call, &None)?;
-            let signature = self.sign_input(&version, alg, data).await?;
+            let signature = self.sign_input(&version, alg, data, call.deadline).await?;
             Ok(RawSignature {
                 signature,
                 kid: version.kid.clone(),
@@ -881,6 +895,25 @@ impl Service {
 }
 
 /// `value`, or `default` when it is 0 (proto3's "not set").
+/// When a signature must be done, and how long that leaves: the configured `timeout` from now,
+/// or the caller's deadline when that comes sooner.
+///
+/// # Errors
+/// [`Error::DeadlinePassed`] when the caller's deadline has passed already: such a request
+/// never reaches the device.
+fn sign_deadline(
+    timeout: std::time::Duration,
+    caller: Option<std::time::Instant>,
+) -> Result<(std::time::Instant, std::time::Duration), Error> {
+    let now = std::time::Instant::now();
+    let configured = now + timeout;
+    let deadline = caller.map_or(configured, |c| c.min(configured));
+    match deadline.checked_duration_since(now) {
+        Some(wait) if !wait.is_zero() => Ok((deadline, wait)),
+        _ => Err(Error::DeadlinePassed),
+    }
+}
+
 fn or_default(value: u64, default: u64) -> u64 {
     if value == 0 { default } else { value }
 }
@@ -945,6 +978,29 @@ fn new_jti() -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_callers_deadline_bounds_signing_and_a_passed_one_is_refused() {
+        use std::time::{Duration, Instant};
+        let timeout = Duration::from_secs(10);
+        // No deadline of the caller's: the configured timeout.
+        let (_, wait) = sign_deadline(timeout, None).unwrap();
+        assert!(wait <= timeout && wait > timeout - Duration::from_secs(1));
+        // A sooner one wins; a later one does not.
+        let soon = Instant::now() + Duration::from_millis(300);
+        let (deadline, wait) = sign_deadline(timeout, Some(soon)).unwrap();
+        assert_eq!(deadline, soon);
+        assert!(wait <= Duration::from_millis(300));
+        let (_, wait) = sign_deadline(timeout, Some(Instant::now() + timeout * 3)).unwrap();
+        assert!(wait <= timeout);
+        // Passed already: refused, UNAVAILABLE, not a daemon fault.
+        let e = sign_deadline(timeout, Some(Instant::now())).unwrap_err();
+        assert!(matches!(e, Error::DeadlinePassed));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(!e.is_fault());
+        assert!(e.message().contains("deadline"));
+    }
 
     #[test]
     fn jtis_are_distinct_and_long() -> Result<(), Error> {
