@@ -227,6 +227,8 @@ pub fn service_options(config: &Config) -> ServiceOptions {
         max_payload_bytes: config.signing.max_payload_bytes,
         sign_timeout: Duration::from_millis(config.signing.timeout_ms),
         verify_signatures: config.signing.verify_signatures,
+        quarantine_after: config.signing.quarantine_after,
+        quarantine_probe: Duration::from_millis(config.signing.quarantine_probe_ms),
     }
 }
 

@@ -211,7 +211,8 @@ fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, String>
 }
 
 /// Keep readiness and the keyring current: check the device, refresh the keyring (other
-/// replicas may have rotated keys), report SERVING only when the device answers.
+/// replicas may have rotated keys), report SERVING only when the device answers and is not
+/// quarantined (probing it while it is).
 async fn maintain(
     service: Arc<Service>,
     health: tonic_health::server::HealthReporter,
@@ -219,17 +220,24 @@ async fn maintain(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut serving: Option<bool> = None;
-    let mut ticker = tokio::time::interval(period.min(Duration::from_secs(5)));
+    // Ticks at least as often as the quarantine probe is due, and at once when the device
+    // enters or leaves quarantine.
+    let tick = period
+        .min(Duration::from_secs(5))
+        .min(service.quarantine().probe_interval());
+    let mut ticker = tokio::time::interval(tick);
     let mut since_refresh = Duration::ZERO;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = service.quarantine().changed() => {}
             _ = stop.changed() => return,
         }
-        let Some(ok) = device_ready(service.keyring().backend().as_ref(), period).await else {
+        let Some(ready) = device_ready(service.keyring().backend().as_ref(), tick).await else {
             continue;
         };
-        since_refresh += period.min(Duration::from_secs(5));
+        let ok = ready && service.probe_quarantine().await;
+        since_refresh += tick;
         if ok && (serving != Some(true) || since_refresh >= period) {
             since_refresh = Duration::ZERO;
             if let Err(e) = service.keyring().refresh().await {

@@ -25,8 +25,10 @@ use crate::keyring::{KeyInfo, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
 mod error;
+pub mod quarantine;
 
 pub use error::{Chain, Error, ErrorKind};
+pub use quarantine::Quarantine;
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -57,6 +59,11 @@ pub struct ServiceOptions {
     /// Verify every signature with the public key before returning it, so a faulty device
     /// can never hand a caller a wrong signature.
     pub verify_signatures: bool,
+    /// Requests in a row whose signature did not verify, first and on the retry, before the
+    /// device is quarantined (0: never).
+    pub quarantine_after: u32,
+    /// Time between two probe signatures while the device is quarantined.
+    pub quarantine_probe: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -65,6 +72,8 @@ impl Default for ServiceOptions {
             max_payload_bytes: 64 * 1024,
             sign_timeout: Duration::from_secs(10),
             verify_signatures: true,
+            quarantine_after: 3,
+            quarantine_probe: Duration::from_secs(5),
         }
     }
 }
@@ -252,12 +261,15 @@ pub struct Service {
     audit: Arc<Audit>,
     /// Origin of the monotonic time handed to the rate limiter.
     epoch: std::time::Instant,
+    /// Whether the device is quarantined for producing signatures that do not verify.
+    quarantine: Quarantine,
 }
 
 impl Service {
     /// Wire a service. It refuses every remote caller until [`Service::with_access`] gives
     /// it a policy; in-process callers are not subject to policy.
     pub fn new(keyring: Arc<Keyring>, clock: Arc<dyn Clock>, options: ServiceOptions) -> Self {
+        let quarantine = Quarantine::new(options.quarantine_after, options.quarantine_probe);
         Service {
             keyring,
             clock,
@@ -265,6 +277,7 @@ impl Service {
             policy: Arc::new(Policy::deny_all()),
             audit: Arc::new(Audit::off()),
             epoch: std::time::Instant::now(),
+            quarantine,
         }
     }
 
@@ -294,6 +307,48 @@ impl Service {
     /// The service's options.
     pub fn options(&self) -> &ServiceOptions {
         &self.options
+    }
+
+    /// The device's quarantine state (readiness reports NOT_SERVING while it is quarantined).
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    /// While the device is quarantined and a probe is due: sign a fixed message with the
+    /// active version of a key and verify it; a verified probe lifts the quarantine. Returns
+    /// whether the device may sign (not quarantined). Called by the readiness upkeep.
+    pub async fn probe_quarantine(&self) -> bool {
+        if !self.quarantine.probe_due() {
+            return self.quarantine.since().is_none();
+        }
+        let mut versions: Vec<_> = match self.keyring.list() {
+            Ok(keys) => keys.iter().filter_map(|k| k.active().cloned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        versions.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        let Some(version) = versions.first() else {
+            tracing::warn!("quarantine probe: no key has an active version to sign with");
+            return false;
+        };
+        let deadline = std::time::Instant::now() + self.options.sign_timeout;
+        let alg = version.alg;
+        match self
+            .device_sign(version, alg, PROBE_MESSAGE, deadline, true)
+            .await
+        {
+            Ok(sig) if self.verifies(version, alg, PROBE_MESSAGE, &sig) => {
+                self.quarantine.lift();
+                true
+            }
+            Ok(_) => {
+                tracing::warn!(key = %version.name.as_str(), version = version.version, "quarantine probe: the signature still does not verify");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(key = %version.name.as_str(), version = version.version, error = %e.chain(), "quarantine probe failed");
+                false
+            }
+        }
     }
 
     /// Run one request: open its audit record, run `body` (which authorizes first), then
@@ -432,37 +487,85 @@ impl Service {
 
     /// Sign `input` with `version` using `alg` by `deadline` (the caller's, when it set one;
     /// the configured timeout bounds it): hash on the host where allowed, sign on the device,
-    /// refuse a signature of the wrong length, optionally verify it.
+    /// refuse a signature of the wrong length, verify it (unless configured not to).
+    /// A signature that fails those checks is withheld and the device asked once more, afresh
+    /// (the key handle found again, on another session), within the same deadline; the caller
+    /// sees only a signature that passed. Requests that fail on the retry too feed the
+    /// quarantine, which refuses signing at once while it lasts.
     async fn sign_input(
         &self,
         version: &VersionInfo,
         alg: Alg,
         input: &[u8],
+        request_id: &str,
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<u8>, Error> {
-        let (deadline, wait) = sign_deadline(self.options.sign_timeout, deadline)?;
+        if self.quarantine.since().is_some() {
+            return Err(Error::Quarantined);
+        }
+        let deadline = sign_deadline(self.options.sign_timeout, deadline)?;
+        let sig = self
+            .device_sign(version, alg, input, deadline, false)
+            .await?;
+        if self.verifies(version, alg, input, &sig) {
+            self.quarantine.verified();
+            return Ok(sig);
+        }
+        tracing::warn!(
+            request_id,
+            key = %version.name.as_str(),
+            version = version.version,
+            "the device's signature does not verify; withheld, signing again afresh"
+        );
+        let sig = self
+            .device_sign(version, alg, input, deadline, true)
+            .await?;
+        if self.verifies(version, alg, input, &sig) {
+            self.quarantine.verified();
+            return Ok(sig);
+        }
+        self.quarantine.failed(request_id);
+        alg.check_signature(version.kind, &sig)?;
+        Err(Error::BadSignature {
+            key: version.name.to_string(),
+            version: version.version,
+            kid: version.kid.clone(),
+        })
+    }
+
+    /// One device signature of `input`, answered by `deadline` (`fresh`: with the key handle
+    /// and session renewed first, see [`crate::backend::Backend::sign_afresh`]).
+    async fn device_sign(
+        &self,
+        version: &VersionInfo,
+        alg: Alg,
+        input: &[u8],
+        deadline: std::time::Instant,
+        fresh: bool,
+    ) -> Result<Vec<u8>, Error> {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
         let op = alg.sign_op(input);
-        let pending = self
-            .keyring
-            .backend()
-            .sign(&version.key_id, version.kind, op, deadline);
-        let sig = tokio::time::timeout(wait, pending)
+        let backend = self.keyring.backend();
+        let pending = if fresh {
+            backend.sign_afresh(&version.key_id, version.kind, op, deadline)
+        } else {
+            backend.sign(&version.key_id, version.kind, op, deadline)
+        };
+        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), pending)
             .await
             .map_err(|_| Error::Timeout {
                 key: version.name.to_string(),
                 version: version.version,
                 ms: wait.as_millis(),
             })?
-            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
-        alg.check_signature(version.kind, &sig)?;
-        if self.options.verify_signatures && !jose::verify(&version.public, alg, input, &sig) {
-            return Err(Error::BadSignature {
-                key: version.name.to_string(),
-                version: version.version,
-                kid: version.kid.clone(),
-            });
-        }
-        Ok(sig)
+            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))
+    }
+
+    /// Whether `sig` is a well-formed signature of `input` by `version` (the length always;
+    /// the signature itself unless verification is turned off).
+    fn verifies(&self, version: &VersionInfo, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
+        alg.check_signature(version.kind, sig).is_ok()
+            && (!self.options.verify_signatures || jose::verify(&version.public, alg, input, sig))
     }
 
     async fn sign_parts(
@@ -477,7 +580,13 @@ impl Service {
         self.authorize_content(call, &claims)?;
         let input = parts.signing_input();
         let sig = self
-            .sign_input(version, parts.alg, input.as_bytes(), call.deadline)
+            .sign_input(
+                version,
+                parts.alg,
+                input.as_bytes(),
+                &call.record.request_id,
+                call.deadline,
+            )
             .await?;
         Ok(SignedJws {
             signature: jose::b64(&sig),
@@ -541,7 +650,9 @@ impl Service {
             let (version, alg) = self.resolve(key, alg)?;
             note_version(call, &version, alg);
             self.authorize_content(call, &None)?;
-            let signature = self.sign_input(&version, alg, data, call.deadline).await?;
+            let signature = self
+                .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
+                .await?;
             Ok(RawSignature {
                 signature,
                 kid: version.kid.clone(),
@@ -894,9 +1005,8 @@ impl Service {
     }
 }
 
-/// `value`, or `default` when it is 0 (proto3's "not set").
-/// When a signature must be done, and how long that leaves: the configured `timeout` from now,
-/// or the caller's deadline when that comes sooner.
+/// When a signature must be done: the configured `timeout` from now, or the caller's deadline
+/// when that comes sooner.
 ///
 /// # Errors
 /// [`Error::DeadlinePassed`] when the caller's deadline has passed already: such a request
@@ -904,16 +1014,21 @@ impl Service {
 fn sign_deadline(
     timeout: std::time::Duration,
     caller: Option<std::time::Instant>,
-) -> Result<(std::time::Instant, std::time::Duration), Error> {
+) -> Result<std::time::Instant, Error> {
     let now = std::time::Instant::now();
     let configured = now + timeout;
     let deadline = caller.map_or(configured, |c| c.min(configured));
-    match deadline.checked_duration_since(now) {
-        Some(wait) if !wait.is_zero() => Ok((deadline, wait)),
-        _ => Err(Error::DeadlinePassed),
+    if deadline > now {
+        Ok(deadline)
+    } else {
+        Err(Error::DeadlinePassed)
     }
 }
 
+/// What the quarantine probe signs: fixed, so a probe never signs anything a caller chose.
+const PROBE_MESSAGE: &[u8] = b"sigild quarantine probe: not a token";
+
+/// `value`, or `default` when it is 0 (proto3's "not set").
 fn or_default(value: u64, default: u64) -> u64 {
     if value == 0 { default } else { value }
 }
@@ -984,16 +1099,15 @@ mod tests {
     fn the_callers_deadline_bounds_signing_and_a_passed_one_is_refused() {
         use std::time::{Duration, Instant};
         let timeout = Duration::from_secs(10);
+        let wait = |d: Instant| d.saturating_duration_since(Instant::now());
         // No deadline of the caller's: the configured timeout.
-        let (_, wait) = sign_deadline(timeout, None).unwrap();
-        assert!(wait <= timeout && wait > timeout - Duration::from_secs(1));
+        let w = wait(sign_deadline(timeout, None).unwrap());
+        assert!(w <= timeout && w > timeout - Duration::from_secs(1));
         // A sooner one wins; a later one does not.
         let soon = Instant::now() + Duration::from_millis(300);
-        let (deadline, wait) = sign_deadline(timeout, Some(soon)).unwrap();
-        assert_eq!(deadline, soon);
-        assert!(wait <= Duration::from_millis(300));
-        let (_, wait) = sign_deadline(timeout, Some(Instant::now() + timeout * 3)).unwrap();
-        assert!(wait <= timeout);
+        assert_eq!(sign_deadline(timeout, Some(soon)).unwrap(), soon);
+        let later = Instant::now() + timeout * 3;
+        assert!(wait(sign_deadline(timeout, Some(later)).unwrap()) <= timeout);
         // Passed already: refused, UNAVAILABLE, not a daemon fault.
         let e = sign_deadline(timeout, Some(Instant::now())).unwrap_err();
         assert!(matches!(e, Error::DeadlinePassed));

@@ -2,7 +2,7 @@
 //! `ring`, metadata records in a map, and fault injection at the points where a real device or
 //! process can fail half-way (a `put_record` that fails, a crash between generating a key pair
 //! and recording it, a destroy that does not happen, records the device stops showing, key reads
-//! that fail for a while).
+//! that fail for a while, signatures that come out corrupted).
 //!
 //! Compiled only for tests. It owns nothing but its own maps: no files, no network, no device,
 //! and it is never wired into the daemon. Clones share one "device", so a second
@@ -56,6 +56,18 @@ struct Faults {
     records_hidden: bool,
     /// [`Backend::stalled`] answers `true` while set (every worker of a real device stuck).
     stalled: bool,
+    /// How many further signatures come out corrupted (a byte flipped; `usize::MAX`: all of
+    /// them until cleared), as from a device with a stale handle or a faulty signing engine.
+    corrupt_signatures: usize,
+}
+
+/// What the "device" was asked to sign, for tests that count attempts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SignCounts {
+    /// [`Backend::sign`] calls.
+    pub signs: usize,
+    /// [`Backend::sign_afresh`] calls.
+    pub fresh: usize,
 }
 
 /// The shared "device".
@@ -69,6 +81,8 @@ struct State {
     next_id: u64,
     /// Pending faults.
     faults: Faults,
+    /// Signing attempts so far.
+    counts: SignCounts,
     /// [`Backend::shutdown`] was called: every later call answers
     /// [`BackendError::ShuttingDown`].
     shut_down: bool,
@@ -129,6 +143,17 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Corrupt the next `n` signatures (`usize::MAX`: every one until set to 0 again).
+    pub fn corrupt_signatures(&self, n: usize) -> Result<(), BackendError> {
+        self.lock()?.faults.corrupt_signatures = n;
+        Ok(())
+    }
+
+    /// How often the device was asked to sign, and how often afresh.
+    pub fn sign_counts(&self) -> Result<SignCounts, BackendError> {
+        Ok(self.lock()?.counts)
+    }
+
     /// The ids of every key pair on the device.
     pub fn key_ids(&self) -> Result<Vec<KeyId>, BackendError> {
         Ok(self.lock()?.keys.keys().cloned().collect())
@@ -180,6 +205,44 @@ fn ecdsa_alg(curve: Curve) -> &'static signature::EcdsaSigningAlgorithm {
         Curve::P256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         Curve::P384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
     }
+}
+
+/// Sign `op` with `key` as the device would, corrupting the result while a corruption fault
+/// is pending.
+fn sign_with(
+    s: &mut State,
+    key: &KeyId,
+    kind: KeyKind,
+    op: &SignOp,
+) -> Result<Vec<u8>, BackendError> {
+    let soft = s
+        .keys
+        .get(key)
+        .ok_or_else(|| BackendError::KeyNotFound(key.clone()))?;
+    if soft.public.kind() != kind || !op.fits(kind) {
+        return Err(BackendError::InvalidRequest(format!(
+            "this operation needs a different key type than {kind}"
+        )));
+    }
+    let mut sig = match (op, &soft.ed25519) {
+        (SignOp::Ed25519 { message }, Some(pair)) => pair.sign(message).as_ref().to_vec(),
+        _ => {
+            return Err(BackendError::Unsupported(format!(
+                "the in-memory backend signs with Ed25519 keys only ({kind}: ring signs \
+                 messages, not pre-hashed digests)"
+            )));
+        }
+    };
+    let corrupt = &mut s.faults.corrupt_signatures;
+    if *corrupt > 0 {
+        if *corrupt != usize::MAX {
+            *corrupt -= 1;
+        }
+        if let Some(b) = sig.get_mut(10) {
+            *b ^= 0x5a;
+        }
+    }
+    Ok(sig)
 }
 
 /// A fresh software key pair of `kind`.
@@ -311,24 +374,24 @@ impl Backend for MemoryBackend {
     ) -> BackendFuture<Vec<u8>> {
         let key = key.clone();
         self.call(move |s| {
-            let soft = s
-                .keys
-                .get(&key)
-                .ok_or_else(|| BackendError::KeyNotFound(key.clone()))?;
-            if soft.public.kind() != kind || !op.fits(kind) {
-                return Err(BackendError::InvalidRequest(format!(
-                    "this operation needs a different key type than {kind}"
-                )));
-            }
-            match (&op, &soft.ed25519) {
-                (SignOp::Ed25519 { message }, Some(pair)) => {
-                    Ok(pair.sign(message).as_ref().to_vec())
-                }
-                _ => Err(BackendError::Unsupported(format!(
-                    "the in-memory backend signs with Ed25519 keys only ({kind}: ring signs \
-                     messages, not pre-hashed digests)"
-                ))),
-            }
+            s.counts.signs += 1;
+            sign_with(s, &key, kind, &op)
+        })
+    }
+
+    /// The in-memory device keeps no handles or sessions: signing afresh is signing again,
+    /// counted apart.
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        _deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
+        let key = key.clone();
+        self.call(move |s| {
+            s.counts.fresh += 1;
+            sign_with(s, &key, kind, &op)
         })
     }
 

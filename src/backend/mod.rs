@@ -158,6 +158,19 @@ pub trait Backend: Send + Sync + 'static {
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>>;
 
+    /// Sign again after a signature from [`Backend::sign`] did not verify: the device may be
+    /// signing through a stale handle (another key) or a session that corrupts results, so the
+    /// backend first drops what it has cached about `key` (PKCS#11: the private-key handle,
+    /// found again by `CKA_ID`) and the connection the attempt runs on (a fresh session or card
+    /// connection), then signs as [`Backend::sign`] does, by `deadline`.
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>>;
+
     /// Generate a key pair on the device.
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject>;
 

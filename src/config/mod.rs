@@ -100,6 +100,14 @@ pub struct SigningConfig {
     /// Verify each signature with the public key before returning it.
     #[serde(default = "default_true")]
     pub verify_signatures: bool,
+    /// Requests in a row whose signature does not verify, also when signed again afresh,
+    /// before the device is quarantined (NOT_SERVING, signing refused until a probe signature
+    /// verifies); 0 never quarantines.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// Time between two probe signatures while quarantined, milliseconds.
+    #[serde(default = "default_quarantine_probe_ms")]
+    pub quarantine_probe_ms: u64,
 }
 
 impl Default for SigningConfig {
@@ -108,6 +116,8 @@ impl Default for SigningConfig {
             max_payload_bytes: default_max_payload(),
             timeout_ms: default_timeout_ms(),
             verify_signatures: true,
+            quarantine_after: default_quarantine_after(),
+            quarantine_probe_ms: default_quarantine_probe_ms(),
         }
     }
 }
@@ -122,6 +132,12 @@ fn default_max_payload() -> usize {
     64 * 1024
 }
 fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_quarantine_after() -> u32 {
+    3
+}
+fn default_quarantine_probe_ms() -> u64 {
     5000
 }
 fn default_true() -> bool {
@@ -264,6 +280,12 @@ impl Config {
         }
         if self.signing.timeout_ms == 0 {
             return Err(invalid("signing.timeout_ms", "must be at least 1".into()));
+        }
+        if self.signing.quarantine_probe_ms == 0 {
+            return Err(invalid(
+                "signing.quarantine_probe_ms",
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -154,6 +154,10 @@ pub enum Error {
         /// Its kid.
         kid: String,
     },
+    /// The device is quarantined: its recent signatures did not verify, even on a retry.
+    /// Signing is refused until a probe signature verifies again.
+    #[error("the signing device is quarantined (its recent signatures did not verify)")]
+    Quarantined,
     /// With `audit.fail_closed`, a signature whose record could not be written is withheld.
     #[error("audit record not written; signature withheld (audit.fail_closed)")]
     AuditNotWritten(#[source] AuditError),
@@ -181,6 +185,7 @@ impl Error {
             Error::Timeout { .. }
             | Error::DeadlinePassed
             | Error::BadSignature { .. }
+            | Error::Quarantined
             | Error::AuditNotWritten(_) => ErrorKind::Unavailable,
             Error::Random(_) => ErrorKind::Internal,
         }
@@ -202,6 +207,7 @@ impl Error {
             Error::Unsupported { .. }
             | Error::Timeout { .. }
             | Error::BadSignature { .. }
+            | Error::Quarantined
             | Error::AuditNotWritten(_)
             | Error::Random(_) => true,
         }
@@ -235,6 +241,10 @@ impl Error {
                 .into(),
             Error::BadSignature { .. } => "the signing device produced a signature that does \
                                            not verify; it was not released"
+                .into(),
+            Error::Quarantined => "the signing device is quarantined: its recent signatures \
+                                   did not verify; signing resumes once a probe signature \
+                                   verifies"
                 .into(),
             Error::AuditNotWritten(_) => "the audit record could not be written, so the \
                                           signature was withheld (audit.fail_closed)"

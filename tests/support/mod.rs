@@ -3,7 +3,7 @@
 //! `sigild` binary started on port 0 against it, gRPC clients, and the independent verifiers
 //! (Python jwcrypto/cryptography, openssl, pkcs11-tool). Submodules: `device` (the conformance
 //! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
-//! `tls` (TLS test peers).
+//! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod device;
+pub mod faulty;
 pub mod ock;
 pub mod tls;
 #[cfg(feature = "yubikey")]
@@ -267,6 +268,16 @@ impl Daemon {
     }
 
     pub fn start_config(softhsm_conf: &Path, config: &Path) -> TestResult<Daemon> {
+        Self::start_config_env(softhsm_conf, config, &[])
+    }
+
+    /// [`Daemon::start_config`] with extra environment variables for the daemon (e.g.
+    /// [`faulty::Faults::env`]).
+    pub fn start_config_env(
+        softhsm_conf: &Path,
+        config: &Path,
+        env: &[(String, String)],
+    ) -> TestResult<Daemon> {
         let text = std::fs::read_to_string(config)?;
         let client = text.contains("[server.tls]").then(|| {
             let pki = softhsm_conf.parent().unwrap_or(Path::new(".")).join("pki");
@@ -281,6 +292,7 @@ impl Daemon {
             .arg(config)
             .env("SOFTHSM2_CONF", softhsm_conf)
             .env("SIGILD_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -533,6 +533,20 @@ impl Worker {
         }
     }
 
+    /// [`Worker::sign`] after a signature that did not verify: forget the key's cached handle
+    /// (found again by `CKA_ID`) and this worker's session (a new one is opened, logged in if
+    /// the token needs it), then sign.
+    fn sign_afresh(
+        &mut self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: &SignOp,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.shared.forget_handle(key);
+        self.session = None;
+        self.sign(key, kind, op)
+    }
+
     fn sign_once(
         &mut self,
         key: &KeyId,
@@ -608,6 +622,28 @@ impl Backend for Pkcs11Backend {
                 )
             },
             move |w| w.sign(&key, kind, &op),
+        )
+    }
+
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
+        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
+            return Box::pin(async { Err(e) });
+        }
+        let key = key.clone();
+        self.pool.submit_by(
+            deadline,
+            || {
+                BackendError::Unavailable(
+                    "the PKCS#11 token did not sign again before the deadline".into(),
+                )
+            },
+            move |w| w.sign_afresh(&key, kind, &op),
         )
     }
 

@@ -658,6 +658,31 @@ impl Backend for YubikeyBackend {
         })
     }
 
+    /// As [`Backend::sign`], on a fresh connection to the card (PIN verified again) with the
+    /// key's slot found again from sigild's store.
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
+        let slot = match Self::slot_of(key) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let key = key.clone();
+        let deadline = deadline.min(Instant::now() + self.timeout);
+        self.submit_by(deadline, Some(slot), move |c| {
+            c.disconnect();
+            c.tags.clear();
+            c.run(Retry::Idempotent, |c| {
+                let slot = c.resolve(&key)?;
+                c.sign(slot, kind, &op)
+            })
+        })
+    }
+
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         let serial = self.serial;
         // On-card RSA generation takes seconds (RSA-4096 up to about a minute): a deadline
