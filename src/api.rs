@@ -185,11 +185,18 @@ impl Api {
     }
 }
 
-/// The caller's deadline from its `grpc-timeout` header, counted from now: at most 8 digits and
-/// a unit (`H`, `M`, `S`, `m`, `u`, `n`), as gRPC over HTTP/2 defines it. `None` when absent or
-/// malformed (tonic ignores a malformed one too). A signature is then given up by this
-/// deadline, shortly before tonic itself would cancel the request, so the caller gets the
-/// daemon's own answer and a job still queued never reaches the device.
+/// How much earlier than the caller's `grpc-timeout` the daemon gives up: the caller's own
+/// timer started before the request reached us, and the answer must travel back before it
+/// fires, or the caller sees a bare CANCELLED instead of the daemon's status and request id.
+#[cfg(feature = "server")]
+const CALLER_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The caller's deadline from its `grpc-timeout` header (at most 8 digits and a unit, `H`, `M`,
+/// `S`, `m`, `u` or `n`, as gRPC over HTTP/2 defines it), counted from now, less
+/// [`CALLER_DEADLINE_MARGIN`] when the timeout is longer than twice that. `None` when absent
+/// or malformed (tonic ignores a malformed one too). A signature is then given up by this
+/// deadline, before tonic itself would cancel the request, so the caller gets the daemon's own
+/// answer, and a job still queued never reaches the device.
 #[cfg(feature = "server")]
 fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Instant> {
     use std::time::Duration;
@@ -208,6 +215,11 @@ fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time:
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
+    };
+    let timeout = if timeout > CALLER_DEADLINE_MARGIN * 2 {
+        timeout - CALLER_DEADLINE_MARGIN
+    } else {
+        timeout
     };
     std::time::Instant::now().checked_add(timeout)
 }
@@ -647,10 +659,17 @@ mod tests {
             let before = Instant::now();
             caller_deadline(&m).map(|d| d.saturating_duration_since(before))
         };
+        // Timeouts above 100 ms lose the 50 ms margin.
         let near = |got: Option<Duration>, want: Duration| {
+            let want = if want > Duration::from_millis(100) {
+                want - CALLER_DEADLINE_MARGIN
+            } else {
+                want
+            };
             got.is_some_and(|g| g >= want && g < want + Duration::from_secs(1))
         };
         assert!(near(deadline("250m"), Duration::from_millis(250)));
+        assert!(near(deadline("80m"), Duration::from_millis(80)));
         assert!(near(deadline("3S"), Duration::from_secs(3)));
         assert!(near(deadline("2M"), Duration::from_secs(120)));
         assert!(near(deadline("1H"), Duration::from_secs(3600)));
@@ -661,7 +680,7 @@ mod tests {
         r.set_timeout(Duration::from_secs(30));
         assert!(near(
             caller_deadline(r.metadata()).map(|d| d.saturating_duration_since(Instant::now())),
-            Duration::from_secs(29)
+            Duration::from_millis(29_100)
         ));
         for bad in ["", "S", "5", "5x", "-5S", "123456789S", "1.5S"] {
             assert_eq!(deadline(bad), None, "{bad:?}");
