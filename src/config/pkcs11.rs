@@ -116,3 +116,29 @@ impl Pkcs11Config {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn table(extra: &str) -> Pkcs11Config {
+        toml::from_str(&format!(
+            "module = \"/m.so\"\ntoken = \"pkcs11:token=t\"\npin = {{ env = \"P\" }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn abandoned_workers_default_to_a_few_and_are_bounded() {
+        let path = Path::new("sigild.toml");
+        let c = table("");
+        assert_eq!(c.max_abandoned_workers, 2);
+        assert!(c.validate(path).is_ok());
+        assert!(table("max_abandoned_workers = 0").validate(path).is_ok());
+        let e = table("max_abandoned_workers = 1000")
+            .validate(path)
+            .unwrap_err();
+        assert!(e.to_string().contains("max_abandoned_workers"), "{e}");
+    }
+}
