@@ -261,6 +261,8 @@ async fn maintain(
                 tracing::info!("device available: SERVING");
             } else if service.keyring().backend().stalled() {
                 tracing::warn!("every device worker is stuck inside the device: NOT_SERVING");
+            } else if service.quarantine().since().is_some() {
+                tracing::warn!("device quarantined: NOT_SERVING");
             } else {
                 tracing::warn!("device unavailable: NOT_SERVING");
             }

@@ -12,6 +12,10 @@
 //! exact payload about to be signed, followed by the rate limits. Each request ends with one
 //! [`Record`] in the audit trail; with `fail_closed`, a signature whose record cannot be
 //! written is withheld.
+//!
+//! A signature that does not verify is never released: it is made once more afresh (the
+//! backend finds the key again, on a new session), and a device whose requests keep failing is
+//! quarantined ([`quarantine`]) until a probe signature verifies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,29 +330,33 @@ impl Service {
             Err(_) => Vec::new(),
         };
         versions.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
-        let Some(version) = versions.first() else {
+        if versions.is_empty() {
             tracing::warn!("quarantine probe: no key has an active version to sign with");
-            return false;
-        };
-        let deadline = std::time::Instant::now() + self.options.sign_timeout;
-        let alg = version.alg;
-        match self
-            .device_sign(version, alg, PROBE_MESSAGE, deadline, true)
-            .await
-        {
-            Ok(sig) if self.verifies(version, alg, PROBE_MESSAGE, &sig) => {
-                self.quarantine.lift();
-                true
-            }
-            Ok(_) => {
-                tracing::warn!(key = %version.name.as_str(), version = version.version, "quarantine probe: the signature still does not verify");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(key = %version.name.as_str(), version = version.version, error = %e.chain(), "quarantine probe failed");
-                false
+        }
+        // The first version the device signs with decides; one it refuses (an algorithm it
+        // lacks, a key gone) passes the probe on to the next, up to a few (each may take up to
+        // the signing timeout on a device that does not answer).
+        for version in versions.iter().take(PROBE_VERSIONS) {
+            let deadline = std::time::Instant::now() + self.options.sign_timeout;
+            let alg = version.alg;
+            match self
+                .device_sign(version, alg, PROBE_MESSAGE, deadline, true)
+                .await
+            {
+                Ok(sig) if self.verifies(version, alg, PROBE_MESSAGE, &sig) => {
+                    self.quarantine.lift();
+                    return true;
+                }
+                Ok(_) => {
+                    tracing::warn!(key = %version.name.as_str(), version = version.version, "quarantine probe: the signature still does not verify");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %version.name.as_str(), version = version.version, error = %e.chain(), "quarantine probe: the device did not sign");
+                }
             }
         }
+        false
     }
 
     /// Run one request: open its audit record, run `body` (which authorizes first), then
@@ -1024,6 +1032,9 @@ fn sign_deadline(
         Err(Error::DeadlinePassed)
     }
 }
+
+/// How many keys' active versions one quarantine probe tries at most.
+const PROBE_VERSIONS: usize = 3;
 
 /// What the quarantine probe signs: fixed, so a probe never signs anything a caller chose.
 const PROBE_MESSAGE: &[u8] = b"sigild quarantine probe: not a token";

@@ -349,6 +349,30 @@ pin = { file = "/etc/sigild/pin" }
         assert_eq!(c.pkcs11.as_ref().map(|p| p.workers), Some(2));
         assert_eq!(c.keyring.refresh_seconds, 10);
         assert!(c.signing.verify_signatures);
+        assert_eq!(c.signing.quarantine_after, 3);
+        assert_eq!(c.signing.quarantine_probe_ms, 5000);
+        Ok(())
+    }
+
+    #[test]
+    fn quarantine_settings_are_read_and_checked() -> Result<(), ConfigError> {
+        let text = format!(
+            "{GOOD}
+[signing]
+quarantine_after = 0
+quarantine_probe_ms = 250
+"
+        );
+        let c = Config::parse(Path::new("x"), &text)?;
+        assert_eq!(c.signing.quarantine_after, 0);
+        assert_eq!(c.signing.quarantine_probe_ms, 250);
+        let zero = text.replace("quarantine_probe_ms = 250", "quarantine_probe_ms = 0");
+        let err = Config::parse(Path::new("x"), &zero)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("signing.quarantine_probe_ms"), "{err}");
         Ok(())
     }
 

@@ -174,7 +174,8 @@ mod tests {
         assert!(q.since().is_none());
     }
 
-    /// A service over the in-memory device with one Ed25519 key `k`.
+    /// A service over the in-memory device with an Ed25519 key `k` (and an ES256 key `a`, first
+    /// by name, that the in-memory device cannot sign with: a probe passes it over).
     async fn service(after: u32, probe: Duration) -> (Service, MemoryBackend) {
         let backend = MemoryBackend::new();
         let keyring = Arc::new(Keyring::new(Arc::new(backend.clone())));
@@ -185,10 +186,12 @@ mod tests {
             ..ServiceOptions::default()
         };
         let service = Service::new(keyring, Arc::new(SystemClock), options);
-        service
-            .create_key(&Origin::in_process(), "k", "EdDSA", 0, false)
-            .await
-            .unwrap();
+        for (name, alg) in [("a", "ES256"), ("k", "EdDSA")] {
+            service
+                .create_key(&Origin::in_process(), name, alg, 0, false)
+                .await
+                .unwrap();
+        }
         (service, backend)
     }
 
