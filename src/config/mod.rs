@@ -68,6 +68,11 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// An additional Unix-socket listener.
     pub unix: Option<UnixConfig>,
+    /// How long a stopping daemon (SIGTERM, SIGINT) lets requests already in flight finish,
+    /// seconds; those still running then are answered UNAVAILABLE, so a stop is bounded while
+    /// callers on a balancer lose nothing that could finish. 0 answers them at once.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
 }
 
 /// Keyring refresh.
@@ -124,6 +129,9 @@ impl Default for SigningConfig {
 
 fn default_concurrency() -> usize {
     256
+}
+fn default_shutdown_grace() -> u64 {
+    10
 }
 fn default_refresh() -> u64 {
     10
@@ -266,6 +274,12 @@ impl Config {
             (Some(p11), None) => p11.validate(path)?,
             (None, Some(yk)) => yk.validate(path)?,
         }
+        if self.server.shutdown_grace_seconds > 3600 {
+            return Err(invalid(
+                "server.shutdown_grace_seconds",
+                "must be at most 3600 (an hour)".into(),
+            ));
+        }
         if self.keyring.refresh_seconds == 0 {
             return Err(invalid(
                 "keyring.refresh_seconds",
@@ -349,8 +363,32 @@ pin = { file = "/etc/sigild/pin" }
         assert_eq!(c.pkcs11.as_ref().map(|p| p.workers), Some(2));
         assert_eq!(c.keyring.refresh_seconds, 10);
         assert!(c.signing.verify_signatures);
+        assert_eq!(c.server.shutdown_grace_seconds, 10);
         assert_eq!(c.signing.quarantine_after, 3);
         assert_eq!(c.signing.quarantine_probe_ms, 5000);
+        Ok(())
+    }
+
+    #[test]
+    fn shutdown_grace_is_bounded() -> Result<(), ConfigError> {
+        let text = |grace: &str| {
+            GOOD.replace(
+                "danger_plaintext = true",
+                &format!("danger_plaintext = true\nshutdown_grace_seconds = {grace}"),
+            )
+        };
+        assert_eq!(
+            Config::parse(Path::new("x"), &text("0"))?
+                .server
+                .shutdown_grace_seconds,
+            0
+        );
+        let err = Config::parse(Path::new("x"), &text("3601"))
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("server.shutdown_grace_seconds"), "{err}");
         Ok(())
     }
 

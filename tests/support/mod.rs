@@ -421,6 +421,54 @@ impl Daemon {
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> TestResult<Output> {
         run_cli(&self.endpoint, args, stdin)
     }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` (`TERM`, `INT`, …) and wait up to `within` for the daemon to exit; its exit
+    /// status (a code, or the signal that ended it).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        within: Duration,
+    ) -> TestResult<std::process::ExitStatus> {
+        send_signal(self.child.id(), signal)?;
+        wait_exit(&mut self.child, within)
+    }
+
+    /// Wait up to `within` for the daemon to exit by itself (after a signal sent meanwhile).
+    pub fn wait_exit(&mut self, within: Duration) -> TestResult<std::process::ExitStatus> {
+        wait_exit(&mut self.child, within)
+    }
+}
+
+/// Send `signal` (`TERM`, `INT`, `KILL`, …) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) -> TestResult {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill -s {signal} {pid} failed: {status}").into());
+    }
+    Ok(())
+}
+
+/// Wait up to `within` for `child` to exit (killing it if it does not); its exit status.
+pub fn wait_exit(child: &mut Child, within: Duration) -> TestResult<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("process {} did not exit within {within:?}", child.id()).into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Drop for Daemon {
