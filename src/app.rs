@@ -390,6 +390,7 @@ pub fn pkcs11_settings(config: &Config, path: &Path) -> Result<Pkcs11Settings, C
             .map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
         workers: p11.workers,
         queue_depth: p11.queue_depth,
+        max_abandoned_workers: p11.max_abandoned_workers,
     })
 }
 

@@ -418,8 +418,10 @@ async fn maintain(
             _ = service.quarantine().changed() => {}
             _ = stop.changed() => return,
         }
-        let ok =
-            service.keyring().backend().check().await.is_ok() && service.probe_quarantine().await;
+        let Some(ready) = device_ready(service.keyring().backend().as_ref(), tick).await else {
+            continue;
+        };
+        let ok = ready && service.probe_quarantine().await;
         since_refresh += tick;
         if ok && (serving != Some(true) || since_refresh >= period) {
             since_refresh = Duration::ZERO;
@@ -431,6 +433,8 @@ async fn maintain(
             set_health(&health, ok).await;
             if ok {
                 tracing::info!("device available: SERVING");
+            } else if service.keyring().backend().stalled() {
+                tracing::warn!("every device worker is stuck inside the device: NOT_SERVING");
             } else if service.quarantine().since().is_some() {
                 tracing::warn!("device quarantined: NOT_SERVING");
             } else {
@@ -438,6 +442,20 @@ async fn maintain(
             }
             serving = Some(ok);
         }
+    }
+}
+
+/// Whether the device can serve now: not while every worker is stuck inside it (asked without
+/// queueing), otherwise what its check says. `None` when the check, queued behind busy
+/// workers, did not answer within `wait` (up to 5 s): no news, readiness stays as it is.
+async fn device_ready(backend: &dyn crate::backend::Backend, wait: Duration) -> Option<bool> {
+    if backend.stalled() {
+        return Some(false);
+    }
+    match tokio::time::timeout(wait.min(Duration::from_secs(5)), backend.check()).await {
+        Ok(r) => Some(r.is_ok()),
+        Err(_) if backend.stalled() => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -459,7 +477,35 @@ async fn set_health(health: &tonic_health::server::HealthReporter, ok: bool) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::backend::Backend as _;
+    use crate::backend::memory::MemoryBackend;
+
+    #[tokio::test]
+    async fn a_stalled_device_is_not_ready_without_a_queued_check() {
+        let backend = MemoryBackend::new();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(true)
+        );
+        backend.set_stalled(true).unwrap();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(false)
+        );
+        backend.set_stalled(false).unwrap();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(true)
+        );
+        // A device that cannot be reached is not ready either.
+        backend.shutdown();
+        assert_eq!(
+            device_ready(&backend, Duration::from_secs(1)).await,
+            Some(false)
+        );
+    }
 
     #[test]
     fn only_keyring_changes_run_to_completion() {

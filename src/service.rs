@@ -199,15 +199,25 @@ pub struct Origin {
     pub caller: Caller,
     /// Random request id (16 hex digits).
     pub request_id: String,
+    /// The caller's own deadline (gRPC `grpc-timeout`), when it set one: a signature is given
+    /// up by then even when `[signing] timeout_ms` is longer, and refused at once when it has
+    /// passed already.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Origin {
-    /// A request from `caller` with a fresh id.
+    /// A request from `caller` with a fresh id and no deadline of its own.
     pub fn new(caller: Caller) -> Origin {
         Origin {
             caller,
             request_id: request_id(),
+            deadline: None,
         }
+    }
+
+    /// The same request with the caller's deadline.
+    pub fn with_deadline(self, deadline: Option<std::time::Instant>) -> Origin {
+        Origin { deadline, ..self }
     }
 
     /// The daemon itself (dev set-up, benchmarks): not subject to policy, still audited.
@@ -237,6 +247,8 @@ struct Call {
     record: Record,
     /// Which rule allowed it (for its rate limit).
     grant: Option<crate::policy::Grant>,
+    /// The caller's deadline ([`Origin::deadline`]).
+    deadline: Option<std::time::Instant>,
 }
 
 /// The signing and key-management service.
@@ -384,6 +396,7 @@ impl Service {
                 ..Record::default()
             },
             grant: None,
+            deadline: origin.deadline,
         }
     }
 
@@ -480,23 +493,25 @@ impl Service {
         Ok(())
     }
 
-    /// Sign `input` with `version` using `alg`: hash on the host where allowed, sign on the
-    /// device, refuse a signature of the wrong length, verify it (unless configured not to).
+    /// Sign `input` with `version` using `alg` by `deadline` (the caller's, when it set one;
+    /// the configured timeout bounds it): hash on the host where allowed, sign on the device,
+    /// refuse a signature of the wrong length, verify it (unless configured not to).
     /// A signature that fails those checks is withheld and the device asked once more, afresh
-    /// (the key handle found again, on another session); the caller sees only a signature that
-    /// passed. Requests that fail on the retry too feed the quarantine, which refuses signing
-    /// at once while it lasts.
+    /// (the key handle found again, on another session), within the same deadline; the caller
+    /// sees only a signature that passed. Requests that fail on the retry too feed the
+    /// quarantine, which refuses signing at once while it lasts.
     async fn sign_input(
         &self,
         version: &VersionInfo,
         alg: Alg,
         input: &[u8],
         request_id: &str,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Vec<u8>, Error> {
         if self.quarantine.since().is_some() {
             return Err(Error::Quarantined);
         }
-        let deadline = std::time::Instant::now() + self.options.sign_timeout;
+        let deadline = sign_deadline(self.options.sign_timeout, deadline)?;
         let sig = self
             .device_sign(version, alg, input, deadline, false)
             .await?;
@@ -536,6 +551,7 @@ impl Service {
         deadline: std::time::Instant,
         fresh: bool,
     ) -> Result<Vec<u8>, Error> {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
         let op = alg.sign_op(input);
         let backend = self.keyring.backend();
         let pending = if fresh {
@@ -548,7 +564,7 @@ impl Service {
             .map_err(|_| Error::Timeout {
                 key: version.name.to_string(),
                 version: version.version,
-                ms: self.options.sign_timeout.as_millis(),
+                ms: wait.as_millis(),
             })?
             .map_err(|e| Error::from(e).for_alg(alg, "sign with"))
     }
@@ -577,6 +593,7 @@ impl Service {
                 parts.alg,
                 input.as_bytes(),
                 &call.record.request_id,
+                call.deadline,
             )
             .await?;
         Ok(SignedJws {
@@ -642,7 +659,7 @@ impl Service {
             note_version(call, &version, alg);
             self.authorize_content(call, &None)?;
             let signature = self
-                .sign_input(&version, alg, data, &call.record.request_id)
+                .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
                 .await?;
             Ok(RawSignature {
                 signature,
@@ -1019,13 +1036,33 @@ impl Service {
     }
 }
 
-/// `value`, or `default` when it is 0 (proto3's "not set").
+/// When a signature must be done: the configured `timeout` from now, or the caller's deadline
+/// when that comes sooner.
+///
+/// # Errors
+/// [`Error::DeadlinePassed`] when the caller's deadline has passed already: such a request
+/// never reaches the device.
+fn sign_deadline(
+    timeout: std::time::Duration,
+    caller: Option<std::time::Instant>,
+) -> Result<std::time::Instant, Error> {
+    let now = std::time::Instant::now();
+    let configured = now + timeout;
+    let deadline = caller.map_or(configured, |c| c.min(configured));
+    if deadline > now {
+        Ok(deadline)
+    } else {
+        Err(Error::DeadlinePassed)
+    }
+}
+
 /// How many keys' active versions one quarantine probe tries at most.
 const PROBE_VERSIONS: usize = 3;
 
 /// What the quarantine probe signs: fixed, so a probe never signs anything a caller chose.
 const PROBE_MESSAGE: &[u8] = b"sigild quarantine probe: not a token";
 
+/// `value`, or `default` when it is 0 (proto3's "not set").
 fn or_default(value: u64, default: u64) -> u64 {
     if value == 0 { default } else { value }
 }
@@ -1090,6 +1127,28 @@ fn new_jti() -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_callers_deadline_bounds_signing_and_a_passed_one_is_refused() {
+        use std::time::{Duration, Instant};
+        let timeout = Duration::from_secs(10);
+        let wait = |d: Instant| d.saturating_duration_since(Instant::now());
+        // No deadline of the caller's: the configured timeout.
+        let w = wait(sign_deadline(timeout, None).unwrap());
+        assert!(w <= timeout && w > timeout - Duration::from_secs(1));
+        // A sooner one wins; a later one does not.
+        let soon = Instant::now() + Duration::from_millis(300);
+        assert_eq!(sign_deadline(timeout, Some(soon)).unwrap(), soon);
+        let later = Instant::now() + timeout * 3;
+        assert!(wait(sign_deadline(timeout, Some(later)).unwrap()) <= timeout);
+        // Passed already: refused, UNAVAILABLE, not a daemon fault.
+        let e = sign_deadline(timeout, Some(Instant::now())).unwrap_err();
+        assert!(matches!(e, Error::DeadlinePassed));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(!e.is_fault());
+        assert!(e.message().contains("deadline"));
+    }
 
     #[test]
     fn jtis_are_distinct_and_long() -> Result<(), Error> {

@@ -59,6 +59,8 @@ struct Faults {
     /// `records` lists nothing while set (the device hides its objects: a fault, a partition
     /// being restored); the records are still there.
     records_hidden: bool,
+    /// [`Backend::stalled`] answers `true` while set (every worker of a real device stuck).
+    stalled: bool,
     /// How many further signatures come out corrupted (a byte flipped; `usize::MAX`: all of
     /// them until cleared), as from a device with a stale handle or a faulty signing engine.
     corrupt_signatures: usize,
@@ -141,6 +143,12 @@ impl MemoryBackend {
     /// [`BackendError::Unavailable`], as on a device that is briefly busy or unreachable.
     pub fn fail_key_reads(&self, n: usize) -> Result<(), BackendError> {
         self.lock()?.faults.key_reads_failing = n;
+        Ok(())
+    }
+
+    /// Report every worker stuck (`true`) or none (`false`) through [`Backend::stalled`].
+    pub fn set_stalled(&self, stalled: bool) -> Result<(), BackendError> {
+        self.lock()?.faults.stalled = stalled;
         Ok(())
     }
 
@@ -558,6 +566,10 @@ impl Backend for MemoryBackend {
 
     fn check(&self) -> BackendFuture<()> {
         self.call(|_| Ok(()))
+    }
+
+    fn stalled(&self) -> bool {
+        self.lock().is_ok_and(|s| s.faults.stalled)
     }
 
     /// No workers to stop: later calls answer [`BackendError::ShuttingDown`].

@@ -222,6 +222,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the device is reachable and logged in, checked cheaply (no signature).
     fn check(&self) -> BackendFuture<()>;
 
+    /// Whether every device worker is stuck inside a device call past its job's deadline and
+    /// no replacement may be started ([`worker::PoolStatus::stalled`]): requests can only wait
+    /// for their deadline. Answered at once, without queueing (unlike [`Backend::check`],
+    /// which would wait behind the stuck workers), so readiness can report NOT_SERVING.
+    fn stalled(&self) -> bool;
+
     /// Stop the device workers and release the device: requests still queued and every later
     /// one are answered [`BackendError::ShuttingDown`]; returns once no thread is inside the
     /// device API any more (PKCS#11: then the module is finalised), so the process can exit

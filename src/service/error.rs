@@ -140,6 +140,10 @@ pub enum Error {
         /// The timeout (`[signing] timeout_ms`).
         ms: u128,
     },
+    /// The caller's own deadline (gRPC `grpc-timeout`) had passed before the request could be
+    /// sent to the device: refused at once, the device untouched.
+    #[error("the caller's deadline passed before the request reached the signing device")]
+    DeadlinePassed,
     /// The device's signature does not verify under the version's public key; withheld.
     #[error("key {key} version {version} (kid {kid}): the device's signature does not verify")]
     BadSignature {
@@ -176,7 +180,10 @@ impl Error {
             Error::TooLarge { .. } | Error::NotAnObject { .. } | Error::InvalidJson { .. } => {
                 ErrorKind::InvalidArgument
             }
+            // A passed deadline is UNAVAILABLE like a device that missed it, so the one code
+            // table keeps its kinds; the caller's own stack reports DEADLINE_EXCEEDED anyway.
             Error::Timeout { .. }
+            | Error::DeadlinePassed
             | Error::BadSignature { .. }
             | Error::Quarantined
             | Error::AuditNotWritten(_) => ErrorKind::Unavailable,
@@ -190,6 +197,7 @@ impl Error {
     pub fn is_fault(&self) -> bool {
         match self {
             Error::Policy(_)
+            | Error::DeadlinePassed
             | Error::TooLarge { .. }
             | Error::NotAnObject { .. }
             | Error::InvalidJson { .. } => false,
@@ -228,6 +236,9 @@ impl Error {
             Error::Timeout { ms, .. } => {
                 format!("the signing device did not answer within {ms} ms")
             }
+            Error::DeadlinePassed => "the request's deadline (grpc-timeout) had passed before it \
+                                      reached the signing device"
+                .into(),
             Error::BadSignature { .. } => "the signing device produced a signature that does \
                                            not verify; it was not released"
                 .into(),

@@ -26,6 +26,10 @@
  *                                  real sessions stay open, so the login survives
  *   sign_delay_ms=N             sleep before every data-producing C_Sign
  *   hang=1                      the data-producing C_Sign blocks until the file says hang=0
+ *   hang_count=N                data-producing C_Signs block while the stat `hung` is below N
+ *                               (so N in the process's life, `hang` included), each until the
+ *                               file no longer sets hang_count; later calls pass meanwhile:
+ *                               one call stays stuck while the others are served
  *   token_absent=1              the token is pulled: slot lists with tokenPresent omit every
  *                               slot, token information and new sessions answer
  *                               CKR_TOKEN_NOT_PRESENT, session calls CKR_DEVICE_REMOVED; every
@@ -82,6 +86,7 @@ struct control {
 	int keep_login;
 	unsigned long sign_delay_ms;
 	int hang;
+	unsigned long hang_count;
 	int token_absent;
 	char kill_at[64];
 	unsigned long kill_at_n;
@@ -289,6 +294,8 @@ static void reload_locked(void)
 			c.sign_delay_ms = strtoul(val, NULL, 10);
 		else if (!strcmp(key, "hang"))
 			c.hang = atoi(val);
+		else if (!strcmp(key, "hang_count"))
+			c.hang_count = strtoul(val, NULL, 10);
 		else if (!strcmp(key, "token_absent"))
 			c.token_absent = atoi(val);
 		else if (!strcmp(key, "kill_at"))
@@ -969,7 +976,7 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR data, CK_ULONG dat
 	struct control c;
 	struct session *s;
 	unsigned long count = 0;
-	int fail = 0, corrupt = 0;
+	int fail = 0, corrupt = 0, counted_hang = 0;
 	CK_RV rv;
 
 	if (sig) {
@@ -988,6 +995,10 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR data, CK_ULONG dat
 			st.delayed++;
 		if (c.hang)
 			st.hung++;
+		else if (c.hang_count && st.hung < c.hang_count) {
+			st.hung++;
+			counted_hang = 1;
+		}
 		write_stats();
 		pthread_mutex_unlock(&lock);
 		if (c.sign_delay_ms)
@@ -997,6 +1008,13 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR data, CK_ULONG dat
 			pthread_mutex_lock(&lock);
 			reload_locked();
 			c.hang = ctl.hang;
+			pthread_mutex_unlock(&lock);
+		}
+		while (counted_hang) {
+			sleep_ms(20);
+			pthread_mutex_lock(&lock);
+			reload_locked();
+			counted_hang = ctl.hang_count != 0;
 			pthread_mutex_unlock(&lock);
 		}
 	}

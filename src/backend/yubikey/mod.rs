@@ -25,7 +25,7 @@ use yubikey::piv::{self, AlgorithmId, ManagementSlotId, SlotAlgorithmId, SlotId}
 use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
-use super::worker::{Device, Failure, Fault, Pool, Retry};
+use super::worker::{Device, Failure, Fault, Pool, PoolSettings, Retry};
 mod settings;
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
@@ -102,7 +102,20 @@ impl YubikeyBackend {
             tags: HashMap::new(),
         };
         let first = card.run(Retry::Idempotent, |c| c.verify_pin());
-        let pool = Pool::start(&format!("yubikey-{serial}"), vec![card], queue_depth)?;
+        // One worker and no replacement: the card takes one connection at a time, so a fresh
+        // connection could not reach it while a stuck worker holds it. A worker stuck past a
+        // request's deadline plus the grace makes the backend report itself stalled (readiness
+        // NOT_SERVING) until the card answers or is unplugged.
+        let pool = Pool::start(
+            &format!("yubikey-{serial}"),
+            vec![card],
+            PoolSettings {
+                queue_depth,
+                max_abandoned: 0,
+                grace: STUCK_GRACE,
+            },
+            None,
+        )?;
         let backend = YubikeyBackend {
             pool,
             timeout,
@@ -856,12 +869,21 @@ impl Backend for YubikeyBackend {
         })
     }
 
+    fn stalled(&self) -> bool {
+        self.pool.status().stalled
+    }
+
     /// Waits for the card's current operation (a touch wait: up to ~15 s), then releases the
-    /// card.
+    /// card; a worker stuck past its deadline plus the grace is left behind.
     fn shutdown(&self) {
         self.pool.shutdown();
     }
 }
+
+/// How long past its deadline a request may keep the card before the worker counts as stuck:
+/// longer than the card's own wait for a touch (~15 s), which may outlast a request's deadline
+/// and is no hang.
+const STUCK_GRACE: Duration = Duration::from_secs(20);
 
 /// Least deadline of a key generation.
 const GENERATE_TIMEOUT: Duration = Duration::from_secs(120);
