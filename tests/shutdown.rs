@@ -220,29 +220,48 @@ async fn sigterm_under_load_exits_0_with_only_valid_signatures() -> TestResult {
 
 /// In-flight requests past the grace period are answered UNAVAILABLE at its end, while key
 /// generation already running is finished (no half-made key): one device worker kept busy by
-/// RSA-4096 generations, signing requests queued behind them, SIGTERM with a 1 s grace.
+/// slow key generations (the fault-injecting module delays each `C_GenerateKeyPair` by 2 s),
+/// signing requests queued behind them, SIGTERM with a 1 s grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_past_the_grace_period_get_unavailable() -> TestResult {
     let token = Token::new()?;
-    let config = config_with_grace(&token, 1, "\n[signing]\ntimeout_ms = 300000\n")?;
-    let text = std::fs::read_to_string(&config)?.replacen("workers = 2", "workers = 1", 1);
-    std::fs::write(&config, text)?;
-    let mut d = Daemon::start_config(&token.conf, &config)?;
+    let faults = faulty::Faults::new(token.dir.path());
+    let text = faults
+        .config(&token, "\n[signing]\ntimeout_ms = 300000\n")
+        .replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 1\n",
+            1,
+        )
+        .replacen("workers = 2", "workers = 1", 1);
+    assert!(text.contains("workers = 1"), "{text}");
+    let config = token.write_config("slow-generation.toml", &text)?;
+    let mut d = Daemon::start_config_env(&token.conf, &config, &faults.env())?;
     d.create("sd-es256", "ES256", 0).await?;
+    faults.set("generate_delay_ms=2000\n");
     let mut creating = Vec::new();
     for i in 0..3 {
         let mut keys = d.keys().await?;
         creating.push(tokio::spawn(async move {
             keys.create_key(pb::CreateKeyRequest {
-                name: format!("big-{i}"),
-                alg: "PS256".into(),
-                rsa_bits: 4096,
+                name: format!("slow-{i}"),
+                alg: "ES256".into(),
+                rsa_bits: 0,
                 fapi2: false,
             })
             .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sign only once the first generation is inside the device.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while faults.stats().get("generations_delayed") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no C_GenerateKeyPair was delayed\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut signing = Vec::new();
     for n in 0..4 {
         let mut s = d.signer().await?;
@@ -299,21 +318,23 @@ async fn requests_past_the_grace_period_get_unavailable() -> TestResult {
     assert_eq!(status.code(), Some(0), "{status}\n{log}");
     assert!(log.contains("after the grace period"), "{log}");
     println!(
-        "grace 1 s: {cut} signing requests cut off with UNAVAILABLE, {} signed, {created} RSA-4096 generations finished",
-        signed.len()
+        "grace 1 s: {cut} signing requests cut off with UNAVAILABLE, {} signed, {created} slow generations finished; stats {}",
+        signed.len(),
+        faults.stats()
     );
     assert!(
         cut > 0,
         "the device answered every request within the grace period: nothing was cut off\n{log}"
     );
     // The next start finds every key whole.
-    let d = Daemon::start_config(&token.conf, &config)?;
+    faults.set("");
+    let d = Daemon::start_config_env(&token.conf, &config, &faults.env())?;
     let jwks = d.jwks().await?;
     for i in 0..3 {
-        let key = get_key(&d, &format!("big-{i}")).await?;
+        let key = get_key(&d, &format!("slow-{i}")).await?;
         assert_eq!(key.versions.len(), 1, "{key:?}");
         assert_eq!(key.active_version, 1, "{key:?}");
-        let r = sign_active(&d, &format!("big-{i}")).await?;
+        let r = sign_active(&d, &format!("slow-{i}")).await?;
         signed.push((r.compact, r.kid));
     }
     verify_all(&signed, &jwks)?;

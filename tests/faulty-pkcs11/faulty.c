@@ -25,6 +25,7 @@
  *                               1: the old handles answer CKR_SESSION_HANDLE_INVALID while the
  *                                  real sessions stay open, so the login survives
  *   sign_delay_ms=N             sleep before every data-producing C_Sign
+ *   generate_delay_ms=N         sleep before every C_GenerateKeyPair (a slow key generation)
  *   hang=1                      the data-producing C_Sign blocks until the file says hang=0
  *   hang_count=N                data-producing C_Signs block while the stat `hung` is below N
  *                               (so N in the process's life, `hang` included), each until the
@@ -85,6 +86,7 @@ struct control {
 	unsigned long drop_sessions;
 	int keep_login;
 	unsigned long sign_delay_ms;
+	unsigned long generate_delay_ms;
 	int hang;
 	unsigned long hang_count;
 	int token_absent;
@@ -114,6 +116,7 @@ struct stats {
 	unsigned long other_key;
 	unsigned long sign_errors;
 	unsigned long delayed;
+	unsigned long generations_delayed;
 	unsigned long hung;
 	unsigned long sessions_dropped;
 	unsigned long sessions_invalidated;
@@ -211,11 +214,11 @@ static void write_stats(void)
 		"sign_inits=%lu\nsign_calls=%lu\ncorrupted=%lu\nother_key=%lu\n"
 		"sign_errors=%lu\ndelayed=%lu\nhung=%lu\nsessions_dropped=%lu\n"
 		"sessions_invalidated=%lu\ntoken_removals=%lu\nabsent_refusals=%lu\n"
-		"invalid_handle_calls=%lu\ncontrol_reads=%lu\nlogins=%lu\n",
+		"invalid_handle_calls=%lu\ncontrol_reads=%lu\nlogins=%lu\ngenerations_delayed=%lu\n",
 		st.sign_inits, st.sign_calls, st.corrupted, st.other_key, st.sign_errors,
 		st.delayed, st.hung, st.sessions_dropped, st.sessions_invalidated,
 		st.token_removals, st.absent_refusals, st.invalid_handle_calls,
-		st.control_reads, st.logins);
+		st.control_reads, st.logins, st.generations_delayed);
 	if (fclose(f) == 0)
 		rename(tmp, stats_path);
 	else
@@ -292,6 +295,8 @@ static void reload_locked(void)
 			c.keep_login = atoi(val);
 		else if (!strcmp(key, "sign_delay_ms"))
 			c.sign_delay_ms = strtoul(val, NULL, 10);
+		else if (!strcmp(key, "generate_delay_ms"))
+			c.generate_delay_ms = strtoul(val, NULL, 10);
 		else if (!strcmp(key, "hang"))
 			c.hang = atoi(val);
 		else if (!strcmp(key, "hang_count"))
@@ -876,10 +881,33 @@ SESSION_FN(C_GenerateKey,
 	   (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n_t,
 	    CK_OBJECT_HANDLE_PTR k),
 	   (rh, m, t, n_t, k))
-SESSION_FN(C_GenerateKeyPair,
-	   (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pt, CK_ULONG n_pt,
-	    CK_ATTRIBUTE_PTR kt, CK_ULONG n_kt, CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv),
-	   (rh, m, pt, n_pt, kt, n_kt, pub, priv))
+/* Key generation, slowed down by generate_delay_ms (outside the gate and the lock). */
+static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m,
+				 CK_ATTRIBUTE_PTR pt, CK_ULONG n_pt, CK_ATTRIBUTE_PTR kt,
+				 CK_ULONG n_kt, CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
+{
+	CK_SESSION_HANDLE rh = 0;
+	unsigned long n = enter("C_GenerateKeyPair");
+	unsigned long delay;
+	CK_RV rv;
+
+	pthread_mutex_lock(&lock);
+	delay = ctl.generate_delay_ms;
+	if (delay) {
+		st.generations_delayed++;
+		write_stats();
+	}
+	pthread_mutex_unlock(&lock);
+	if (delay)
+		sleep_ms(delay);
+	rv = resolve(hSession, &rh);
+	if (rv == CKR_OK) {
+		rv = real->C_GenerateKeyPair(rh, m, pt, n_pt, kt, n_kt, pub, priv);
+		pthread_rwlock_unlock(&gate);
+	}
+	leave("C_GenerateKeyPair", n);
+	return rv;
+}
 SESSION_FN(C_WrapKey,
 	   (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wk, CK_OBJECT_HANDLE k,
 	    CK_BYTE_PTR w, CK_ULONG_PTR wl),
