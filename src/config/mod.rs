@@ -506,3 +506,6 @@ mod example_tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod proptests;
