@@ -590,3 +590,6 @@ mod example_tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod proptests;
