@@ -7,6 +7,8 @@
 #                                    configure and start its pkcsslotd with scripts/ock-up.sh),
 #                                    Python jwcrypto/cryptography (independent verifiers),
 #                                    PyKCS11 (non-extractable keys made outside sigild),
+#                                    libp11-kit-dev (<p11-kit/pkcs11.h> for the tests'
+#                                    fault-injecting PKCS#11 module, built with cc),
 #                                    cargo-nextest and cargo-deny
 set -euo pipefail
 
@@ -17,7 +19,7 @@ want_test=0
 
 pkgs=(softhsm2 protobuf-compiler pkg-config libpcsclite-dev ca-certificates)
 if [ $want_test = 1 ]; then
-    pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager opencryptoki python3)
+    pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager opencryptoki python3 libp11-kit-dev)
 fi
 
 missing=()

@@ -17,7 +17,7 @@ use crate::backend::parse_pkcs8;
 #[cfg(feature = "server")]
 use crate::jose::Alg;
 #[cfg(feature = "server")]
-use crate::keyring::{KeyInfo, KeyState};
+use crate::keyring::{KeyInfo, KeyState, Leftover};
 #[cfg(feature = "server")]
 use crate::policy::Caller;
 #[cfg(feature = "server")]
@@ -167,7 +167,7 @@ impl Api {
             }
             Listener::DangerPlaintext => Caller::plaintext(),
         };
-        Ok(Origin::new(caller))
+        Ok(Origin::new(caller).with_deadline(caller_deadline(req.metadata())))
     }
 
     /// The key management gRPC service.
@@ -183,6 +183,45 @@ impl Api {
         pb::signing_service_server::SigningServiceServer::new(self.clone())
             .max_decoding_message_size(max)
     }
+}
+
+/// How much earlier than the caller's `grpc-timeout` the daemon gives up: the caller's own
+/// timer started before the request reached us, and the answer must travel back before it
+/// fires, or the caller sees a bare CANCELLED instead of the daemon's status and request id.
+#[cfg(feature = "server")]
+const CALLER_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The caller's deadline from its `grpc-timeout` header (at most 8 digits and a unit, `H`, `M`,
+/// `S`, `m`, `u` or `n`, as gRPC over HTTP/2 defines it), counted from now, less
+/// [`CALLER_DEADLINE_MARGIN`] when the timeout is longer than twice that. `None` when absent
+/// or malformed (tonic ignores a malformed one too). A signature is then given up by this
+/// deadline, before tonic itself would cancel the request, so the caller gets the daemon's own
+/// answer, and a job still queued never reaches the device.
+#[cfg(feature = "server")]
+fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Instant> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = (value.get(..split)?, value.get(split..)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let timeout = if timeout > CALLER_DEADLINE_MARGIN * 2 {
+        timeout - CALLER_DEADLINE_MARGIN
+    } else {
+        timeout
+    };
+    std::time::Instant::now().checked_add(timeout)
 }
 
 /// The one table from error kinds to gRPC codes.
@@ -461,6 +500,32 @@ impl KeyService for Api {
         ))
     }
 
+    async fn repair_keyring(
+        &self,
+        req: Request<pb::RepairKeyringRequest>,
+    ) -> Result<pb::RepairKeyringResponse> {
+        let origin = self.origin(&req)?;
+        let dry_run = req.into_inner().dry_run;
+        let report = self
+            .service
+            .repair_keyring(&origin, dry_run)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        tracing::info!(
+            request_id = %origin.request_id,
+            found = report.found.len(),
+            repaired = report.repaired,
+            "keyring repair"
+        );
+        Ok(respond(
+            &origin,
+            pb::RepairKeyringResponse {
+                leftovers: report.found.iter().map(leftover_to_pb).collect(),
+                repaired: report.repaired,
+            },
+        ))
+    }
+
     async fn get_certificate_chain(
         &self,
         req: Request<pb::GetCertificateChainRequest>,
@@ -477,6 +542,21 @@ impl KeyService for Api {
 }
 
 #[cfg(feature = "server")]
+fn leftover_to_pb(l: &Leftover) -> pb::KeyringLeftover {
+    let (name, version) = l
+        .version()
+        .map(|(n, v)| (n.to_string(), v))
+        .unwrap_or_default();
+    pb::KeyringLeftover {
+        kind: l.kind().to_owned(),
+        name,
+        version,
+        key_id: l.key_id().map(|id| id.to_hex()).unwrap_or_default(),
+        description: l.to_string(),
+        action: l.action(),
+    }
+}
+
 fn chain_to_pb(name: String, version: u32, certificates: Vec<Vec<u8>>) -> pb::CertificateChain {
     pb::CertificateChain {
         x5t_s256: certificates
@@ -609,6 +689,45 @@ impl SigningService for Api {
 #[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn grpc_timeout_sets_the_callers_deadline() {
+        use std::time::{Duration, Instant};
+        let deadline = |value: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", value.parse().unwrap());
+            let before = Instant::now();
+            caller_deadline(&m).map(|d| d.saturating_duration_since(before))
+        };
+        // Timeouts above 100 ms lose the 50 ms margin.
+        let near = |got: Option<Duration>, want: Duration| {
+            let want = if want > Duration::from_millis(100) {
+                want - CALLER_DEADLINE_MARGIN
+            } else {
+                want
+            };
+            got.is_some_and(|g| g >= want && g < want + Duration::from_secs(1))
+        };
+        assert!(near(deadline("250m"), Duration::from_millis(250)));
+        assert!(near(deadline("80m"), Duration::from_millis(80)));
+        assert!(near(deadline("3S"), Duration::from_secs(3)));
+        assert!(near(deadline("2M"), Duration::from_secs(120)));
+        assert!(near(deadline("1H"), Duration::from_secs(3600)));
+        assert!(near(deadline("1500000u"), Duration::from_millis(1500)));
+        assert!(near(deadline("0n"), Duration::ZERO));
+        // Tonic's own encoding of Request::set_timeout.
+        let mut r = Request::new(());
+        r.set_timeout(Duration::from_secs(30));
+        assert!(near(
+            caller_deadline(r.metadata()).map(|d| d.saturating_duration_since(Instant::now())),
+            Duration::from_millis(29_100)
+        ));
+        for bad in ["", "S", "5", "5x", "-5S", "123456789S", "1.5S"] {
+            assert_eq!(deadline(bad), None, "{bad:?}");
+        }
+        assert_eq!(caller_deadline(&tonic::metadata::MetadataMap::new()), None);
+    }
 
     #[test]
     fn import_request_debug_hides_key_bytes() {

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
 
 use crate::audit::{Audit, AuditError, Durability};
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::{Backend, BackendError};
-use crate::config::{AuditConfig, CallerConfig, Config, ConfigError, LimitsConfig};
+use crate::config::{AuditConfig, CallerConfig, Config, ConfigError, LimitsConfig, ServerConfig};
 use crate::keyring::Keyring;
 use crate::policy::{KeyPattern, Operation, Policy, Rate, Rule, Who};
 use crate::server::{ServeError, Serving};
@@ -39,20 +40,72 @@ pub enum StartError {
     /// A start-up task or thread failed.
     #[error("start-up: {0}")]
     Thread(String),
+    /// A stop was requested ([`Stop`]) before the daemon was serving; everything opened so far
+    /// was released in order. Not a failure: a daemon told to stop while starting exits 0.
+    #[error("stopped during start-up")]
+    Stopped,
+}
+
+/// Whether the daemon has been told to stop (SIGTERM, SIGINT, [`Detached::shutdown`]): checked
+/// between the steps of start-up and awaited while serving. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Stop(watch::Receiver<bool>);
+
+/// The side of a [`Stop`] that asks for the stop; dropping it asks too, so a daemon whose
+/// owner has gone does not run on unowned.
+#[derive(Debug)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stop {
+    /// A stop request not yet made, and what makes it.
+    pub fn new() -> (Stopper, Stop) {
+        let (tx, rx) = watch::channel(false);
+        (Stopper(tx), Stop(rx))
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
+    /// [`StartError::Stopped`] when a stop was requested: the check between start-up steps.
+    ///
+    /// # Errors
+    /// [`StartError::Stopped`].
+    pub fn check(&self) -> Result<(), StartError> {
+        if self.requested() {
+            return Err(StartError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Wait until a stop is requested.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        // An error means the Stopper is gone, which asks for the stop too.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+impl Stopper {
+    /// Ask the daemon to stop.
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// A running daemon.
 pub struct Running {
     /// The servers (address, socket, stop).
     pub serving: Serving,
-    /// The service, for in-process callers (dev-mode key set-up, benchmarks).
+    /// The service, for in-process callers (benchmarks).
     pub service: Arc<Service>,
     /// The PKCS#11 backend when that is the device, for benchmarks that compare the daemon with
     /// direct calls on the same token.
     pub pkcs11: Option<Arc<Pkcs11Backend>>,
     /// The device, released last at shutdown (workers joined, then the module finalised), so
     /// no device call races the process's teardown.
-    backend: Arc<dyn Backend>,
+    device: Device,
 }
 
 impl Running {
@@ -61,7 +114,10 @@ impl Running {
         self.serving.addr
     }
 
-    /// Run until the servers stop by themselves or `signal` completes, then shut down.
+    /// Run until the servers stop by themselves or `signal` completes, then shut down in
+    /// order: health NOT_SERVING and no new connections, in-flight requests finished within
+    /// `[server] shutdown_grace_seconds` and the rest answered UNAVAILABLE, then the device
+    /// released (workers joined, sessions closed, module finalised last).
     ///
     /// # Errors
     /// The servers' own error, if they failed.
@@ -72,60 +128,214 @@ impl Running {
         let served = self.serving.run_until(signal).await;
         drop(self.service);
         drop(self.pkcs11);
-        let backend = self.backend;
-        tokio::task::spawn_blocking(move || backend.shutdown())
-            .await
-            .map_err(|e| StartError::Thread(format!("device shutdown: {e}")))?;
+        self.device.release().await;
         Ok(served?)
     }
 }
 
-/// Start the daemon on the configured address.
+/// Reserve the configured TCP address: bound, so a port in use is reported at once, but not
+/// yet listening, so connections are refused until the daemon is ready ([`Prepared::serve`]).
 ///
 /// # Errors
-/// [`StartError`]: config, module, PIN or listener problems. An absent token is not an error:
-/// the daemon starts NOT_SERVING and answers UNAVAILABLE until the token appears.
-pub async fn start(config: &Config, config_path: &Path) -> Result<Running, StartError> {
-    let addr = config.server.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })?;
-    start_on(config, config_path, listener).await
+/// [`ServeError::Listen`].
+pub fn reserve(addr: SocketAddr) -> Result<TcpSocket, ServeError> {
+    let listen = |source| ServeError::Listen { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(listen)?;
+    // As a listener bound by tokio itself: a restarted daemon may bind while connections of the
+    // previous one linger in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(listen)?;
+    socket.bind(addr).map_err(listen)?;
+    Ok(socket)
 }
 
-/// Start the daemon on an already-bound listener.
+/// Start the daemon on the configured address, once ready: the address is reserved first (a
+/// port in use fails fast), connections are refused while the device is opened and the keyring
+/// loaded, and accepted from then on.
+///
+/// # Errors
+/// [`StartError`]: config, module, PIN or listener problems; [`StartError::Stopped`] when
+/// `stop` was requested first. An absent token is not an error: the daemon starts NOT_SERVING
+/// and answers UNAVAILABLE until the token appears.
+pub async fn start(
+    config: &Config,
+    config_path: &Path,
+    stop: &Stop,
+) -> Result<Running, StartError> {
+    let socket = reserve(config.server.listen)?;
+    prepare(config, config_path, stop)
+        .await?
+        .serve(socket, stop)
+        .await
+}
+
+/// A daemon whose device is open and keyring loaded, not yet serving: the place for start-up
+/// steps that must be done before callers are let in (dev mode's default keys).
+pub struct Prepared {
+    /// The service, ready for in-process calls.
+    service: Arc<Service>,
+    /// The PKCS#11 backend when that is the device.
+    pkcs11: Option<Arc<Pkcs11Backend>>,
+    /// The device, released when start-up stops here.
+    device: Device,
+    /// The `[server]` table, for [`Prepared::serve`].
+    server: ServerConfig,
+    /// How often the keyring is re-read.
+    refresh: Duration,
+}
+
+/// Open the device and load the keyring, checking `stop` between the steps (a step already
+/// running on the device is finished first, so the token is left as consistent as after any
+/// completed operation).
 ///
 /// # Errors
 /// As for [`start`].
-pub async fn start_on(
+pub async fn prepare(
     config: &Config,
     config_path: &Path,
-    listener: TcpListener,
-) -> Result<Running, StartError> {
+    stop: &Stop,
+) -> Result<Prepared, StartError> {
+    stop.check()?;
     let (backend, pkcs11, startup_issue) = open_backend(config, config_path).await?;
+    let device = Device(Some(backend));
+    match assemble(config, &device, startup_issue, stop).await {
+        Ok(service) => Ok(Prepared {
+            service,
+            pkcs11,
+            device,
+            server: config.server.clone(),
+            refresh: Duration::from_secs(config.keyring.refresh_seconds),
+        }),
+        Err(e) => {
+            drop(pkcs11);
+            device.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// The keyring, audit and service on an opened device.
+async fn assemble(
+    config: &Config,
+    device: &Device,
+    startup_issue: Option<BackendError>,
+    stop: &Stop,
+) -> Result<Arc<Service>, StartError> {
+    let backend = device.backend()?;
     if let Some(issue) = &startup_issue {
         tracing::warn!(error = %issue, "device not usable yet; serving NOT_SERVING until it is");
     }
-    let keyring = Arc::new(Keyring::new(Arc::clone(&backend)));
+    stop.check()?;
+    let keyring = Arc::new(Keyring::new(backend));
     if startup_issue.is_none()
         && let Err(e) = keyring.refresh().await
     {
         tracing::warn!(error = %e, "cannot load the keyring yet");
     }
+    stop.check()?;
     let audit = Arc::new(open_audit(&config.audit)?);
-    let service = Arc::new(
+    Ok(Arc::new(
         Service::new(keyring, Arc::new(SystemClock), service_options(config))
             .with_access(Arc::new(policy(config)), audit),
-    );
-    let refresh = Duration::from_secs(config.keyring.refresh_seconds);
-    let serving =
-        crate::server::serve(Arc::clone(&service), &config.server, refresh, listener).await?;
-    Ok(Running {
-        serving,
-        service,
-        pkcs11,
-        backend,
-    })
+    ))
+}
+
+impl Prepared {
+    /// The service, for start-up steps made in-process before serving.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Serve on the reserved `socket` (and the configured Unix socket), unless a stop was
+    /// requested meanwhile; on any failure the device is released before returning.
+    ///
+    /// # Errors
+    /// [`ServeError`] as [`StartError::Serve`]; [`StartError::Stopped`].
+    pub async fn serve(self, socket: TcpSocket, stop: &Stop) -> Result<Running, StartError> {
+        if let Err(e) = stop.check() {
+            self.shutdown().await;
+            return Err(e);
+        }
+        let addr = socket.local_addr().unwrap_or(self.server.listen);
+        let listener = match socket.listen(LISTEN_BACKLOG) {
+            Ok(l) => l,
+            Err(source) => {
+                self.shutdown().await;
+                return Err(ServeError::Listen { addr, source }.into());
+            }
+        };
+        let served = crate::server::serve(
+            Arc::clone(&self.service),
+            &self.server,
+            self.refresh,
+            listener,
+        )
+        .await;
+        match served {
+            Ok(serving) => Ok(Running {
+                serving,
+                service: self.service,
+                pkcs11: self.pkcs11,
+                device: self.device,
+            }),
+            Err(e) => {
+                self.shutdown().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stop here, before serving: release the device (workers joined, module finalised).
+    pub async fn shutdown(self) {
+        drop(self.service);
+        drop(self.pkcs11);
+        self.device.release().await;
+    }
+}
+
+/// Connections the kernel queues for the TCP listener before they are accepted.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// The one configured device, released exactly once: explicitly ([`Device::release`], off the
+/// async runtime) on every path the daemon takes, or, should an owner be dropped without that
+/// (a panic unwinding), when dropped. Either way the workers are joined before the module is
+/// finalised, and both happen before the process exits.
+struct Device(Option<Arc<dyn Backend>>);
+
+impl Device {
+    /// The backend, while not released.
+    fn backend(&self) -> Result<Arc<dyn Backend>, StartError> {
+        self.0
+            .clone()
+            .ok_or_else(|| StartError::Thread("the device was already released".into()))
+    }
+
+    /// Release the device on a blocking thread and wait until that is done.
+    async fn release(mut self) {
+        if let Some(backend) = self.0.take() {
+            let released = tokio::task::spawn_blocking(move || backend.shutdown()).await;
+            if let Err(e) = released {
+                tracing::error!(error = %e, "releasing the device failed");
+            }
+            tracing::info!("device released");
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(backend) = self.0.take() {
+            // Only reached when an owner was dropped without a shutdown: blocking here (for as
+            // long as the device's slowest call in flight) is better than the process exiting
+            // while a worker is still inside the module.
+            tracing::warn!("releasing the device on drop");
+            backend.shutdown();
+        }
+    }
 }
 
 /// The configured device as the keyring sees it, the PKCS#11 backend itself when that is the
@@ -180,6 +390,7 @@ pub fn pkcs11_settings(config: &Config, path: &Path) -> Result<Pkcs11Settings, C
             .map_err(|e| invalid("pkcs11.pin", e.to_string()))?,
         workers: p11.workers,
         queue_depth: p11.queue_depth,
+        max_abandoned_workers: p11.max_abandoned_workers,
     })
 }
 
@@ -226,6 +437,8 @@ pub fn service_options(config: &Config) -> ServiceOptions {
         max_payload_bytes: config.signing.max_payload_bytes,
         sign_timeout: Duration::from_millis(config.signing.timeout_ms),
         verify_signatures: config.signing.verify_signatures,
+        quarantine_after: config.signing.quarantine_after,
+        quarantine_probe: Duration::from_millis(config.signing.quarantine_probe_ms),
     }
 }
 
@@ -288,17 +501,20 @@ fn policy_of(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
 
 /// A daemon running on its own OS thread and tokio runtime (benchmarks and embedding: the
 /// caller's runtime and the daemon's do not share worker threads, as with separate processes).
+/// Stopped and joined by [`Detached::shutdown`] or, failing that, when dropped, so the daemon's
+/// device is always released before its owner goes on to exit.
 pub struct Detached {
     /// Bound address.
     pub addr: SocketAddr,
     /// The service, for in-process calls.
     pub service: Arc<Service>,
-    /// The PKCS#11 backend when that is the device, for direct comparisons.
+    /// The PKCS#11 backend when that is the device, for direct comparisons. Whatever is made
+    /// with it directly (a direct signer's session) must be gone before the shutdown.
     pub pkcs11: Option<Arc<Pkcs11Backend>>,
     /// The daemon's runtime, so callers can serve more listeners on it (benchmarks).
     pub runtime: tokio::runtime::Handle,
     /// Tells the daemon thread to shut down.
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Stopper,
     /// The daemon thread.
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -315,7 +531,7 @@ impl Detached {
     /// Start the daemon on a new thread; `threads` = 0 runs a current-thread runtime.
     ///
     /// # Errors
-    /// As for [`start_on`], plus runtime creation.
+    /// As for [`start`], plus runtime creation.
     pub fn start(
         config: Config,
         config_path: PathBuf,
@@ -323,7 +539,7 @@ impl Detached {
         threads: usize,
     ) -> Result<Detached, StartError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready, StartError>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopper, stop) = Stop::new();
         let listen_err = move |source| {
             StartError::Serve(ServeError::Listen {
                 addr: listen,
@@ -351,9 +567,12 @@ impl Detached {
                     }
                 };
                 rt.block_on(async move {
-                    let started = match TcpListener::bind(listen).await {
-                        Ok(l) => start_on(&config, &config_path, l).await,
-                        Err(e) => Err(listen_err(e)),
+                    let started = match reserve(listen) {
+                        Ok(socket) => match prepare(&config, &config_path, &stop).await {
+                            Ok(prepared) => prepared.serve(socket, &stop).await,
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e.into()),
                     };
                     match started {
                         Ok(running) => {
@@ -364,11 +583,9 @@ impl Detached {
                                 running.pkcs11.clone(),
                             );
                             let _ = ready_tx.send(Ok(ready));
-                            let _ = running
-                                .run_until(async {
-                                    let _ = stop_rx.await;
-                                })
-                                .await;
+                            if let Err(e) = running.run_until(stop.wait()).await {
+                                tracing::error!(error = %e, "detached daemon stopped with an error");
+                            }
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -377,26 +594,46 @@ impl Detached {
                 });
             })
             .map_err(listen_err)?;
-        let (addr, runtime, service, pkcs11) = ready_rx
-            .recv()
-            .map_err(|_| StartError::Thread("daemon thread exited during start".into()))??;
+        let (addr, runtime, service, pkcs11) = match ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(StartError::Thread(
+                    "daemon thread exited during start".into(),
+                ));
+            }
+        };
         Ok(Detached {
             addr,
             service,
             pkcs11,
             runtime,
-            stop: Some(stop_tx),
+            stop: stopper,
             thread: Some(thread),
         })
     }
 
-    /// Stop the daemon and wait for its thread.
+    /// Stop the daemon (as on SIGTERM: drain, then release the device) and wait for its thread.
     pub fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the detached daemon thread panicked");
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }

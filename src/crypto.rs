@@ -347,3 +347,88 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the ECDSA signature conversions and integer helpers: DER and `r‖s` are
+/// inverse for every `r`, `s`, and no input makes the DER reader panic.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn curve() -> impl Strategy<Value = Curve> {
+        prop_oneof![Just(Curve::P256), Just(Curve::P384)]
+    }
+
+    /// `r‖s` of the curve's length, with runs of leading zeros and high bits set often (the
+    /// cases where DER adds a sign byte or drops zeros).
+    fn fixed(curve: Curve) -> impl Strategy<Value = Vec<u8>> {
+        let n = curve.field_len();
+        let half = move || {
+            (0..=n, prop::collection::vec(any::<u8>(), n)).prop_map(move |(zeros, mut v)| {
+                for b in v.iter_mut().take(zeros) {
+                    *b = 0;
+                }
+                v
+            })
+        };
+        (half(), half()).prop_map(|(mut r, s)| {
+            r.extend(s);
+            r
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn fixed_der_fixed_round_trips((c, rs) in curve().prop_flat_map(|c| (Just(c), fixed(c)))) {
+            let der = ecdsa_fixed_to_der(&rs, c);
+            prop_assert!(der.is_ok(), "{:?}", der);
+            let der = der.unwrap_or_default();
+            prop_assert_eq!(ecdsa_der_to_fixed(&der, c).ok(), Some(rs));
+        }
+
+        /// Any bytes: no panic; what is accepted converts back to exactly the same DER, so the
+        /// reader accepts canonical DER only (one encoding per signature).
+        #[test]
+        fn der_to_fixed_accepts_only_canonical_der(
+            c in curve(),
+            der in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..110),
+                // A SEQUENCE of two INTEGERs with mutated lengths and contents.
+                (any::<u8>(), any::<u8>(), prop::collection::vec(any::<u8>(), 0..50),
+                 any::<u8>(), prop::collection::vec(any::<u8>(), 0..50))
+                    .prop_map(|(l, rl, r, sl, s)| {
+                        let mut d = vec![0x30, l, 0x02, rl];
+                        d.extend(r);
+                        d.extend([0x02, sl]);
+                        d.extend(s);
+                        d
+                    }),
+            ],
+        ) {
+            if let Ok(f) = ecdsa_der_to_fixed(&der, c) {
+                prop_assert_eq!(f.len(), 2 * c.field_len());
+                prop_assert_eq!(ecdsa_fixed_to_der(&f, c).ok(), Some(der));
+            }
+        }
+
+        #[test]
+        fn fixed_to_der_refuses_wrong_lengths(c in curve(), rs in prop::collection::vec(any::<u8>(), 0..120)) {
+            let ok = ecdsa_fixed_to_der(&rs, c).is_ok();
+            prop_assert_eq!(ok, rs.len() == 2 * c.field_len());
+        }
+
+        #[test]
+        fn trim_leading_zeros_keeps_the_value(v in prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..20)) {
+            let t = trim_leading_zeros(&v);
+            prop_assert!(t.len() <= 1 || t.first() != Some(&0));
+            prop_assert_eq!(v.is_empty(), t.is_empty());
+            // Same number: equal after left-padding to the original length.
+            let mut padded = vec![0u8; v.len() - t.len()];
+            padded.extend(&t);
+            prop_assert_eq!(padded, v.clone());
+            let bits = rsa_bits(&v);
+            prop_assert_eq!(bits, rsa_bits(&t));
+            prop_assert!(bits as usize <= 8 * t.len());
+        }
+    }
+}

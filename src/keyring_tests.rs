@@ -403,3 +403,217 @@ async fn a_device_error_while_loading_never_drops_a_version() -> TestResult {
     assert_eq!(r.jwks()?, k.jwks()?);
     Ok(())
 }
+
+/// The kinds of what a report found, in order.
+fn kinds(report: &RepairReport) -> Vec<&'static str> {
+    report.found.iter().map(Leftover::kind).collect()
+}
+
+/// Repair on a restarted process: a dry run reports `expected` and changes nothing; the repair
+/// removes it; a second repair finds nothing. Returns the repaired keyring.
+async fn repair_finds(
+    backend: &MemoryBackend,
+    expected: &[&str],
+) -> Result<Keyring, Box<dyn std::error::Error>> {
+    let r = reloaded(backend).await?;
+    assert_invariants(&r)?;
+    let (labels, ids) = (backend.record_labels()?, backend.key_ids()?);
+    let dry = r.repair(true).await?;
+    assert_eq!(kinds(&dry), expected, "{:?}", dry.found);
+    assert!(!dry.repaired);
+    assert_eq!(backend.record_labels()?, labels, "a dry run wrote records");
+    assert_eq!(backend.key_ids()?, ids, "a dry run destroyed key pairs");
+    let done = r.repair(false).await?;
+    assert_eq!(done.found, dry.found);
+    assert!(done.repaired);
+    assert_invariants(&r)?;
+    let again = reloaded(backend).await?.repair(false).await?;
+    assert_eq!(kinds(&again), Vec::<&str>::new(), "{:?}", again.found);
+    // Exactly one record copy per version is left.
+    let labels = backend.record_labels()?;
+    let mut distinct = labels.clone();
+    distinct.dedup();
+    assert_eq!(labels, distinct);
+    Ok(r)
+}
+
+#[tokio::test]
+async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    let kept = backend.key_ids()?;
+    backend.crash_after_generate()?;
+    assert!(k.rotate("idp", None, 0, NOW).await.is_err());
+    backend.crash_after_generate()?;
+    assert!(k.create("new", Alg::Es256, 0, false, NOW).await.is_err());
+    // Another tool's key pair is not sigild's to destroy, even though no record names it.
+    backend.add_foreign_ed25519("made elsewhere")?;
+    let foreign = backend.key_ids()?.last().cloned();
+    let before = reloaded(&backend).await?;
+    let (list, jwks) = (before.list()?, before.jwks()?);
+
+    let r = repair_finds(&backend, &["orphan-key-pair", "orphan-key-pair"]).await?;
+    let mut left = kept.clone();
+    left.extend(foreign);
+    assert_eq!(backend.key_ids()?, left);
+    assert_eq!(r.list()?, list);
+    assert_eq!(r.jwks()?, jwks);
+    // The name of the crashed creation is free, and rotation numbers on.
+    r.create("new", Alg::Es256, 0, false, NOW).await?;
+    assert_eq!(r.rotate("idp", None, 0, NOW).await?.versions.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_activation_interrupted_in_its_first_record_replacement_is_repaired() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    // v2's new record (active) is written, its old copy (next) stays; v1 is still active.
+    backend.crash_in_record_replacement_after(0)?;
+    assert!(k.activate("idp", 0).await.is_err());
+    let r = reloaded(&backend).await?;
+    assert_eq!(
+        states(&r.get("idp")?),
+        [KeyState::Retired, KeyState::Active]
+    );
+    assert_eq!(r.active("idp")?.version, 2);
+    let r = repair_finds(&backend, &["stale-record", "extra-active"]).await?;
+    assert_eq!(
+        states(&r.get("idp")?),
+        [KeyState::Retired, KeyState::Active]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_activation_interrupted_in_its_second_record_replacement_is_repaired() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    backend.crash_in_record_replacement_after(1)?;
+    assert!(k.activate("idp", 0).await.is_err());
+    let r = repair_finds(&backend, &["stale-record"]).await?;
+    assert_eq!(
+        states(&r.get("idp")?),
+        [KeyState::Retired, KeyState::Active]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_later_of_two_activations_wins_even_for_an_older_version() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    k.activate("idp", 0).await?;
+    // Roll back to v1: v1's record says active, the process dies before v2 is retired.
+    backend.fail_put_record_after(1)?;
+    assert!(k.activate("idp", 1).await.is_err());
+    let r = reloaded(&backend).await?;
+    assert_eq!(
+        r.active("idp")?.version,
+        1,
+        "the activation written last signs"
+    );
+    assert_eq!(
+        states(&r.get("idp")?),
+        [KeyState::Active, KeyState::Retired]
+    );
+    let r = repair_finds(&backend, &["extra-active"]).await?;
+    assert_eq!(
+        states(&r.get("idp")?),
+        [KeyState::Active, KeyState::Retired]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retirement_interrupted_in_its_record_replacement_is_repaired() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    backend.crash_in_record_replacement_after(0)?;
+    assert!(k.retire("idp", 0).await.is_err());
+    let r = reloaded(&backend).await?;
+    assert_eq!(states(&r.get("idp")?), [KeyState::Retired]);
+    repair_finds(&backend, &["stale-record"]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_destruction_interrupted_anywhere_is_repaired() -> TestResult {
+    for crash in 0..2 {
+        let backend = MemoryBackend::new();
+        let k = keyring(&backend);
+        k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+        k.rotate("idp", None, 0, NOW).await?;
+        k.activate("idp", 0).await?;
+        let v1 = k.get("idp")?.versions[0].clone();
+        let expected: &[&str] = if crash == 0 {
+            // Between writing the destroyed record and removing its old copy.
+            backend.crash_in_record_replacement_after(0)?;
+            &["stale-record", "destroyed-key-pair"]
+        } else {
+            // After the record, before the key pair.
+            backend.fail_destroy()?;
+            &["destroyed-key-pair"]
+        };
+        assert!(k.destroy("idp", 1).await.is_err());
+        let r = reloaded(&backend).await?;
+        assert_eq!(r.get("idp")?.versions[0].state, KeyState::Destroyed);
+        assert!(!jwks_kids(&r)?.contains(&v1.kid));
+        repair_finds(&backend, expected).await?;
+        assert!(!backend.key_ids()?.contains(&v1.key_id));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_version_whose_key_pair_is_gone_is_reported_then_recorded_destroyed() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.rotate("idp", None, 0, NOW).await?;
+    let [v1, v2] = [0, 1].map(|i| k.get("idp").map(|key| key.versions[i].clone()));
+    let (v1, v2) = (v1?, v2?);
+    // The device loses both key pairs (a restored partition, another tool).
+    backend.destroy(&v1.key_id).await?;
+    backend.destroy(&v2.key_id).await?;
+    let r = reloaded(&backend).await?;
+    assert!(
+        matches!(r.active("idp"), Err(KeyringError::NoActiveVersion(_))),
+        "a version without its key pair never signs"
+    );
+    assert_eq!(jwks_kids(&r)?, Vec::<String>::new());
+    let dry = r.repair(true).await?;
+    assert_eq!(kinds(&dry), ["missing-key-pair", "missing-key-pair"]);
+    // Repair says that the active version goes, and what to do.
+    assert!(
+        dry.found[0].action().contains("no active version"),
+        "{}",
+        dry.found[0].action()
+    );
+    assert!(!dry.found[1].action().contains("no active version"));
+    let r = repair_finds(&backend, &["missing-key-pair", "missing-key-pair"]).await?;
+    assert_eq!(
+        states(&r.get("idp")?),
+        [KeyState::Destroyed, KeyState::Destroyed]
+    );
+    // Rotation numbers on and activation brings the key back.
+    r.rotate("idp", None, 0, NOW).await?;
+    r.activate("idp", 0).await?;
+    assert_eq!(r.active("idp")?.version, 3);
+    Ok(())
+}
+
+#[test]
+fn records_of_older_releases_have_generation_zero() -> Result<(), serde_json::Error> {
+    let json = r#"{"format":1,"name":"idp","version":1,"state":"active","alg":"EdDSA","fapi2":false,"key_id":"00","origin":"generated","created_at":0}"#;
+    assert_eq!(serde_json::from_str::<VersionRecord>(json)?.generation, 0);
+    Ok(())
+}

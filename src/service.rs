@@ -12,6 +12,10 @@
 //! exact payload about to be signed, followed by the rate limits. Each request ends with one
 //! [`Record`] in the audit trail; with `fail_closed`, a signature whose record cannot be
 //! written is withheld.
+//!
+//! A signature that does not verify is never released: it is made once more afresh (the
+//! backend finds the key again, on a new session), and a device whose requests keep failing is
+//! quarantined ([`quarantine`]) until a probe signature verifies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +29,10 @@ use crate::keyring::{KeyInfo, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
 mod error;
+pub mod quarantine;
 
 pub use error::{Chain, Error, ErrorKind};
+pub use quarantine::Quarantine;
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -57,6 +63,11 @@ pub struct ServiceOptions {
     /// Verify every signature with the public key before returning it, so a faulty device
     /// can never hand a caller a wrong signature.
     pub verify_signatures: bool,
+    /// Requests in a row whose signature did not verify, first and on the retry, before the
+    /// device is quarantined (0: never).
+    pub quarantine_after: u32,
+    /// Time between two probe signatures while the device is quarantined.
+    pub quarantine_probe: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -65,6 +76,8 @@ impl Default for ServiceOptions {
             max_payload_bytes: 64 * 1024,
             sign_timeout: Duration::from_secs(10),
             verify_signatures: true,
+            quarantine_after: 3,
+            quarantine_probe: Duration::from_secs(5),
         }
     }
 }
@@ -186,15 +199,25 @@ pub struct Origin {
     pub caller: Caller,
     /// Random request id (16 hex digits).
     pub request_id: String,
+    /// The caller's own deadline (gRPC `grpc-timeout`), when it set one: a signature is given
+    /// up by then even when `[signing] timeout_ms` is longer, and refused at once when it has
+    /// passed already.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Origin {
-    /// A request from `caller` with a fresh id.
+    /// A request from `caller` with a fresh id and no deadline of its own.
     pub fn new(caller: Caller) -> Origin {
         Origin {
             caller,
             request_id: request_id(),
+            deadline: None,
         }
+    }
+
+    /// The same request with the caller's deadline.
+    pub fn with_deadline(self, deadline: Option<std::time::Instant>) -> Origin {
+        Origin { deadline, ..self }
     }
 
     /// The daemon itself (dev set-up, benchmarks): not subject to policy, still audited.
@@ -224,6 +247,8 @@ struct Call {
     record: Record,
     /// Which rule allowed it (for its rate limit).
     grant: Option<crate::policy::Grant>,
+    /// The caller's deadline ([`Origin::deadline`]).
+    deadline: Option<std::time::Instant>,
 }
 
 /// The signing and key-management service.
@@ -240,12 +265,15 @@ pub struct Service {
     audit: Arc<Audit>,
     /// Origin of the monotonic time handed to the rate limiter.
     epoch: std::time::Instant,
+    /// Whether the device is quarantined for producing signatures that do not verify.
+    quarantine: Quarantine,
 }
 
 impl Service {
     /// Wire a service. It refuses every remote caller until [`Service::with_access`] gives
     /// it a policy; in-process callers are not subject to policy.
     pub fn new(keyring: Arc<Keyring>, clock: Arc<dyn Clock>, options: ServiceOptions) -> Self {
+        let quarantine = Quarantine::new(options.quarantine_after, options.quarantine_probe);
         Service {
             keyring,
             clock,
@@ -253,6 +281,7 @@ impl Service {
             policy: Arc::new(Policy::deny_all()),
             audit: Arc::new(Audit::off()),
             epoch: std::time::Instant::now(),
+            quarantine,
         }
     }
 
@@ -282,6 +311,52 @@ impl Service {
     /// The service's options.
     pub fn options(&self) -> &ServiceOptions {
         &self.options
+    }
+
+    /// The device's quarantine state (readiness reports NOT_SERVING while it is quarantined).
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    /// While the device is quarantined and a probe is due: sign a fixed message with the
+    /// active version of a key and verify it; a verified probe lifts the quarantine. Returns
+    /// whether the device may sign (not quarantined). Called by the readiness upkeep.
+    pub async fn probe_quarantine(&self) -> bool {
+        if !self.quarantine.probe_due() {
+            return self.quarantine.since().is_none();
+        }
+        let mut versions: Vec<_> = match self.keyring.list() {
+            Ok(keys) => keys.iter().filter_map(|k| k.active().cloned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        versions.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        if versions.is_empty() {
+            tracing::warn!("quarantine probe: no key has an active version to sign with");
+        }
+        // The first version the device signs with decides; one it refuses (an algorithm it
+        // lacks, a key gone) passes the probe on to the next, up to a few (each may take up to
+        // the signing timeout on a device that does not answer).
+        for version in versions.iter().take(PROBE_VERSIONS) {
+            let deadline = std::time::Instant::now() + self.options.sign_timeout;
+            let alg = version.alg;
+            match self
+                .device_sign(version, alg, PROBE_MESSAGE, deadline, true)
+                .await
+            {
+                Ok(sig) if self.verifies(version, alg, PROBE_MESSAGE, &sig) => {
+                    self.quarantine.lift();
+                    return true;
+                }
+                Ok(_) => {
+                    tracing::warn!(key = %version.name.as_str(), version = version.version, "quarantine probe: the signature still does not verify");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %version.name.as_str(), version = version.version, error = %e.chain(), "quarantine probe: the device did not sign");
+                }
+            }
+        }
+        false
     }
 
     /// Run one request: open its audit record, run `body` (which authorizes first), then
@@ -321,6 +396,7 @@ impl Service {
                 ..Record::default()
             },
             grant: None,
+            deadline: origin.deadline,
         }
     }
 
@@ -417,38 +493,87 @@ impl Service {
         Ok(())
     }
 
-    /// Sign `input` with `version` using `alg`: hash on the host where allowed, sign on the
-    /// device, refuse a signature of the wrong length, optionally verify it.
+    /// Sign `input` with `version` using `alg` by `deadline` (the caller's, when it set one;
+    /// the configured timeout bounds it): hash on the host where allowed, sign on the device,
+    /// refuse a signature of the wrong length, verify it (unless configured not to).
+    /// A signature that fails those checks is withheld and the device asked once more, afresh
+    /// (the key handle found again, on another session), within the same deadline; the caller
+    /// sees only a signature that passed. Requests that fail on the retry too feed the
+    /// quarantine, which refuses signing at once while it lasts.
     async fn sign_input(
         &self,
         version: &VersionInfo,
         alg: Alg,
         input: &[u8],
+        request_id: &str,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Vec<u8>, Error> {
-        let op = alg.sign_op(input);
-        let pending = self.keyring.backend().sign(
-            &version.key_id,
-            version.kind,
-            op,
-            std::time::Instant::now() + self.options.sign_timeout,
+        if self.quarantine.since().is_some() {
+            return Err(Error::Quarantined);
+        }
+        let deadline = sign_deadline(self.options.sign_timeout, deadline)?;
+        let sig = self
+            .device_sign(version, alg, input, deadline, false)
+            .await?;
+        if self.verifies(version, alg, input, &sig) {
+            self.quarantine.verified();
+            return Ok(sig);
+        }
+        tracing::warn!(
+            request_id,
+            key = %version.name.as_str(),
+            version = version.version,
+            "the device's signature does not verify; withheld, signing again afresh"
         );
-        let sig = tokio::time::timeout(self.options.sign_timeout, pending)
+        let sig = self
+            .device_sign(version, alg, input, deadline, true)
+            .await?;
+        if self.verifies(version, alg, input, &sig) {
+            self.quarantine.verified();
+            return Ok(sig);
+        }
+        self.quarantine.failed(request_id);
+        alg.check_signature(version.kind, &sig)?;
+        Err(Error::BadSignature {
+            key: version.name.to_string(),
+            version: version.version,
+            kid: version.kid.clone(),
+        })
+    }
+
+    /// One device signature of `input`, answered by `deadline` (`fresh`: with the key handle
+    /// and session renewed first, see [`crate::backend::Backend::sign_afresh`]).
+    async fn device_sign(
+        &self,
+        version: &VersionInfo,
+        alg: Alg,
+        input: &[u8],
+        deadline: std::time::Instant,
+        fresh: bool,
+    ) -> Result<Vec<u8>, Error> {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let op = alg.sign_op(input);
+        let backend = self.keyring.backend();
+        let pending = if fresh {
+            backend.sign_afresh(&version.key_id, version.kind, op, deadline)
+        } else {
+            backend.sign(&version.key_id, version.kind, op, deadline)
+        };
+        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), pending)
             .await
             .map_err(|_| Error::Timeout {
                 key: version.name.to_string(),
                 version: version.version,
-                ms: self.options.sign_timeout.as_millis(),
+                ms: wait.as_millis(),
             })?
-            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
-        alg.check_signature(version.kind, &sig)?;
-        if self.options.verify_signatures && !jose::verify(&version.public, alg, input, &sig) {
-            return Err(Error::BadSignature {
-                key: version.name.to_string(),
-                version: version.version,
-                kid: version.kid.clone(),
-            });
-        }
-        Ok(sig)
+            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))
+    }
+
+    /// Whether `sig` is a well-formed signature of `input` by `version` (the length always;
+    /// the signature itself unless verification is turned off).
+    fn verifies(&self, version: &VersionInfo, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
+        alg.check_signature(version.kind, sig).is_ok()
+            && (!self.options.verify_signatures || jose::verify(&version.public, alg, input, sig))
     }
 
     async fn sign_parts(
@@ -463,7 +588,13 @@ impl Service {
         self.authorize_content(call, &claims)?;
         let input = parts.signing_input();
         let sig = self
-            .sign_input(version, parts.alg, input.as_bytes())
+            .sign_input(
+                version,
+                parts.alg,
+                input.as_bytes(),
+                &call.record.request_id,
+                call.deadline,
+            )
             .await?;
         Ok(SignedJws {
             signature: jose::b64(&sig),
@@ -527,7 +658,9 @@ impl Service {
             let (version, alg) = self.resolve(key, alg)?;
             note_version(call, &version, alg);
             self.authorize_content(call, &None)?;
-            let signature = self.sign_input(&version, alg, data).await?;
+            let signature = self
+                .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
+                .await?;
             Ok(RawSignature {
                 signature,
                 kid: version.kid.clone(),
@@ -819,6 +952,29 @@ impl Service {
         .await
     }
 
+    /// Find what interrupted key operations left on the device and, unless `dry_run`, remove
+    /// it (see [`crate::keyring::Keyring::repair`]). It concerns every key and objects that
+    /// belong to none, so it is authorized as `admin` on the key name `*`: only a caller whose
+    /// admin rule covers every key may run it.
+    ///
+    /// # Errors
+    /// Permission, device errors.
+    pub async fn repair_keyring(
+        &self,
+        origin: &Origin,
+        dry_run: bool,
+    ) -> Result<crate::keyring::RepairReport, Error> {
+        let what = if dry_run {
+            "admin:repair-dry-run"
+        } else {
+            "admin:repair"
+        };
+        self.admin(origin, what, "*", 0, async || {
+            Ok(self.keyring.repair(dry_run).await?)
+        })
+        .await
+    }
+
     /// Attach a certificate chain (DER, leaf first) to a version (0: active). Admin.
     ///
     /// # Errors
@@ -879,6 +1035,32 @@ impl Service {
         Ok(self.keyring.jwks()?)
     }
 }
+
+/// When a signature must be done: the configured `timeout` from now, or the caller's deadline
+/// when that comes sooner.
+///
+/// # Errors
+/// [`Error::DeadlinePassed`] when the caller's deadline has passed already: such a request
+/// never reaches the device.
+fn sign_deadline(
+    timeout: std::time::Duration,
+    caller: Option<std::time::Instant>,
+) -> Result<std::time::Instant, Error> {
+    let now = std::time::Instant::now();
+    let configured = now + timeout;
+    let deadline = caller.map_or(configured, |c| c.min(configured));
+    if deadline > now {
+        Ok(deadline)
+    } else {
+        Err(Error::DeadlinePassed)
+    }
+}
+
+/// How many keys' active versions one quarantine probe tries at most.
+const PROBE_VERSIONS: usize = 3;
+
+/// What the quarantine probe signs: fixed, so a probe never signs anything a caller chose.
+const PROBE_MESSAGE: &[u8] = b"sigild quarantine probe: not a token";
 
 /// `value`, or `default` when it is 0 (proto3's "not set").
 fn or_default(value: u64, default: u64) -> u64 {
@@ -945,6 +1127,28 @@ fn new_jti() -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_callers_deadline_bounds_signing_and_a_passed_one_is_refused() {
+        use std::time::{Duration, Instant};
+        let timeout = Duration::from_secs(10);
+        let wait = |d: Instant| d.saturating_duration_since(Instant::now());
+        // No deadline of the caller's: the configured timeout.
+        let w = wait(sign_deadline(timeout, None).unwrap());
+        assert!(w <= timeout && w > timeout - Duration::from_secs(1));
+        // A sooner one wins; a later one does not.
+        let soon = Instant::now() + Duration::from_millis(300);
+        assert_eq!(sign_deadline(timeout, Some(soon)).unwrap(), soon);
+        let later = Instant::now() + timeout * 3;
+        assert!(wait(sign_deadline(timeout, Some(later)).unwrap()) <= timeout);
+        // Passed already: refused, UNAVAILABLE, not a daemon fault.
+        let e = sign_deadline(timeout, Some(Instant::now())).unwrap_err();
+        assert!(matches!(e, Error::DeadlinePassed));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(!e.is_fault());
+        assert!(e.message().contains("deadline"));
+    }
 
     #[test]
     fn jtis_are_distinct_and_long() -> Result<(), Error> {

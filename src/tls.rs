@@ -601,3 +601,87 @@ mod tests {
         Ok(())
     }
 }
+
+/// Property tests of the certificate readers that see caller-supplied bytes (a chain sent to
+/// `SetCertificateChain`, a client certificate's names): no input panics, and the names a
+/// certificate was made with are the names read back.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pk() -> crate::crypto::PublicKey {
+        crate::crypto::PublicKey::Ed25519 { x: vec![9; 32] }
+    }
+
+    proptest! {
+        #[test]
+        fn names_round_trip_and_mutations_never_panic(
+            spiffe in "spiffe://[a-z]{1,8}/[a-z/]{0,8}",
+            dns in "[a-z]{1,8}\\.example",
+            cn in "[ -~]{1,16}",
+            flips in prop::collection::vec((any::<usize>(), 1u8..=255), 0..4),
+            cut in any::<usize>(),
+        ) {
+            let ca = TestCa::new("proptest CA").map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let names = ClientNames {
+                spiffe: Some(spiffe.clone()),
+                dns: Some(dns.clone()),
+                cn: Some(cn.clone()),
+                expired: false,
+            };
+            let leaf = ca.client(&names).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let ders = pem_certificates(leaf.cert_pem.as_bytes());
+            prop_assert_eq!(ders.len(), 1);
+            let der = ders.into_iter().next().unwrap_or_default();
+            prop_assert_eq!(identity_of(&der, IdentityKind::Spiffe).ok(), Some(spiffe));
+            prop_assert_eq!(identity_of(&der, IdentityKind::Dns).ok(), Some(dns));
+            prop_assert_eq!(identity_of(&der, IdentityKind::Cn).ok(), Some(cn));
+            prop_assert_eq!(certificate_is_for(&der, &pk()).ok(), Some(false));
+
+            let mut bad = der.clone();
+            for (i, x) in flips {
+                let n = bad.len();
+                if let Some(b) = bad.get_mut(i % n) {
+                    *b ^= x;
+                }
+            }
+            bad.truncate(cut % (bad.len() + 1) + bad.len() / 2);
+            for kind in [IdentityKind::Spiffe, IdentityKind::Dns, IdentityKind::Cn] {
+                let _ = identity_of(&bad, kind);
+            }
+            let _ = certificate_is_for(&bad, &pk());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(der in prop::collection::vec(any::<u8>(), 0..300)) {
+            for kind in [IdentityKind::Spiffe, IdentityKind::Dns, IdentityKind::Cn] {
+                let _ = identity_of(&der, kind);
+            }
+            let _ = certificate_is_for(&der, &pk());
+        }
+
+        #[test]
+        fn pem_blocks_round_trip(
+            blocks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..4),
+            junk in "[ -~\n]{0,40}",
+        ) {
+            use base64::Engine as _;
+            let mut pem = junk.replace("-----", "");
+            pem.push('\n');
+            for b in &blocks {
+                let text = base64::engine::general_purpose::STANDARD.encode(b);
+                pem.push_str("-----BEGIN CERTIFICATE-----\n");
+                for chunk in text.as_bytes().chunks(64) {
+                    pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                    pem.push('\n');
+                }
+                pem.push_str("-----END CERTIFICATE-----\n");
+            }
+            prop_assert_eq!(pem_certificates(pem.as_bytes()), blocks);
+            let _ = pem_certificates(junk.as_bytes());
+        }
+    }
+}

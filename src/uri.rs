@@ -157,7 +157,10 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         if c == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
+            // Two hex digits exactly: `from_str_radix` alone would also take "+F" as 0x0F.
+            let hex = s
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -251,6 +254,22 @@ mod tests {
     }
 
     #[test]
+    fn percent_escapes_are_two_hex_digits() {
+        // Found by the property test below: "%+1" used to decode as 0x01.
+        for bad in [
+            "pkcs11:id=%+1",
+            "pkcs11:object=%+F",
+            "pkcs11:token=%1",
+            "pkcs11:id=%-1",
+        ] {
+            assert!(
+                matches!(bad.parse::<Pkcs11Uri>(), Err(UriError::Encoding(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn key_uri_round_trips() -> Result<(), UriError> {
         let s = key_uri("sigild dev", Some("abc123"), "idp/v1", &[0, 0xff]);
         assert_eq!(
@@ -262,5 +281,176 @@ mod tests {
         assert_eq!(u.object.as_deref(), Some("idp/v1"));
         assert_eq!(u.id, Some(vec![0, 0xff]));
         Ok(())
+    }
+}
+
+/// Property tests: parsing never panics, formatting and parsing are inverse, and percent
+/// decoding accepts exactly RFC 3986 `pct-encoded` (`%` and two hex digits).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 7512 formatting of every attribute this parser keeps (a test-side formatter: the
+    /// daemon itself only formats key URIs, with [`key_uri`]).
+    fn format(u: &Pkcs11Uri) -> String {
+        let mut path = Vec::new();
+        let mut text = |name: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                path.push(format!("{name}={}", percent_encode(v.as_bytes())));
+            }
+        };
+        text("token", &u.token);
+        text("manufacturer", &u.manufacturer);
+        text("serial", &u.serial);
+        text("model", &u.model);
+        text("object", &u.object);
+        if let Some(id) = &u.id {
+            path.push(format!("id={}", percent_encode_all(id)));
+        }
+        if let Some(t) = u.object_type {
+            let name = match t {
+                ObjectType::Private => "private",
+                ObjectType::Public => "public",
+                ObjectType::Cert => "cert",
+                ObjectType::Data => "data",
+                ObjectType::SecretKey => "secret-key",
+            };
+            path.push(format!("type={name}"));
+        }
+        if let Some(s) = u.slot_id {
+            path.push(format!("slot-id={s}"));
+        }
+        let mut s = format!("pkcs11:{}", path.join(";"));
+        if let Some(m) = &u.module_path {
+            let bytes = m.to_str().unwrap_or_default().as_bytes();
+            s.push_str(&format!("?module-path={}", percent_encode_all(bytes)));
+        }
+        s
+    }
+
+    fn uri() -> impl Strategy<Value = Pkcs11Uri> {
+        let text = || proptest::option::of(".{0,12}");
+        (
+            (text(), text(), text(), text(), text()),
+            proptest::option::of(prop::collection::vec(any::<u8>(), 0..12)),
+            proptest::option::of(proptest::sample::select(vec![
+                ObjectType::Private,
+                ObjectType::Public,
+                ObjectType::Cert,
+                ObjectType::Data,
+                ObjectType::SecretKey,
+            ])),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("/[a-z0-9 ;?&=%/._-]{0,20}"),
+        )
+            .prop_map(
+                |((token, manufacturer, serial, model, object), id, object_type, slot_id, m)| {
+                    Pkcs11Uri {
+                        token,
+                        manufacturer,
+                        serial,
+                        model,
+                        object,
+                        id,
+                        object_type,
+                        slot_id,
+                        module_path: m.map(PathBuf::from),
+                    }
+                },
+            )
+    }
+
+    /// The reference: `%` must be followed by exactly two hex digits.
+    fn strict_decode(s: &str) -> Option<Vec<u8>> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                let hi = (*b.get(i + 1)? as char).to_digit(16)?;
+                let lo = (*b.get(i + 2)? as char).to_digit(16)?;
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        Some(out)
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,40}") {
+            let _ = s.parse::<Pkcs11Uri>();
+            let _ = format!("pkcs11:{s}").parse::<Pkcs11Uri>();
+        }
+
+        /// Inputs made of the characters that structure a URI, so the parser's branches
+        /// (attributes, query, percent-escapes, repeats) are reached often.
+        #[test]
+        fn parse_never_panics_on_uri_like_text(
+            s in "(token|id|type|slot-id|object|serial|module-path|pin-value|pin-source|x|[;=?&%0-9a-fA-F+\\-é]){0,16}",
+        ) {
+            let _ = format!("pkcs11:{s}").parse::<Pkcs11Uri>();
+        }
+
+        #[test]
+        fn parse_inverts_format(u in uri()) {
+            let text = format(&u);
+            prop_assert_eq!(text.parse::<Pkcs11Uri>(), Ok(u), "{}", text);
+        }
+
+        #[test]
+        fn key_uri_round_trips(
+            label in ".{0,16}",
+            serial in proptest::option::of("[ -~]{0,8}"),
+            object in ".{0,16}",
+            id in prop::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let u: Result<Pkcs11Uri, _> =
+                key_uri(&label, serial.as_deref(), &object, &id).parse();
+            prop_assert!(u.is_ok(), "{:?}", u);
+            let u = u.unwrap_or_default();
+            prop_assert_eq!(u.token.as_deref(), Some(label.as_str()));
+            prop_assert_eq!(u.serial, serial.filter(|s| !s.is_empty()));
+            prop_assert_eq!(u.object.as_deref(), Some(object.as_str()));
+            prop_assert_eq!(u.id, Some(id));
+            prop_assert_eq!(u.object_type, Some(ObjectType::Private));
+        }
+
+        #[test]
+        fn percent_encoding_round_trips(bytes in prop::collection::vec(any::<u8>(), 0..32)) {
+            let some = percent_encode(&bytes);
+            // The characters that delimit attributes and the query never appear literally.
+            prop_assert!(!some.contains([';', '?', '=', '/', ' ', '#']), "{}", some);
+            prop_assert_eq!(percent_decode(&some), Some(bytes.clone()));
+            prop_assert_eq!(percent_decode(&percent_encode_all(&bytes)), Some(bytes));
+        }
+
+        #[test]
+        fn percent_decode_accepts_exactly_pct_encoded(
+            s in "(%[+\\-0-9a-fA-Fg ]{0,2}|[a-z+]|.){0,8}",
+        ) {
+            prop_assert_eq!(percent_decode(&s), strict_decode(&s));
+        }
+
+        /// Every attribute given twice is refused, so the first and the second can never be
+        /// read differently by two tools.
+        #[test]
+        fn repeated_attributes_are_refused(
+            name in proptest::sample::select(vec![
+                "token", "manufacturer", "serial", "model", "object", "id", "type", "slot-id",
+            ]),
+        ) {
+            let value = match name {
+                "type" => "cert",
+                "slot-id" => "1",
+                _ => "a",
+            };
+            let s = format!("pkcs11:{name}={value};{name}={value}");
+            prop_assert_eq!(s.parse::<Pkcs11Uri>(), Err(UriError::Attribute(name.into())));
+        }
     }
 }

@@ -232,3 +232,156 @@ mod tests {
         assert!(left_pad(&[1, 2, 3, 4], 3).is_none());
     }
 }
+
+/// Property tests: no byte string makes the PKCS#8 reader panic, including mutations of real
+/// keys; what it accepts has a well-formed public half (ring made the originals, so their
+/// public keys are checked against ring's).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use ring::signature::KeyPair as _;
+
+    /// PKCS#8 documents made by ring (an independent encoder), with the public key ring
+    /// computed for each.
+    fn originals() -> Vec<(Vec<u8>, PublicKey)> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut out = Vec::new();
+        for (alg, curve) in [
+            (
+                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                Curve::P256,
+            ),
+            (
+                &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                Curve::P384,
+            ),
+        ] {
+            let Ok(doc) = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng) else {
+                continue;
+            };
+            let Ok(pair) = ring::signature::EcdsaKeyPair::from_pkcs8(alg, doc.as_ref(), &rng)
+            else {
+                continue;
+            };
+            if let Ok(public) = ec_point(curve, pair.public_key().as_ref()) {
+                out.push((doc.as_ref().to_vec(), public));
+            }
+        }
+        if let Ok(doc) = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            && let Ok(pair) = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
+        {
+            let x = pair.public_key().as_ref().to_vec();
+            out.push((doc.as_ref().to_vec(), PublicKey::Ed25519 { x }));
+        }
+        out
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Truncate(usize),
+        Insert(usize, u8),
+        Remove(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
+            any::<usize>().prop_map(Mutation::Truncate),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<usize>().prop_map(Mutation::Remove),
+        ]
+    }
+
+    fn apply(doc: &mut Vec<u8>, m: &Mutation) {
+        let len = doc.len().max(1);
+        match *m {
+            Mutation::Flip(i, x) => {
+                if let Some(b) = doc.get_mut(i % len) {
+                    *b ^= x;
+                }
+            }
+            Mutation::Truncate(i) => doc.truncate(i % len),
+            Mutation::Insert(i, b) => doc.insert(i % (doc.len() + 1), b),
+            Mutation::Remove(i) => {
+                if !doc.is_empty() {
+                    doc.remove(i % len);
+                }
+            }
+        }
+    }
+
+    fn well_formed(pk: &PublicKey) -> bool {
+        match pk {
+            PublicKey::Ec { curve, x, y } => {
+                x.len() == curve.field_len() && y.len() == curve.field_len()
+            }
+            PublicKey::Ed25519 { x } => x.len() == 32,
+            PublicKey::Rsa { n, e } => n.first() != Some(&0) && e.first() != Some(&0),
+        }
+    }
+
+    #[test]
+    fn ring_keys_parse_to_ring_public_keys() -> Result<(), String> {
+        let originals = originals();
+        assert_eq!(
+            originals.len(),
+            3,
+            "ring made a P-256, a P-384 and an Ed25519 key"
+        );
+        for (doc, public) in originals {
+            assert_eq!(parse_pkcs8(&doc)?.public(), &public);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(der in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(m) = parse_pkcs8(&der) {
+                prop_assert!(well_formed(m.public()));
+            }
+        }
+
+        #[test]
+        fn mutated_keys_never_panic(
+            which in 0usize..3,
+            mutations in prop::collection::vec(mutation(), 1..4),
+        ) {
+            let originals = originals();
+            let Some((doc, _)) = originals.get(which % originals.len().max(1)) else {
+                return Err(TestCaseError::fail("ring made no keys"));
+            };
+            let mut doc = doc.clone();
+            for m in &mutations {
+                apply(&mut doc, m);
+            }
+            if let Ok(m) = parse_pkcs8(&doc) {
+                prop_assert!(well_formed(m.public()));
+            }
+        }
+
+        #[test]
+        fn ec_point_never_panics(p256 in any::<bool>(), point in prop::collection::vec(any::<u8>(), 0..100)) {
+            let curve = if p256 { Curve::P256 } else { Curve::P384 };
+            if let Ok(pk) = ec_point(curve, &point) {
+                prop_assert!(well_formed(&pk));
+                prop_assert_eq!(point.len(), 2 * curve.field_len() + 1);
+            }
+        }
+
+        #[test]
+        fn left_pad_keeps_the_value(v in prop::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..12), len in 0usize..12) {
+            let significant = v.iter().skip_while(|b| **b == 0).count();
+            match left_pad(&v, len) {
+                Some(p) => {
+                    prop_assert_eq!(p.len(), len);
+                    prop_assert_eq!(p.get(len - significant..), v.get(v.len() - significant..));
+                    prop_assert!(p.iter().take(len - significant).all(|b| *b == 0));
+                }
+                None => prop_assert!(significant > len),
+            }
+        }
+    }
+}

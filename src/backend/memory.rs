@@ -2,7 +2,7 @@
 //! `ring`, metadata records in a map, and fault injection at the points where a real device or
 //! process can fail half-way (a `put_record` that fails, a crash between generating a key pair
 //! and recording it, a destroy that does not happen, records the device stops showing, key reads
-//! that fail for a while).
+//! that fail for a while, signatures that come out corrupted).
 //!
 //! Compiled only for tests. It owns nothing but its own maps: no files, no network, no device,
 //! and it is never wired into the daemon. Clones share one "device", so a second
@@ -23,6 +23,7 @@ use ring::signature::{self, KeyPair as _};
 
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+    StoredKeyPair,
 };
 use crate::crypto::{Curve, KeyKind, PublicKey, SignOp};
 
@@ -51,9 +52,27 @@ struct Faults {
     destroy_fails: bool,
     /// How many further `key` calls fail as a device that is briefly unreachable would.
     key_reads_failing: usize,
+    /// How many `put_record` calls succeed before one writes its new copy and stops before
+    /// removing the old one, as a process killed between the two device writes of a record
+    /// replacement would; the call then fails.
+    put_record_leaves_old_after: Option<usize>,
     /// `records` lists nothing while set (the device hides its objects: a fault, a partition
     /// being restored); the records are still there.
     records_hidden: bool,
+    /// [`Backend::stalled`] answers `true` while set (every worker of a real device stuck).
+    stalled: bool,
+    /// How many further signatures come out corrupted (a byte flipped; `usize::MAX`: all of
+    /// them until cleared), as from a device with a stale handle or a faulty signing engine.
+    corrupt_signatures: usize,
+}
+
+/// What the "device" was asked to sign, for tests that count attempts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SignCounts {
+    /// [`Backend::sign`] calls.
+    pub signs: usize,
+    /// [`Backend::sign_afresh`] calls.
+    pub fresh: usize,
 }
 
 /// The shared "device".
@@ -63,10 +82,15 @@ struct State {
     keys: BTreeMap<KeyId, SoftKey>,
     /// Records by label.
     records: BTreeMap<String, Vec<u8>>,
+    /// Older copies of records that an interrupted replacement left next to the current one;
+    /// listed before the current copies, so a reader that takes the last copy it sees is wrong.
+    old_copies: Vec<(String, Vec<u8>)>,
     /// The next key id.
     next_id: u64,
     /// Pending faults.
     faults: Faults,
+    /// Signing attempts so far.
+    counts: SignCounts,
     /// [`Backend::shutdown`] was called: every later call answers
     /// [`BackendError::ShuttingDown`].
     shut_down: bool,
@@ -102,6 +126,13 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Let `n` further `put_record` calls succeed; the next one that replaces a record writes
+    /// the new copy, keeps the old one, and fails (a process killed between the two writes).
+    pub fn crash_in_record_replacement_after(&self, n: usize) -> Result<(), BackendError> {
+        self.lock()?.faults.put_record_leaves_old_after = Some(n);
+        Ok(())
+    }
+
     /// The next `destroy` fails and leaves the key pair on the device.
     pub fn fail_destroy(&self) -> Result<(), BackendError> {
         self.lock()?.faults.destroy_fails = true;
@@ -115,10 +146,27 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Report every worker stuck (`true`) or none (`false`) through [`Backend::stalled`].
+    pub fn set_stalled(&self, stalled: bool) -> Result<(), BackendError> {
+        self.lock()?.faults.stalled = stalled;
+        Ok(())
+    }
+
     /// Hide (`true`) or show again (`false`) every record.
     pub fn hide_records(&self, hidden: bool) -> Result<(), BackendError> {
         self.lock()?.faults.records_hidden = hidden;
         Ok(())
+    }
+
+    /// Corrupt the next `n` signatures (`usize::MAX`: every one until set to 0 again).
+    pub fn corrupt_signatures(&self, n: usize) -> Result<(), BackendError> {
+        self.lock()?.faults.corrupt_signatures = n;
+        Ok(())
+    }
+
+    /// How often the device was asked to sign, and how often afresh.
+    pub fn sign_counts(&self) -> Result<SignCounts, BackendError> {
+        Ok(self.lock()?.counts)
     }
 
     /// The ids of every key pair on the device.
@@ -126,9 +174,14 @@ impl MemoryBackend {
         Ok(self.lock()?.keys.keys().cloned().collect())
     }
 
-    /// The labels of every record on the device (hidden or not).
+    /// The labels of every record copy on the device (hidden or not).
     pub fn record_labels(&self) -> Result<Vec<String>, BackendError> {
-        Ok(self.lock()?.records.keys().cloned().collect())
+        let s = self.lock()?;
+        Ok(s.old_copies
+            .iter()
+            .map(|(l, _)| l.clone())
+            .chain(s.records.keys().cloned())
+            .collect())
     }
 
     /// Put an Ed25519 key pair on the device as another tool would; returns its URI for
@@ -172,6 +225,44 @@ fn ecdsa_alg(curve: Curve) -> &'static signature::EcdsaSigningAlgorithm {
         Curve::P256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         Curve::P384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
     }
+}
+
+/// Sign `op` with `key` as the device would, corrupting the result while a corruption fault
+/// is pending.
+fn sign_with(
+    s: &mut State,
+    key: &KeyId,
+    kind: KeyKind,
+    op: &SignOp,
+) -> Result<Vec<u8>, BackendError> {
+    let soft = s
+        .keys
+        .get(key)
+        .ok_or_else(|| BackendError::KeyNotFound(key.clone()))?;
+    if soft.public.kind() != kind || !op.fits(kind) {
+        return Err(BackendError::InvalidRequest(format!(
+            "this operation needs a different key type than {kind}"
+        )));
+    }
+    let mut sig = match (op, &soft.ed25519) {
+        (SignOp::Ed25519 { message }, Some(pair)) => pair.sign(message).as_ref().to_vec(),
+        _ => {
+            return Err(BackendError::Unsupported(format!(
+                "the in-memory backend signs with Ed25519 keys only ({kind}: ring signs \
+                 messages, not pre-hashed digests)"
+            )));
+        }
+    };
+    let corrupt = &mut s.faults.corrupt_signatures;
+    if *corrupt > 0 {
+        if *corrupt != usize::MAX {
+            *corrupt -= 1;
+        }
+        if let Some(b) = sig.get_mut(10) {
+            *b ^= 0x5a;
+        }
+    }
+    Ok(sig)
 }
 
 /// A fresh software key pair of `kind`.
@@ -303,24 +394,24 @@ impl Backend for MemoryBackend {
     ) -> BackendFuture<Vec<u8>> {
         let key = key.clone();
         self.call(move |s| {
-            let soft = s
-                .keys
-                .get(&key)
-                .ok_or_else(|| BackendError::KeyNotFound(key.clone()))?;
-            if soft.public.kind() != kind || !op.fits(kind) {
-                return Err(BackendError::InvalidRequest(format!(
-                    "this operation needs a different key type than {kind}"
-                )));
-            }
-            match (&op, &soft.ed25519) {
-                (SignOp::Ed25519 { message }, Some(pair)) => {
-                    Ok(pair.sign(message).as_ref().to_vec())
-                }
-                _ => Err(BackendError::Unsupported(format!(
-                    "the in-memory backend signs with Ed25519 keys only ({kind}: ring signs \
-                     messages, not pre-hashed digests)"
-                ))),
-            }
+            s.counts.signs += 1;
+            sign_with(s, &key, kind, &op)
+        })
+    }
+
+    /// The in-memory device keeps no handles or sessions: signing afresh is signing again,
+    /// counted apart.
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        _deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
+        let key = key.clone();
+        self.call(move |s| {
+            s.counts.fresh += 1;
+            sign_with(s, &key, kind, &op)
         })
     }
 
@@ -396,13 +487,29 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>> {
+        self.call(|s| {
+            Ok(s.keys
+                .iter()
+                .map(|(id, k)| StoredKeyPair {
+                    id: id.clone(),
+                    label: k.label.clone(),
+                    private: true,
+                    public: true,
+                })
+                .collect())
+        })
+    }
+
     fn records(&self) -> BackendFuture<Vec<Record>> {
         self.call(|s| {
             if s.faults.records_hidden {
                 return Ok(Vec::new());
             }
-            Ok(s.records
+            Ok(s.old_copies
                 .iter()
+                .map(|(label, value)| (label, value))
+                .chain(s.records.iter())
                 .map(|(label, value)| Record {
                     label: label.clone(),
                     value: value.clone(),
@@ -424,6 +531,23 @@ impl Backend for MemoryBackend {
                 Some(n) => s.faults.put_record_fails_after = Some(n - 1),
                 None => {}
             }
+            let replaces = s.records.contains_key(&record.label);
+            match s.faults.put_record_leaves_old_after {
+                Some(0) if replaces => {
+                    s.faults.put_record_leaves_old_after = None;
+                    let label = record.label.clone();
+                    if let Some(old) = s.records.insert(record.label, record.value) {
+                        s.old_copies.push((label.clone(), old));
+                    }
+                    return Err(BackendError::Unavailable(format!(
+                        "injected crash between writing record {label} and removing its old copy"
+                    )));
+                }
+                Some(n) if replaces => s.faults.put_record_leaves_old_after = Some(n - 1),
+                _ => {}
+            }
+            // A replacement removes every older copy, as the PKCS#11 backend does.
+            s.old_copies.retain(|(l, _)| *l != record.label);
             s.records.insert(record.label, record.value);
             Ok(())
         })
@@ -442,6 +566,10 @@ impl Backend for MemoryBackend {
 
     fn check(&self) -> BackendFuture<()> {
         self.call(|_| Ok(()))
+    }
+
+    fn stalled(&self) -> bool {
+        self.lock().is_ok_and(|s| s.faults.stalled)
     }
 
     /// No workers to stop: later calls answer [`BackendError::ShuttingDown`].

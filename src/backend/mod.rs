@@ -87,6 +87,21 @@ pub struct Record {
     pub value: Vec<u8>,
 }
 
+/// A key pair as the device lists it, or the one half of it that an interrupted generation,
+/// import or destruction left behind: what the keyring needs to find key pairs that no record
+/// names (see [`Backend::key_pairs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKeyPair {
+    /// The backend's identifier (PKCS#11: the objects' `CKA_ID`).
+    pub id: KeyId,
+    /// The device label, which tells sigild's key pairs (`sigild/…`) from other tools'.
+    pub label: String,
+    /// The private half is on the device.
+    pub private: bool,
+    /// The public half is on the device.
+    pub public: bool,
+}
+
 /// Why a backend operation failed. Device return codes are kept for the log (`CKR_…`); the
 /// service decides what a caller is told.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +173,19 @@ pub trait Backend: Send + Sync + 'static {
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>>;
 
+    /// Sign again after a signature from [`Backend::sign`] did not verify: the device may be
+    /// signing through a stale handle (another key) or a session that corrupts results, so the
+    /// backend first drops what it has cached about `key` (PKCS#11: the private-key handle,
+    /// found again by `CKA_ID`) and the connection the attempt runs on (a fresh session or card
+    /// connection), then signs as [`Backend::sign`] does, by `deadline`.
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>>;
+
     /// Generate a key pair on the device.
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject>;
 
@@ -171,8 +199,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Read a key pair's public half and label (used when loading the keyring).
     fn key(&self, key: &KeyId) -> BackendFuture<KeyObject>;
 
-    /// Destroy both halves of a key pair.
+    /// Destroy both halves of a key pair, or the one half that is left of it (an earlier
+    /// destroy was interrupted); [`BackendError::KeyNotFound`] when neither is there.
     fn destroy(&self, key: &KeyId) -> BackendFuture<()>;
+
+    /// Every key pair on the device that has a key id, with halves found alone, whoever made
+    /// them: the keyring compares it with its records to find what an interrupted operation
+    /// left behind. Read-only.
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>>;
 
     /// All metadata records this backend holds for sigild.
     fn records(&self) -> BackendFuture<Vec<Record>>;
@@ -187,6 +221,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the device is reachable and logged in, checked cheaply (no signature).
     fn check(&self) -> BackendFuture<()>;
+
+    /// Whether every device worker is stuck inside a device call past its job's deadline and
+    /// no replacement may be started ([`worker::PoolStatus::stalled`]): requests can only wait
+    /// for their deadline. Answered at once, without queueing (unlike [`Backend::check`],
+    /// which would wait behind the stuck workers), so readiness can report NOT_SERVING.
+    fn stalled(&self) -> bool;
 
     /// Stop the device workers and release the device: requests still queued and every later
     /// one are answered [`BackendError::ShuttingDown`]; returns once no thread is inside the

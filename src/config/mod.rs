@@ -86,6 +86,11 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// An additional Unix-socket listener.
     pub unix: Option<UnixConfig>,
+    /// How long a stopping daemon (SIGTERM, SIGINT) lets requests already in flight finish,
+    /// seconds; those still running then are answered UNAVAILABLE, so a stop is bounded while
+    /// callers on a balancer lose nothing that could finish. 0 answers them at once.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
 }
 
 /// Keyring refresh.
@@ -118,6 +123,14 @@ pub struct SigningConfig {
     /// Verify each signature with the public key before returning it.
     #[serde(default = "default_true")]
     pub verify_signatures: bool,
+    /// Requests in a row whose signature does not verify, also when signed again afresh,
+    /// before the device is quarantined (NOT_SERVING, signing refused until a probe signature
+    /// verifies); 0 never quarantines.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// Time between two probe signatures while quarantined, milliseconds.
+    #[serde(default = "default_quarantine_probe_ms")]
+    pub quarantine_probe_ms: u64,
 }
 
 impl Default for SigningConfig {
@@ -126,6 +139,8 @@ impl Default for SigningConfig {
             max_payload_bytes: default_max_payload(),
             timeout_ms: default_timeout_ms(),
             verify_signatures: true,
+            quarantine_after: default_quarantine_after(),
+            quarantine_probe_ms: default_quarantine_probe_ms(),
         }
     }
 }
@@ -145,6 +160,9 @@ fn default_handshake_timeout_ms() -> u64 {
 fn default_keepalive_seconds() -> u64 {
     60
 }
+fn default_shutdown_grace() -> u64 {
+    10
+}
 fn default_refresh() -> u64 {
     10
 }
@@ -152,6 +170,12 @@ fn default_max_payload() -> usize {
     64 * 1024
 }
 fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_quarantine_after() -> u32 {
+    3
+}
+fn default_quarantine_probe_ms() -> u64 {
     5000
 }
 fn default_true() -> bool {
@@ -298,6 +322,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.server.shutdown_grace_seconds > 3600 {
+            return Err(invalid(
+                "server.shutdown_grace_seconds",
+                "must be at most 3600 (an hour)".into(),
+            ));
+        }
         if self.keyring.refresh_seconds == 0 {
             return Err(invalid(
                 "keyring.refresh_seconds",
@@ -312,6 +342,12 @@ impl Config {
         }
         if self.signing.timeout_ms == 0 {
             return Err(invalid("signing.timeout_ms", "must be at least 1".into()));
+        }
+        if self.signing.quarantine_probe_ms == 0 {
+            return Err(invalid(
+                "signing.quarantine_probe_ms",
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -380,6 +416,54 @@ pin = { file = "/etc/sigild/pin" }
         assert_eq!(c.server.handshake_timeout_ms, 5000);
         assert_eq!(c.server.keepalive_seconds, 60);
         assert!(!c.audit.fsync);
+        assert_eq!(c.server.shutdown_grace_seconds, 10);
+        assert_eq!(c.signing.quarantine_after, 3);
+        assert_eq!(c.signing.quarantine_probe_ms, 5000);
+        Ok(())
+    }
+
+    #[test]
+    fn shutdown_grace_is_bounded() -> Result<(), ConfigError> {
+        let text = |grace: &str| {
+            GOOD.replace(
+                "danger_plaintext = true",
+                &format!("danger_plaintext = true\nshutdown_grace_seconds = {grace}"),
+            )
+        };
+        assert_eq!(
+            Config::parse(Path::new("x"), &text("0"))?
+                .server
+                .shutdown_grace_seconds,
+            0
+        );
+        let err = Config::parse(Path::new("x"), &text("3601"))
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("server.shutdown_grace_seconds"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn quarantine_settings_are_read_and_checked() -> Result<(), ConfigError> {
+        let text = format!(
+            "{GOOD}
+[signing]
+quarantine_after = 0
+quarantine_probe_ms = 250
+"
+        );
+        let c = Config::parse(Path::new("x"), &text)?;
+        assert_eq!(c.signing.quarantine_after, 0);
+        assert_eq!(c.signing.quarantine_probe_ms, 250);
+        let zero = text.replace("quarantine_probe_ms = 250", "quarantine_probe_ms = 0");
+        let err = Config::parse(Path::new("x"), &zero)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("signing.quarantine_probe_ms"), "{err}");
         Ok(())
     }
 
@@ -605,3 +689,6 @@ mod example_tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod proptests;

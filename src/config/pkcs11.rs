@@ -8,6 +8,7 @@
 //! pin = { file = "/etc/sigild/pin" }          # or { env = "SIGILD_PIN" }; never a literal
 //! workers = 2
 //! queue_depth = 1024
+//! max_abandoned_workers = 2                   # workers left stuck in a hung call, replaced
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,14 @@ pub struct Pkcs11Config {
     /// Requests waiting for a worker before callers get RESOURCE_EXHAUSTED.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,
+    /// Workers that may be left stuck inside the module at once: a worker still inside a call
+    /// (a hung `C_Sign`) past its request's deadline plus a second is abandoned and replaced
+    /// by a new worker with its own session, so one hung call does not cut capacity. Each
+    /// abandoned worker keeps a thread and a session until the module returns. When every
+    /// worker is stuck and this many are abandoned already, readiness reports NOT_SERVING.
+    /// 0 never replaces a worker.
+    #[serde(default = "default_max_abandoned_workers")]
+    pub max_abandoned_workers: usize,
 }
 
 fn default_workers() -> usize {
@@ -41,6 +50,9 @@ fn default_workers() -> usize {
 }
 fn default_queue_depth() -> usize {
     1024
+}
+fn default_max_abandoned_workers() -> usize {
+    2
 }
 
 impl Pkcs11Config {
@@ -79,6 +91,12 @@ impl Pkcs11Config {
         if self.queue_depth == 0 {
             return Err(invalid("pkcs11.queue_depth", "must be at least 1".into()));
         }
+        if self.max_abandoned_workers > 256 {
+            return Err(invalid(
+                "pkcs11.max_abandoned_workers",
+                "must be 0..=256 (each keeps a thread and a session)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -96,5 +114,31 @@ impl Pkcs11Config {
             out.push(("pkcs11.pin", e.to_string()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn table(extra: &str) -> Pkcs11Config {
+        toml::from_str(&format!(
+            "module = \"/m.so\"\ntoken = \"pkcs11:token=t\"\npin = {{ env = \"P\" }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn abandoned_workers_default_to_a_few_and_are_bounded() {
+        let path = Path::new("sigild.toml");
+        let c = table("");
+        assert_eq!(c.max_abandoned_workers, 2);
+        assert!(c.validate(path).is_ok());
+        assert!(table("max_abandoned_workers = 0").validate(path).is_ok());
+        let e = table("max_abandoned_workers = 1000")
+            .validate(path)
+            .unwrap_err();
+        assert!(e.to_string().contains("max_abandoned_workers"), "{e}");
     }
 }

@@ -292,3 +292,6 @@ mod tests {
         assert_eq!(shown(&long).chars().count(), 41);
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -954,3 +954,6 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -140,6 +140,10 @@ pub enum Error {
         /// The timeout (`[signing] timeout_ms`).
         ms: u128,
     },
+    /// The caller's own deadline (gRPC `grpc-timeout`) had passed before the request could be
+    /// sent to the device: refused at once, the device untouched.
+    #[error("the caller's deadline passed before the request reached the signing device")]
+    DeadlinePassed,
     /// The device's signature does not verify under the version's public key; withheld.
     #[error("key {key} version {version} (kid {kid}): the device's signature does not verify")]
     BadSignature {
@@ -150,6 +154,10 @@ pub enum Error {
         /// Its kid.
         kid: String,
     },
+    /// The device is quarantined: its recent signatures did not verify, even on a retry.
+    /// Signing is refused until a probe signature verifies again.
+    #[error("the signing device is quarantined (its recent signatures did not verify)")]
+    Quarantined,
     /// With `audit.fail_closed`, a signature whose record could not be written is withheld.
     #[error("audit record not written; signature withheld (audit.fail_closed)")]
     AuditNotWritten(#[source] AuditError),
@@ -172,9 +180,13 @@ impl Error {
             Error::TooLarge { .. } | Error::NotAnObject { .. } | Error::InvalidJson { .. } => {
                 ErrorKind::InvalidArgument
             }
-            Error::Timeout { .. } | Error::BadSignature { .. } | Error::AuditNotWritten(_) => {
-                ErrorKind::Unavailable
-            }
+            // A passed deadline is UNAVAILABLE like a device that missed it, so the one code
+            // table keeps its kinds; the caller's own stack reports DEADLINE_EXCEEDED anyway.
+            Error::Timeout { .. }
+            | Error::DeadlinePassed
+            | Error::BadSignature { .. }
+            | Error::Quarantined
+            | Error::AuditNotWritten(_) => ErrorKind::Unavailable,
             Error::Random(_) => ErrorKind::Internal,
         }
     }
@@ -185,6 +197,7 @@ impl Error {
     pub fn is_fault(&self) -> bool {
         match self {
             Error::Policy(_)
+            | Error::DeadlinePassed
             | Error::TooLarge { .. }
             | Error::NotAnObject { .. }
             | Error::InvalidJson { .. } => false,
@@ -194,6 +207,7 @@ impl Error {
             Error::Unsupported { .. }
             | Error::Timeout { .. }
             | Error::BadSignature { .. }
+            | Error::Quarantined
             | Error::AuditNotWritten(_)
             | Error::Random(_) => true,
         }
@@ -222,8 +236,15 @@ impl Error {
             Error::Timeout { ms, .. } => {
                 format!("the signing device did not answer within {ms} ms")
             }
+            Error::DeadlinePassed => "the request's deadline (grpc-timeout) had passed before it \
+                                      reached the signing device"
+                .into(),
             Error::BadSignature { .. } => "the signing device produced a signature that does \
                                            not verify; it was not released"
+                .into(),
+            Error::Quarantined => "the signing device is quarantined: its recent signatures \
+                                   did not verify; signing resumes once a probe signature \
+                                   verifies"
                 .into(),
             Error::AuditNotWritten(_) => "the audit record could not be written, so the \
                                           signature was withheld (audit.fail_closed)"

@@ -3,7 +3,7 @@
 //! `sigild` binary started on port 0 against it, gRPC clients, and the independent verifiers
 //! (Python jwcrypto/cryptography, openssl, pkcs11-tool). Submodules: `device` (the conformance
 //! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
-//! `tls` (TLS test peers).
+//! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod device;
+pub mod faulty;
 pub mod ock;
 pub mod tls;
 #[cfg(feature = "yubikey")]
@@ -267,6 +268,16 @@ impl Daemon {
     }
 
     pub fn start_config(softhsm_conf: &Path, config: &Path) -> TestResult<Daemon> {
+        Self::start_config_env(softhsm_conf, config, &[])
+    }
+
+    /// [`Daemon::start_config`] with extra environment variables for the daemon (e.g.
+    /// [`faulty::Faults::env`]).
+    pub fn start_config_env(
+        softhsm_conf: &Path,
+        config: &Path,
+        env: &[(String, String)],
+    ) -> TestResult<Daemon> {
         let text = std::fs::read_to_string(config)?;
         let client = text.contains("[server.tls]").then(|| {
             let pki = softhsm_conf.parent().unwrap_or(Path::new(".")).join("pki");
@@ -281,6 +292,7 @@ impl Daemon {
             .arg(config)
             .env("SOFTHSM2_CONF", softhsm_conf)
             .env("SIGILD_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -408,6 +420,72 @@ impl Daemon {
     /// Run the CLI against this daemon.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> TestResult<Output> {
         run_cli(&self.endpoint, args, stdin)
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` (`TERM`, `INT`, …) and wait up to `within` for the daemon to exit; its exit
+    /// status (a code, or the signal that ended it).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        within: Duration,
+    ) -> TestResult<std::process::ExitStatus> {
+        send_signal(self.child.id(), signal)?;
+        wait_exit(&mut self.child, within)
+    }
+
+    /// Wait up to `within` for the daemon to exit by itself (after a signal sent meanwhile).
+    pub fn wait_exit(&mut self, within: Duration) -> TestResult<std::process::ExitStatus> {
+        wait_exit(&mut self.child, within)
+    }
+
+    /// Wait up to `within` for the daemon to exit by itself (a crash, a kill it did not get
+    /// from the test): its exit status, or `None` while it still runs.
+    pub fn exited_within(
+        &mut self,
+        within: Duration,
+    ) -> TestResult<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Send `signal` (`TERM`, `INT`, `KILL`, …) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) -> TestResult {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill -s {signal} {pid} failed: {status}").into());
+    }
+    Ok(())
+}
+
+/// Wait up to `within` for `child` to exit (killing it if it does not); its exit status.
+pub fn wait_exit(child: &mut Child, within: Duration) -> TestResult<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("process {} did not exit within {within:?}", child.id()).into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

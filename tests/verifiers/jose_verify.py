@@ -10,6 +10,9 @@ Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a 
   {"op": "spki_thumbprint", "pem": PEM}               public key read by a device's own tool
   {"op": "half_hash", "hash": "sha256", "value": S}   OIDC at_hash / c_hash of S
   {"op": "pkcs8", "jwk": {...}}                       private JWK -> PKCS#8 PEM and DER (test vectors)
+  {"op": "jws_batch", "jws": [{"jws": COMPACT, "kid": KID}, ...], "jwks": {...}}
+                                                      many at once (kid: the header's, else the
+                                                      one given): {"verified": N, "failed": [...]}
 """
 import base64
 import hashlib
@@ -100,12 +103,38 @@ def half_hash(req):
     return {"ok": True, "half_hash": base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode().rstrip("=")}
 
 
+def verify_jws_batch(req):
+    """Verify many compact JWS against one JWKS in one process (tests that collect thousands)."""
+    keys = jwk.JWKSet.from_json(json.dumps(req["jwks"]))
+    verified, failed = 0, []
+    for i, item in enumerate(req["jws"]):
+        try:
+            token = jws.JWS()
+            token.deserialize(item["jws"])
+            header = token.jose_header
+            kid = header.get("kid", item.get("kid"))
+            key = keys.get_key(kid) if kid else None
+            if key is None:
+                raise ValueError(f"no key with kid {kid}")
+            token.allowed_algs = [header["alg"]]
+            token.verify(key)
+            verified += 1
+        except Exception as e:  # noqa: BLE001 - every failure is reported by index
+            failed.append({"index": i, "error": f"{type(e).__name__}: {e}"})
+    out = {"ok": not failed, "verified": verified, "failed": failed}
+    if failed:
+        out["error"] = f"{len(failed)} of {len(req['jws'])} failed, first: {failed[:3]}"
+    return out
+
+
 def main():
     req = json.load(sys.stdin)
     op = req["op"]
     try:
         if op == "jws":
             out = verify_jws(req)
+        elif op == "jws_batch":
+            out = verify_jws_batch(req)
         elif op == "raw":
             out = verify_raw(req)
         elif op == "thumbprint":

@@ -34,9 +34,10 @@ use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 
-use super::worker::{Device, Failure, Fault, Pool, Retry};
+use super::worker::{Device, Failure, Fault, Pool, PoolSettings, Retry};
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+    StoredKeyPair,
 };
 use crate::crypto::{KeyKind, SignOp};
 use crate::secret::Secret;
@@ -58,7 +59,16 @@ pub struct Pkcs11Settings {
     pub workers: usize,
     /// Requests that may wait for a worker before callers get [`BackendError::Busy`].
     pub queue_depth: usize,
+    /// Workers that may be left stuck inside the module at once (a `C_Sign` that never
+    /// returns), each replaced by a new worker with its own session so the pool keeps its
+    /// capacity (see [`PoolSettings::max_abandoned`]).
+    pub max_abandoned_workers: usize,
 }
+
+/// How long past its deadline a job may still be inside the module before its worker counts
+/// as stuck and is replaced: longer than a slow moment of a busy network HSM, short against
+/// the signing timeout.
+pub const STUCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A PKCS#11 token behind a pool of session-owning workers.
 pub struct Pkcs11Backend {
@@ -89,6 +99,10 @@ struct Shared {
     pin_rejected: AtomicBool,
     /// When the module was last re-initialised to look for a missing token (rate limit).
     last_reinit: Mutex<Option<std::time::Instant>>,
+    /// Abandoned workers still inside the module (the pool's gauge, set once the pool runs):
+    /// while any is, the module is never finalised, neither to re-initialise it nor at
+    /// shutdown, since finalising under a running call crashes modules.
+    stuck_inside: std::sync::OnceLock<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Minimum time between two re-initialisations of the module while the token is missing.
@@ -173,14 +187,27 @@ impl Pkcs11Backend {
             handles: RwLock::new(HashMap::new()),
             pin_rejected: AtomicBool::new(false),
             last_reinit: Mutex::new(None),
+            stuck_inside: std::sync::OnceLock::new(),
         });
-        let workers = (0..settings.workers.max(1))
-            .map(|_| Worker {
+        let worker = {
+            let shared = Arc::clone(&shared);
+            move |_| Worker {
                 shared: Arc::clone(&shared),
                 session: None,
-            })
-            .collect();
-        let pool = Pool::start("pkcs11-worker", workers, settings.queue_depth)?;
+            }
+        };
+        let workers = (0..settings.workers.max(1)).map(&worker).collect();
+        let pool = Pool::start(
+            "pkcs11-worker",
+            workers,
+            PoolSettings {
+                queue_depth: settings.queue_depth,
+                max_abandoned: settings.max_abandoned_workers,
+                grace: STUCK_GRACE,
+            },
+            Some(Box::new(worker)),
+        )?;
+        let _ = shared.stuck_inside.set(pool.abandoned_gauge());
         let backend = Pkcs11Backend { shared, pool };
         // Log in now, on this thread, with a throwaway session: the login is per token, so
         // the workers' sessions inherit it.
@@ -253,7 +280,7 @@ impl Shared {
             return Ok(t.clone());
         }
         match self.find_token() {
-            Err(BackendError::Unavailable(why)) if self.may_reinit() => {
+            Err(BackendError::Unavailable(why)) if !self.anyone_stuck() && self.may_reinit() => {
                 tracing::info!(reason = %why, "re-initialising the PKCS#11 module to look for the token");
                 // Every session of ours is on the missing token, so none is in use: closing
                 // them all (C_Finalize) loses nothing. Workers reconnect and log in again.
@@ -283,7 +310,7 @@ impl Shared {
         let Ok(mut cached) = self.token.lock() else {
             return false;
         };
-        if !self.may_reinit() {
+        if self.anyone_stuck() || !self.may_reinit() {
             return false;
         }
         tracing::warn!("re-initialising the PKCS#11 module after a key vanished from the token");
@@ -299,6 +326,22 @@ impl Shared {
             h.clear();
         }
         ok
+    }
+
+    /// Whether an abandoned worker may still be inside the module: then it must not be
+    /// finalised (re-initialising waits until the call returns).
+    fn anyone_stuck(&self) -> bool {
+        let stuck = self
+            .stuck_inside
+            .get()
+            .map_or(0, |g| g.load(std::sync::atomic::Ordering::Acquire));
+        if stuck > 0 {
+            tracing::warn!(
+                stuck,
+                "not re-initialising the PKCS#11 module: a worker is still inside a call"
+            );
+        }
+        stuck > 0
     }
 
     fn may_reinit(&self) -> bool {
@@ -491,6 +534,20 @@ impl Worker {
         }
     }
 
+    /// [`Worker::sign`] after a signature that did not verify: forget the key's cached handle
+    /// (found again by `CKA_ID`) and this worker's session (a new one is opened, logged in if
+    /// the token needs it), then sign.
+    fn sign_afresh(
+        &mut self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: &SignOp,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.shared.forget_handle(key);
+        self.session = None;
+        self.sign(key, kind, op)
+    }
+
     fn sign_once(
         &mut self,
         key: &KeyId,
@@ -566,6 +623,28 @@ impl Backend for Pkcs11Backend {
                 )
             },
             move |w| w.sign(&key, kind, &op),
+        )
+    }
+
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
+        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
+            return Box::pin(async { Err(e) });
+        }
+        let key = key.clone();
+        self.pool.submit_by(
+            deadline,
+            || {
+                BackendError::Unavailable(
+                    "the PKCS#11 token did not sign again before the deadline".into(),
+                )
+            },
+            move |w| w.sign_afresh(&key, kind, &op),
         )
     }
 
@@ -667,6 +746,15 @@ impl Backend for Pkcs11Backend {
         })
     }
 
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>> {
+        self.submit(|w| {
+            w.run(Retry::Idempotent, |w| {
+                let (session, _) = w.parts()?;
+                objects::key_pairs(session)
+            })
+        })
+    }
+
     fn records(&self) -> BackendFuture<Vec<Record>> {
         self.submit(|w| {
             w.run(Retry::Idempotent, |w| {
@@ -699,8 +787,21 @@ impl Backend for Pkcs11Backend {
         })
     }
 
+    fn stalled(&self) -> bool {
+        self.pool.status().stalled
+    }
+
     fn shutdown(&self) {
-        self.pool.shutdown();
+        let stuck = self.pool.shutdown();
+        if stuck > 0 {
+            // Finalising under a running call is what crashes modules at exit: leave the
+            // module initialised; the process exit releases it.
+            tracing::warn!(
+                stuck,
+                "not calling C_Finalize: abandoned workers are still inside the PKCS#11 module"
+            );
+            return;
+        }
         // No worker is inside the module any more and their sessions are closed: finalising
         // cannot pull the module out from under a call. Re-initialising (token discovery) is
         // the workers' only other use of the context, and they are gone.

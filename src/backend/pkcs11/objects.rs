@@ -11,7 +11,7 @@ use zeroize::Zeroize as _;
 
 use super::{Fail, Pkcs11Uri, SignData, uri::ObjectType};
 use crate::backend::import::ec_point;
-use crate::backend::{BackendError, KeyId, KeySpec, PrivateKeyMaterial, Record};
+use crate::backend::{BackendError, KeyId, KeySpec, PrivateKeyMaterial, Record, StoredKeyPair};
 use crate::crypto::{
     Curve, HashAlg, KeyKind, PublicKey, SignOp, digest_info_prefix, trim_leading_zeros,
 };
@@ -508,17 +508,62 @@ fn unwrap_octet_string(v: &[u8]) -> &[u8] {
     }
 }
 
-/// Destroy the private and public objects with `CKA_ID` = `id`.
+/// Destroy the private and public objects with `CKA_ID` = `id`, private first; a half found
+/// alone (a destroy interrupted between the two) is destroyed too.
 pub(super) fn destroy(session: &Session, id: &KeyId) -> Result<(), Fail> {
-    let private = find_one(session, ObjectClass::PRIVATE_KEY, id)?;
-    session.destroy_object(private)?;
-    for h in session.find_objects(&[
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::Id(id.0.clone()),
-    ])? {
+    let of = |class| session.find_objects(&[Attribute::Class(class), Attribute::Id(id.0.clone())]);
+    let private = of(ObjectClass::PRIVATE_KEY)?;
+    if private.len() > 1 {
+        return Err(BackendError::InvalidRequest(format!(
+            "{} private keys share CKA_ID {}; sigild needs it unique",
+            private.len(),
+            id.to_hex()
+        ))
+        .into());
+    }
+    let public = of(ObjectClass::PUBLIC_KEY)?;
+    if private.is_empty() && public.is_empty() {
+        return Err(BackendError::KeyNotFound(id.clone()).into());
+    }
+    for h in private.into_iter().chain(public) {
         session.destroy_object(h)?;
     }
     Ok(())
+}
+
+/// Every private and public key object with a `CKA_ID`, grouped by it.
+pub(super) fn key_pairs(session: &Session) -> Result<Vec<StoredKeyPair>, Fail> {
+    let mut pairs: std::collections::BTreeMap<Vec<u8>, StoredKeyPair> = Default::default();
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        for h in session.find_objects(&[Attribute::Class(class)])? {
+            let (mut id, mut label) = (Vec::new(), String::new());
+            for a in session.get_attributes(h, &[AttributeType::Id, AttributeType::Label])? {
+                match a {
+                    Attribute::Id(v) => id = v,
+                    Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
+                    _ => {}
+                }
+            }
+            if id.is_empty() {
+                continue;
+            }
+            let pair = pairs.entry(id.clone()).or_insert_with(|| StoredKeyPair {
+                id: KeyId(id),
+                label: label.clone(),
+                private: false,
+                public: false,
+            });
+            if pair.label.is_empty() {
+                pair.label = label;
+            }
+            if class == ObjectClass::PRIVATE_KEY {
+                pair.private = true;
+            } else {
+                pair.public = true;
+            }
+        }
+    }
+    Ok(pairs.into_values().collect())
 }
 
 fn record_template(label: &str) -> Vec<Attribute> {

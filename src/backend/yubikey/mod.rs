@@ -25,10 +25,11 @@ use yubikey::piv::{self, AlgorithmId, ManagementSlotId, SlotAlgorithmId, SlotId}
 use yubikey::{MgmAlgorithmId, MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
-use super::worker::{Device, Failure, Fault, Pool, Retry};
+use super::worker::{Device, Failure, Fault, Pool, PoolSettings, Retry};
 mod settings;
 use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
+    StoredKeyPair,
 };
 use crate::crypto::{Curve, KeyKind, SignOp};
 use encode::CardKey;
@@ -101,7 +102,20 @@ impl YubikeyBackend {
             tags: HashMap::new(),
         };
         let first = card.run(Retry::Idempotent, |c| c.verify_pin());
-        let pool = Pool::start(&format!("yubikey-{serial}"), vec![card], queue_depth)?;
+        // One worker and no replacement: the card takes one connection at a time, so a fresh
+        // connection could not reach it while a stuck worker holds it. A worker stuck past a
+        // request's deadline plus the grace makes the backend report itself stalled (readiness
+        // NOT_SERVING) until the card answers or is unplugged.
+        let pool = Pool::start(
+            &format!("yubikey-{serial}"),
+            vec![card],
+            PoolSettings {
+                queue_depth,
+                max_abandoned: 0,
+                grace: STUCK_GRACE,
+            },
+            None,
+        )?;
         let backend = YubikeyBackend {
             pool,
             timeout,
@@ -645,6 +659,31 @@ impl Backend for YubikeyBackend {
         })
     }
 
+    /// As [`Backend::sign`], on a fresh connection to the card (PIN verified again) with the
+    /// key's slot found again from sigild's store.
+    fn sign_afresh(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+    ) -> BackendFuture<Vec<u8>> {
+        let slot = match Self::slot_of(key) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let key = key.clone();
+        let deadline = deadline.min(Instant::now() + self.timeout);
+        self.submit_by(deadline, Some(slot), move |c| {
+            c.disconnect();
+            c.tags.clear();
+            c.run(Retry::Idempotent, |c| {
+                let slot = c.resolve(&key)?;
+                c.sign(slot, kind, &op)
+            })
+        })
+    }
+
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         let serial = self.serial;
         // On-card RSA generation takes seconds (RSA-4096 up to about a minute): a deadline
@@ -743,6 +782,29 @@ impl Backend for YubikeyBackend {
         self.submit(None, move |c| c.run(Retry::Idempotent, |c| c.destroy(&key)))
     }
 
+    /// The slot table's sigild keys (a PIV slot always holds both halves); keys of other
+    /// tools have no entry and no key id, so they are not listed.
+    fn key_pairs(&self) -> BackendFuture<Vec<StoredKeyPair>> {
+        self.submit(None, |c| {
+            c.run(Retry::Idempotent, |c| {
+                Ok(c.load_store()?
+                    .into_iter()
+                    .filter_map(|(label, entry)| {
+                        let slot = label.strip_prefix(store::SLOT_PREFIX)?;
+                        let slot = u8::from_str_radix(slot, 16).ok()?;
+                        let tag: [u8; 4] = entry.get(..4)?.try_into().ok()?;
+                        Some(StoredKeyPair {
+                            id: key_id(slot, tag),
+                            label: String::from_utf8_lossy(entry.get(4..)?).into_owned(),
+                            private: true,
+                            public: true,
+                        })
+                    })
+                    .collect())
+            })
+        })
+    }
+
     fn records(&self) -> BackendFuture<Vec<Record>> {
         self.submit(None, |c| {
             c.run(Retry::Idempotent, |c| {
@@ -807,12 +869,21 @@ impl Backend for YubikeyBackend {
         })
     }
 
+    fn stalled(&self) -> bool {
+        self.pool.status().stalled
+    }
+
     /// Waits for the card's current operation (a touch wait: up to ~15 s), then releases the
-    /// card.
+    /// card; a worker stuck past its deadline plus the grace is left behind.
     fn shutdown(&self) {
         self.pool.shutdown();
     }
 }
+
+/// How long past its deadline a request may keep the card before the worker counts as stuck:
+/// longer than the card's own wait for a touch (~15 s), which may outlast a request's deadline
+/// and is no hang.
+const STUCK_GRACE: Duration = Duration::from_secs(20);
 
 /// Least deadline of a key generation.
 const GENERATE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -355,9 +355,15 @@ async fn direct_row(
             },
         ));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
+    // Every thread is awaited before any failure is reported: a signer still inside the
+    // module when the daemon shuts down would race the module's finalisation.
+    let mut results = Vec::new();
     for h in handles {
-        let (lat, e) = h.await.map_err(|e| e.to_string())??;
+        results.push(h.await.map_err(|e| e.to_string()));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for r in results {
+        let (lat, e) = r??;
         all.extend(lat);
         errors += e;
     }

@@ -364,6 +364,14 @@ pub enum KeyCommand {
         #[arg(long)]
         fapi2: bool,
     },
+    /// Find what interrupted key operations (a crash, kill -9) left on the token and remove
+    /// it: key pairs no record names, older record copies, a second active record, versions
+    /// whose key pair is gone. Run it while no other replica is changing keys.
+    Repair {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Signing commands.
@@ -500,6 +508,24 @@ fn opt_secret(path: &Option<PathBuf>) -> Result<Zeroizing<String>, CliError> {
 fn print(s: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{s}").map_err(|e| CliError::Local(format!("stdout: {e}")))
+}
+
+/// One line per leftover (`KIND<TAB>description<TAB>action`), then a summary line.
+fn repair_report(r: &pb::RepairKeyringResponse) -> String {
+    let mut lines: Vec<String> = r
+        .leftovers
+        .iter()
+        .map(|l| {
+            let verb = if r.repaired { "done" } else { "would" };
+            format!("{}\t{}\t{verb}: {}", l.kind, l.description, l.action)
+        })
+        .collect();
+    lines.push(match (r.leftovers.len(), r.repaired) {
+        (0, _) => "nothing to repair".to_owned(),
+        (n, true) => format!("repaired {n} leftover(s)"),
+        (n, false) => format!("{n} leftover(s) found; run `sigild key repair` to remove them"),
+    });
+    lines.join("\n")
 }
 
 fn key_json(k: &pb::Key) -> serde_json::Value {
@@ -641,6 +667,13 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             let result = c.import_key(tonic::Request::new(req.clone())).await;
             zeroize::Zeroize::zeroize(&mut req.pkcs8_der);
             print_key(&result?.into_inner())
+        }
+        KeyCommand::Repair { dry_run } => {
+            let r = c
+                .repair_keyring(pb::RepairKeyringRequest { dry_run })
+                .await?
+                .into_inner();
+            print(&repair_report(&r))
         }
         KeyCommand::Adopt {
             name,

@@ -222,19 +222,29 @@ pub fn ensure_token(paths: &DevPaths) -> Result<bool, DevError> {
     )?)
 }
 
-/// Create the default dev keys that are missing.
+/// Create the default dev keys that are missing, one after the other, stopping between two
+/// keys once `stop` is requested (a key being made is finished first: generation and its
+/// keyring record together, so the token never holds half a key). Returns the names created.
 ///
 /// # Errors
 /// Service errors (the token refused to generate).
-pub async fn ensure_default_keys(service: &Service) -> Result<Vec<String>, sigild::service::Error> {
+pub async fn ensure_default_keys(
+    service: &Service,
+    stop: &sigild::app::Stop,
+) -> Result<Vec<String>, sigild::service::Error> {
     let mut created = Vec::new();
     for (name, alg) in DEV_KEYS {
-        if service.key(name).is_err() {
-            service
-                .create_key(&sigild::service::Origin::in_process(), name, alg, 0, true)
-                .await?;
-            created.push(name.to_owned());
+        if service.key(name).is_ok() {
+            continue;
         }
+        if stop.requested() {
+            break;
+        }
+        tracing::info!(key = name, alg, "creating default dev key");
+        service
+            .create_key(&sigild::service::Origin::in_process(), name, alg, 0, true)
+            .await?;
+        created.push(name.to_owned());
     }
     Ok(created)
 }

@@ -47,49 +47,18 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => {
+                // Before any slow step: from here on SIGTERM/SIGINT stop the daemon in order.
+                let stop = stop_on_signals()?;
                 let c = Config::load(&config)?;
-                let running = app::start(&c, &config).await?;
-                running.run_until(shutdown_signal()).await?;
+                let Some(running) = unless_stopped(app::start(&c, &config, &stop).await)? else {
+                    return Ok(());
+                };
+                running.run_until(stop.wait()).await?;
             }
             Command::Dev { .. } => {
+                let stop = stop_on_signals()?;
                 let paths = dev_paths.ok_or("dev paths missing")?;
-                let p2 = paths.clone();
-                let created = tokio::task::spawn_blocking(move || dev::ensure_token(&p2)).await??;
-                if created {
-                    tracing::info!(dir = %paths.dir.display(), "created the SoftHSM dev token");
-                }
-                let c = Config::load(&paths.config)?;
-                let running = app::start(&c, &paths.config).await?;
-                let keys = dev::ensure_default_keys(&running.service)
-                    .await
-                    .map_err(|e| e.chain().to_string())?;
-                if !keys.is_empty() {
-                    tracing::info!(keys = ?keys, "created default dev keys");
-                }
-                let endpoint = format!("https://{}", running.addr());
-                let exe = std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "sigild".into());
-                match pointer::write(&pointer::DevPointer {
-                    dir: paths.dir.clone(),
-                    endpoint: endpoint.clone(),
-                    pid: std::process::id(),
-                }) {
-                    Ok(at) => tracing::info!(
-                        pointer = %at.display(),
-                        "sigild dev ready on {endpoint} (mTLS, dev PKI in {dir}) and unix:{socket}: as this user, from any directory, try `{exe} key list` or `{exe} jwks`",
-                        dir = paths.dir.display(),
-                        socket = paths.socket.display(),
-                    ),
-                    Err(e) => tracing::info!(
-                        "sigild dev ready on {endpoint} (mTLS, dev PKI in {dir}) and unix:{socket}: no dev pointer ({e}); try `{exe} key list --endpoint unix:{socket}`",
-                        dir = paths.dir.display(),
-                        socket = paths.socket.display(),
-                    ),
-                }
-                let result = running.run_until(shutdown_signal()).await;
-                pointer::remove(&paths.dir);
-                result?;
+                dev_mode(&paths, &stop).await?;
             }
             Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {
@@ -113,6 +82,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Told to stop before serving: a clean exit, whichever step noticed it.
+        Err(e) if matches!(e.downcast_ref(), Some(app::StartError::Stopped)) => {
+            tracing::info!("stopped during start-up");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&*e),
     }
 }
@@ -145,21 +119,107 @@ fn init_logging() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Take over SIGTERM and SIGINT now (the handlers are installed before this returns, so no
+/// later step can be cut short by the default action) and turn the first of them into a stop
+/// request; a later one only says that the stop is under way.
+fn stop_on_signals() -> std::io::Result<app::Stop> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stopper, stop) = app::Stop::new();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            if first {
+                tracing::info!(signal = name, "shutting down");
+                stopper.stop();
+                first = false;
+            } else {
+                tracing::info!(signal = name, "already shutting down");
             }
-            Err(_) => std::future::pending::<()>().await,
+        }
+    });
+    Ok(stop)
+}
+
+/// `None` when start-up was stopped on request (the daemon exits 0), the started value
+/// otherwise.
+fn unless_stopped<T>(started: Result<T, app::StartError>) -> Result<Option<T>, app::StartError> {
+    match started {
+        Ok(v) => Ok(Some(v)),
+        Err(app::StartError::Stopped) => {
+            tracing::info!("stopped during start-up");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `sigild dev`: the token, the daemon, the default keys, and only then the listeners and the
+/// pointer, so that whoever reaches the daemon finds every default key. A stop request is
+/// honoured between any two steps (a step on the device is finished first).
+async fn dev_mode(
+    paths: &dev::DevPaths,
+    stop: &app::Stop,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if stop.requested() {
+        tracing::info!("stopped during start-up");
+        return Ok(());
+    }
+    let p2 = paths.clone();
+    let created = tokio::task::spawn_blocking(move || dev::ensure_token(&p2)).await??;
+    if created {
+        tracing::info!(dir = %paths.dir.display(), "created the SoftHSM dev token");
+    }
+    if stop.requested() {
+        tracing::info!("stopped during start-up");
+        return Ok(());
+    }
+    let c = Config::load(&paths.config)?;
+    let socket = app::reserve(c.server.listen)?;
+    let Some(prepared) = unless_stopped(app::prepare(&c, &paths.config, stop).await)? else {
+        return Ok(());
+    };
+    let keys = match dev::ensure_default_keys(prepared.service(), stop).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            prepared.shutdown().await;
+            return Err(e.chain().to_string().into());
         }
     };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    if !keys.is_empty() {
+        tracing::info!(keys = ?keys, "created default dev keys");
     }
-    tracing::info!("shutting down");
+    let Some(running) = unless_stopped(prepared.serve(socket, stop).await)? else {
+        return Ok(());
+    };
+    let endpoint = format!("https://{}", running.addr());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "sigild".into());
+    match pointer::write(&pointer::DevPointer {
+        dir: paths.dir.clone(),
+        endpoint: endpoint.clone(),
+        pid: std::process::id(),
+    }) {
+        Ok(at) => tracing::info!(
+            pointer = %at.display(),
+            "sigild dev ready on {endpoint} (mTLS, dev PKI in {dir}) and unix:{socket}: as this user, from any directory, try `{exe} key list` or `{exe} jwks`",
+            dir = paths.dir.display(),
+            socket = paths.socket.display(),
+        ),
+        Err(e) => tracing::info!(
+            "sigild dev ready on {endpoint} (mTLS, dev PKI in {dir}) and unix:{socket}: no dev pointer ({e}); try `{exe} key list --endpoint unix:{socket}`",
+            dir = paths.dir.display(),
+            socket = paths.socket.display(),
+        ),
+    }
+    let result = running.run_until(stop.wait()).await;
+    pointer::remove(&paths.dir);
+    Ok(result?)
 }
