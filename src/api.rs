@@ -557,6 +557,7 @@ fn leftover_to_pb(l: &Leftover) -> pb::KeyringLeftover {
     }
 }
 
+#[cfg(feature = "server")]
 fn chain_to_pb(name: String, version: u32, certificates: Vec<Vec<u8>>) -> pb::CertificateChain {
     pb::CertificateChain {
         x5t_s256: certificates
