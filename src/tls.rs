@@ -144,7 +144,7 @@ pub fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
 /// The server side: our certificate and key, and the CAs client certificates must chain to.
 /// Client authentication is required: a peer without a certificate that chains to `client_ca`
 /// fails the handshake. ALPN offers `h2` only (gRPC). The listener runs the handshake itself
-/// (with a timeout, counting failures: [`crate::server`]) and hands the finished stream to
+/// (with a timeout, counting failures: `crate::server`) and hands the finished stream to
 /// tonic, which reads the verified peer certificates from it.
 ///
 /// # Errors
