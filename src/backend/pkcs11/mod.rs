@@ -235,6 +235,40 @@ impl Pkcs11Backend {
         })
     }
 
+    /// Queue one signature for a worker, answered by `deadline`, refused early when the
+    /// token's mechanisms cannot make it (`fresh`: with the key handle and the worker's session
+    /// renewed first, see [`Backend::sign_afresh`]).
+    fn submit_sign(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+        fresh: bool,
+    ) -> BackendFuture<Vec<u8>> {
+        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
+            return Box::pin(async { Err(e) });
+        }
+        let key = key.clone();
+        self.pool.submit_by(
+            deadline,
+            move || {
+                BackendError::Unavailable(if fresh {
+                    "the PKCS#11 token did not sign again before the deadline".into()
+                } else {
+                    "the PKCS#11 token did not sign before the deadline".into()
+                })
+            },
+            move |w| {
+                if fresh {
+                    w.sign_afresh(&key, kind, &op)
+                } else {
+                    w.sign(&key, kind, &op)
+                }
+            },
+        )
+    }
+
     /// Queue `f` for a worker, without a deadline: a full queue is answered at once.
     fn submit<T: Send + 'static>(
         &self,
@@ -611,19 +645,7 @@ impl Backend for Pkcs11Backend {
         op: SignOp,
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>> {
-        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
-            return Box::pin(async { Err(e) });
-        }
-        let key = key.clone();
-        self.pool.submit_by(
-            deadline,
-            || {
-                BackendError::Unavailable(
-                    "the PKCS#11 token did not sign before the deadline".into(),
-                )
-            },
-            move |w| w.sign(&key, kind, &op),
-        )
+        self.submit_sign(key, kind, op, deadline, false)
     }
 
     fn sign_afresh(
@@ -633,19 +655,7 @@ impl Backend for Pkcs11Backend {
         op: SignOp,
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>> {
-        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
-            return Box::pin(async { Err(e) });
-        }
-        let key = key.clone();
-        self.pool.submit_by(
-            deadline,
-            || {
-                BackendError::Unavailable(
-                    "the PKCS#11 token did not sign again before the deadline".into(),
-                )
-            },
-            move |w| w.sign_afresh(&key, kind, &op),
-        )
+        self.submit_sign(key, kind, op, deadline, true)
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {

@@ -138,6 +138,35 @@ impl YubikeyBackend {
         self.submit_by(Instant::now() + self.timeout, slot, f)
     }
 
+    /// Queue one signature for the card's worker, answered by `deadline` (at most the
+    /// backend's own timeout) (`fresh`: on a new connection, PIN verified again, with the key's
+    /// slot found again, see [`Backend::sign_afresh`]).
+    fn submit_sign(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        deadline: Instant,
+        fresh: bool,
+    ) -> BackendFuture<Vec<u8>> {
+        let slot = match Self::slot_of(key) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let key = key.clone();
+        let deadline = deadline.min(Instant::now() + self.timeout);
+        self.submit_by(deadline, Some(slot), move |c| {
+            if fresh {
+                c.disconnect();
+                c.tags.clear();
+            }
+            c.run(Retry::Idempotent, |c| {
+                let slot = c.resolve(&key)?;
+                c.sign(slot, kind, &op)
+            })
+        })
+    }
+
     /// Queue `f` for the worker, to be answered by `deadline`. A full queue is answered at once;
     /// a job still queued at its deadline never touches the card. A request on a `slot` whose
     /// key needs a touch is told [`BackendError::TouchRequired`] when the deadline passes.
@@ -645,18 +674,7 @@ impl Backend for YubikeyBackend {
         op: SignOp,
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>> {
-        let slot = match Self::slot_of(key) {
-            Ok(s) => s,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        let key = key.clone();
-        let deadline = deadline.min(Instant::now() + self.timeout);
-        self.submit_by(deadline, Some(slot), move |c| {
-            c.run(Retry::Idempotent, |c| {
-                let slot = c.resolve(&key)?;
-                c.sign(slot, kind, &op)
-            })
-        })
+        self.submit_sign(key, kind, op, deadline, false)
     }
 
     /// As [`Backend::sign`], on a fresh connection to the card (PIN verified again) with the
@@ -668,20 +686,7 @@ impl Backend for YubikeyBackend {
         op: SignOp,
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>> {
-        let slot = match Self::slot_of(key) {
-            Ok(s) => s,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        let key = key.clone();
-        let deadline = deadline.min(Instant::now() + self.timeout);
-        self.submit_by(deadline, Some(slot), move |c| {
-            c.disconnect();
-            c.tags.clear();
-            c.run(Retry::Idempotent, |c| {
-                let slot = c.resolve(&key)?;
-                c.sign(slot, kind, &op)
-            })
-        })
+        self.submit_sign(key, kind, op, deadline, true)
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {

@@ -97,6 +97,28 @@ enum Transport {
     Uds(PathBuf),
 }
 
+/// The name of the benchmark's key for `alg`, created on the token the first time (kept
+/// between runs, so repeated benchmarks do not fill the token).
+///
+/// # Errors
+/// Why the key could not be created.
+pub(crate) async fn bench_key(service: &Service, alg: Alg) -> Result<String, String> {
+    let key = format!("bench-{}", alg.name().to_ascii_lowercase());
+    if service.key(&key).is_err() {
+        service
+            .create_key(
+                &sigild::service::Origin::in_process(),
+                &key,
+                alg.name(),
+                0,
+                false,
+            )
+            .await
+            .map_err(|e| e.chain().to_string())?;
+    }
+    Ok(key)
+}
+
 /// Turn the dev config into one for benchmarks: plain TCP on loopback, every plaintext caller
 /// and this process's own uid (for the benchmark's Unix sockets) allowed everything, no
 /// configured Unix socket and no rate limits (benchmarks measure the signing path and run their
@@ -203,19 +225,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     );
     for alg_name in &args.algs {
         let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
-        let key = format!("bench-{}", alg.name().to_ascii_lowercase());
-        if service.key(&key).is_err() {
-            service
-                .create_key(
-                    &sigild::service::Origin::in_process(),
-                    &key,
-                    alg.name(),
-                    0,
-                    false,
-                )
-                .await
-                .map_err(|e| e.chain().to_string())?;
-        }
+        let key = bench_key(&service, alg).await?;
         let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
         let p11 = running
             .pkcs11

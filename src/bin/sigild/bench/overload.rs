@@ -25,7 +25,7 @@ use sigild::app;
 use sigild::config::Config;
 use sigild::jose::Alg;
 
-use super::{BenchArgs, for_benchmark, sample_input};
+use super::{BenchArgs, bench_key, for_benchmark, sample_input};
 use crate::dev::{self, DevPaths};
 
 /// A signing client on one HTTP/2 connection.
@@ -329,20 +329,8 @@ async fn measure(
 ) -> Result<(Arc<Outcomes>, String), String> {
     let alg_name = args.algs.first().map_or("ES256", String::as_str);
     let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
-    let key = format!("bench-{}", alg.name().to_ascii_lowercase());
     let service = &running.service;
-    if service.key(&key).is_err() {
-        service
-            .create_key(
-                &sigild::service::Origin::in_process(),
-                &key,
-                alg.name(),
-                0,
-                false,
-            )
-            .await
-            .map_err(|e| e.chain().to_string())?;
-    }
+    let key = bench_key(service, alg).await?;
     let key: Arc<str> = Arc::from(key);
     let input: Arc<[u8]> = Arc::from(sample_input());
     let mut clients = Vec::new();
