@@ -6,7 +6,11 @@
 //! beyond the two encodings of an ECDSA signature (DER for cards, X.509 and TLS; `r‖s` for
 //! JOSE and the backend contract), which both the server and the client-only build convert.
 
+mod oaep;
+
 use der::{Decode as _, Encode as _, Reader as _};
+
+pub use oaep::{OaepError, oaep_decode};
 use sha2::Digest as _;
 
 /// A named elliptic curve for ECDSA keys.
@@ -185,6 +189,78 @@ impl SignOp {
                 | (SignOp::RsaPkcs1v15 { .. }, KeyKind::Rsa { .. })
                 | (SignOp::Ed25519 { .. }, KeyKind::Ed25519)
         )
+    }
+}
+
+/// What a key pair is for, fixed for the key's whole life and all its versions: a signing key
+/// never decrypts and a decryption key never signs (RFC 7517 §4.2 `use`: `sig` / `enc`). The
+/// device attributes follow it (`CKA_SIGN` for signing keys; `CKA_DECRYPT`/`CKA_UNWRAP` for RSA
+/// and `CKA_DERIVE` for EC decryption keys), so the token itself refuses the other use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyPurpose {
+    /// Signs (JWS, raw, TLS): JWK `use: "sig"`.
+    Sign,
+    /// Decrypts JWEs encrypted to it (RSA-OAEP key transport, ECDH-ES key agreement): JWK
+    /// `use: "enc"`.
+    Decrypt,
+}
+
+impl KeyPurpose {
+    /// The JWK `use` value.
+    pub fn jwk_use(self) -> &'static str {
+        match self {
+            KeyPurpose::Sign => "sig",
+            KeyPurpose::Decrypt => "enc",
+        }
+    }
+}
+
+/// The hash of RSAES-OAEP (RFC 8017 §7.1), used for the label hash and MGF1 alike, with the
+/// empty label (as JOSE uses it: RSA-OAEP is SHA-1, RSA-OAEP-256 is SHA-256).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OaepHash {
+    /// SHA-1 (JWE `RSA-OAEP`).
+    Sha1,
+    /// SHA-256 (JWE `RSA-OAEP-256`).
+    Sha256,
+}
+
+/// Exactly what a backend must do with a decryption key: the one private-key step of JWE key
+/// management. Everything else (Concat KDF, AES key unwrap, content decryption, tag check) is
+/// the host's, so a backend never sees a JWE.
+///
+/// Results are secrets ([`crate::secret::SecretBytes`]) that never leave the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecryptOp {
+    /// RSAES-OAEP decryption of `ciphertext` (the JWE encrypted key) with the empty label; the
+    /// result is the decoded message (the CEK). A device that cannot do OAEP with `hash`
+    /// performs raw RSA and the backend decodes OAEP on the host in constant time
+    /// ([`oaep_decode`]); either way the raw RSA output never leaves the backend.
+    RsaOaep {
+        /// The OAEP hash.
+        hash: OaepHash,
+        /// The RSA ciphertext, exactly the modulus length.
+        ciphertext: Vec<u8>,
+    },
+    /// Elliptic-curve Diffie-Hellman with `peer`, a point the caller has already checked to be
+    /// on the key's curve; the result is the shared secret Z (the x-coordinate,
+    /// `curve.field_len()` bytes).
+    Ecdh {
+        /// The other party's public key (the JWE `epk`).
+        peer: PublicKey,
+    },
+}
+
+impl DecryptOp {
+    /// Whether a key of `kind` can perform this operation at all.
+    pub fn fits(&self, kind: KeyKind) -> bool {
+        match (self, kind) {
+            (DecryptOp::RsaOaep { .. }, KeyKind::Rsa { .. }) => true,
+            (DecryptOp::Ecdh { peer }, KeyKind::Ec(curve)) => {
+                matches!(peer, PublicKey::Ec { curve: c, .. } if *c == curve)
+            }
+            _ => false,
+        }
     }
 }
 

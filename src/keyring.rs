@@ -64,8 +64,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{
     Backend, BackendError, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record, StoredKeyPair,
 };
-use crate::crypto::{Curve, KeyKind, PublicKey};
-use crate::jose::{self, Alg, JoseError};
+use crate::crypto::{Curve, KeyKind, KeyPurpose, PublicKey};
+use crate::jose::{self, Alg, JoseError, KeyAlg};
 
 /// Prefix of the device labels of sigild's records and keys.
 const LABEL_PREFIX: &str = "sigild";
@@ -173,7 +173,8 @@ struct VersionRecord {
     version: u32,
     /// Lifecycle state.
     state: KeyState,
-    /// JOSE alg the version signs with.
+    /// The JOSE alg the version serves: a JWS alg (a signing key) or a JWE key-management alg
+    /// (a decryption key); the purpose follows from it.
     alg: String,
     /// FAPI 2.0 restrictions apply.
     fapi2: bool,
@@ -217,8 +218,9 @@ pub struct VersionInfo {
     pub version: u32,
     /// Lifecycle state.
     pub state: KeyState,
-    /// The JOSE alg this version signs with by default.
-    pub alg: Alg,
+    /// The JOSE alg this version serves: its default JWS alg, or the one JWE alg it decrypts.
+    /// Its purpose (sign or decrypt) is the key's for life.
+    pub alg: KeyAlg,
     /// FAPI 2.0 restrictions apply.
     pub fapi2: bool,
     /// Where it is on the backend.
@@ -240,6 +242,11 @@ pub struct VersionInfo {
 }
 
 impl VersionInfo {
+    /// Signing or decryption (the key's, for life).
+    pub fn purpose(&self) -> KeyPurpose {
+        self.alg.purpose()
+    }
+
     /// The JWKS entry with `x5c` = the attestation chain, or `None` without attestation.
     ///
     /// # Errors
@@ -261,7 +268,7 @@ impl VersionInfo {
         Ok(Some(jwk))
     }
 
-    /// The JWKS entry of this version (kty, key members, kid, alg, use=sig).
+    /// The JWKS entry of this version (kty, key members, kid, alg, use).
     ///
     /// # Errors
     /// From the JOSE layer when the public key is malformed.
@@ -325,6 +332,42 @@ pub enum KeyringError {
         state: &'static str,
         /// What would be allowed.
         why: &'static str,
+    },
+    /// A rotation asked for an alg of the other purpose: a key signs or decrypts for life.
+    #[error(
+        "key {name:?} is a {} key for its whole life; create a new key for the other purpose",
+        purpose_name(*purpose)
+    )]
+    PurposeChange {
+        /// Key name.
+        name: String,
+        /// The key's purpose.
+        purpose: KeyPurpose,
+    },
+    /// The key serves the other purpose than the request needs (a decryption key asked to
+    /// sign, or a signing key asked to decrypt).
+    #[error(
+        "key {name:?} is a {} key; it cannot {want}",
+        purpose_name(*purpose)
+    )]
+    WrongPurpose {
+        /// Key name.
+        name: String,
+        /// The key's purpose.
+        purpose: KeyPurpose,
+        /// What was asked (`sign`, `decrypt`).
+        want: &'static str,
+    },
+    /// A curve sigild does not make keys on.
+    #[error("unknown curve {0:?}: use P-256 or P-384")]
+    UnknownCurve(String),
+    /// A curve given for an alg tied to another curve, or for a key that has none.
+    #[error("curve {curve} does not fit alg {alg}")]
+    CurveMismatch {
+        /// The alg.
+        alg: &'static str,
+        /// The curve asked for.
+        curve: &'static str,
     },
     /// An RSA size sigild does not generate.
     #[error("RSA key size {0}: sigild generates 2048, 3072 or 4096 bits")]
@@ -984,7 +1027,7 @@ impl Keyring {
     ) -> Result<Arc<VersionInfo>, KeyringError> {
         let key_id = KeyId::from_hex(&rec.key_id)
             .ok_or_else(|| KeyringError::Encode(format!("bad key id in record {}", rec.version)))?;
-        let alg = Alg::parse(&rec.alg)?;
+        let alg = KeyAlg::parse(&rec.alg)?;
         // Two active versions can only follow a crash half-way through an activation: the
         // newest wins and the other is treated as retired.
         let state = match rec.state {
@@ -1064,6 +1107,22 @@ impl Keyring {
             .ok_or_else(|| KeyringError::NoActiveVersion(name.to_owned()))
     }
 
+    /// The active version of a signing key, with the JWS alg it signs with by default.
+    ///
+    /// # Errors
+    /// As for [`Keyring::active`]; [`KeyringError::WrongPurpose`] for a decryption key.
+    pub fn signing(&self, name: &str) -> Result<(Arc<VersionInfo>, Alg), KeyringError> {
+        let v = self.active(name)?;
+        match v.alg.sign_alg() {
+            Some(alg) => Ok((v, alg)),
+            None => Err(KeyringError::WrongPurpose {
+                name: name.to_owned(),
+                purpose: v.purpose(),
+                want: "sign",
+            }),
+        }
+    }
+
     /// One key with its versions.
     ///
     /// # Errors
@@ -1106,14 +1165,14 @@ impl Keyring {
     pub async fn create(
         &self,
         name: &str,
-        alg: Alg,
-        rsa_bits: u32,
+        alg: KeyAlg,
+        size: KeySize,
         fapi2: bool,
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
-        let kind = kind_for(alg, rsa_bits)?;
-        jose::check_alg(alg, kind, fapi2)?;
+        let kind = kind_for(alg, size)?;
+        jose::check_key_alg(alg, kind, fapi2)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
@@ -1122,6 +1181,7 @@ impl Keyring {
             .generate(KeySpec {
                 kind,
                 label: device_label(&name, 1),
+                purpose: alg.purpose(),
             })
             .await?;
         self.add_version(
@@ -1144,19 +1204,19 @@ impl Keyring {
     pub async fn import(
         &self,
         name: &str,
-        alg: Alg,
+        alg: KeyAlg,
         fapi2: bool,
         material: PrivateKeyMaterial,
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
-        jose::check_alg(alg, material.public().kind(), fapi2)?;
+        jose::check_key_alg(alg, material.public().kind(), fapi2)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
         let obj = self
             .backend
-            .import(device_label(&name, 1), material)
+            .import(device_label(&name, 1), material, alg.purpose())
             .await?;
         self.add_version(
             &name,
@@ -1178,7 +1238,7 @@ impl Keyring {
     pub async fn adopt(
         &self,
         name: &str,
-        alg: Alg,
+        alg: KeyAlg,
         fapi2: bool,
         uri: &str,
         now: i64,
@@ -1187,7 +1247,7 @@ impl Keyring {
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
-        let obj = self.backend.adopt(uri.to_owned()).await?;
+        let obj = self.backend.adopt(uri.to_owned(), alg.purpose()).await?;
         // Compare what the URI resolved to, not its text: many URIs name one key pair.
         let in_use = self
             .read_map()
@@ -1200,7 +1260,7 @@ impl Keyring {
                 v.name, v.version
             )));
         }
-        jose::check_alg(alg, obj.public.kind(), fapi2)?;
+        jose::check_key_alg(alg, obj.public.kind(), fapi2)?;
         self.add_version(
             &name,
             1,
@@ -1214,15 +1274,18 @@ impl Keyring {
         .await
     }
 
-    /// Add a version in state `next`, with the same alg unless another is given.
+    /// Add a version in state `next`, with the same alg unless another is given (of the same
+    /// purpose: a key signs or decrypts for its whole life), of the newest version's size
+    /// unless another is given.
     ///
     /// # Errors
-    /// [`KeyringError::KeyNotFound`], alg/FAPI and backend errors.
+    /// [`KeyringError::KeyNotFound`], [`KeyringError::PurposeChange`], alg/FAPI and backend
+    /// errors.
     pub async fn rotate(
         &self,
         name: &str,
-        alg: Option<Alg>,
-        rsa_bits: u32,
+        alg: Option<KeyAlg>,
+        size: KeySize,
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let _guard = self.admin.lock().await;
@@ -1233,18 +1296,31 @@ impl Keyring {
             .last()
             .ok_or_else(|| KeyringError::KeyNotFound(name.to_owned()))?;
         let alg = alg.unwrap_or(newest.alg);
-        let bits = match (rsa_bits, newest.kind) {
-            (0, KeyKind::Rsa { bits }) => bits,
-            (b, _) => b,
+        if alg.purpose() != newest.alg.purpose() {
+            return Err(KeyringError::PurposeChange {
+                name: key.name.to_string(),
+                purpose: newest.alg.purpose(),
+            });
+        }
+        let size = KeySize {
+            rsa_bits: match (size.rsa_bits, newest.kind) {
+                (0, KeyKind::Rsa { bits }) => bits,
+                (b, _) => b,
+            },
+            curve: match (size.curve, newest.kind) {
+                (None, KeyKind::Ec(c)) => Some(c),
+                (c, _) => c,
+            },
         };
-        let kind = kind_for(alg, bits)?;
-        jose::check_alg(alg, kind, key.fapi2)?;
+        let kind = kind_for(alg, size)?;
+        jose::check_key_alg(alg, kind, key.fapi2)?;
         let version = newest.version + 1;
         let obj = self
             .backend
             .generate(KeySpec {
                 kind,
                 label: device_label(&key.name, version),
+                purpose: alg.purpose(),
             })
             .await?;
         self.add_version(
@@ -1362,7 +1438,7 @@ impl Keyring {
         name: &KeyName,
         version: u32,
         state: KeyState,
-        alg: Alg,
+        alg: KeyAlg,
         fapi2: bool,
         origin: Origin,
         obj: KeyObject,
@@ -1543,23 +1619,78 @@ fn device_label(name: &KeyName, version: u32) -> String {
     format!("{LABEL_PREFIX}/{name}/v{version}")
 }
 
-/// The key kind to generate for an alg (RSA size from `rsa_bits`, 0 = 2048).
+/// The size of a key pair to generate, where the alg leaves it open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeySize {
+    /// RSA modulus bits (2048, 3072, 4096); 0 = 2048 (or, on rotation, the newest version's).
+    pub rsa_bits: u32,
+    /// The curve of an ECDH-ES key (P-256 when `None`, or on rotation the newest version's).
+    /// ES256 and ES384 fix their curve; naming another is refused.
+    pub curve: Option<Curve>,
+}
+
+/// The key kind to generate for an alg.
 ///
 /// # Errors
-/// [`KeyringError::Jose`] for RSA sizes sigild does not generate.
-pub fn kind_for(alg: Alg, rsa_bits: u32) -> Result<KeyKind, KeyringError> {
-    Ok(match alg {
-        Alg::Es256 => KeyKind::Ec(Curve::P256),
-        Alg::Es384 => KeyKind::Ec(Curve::P384),
-        Alg::EdDsa | Alg::Ed25519 => KeyKind::Ed25519,
-        Alg::Ps256 | Alg::Ps384 | Alg::Rs256 => match rsa_bits {
-            0 => KeyKind::Rsa { bits: 2048 },
-            b @ (2048 | 3072 | 4096) => KeyKind::Rsa { bits: b },
-            b => {
-                return Err(KeyringError::UnsupportedKeySize(b));
-            }
-        },
-    })
+/// [`KeyringError::UnsupportedKeySize`] for RSA sizes sigild does not generate;
+/// [`KeyringError::CurveMismatch`] for a curve that does not fit the alg.
+pub fn kind_for(alg: KeyAlg, size: KeySize) -> Result<KeyKind, KeyringError> {
+    use jose::JweAlg;
+    let fixed = |c: Curve| match size.curve {
+        Some(other) if other != c => Err(KeyringError::CurveMismatch {
+            alg: alg.name(),
+            curve: curve_name(other),
+        }),
+        _ => Ok(KeyKind::Ec(c)),
+    };
+    let no_curve = |kind: KeyKind| match size.curve {
+        Some(c) => Err(KeyringError::CurveMismatch {
+            alg: alg.name(),
+            curve: curve_name(c),
+        }),
+        None => Ok(kind),
+    };
+    let rsa = || match size.rsa_bits {
+        0 => no_curve(KeyKind::Rsa { bits: 2048 }),
+        b @ (2048 | 3072 | 4096) => no_curve(KeyKind::Rsa { bits: b }),
+        b => Err(KeyringError::UnsupportedKeySize(b)),
+    };
+    match alg {
+        KeyAlg::Sign(Alg::Es256) => fixed(Curve::P256),
+        KeyAlg::Sign(Alg::Es384) => fixed(Curve::P384),
+        KeyAlg::Sign(Alg::EdDsa | Alg::Ed25519) => no_curve(KeyKind::Ed25519),
+        KeyAlg::Sign(Alg::Ps256 | Alg::Ps384 | Alg::Rs256) => rsa(),
+        KeyAlg::Decrypt(JweAlg::RsaOaep | JweAlg::RsaOaep256) => rsa(),
+        KeyAlg::Decrypt(JweAlg::EcdhEs | JweAlg::EcdhEsA128Kw | JweAlg::EcdhEsA256Kw) => {
+            Ok(KeyKind::Ec(size.curve.unwrap_or(Curve::P256)))
+        }
+    }
+}
+
+/// The JOSE name of a curve (`P-256`), as `--curve` takes it.
+pub fn curve_name(c: Curve) -> &'static str {
+    match c {
+        Curve::P256 => "P-256",
+        Curve::P384 => "P-384",
+    }
+}
+
+/// Parse a curve name as [`curve_name`] writes it.
+///
+/// # Errors
+/// [`KeyringError::UnknownCurve`] for any other name.
+pub fn parse_curve(s: &str) -> Result<Curve, KeyringError> {
+    [Curve::P256, Curve::P384]
+        .into_iter()
+        .find(|c| curve_name(*c) == s)
+        .ok_or_else(|| KeyringError::UnknownCurve(s.chars().take(32).collect()))
+}
+
+fn purpose_name(p: KeyPurpose) -> &'static str {
+    match p {
+        KeyPurpose::Sign => "signing",
+        KeyPurpose::Decrypt => "decryption",
+    }
 }
 
 fn poisoned() -> KeyringError {
@@ -1606,15 +1737,45 @@ mod tests {
     #[test]
     fn kinds_for_algs() {
         assert!(matches!(
-            kind_for(Alg::Ps256, 0),
+            kind_for(
+                Alg::Ps256.into(),
+                KeySize {
+                    rsa_bits: 0,
+                    curve: None
+                }
+            ),
             Ok(KeyKind::Rsa { bits: 2048 })
         ));
         assert!(matches!(
-            kind_for(Alg::Rs256, 4096),
+            kind_for(
+                Alg::Rs256.into(),
+                KeySize {
+                    rsa_bits: 4096,
+                    curve: None
+                }
+            ),
             Ok(KeyKind::Rsa { bits: 4096 })
         ));
-        assert!(kind_for(Alg::Ps256, 1024).is_err());
-        assert!(matches!(kind_for(Alg::EdDsa, 0), Ok(KeyKind::Ed25519)));
+        assert!(
+            kind_for(
+                Alg::Ps256.into(),
+                KeySize {
+                    rsa_bits: 1024,
+                    curve: None
+                }
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            kind_for(
+                Alg::EdDsa.into(),
+                KeySize {
+                    rsa_bits: 0,
+                    curve: None
+                }
+            ),
+            Ok(KeyKind::Ed25519)
+        ));
     }
 
     #[test]

@@ -110,12 +110,14 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
     k.refresh().await?;
-    let key = k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    let key = k
+        .create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
     assert_eq!(states(&key), [Active]);
     assert_invariants(&k)?;
 
     // Rotate: the new version is `next` (published, not signing); v1 still signs.
-    let key = k.rotate("idp", None, 0, NOW + 1).await?;
+    let key = k.rotate("idp", None, KeySize::default(), NOW + 1).await?;
     assert_eq!(states(&key), [Active, Next]);
     assert_eq!(k.active("idp")?.version, 1);
     assert_invariants(&k)?;
@@ -127,7 +129,7 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
     assert_invariants(&k)?;
 
     // Another round, then a rollback to a retired version.
-    k.rotate("idp", None, 0, NOW + 2).await?;
+    k.rotate("idp", None, KeySize::default(), NOW + 2).await?;
     let key = k.activate("idp", 0).await?;
     assert_eq!(states(&key), [Retired, Retired, Active]);
     let key = k.activate("idp", 2).await?;
@@ -171,15 +173,20 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
 async fn kids_are_distinct_across_keys_and_versions() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("a", Alg::EdDsa, 0, false, NOW).await?;
-    k.create("b", Alg::Es256, 0, false, NOW).await?;
-    k.create("c", Alg::Es384, 0, false, NOW).await?;
+    k.create("a", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.create("b", Alg::Es256.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.create("c", Alg::Es384.into(), KeySize::default(), false, NOW)
+        .await?;
     for _ in 0..3 {
-        k.rotate("a", None, 0, NOW).await?;
-        k.rotate("b", None, 0, NOW).await?;
+        k.rotate("a", None, KeySize::default(), NOW).await?;
+        k.rotate("b", None, KeySize::default(), NOW).await?;
     }
     // A rotation may change the alg, and with it the key pair's kind.
-    let b = k.rotate("b", Some(Alg::Es384), 0, NOW).await?;
+    let b = k
+        .rotate("b", Some(Alg::Es384.into()), KeySize::default(), NOW)
+        .await?;
     assert_eq!(
         b.versions.last().map(|v| v.kind),
         Some(KeyKind::Ec(Curve::P384))
@@ -193,13 +200,18 @@ async fn kids_are_distinct_across_keys_and_versions() -> TestResult {
 async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
     let before = k.list()?;
     let jwks = k.jwks()?;
 
     // Rotation: the key pair is made, the process dies before the record is written.
     backend.crash_after_generate()?;
-    assert!(k.rotate("idp", None, 0, NOW).await.is_err());
+    assert!(
+        k.rotate("idp", None, KeySize::default(), NOW)
+            .await
+            .is_err()
+    );
     assert_eq!(
         backend.key_ids()?.len(),
         2,
@@ -210,7 +222,11 @@ async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> Te
 
     // Creation: the same, and the name stays free.
     backend.crash_after_generate()?;
-    assert!(k.create("new", Alg::Es256, 0, false, NOW).await.is_err());
+    assert!(
+        k.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
+            .await
+            .is_err()
+    );
     assert!(matches!(k.get("new"), Err(KeyringError::KeyNotFound(_))));
 
     // A restarted process sees neither: nothing half-made is active or published.
@@ -220,9 +236,10 @@ async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> Te
     assert_invariants(&r)?;
 
     // Both operations work afterwards, and the orphan never becomes a version.
-    let key = r.rotate("idp", None, 0, NOW).await?;
+    let key = r.rotate("idp", None, KeySize::default(), NOW).await?;
     assert_eq!(key.versions.len(), 2);
-    r.create("new", Alg::Es256, 0, false, NOW).await?;
+    r.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
+        .await?;
     let versions: Vec<_> = r.list()?.into_iter().flat_map(|k| k.versions).collect();
     let orphans = backend
         .key_ids()?
@@ -238,10 +255,15 @@ async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> Te
 async fn a_failed_record_write_takes_the_new_key_pair_with_it() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
     let before = k.list()?;
     backend.fail_put_record_after(0)?;
-    assert!(k.rotate("idp", None, 0, NOW).await.is_err());
+    assert!(
+        k.rotate("idp", None, KeySize::default(), NOW)
+            .await
+            .is_err()
+    );
     assert_eq!(backend.key_ids()?.len(), 1, "no unreachable key pair left");
     assert_eq!(k.list()?, before);
     assert_eq!(reloaded(&backend).await?.list()?, before);
@@ -252,8 +274,9 @@ async fn a_failed_record_write_takes_the_new_key_pair_with_it() -> TestResult {
 async fn a_crash_half_way_through_activation_leaves_the_newest_active() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
     // The first write (v2 active) lands, the second (v1 retired) does not.
     backend.fail_put_record_after(1)?;
     assert!(k.activate("idp", 0).await.is_err());
@@ -272,8 +295,9 @@ async fn a_crash_half_way_through_activation_leaves_the_newest_active() -> TestR
 async fn a_crash_between_destroy_record_and_key_destroy_unpublishes_the_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
     k.activate("idp", 0).await?;
     let v1 = k.get("idp")?.versions[0].clone();
     backend.fail_destroy()?;
@@ -292,18 +316,34 @@ async fn a_crash_between_destroy_record_and_key_destroy_unpublishes_the_version(
 async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW + 10).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW + 10).await?;
     k.activate("idp", 0).await?;
-    k.rotate("idp", None, 0, NOW + 20).await?;
+    k.rotate("idp", None, KeySize::default(), NOW + 20).await?;
     k.destroy("idp", 1).await?;
-    k.create("client", Alg::Es256, 0, true, NOW + 30).await?;
+    k.create(
+        "client",
+        Alg::Es256.into(),
+        KeySize::default(),
+        true,
+        NOW + 30,
+    )
+    .await?;
     k.retire("client", 0).await?;
-    k.create("dpop", Alg::Ed25519, 0, false, NOW + 40).await?;
+    k.create(
+        "dpop",
+        Alg::Ed25519.into(),
+        KeySize::default(),
+        false,
+        NOW + 40,
+    )
+    .await?;
     let uri = backend.add_foreign_ed25519("made elsewhere")?;
-    k.adopt("legacy", Alg::EdDsa, false, &uri, NOW + 50).await?;
+    k.adopt("legacy", Alg::EdDsa.into(), false, &uri, NOW + 50)
+        .await?;
     assert!(
-        k.adopt("again", Alg::EdDsa, false, &uri, NOW)
+        k.adopt("again", Alg::EdDsa.into(), false, &uri, NOW)
             .await
             .is_err(),
         "one key pair adopted twice"
@@ -319,7 +359,7 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
                 .to_vec(),
         },
     };
-    k.import("migrated", Alg::EdDsa, false, material, NOW + 60)
+    k.import("migrated", Alg::EdDsa.into(), false, material, NOW + 60)
         .await?;
     assert_invariants(&k)?;
 
@@ -357,7 +397,8 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
 async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
     let jwks = k.jwks()?;
     backend.hide_records(true)?;
     assert!(k.refresh().await.is_err());
@@ -368,7 +409,9 @@ async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
     );
     assert_eq!(k.active("idp")?.version, 1);
     assert!(
-        k.rotate("idp", None, 0, NOW).await.is_err(),
+        k.rotate("idp", None, KeySize::default(), NOW)
+            .await
+            .is_err(),
         "no change on a keyring that cannot be read"
     );
     backend.hide_records(false)?;
@@ -382,9 +425,11 @@ async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
 async fn a_device_error_while_loading_never_drops_a_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
-    k.create("client", Alg::Es256, 0, false, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
+    k.create("client", Alg::Es256.into(), KeySize::default(), false, NOW)
+        .await?;
     // A restarted process loads while the device briefly fails to read one public key (a
     // YubiKey still held by the process that just exited does this): the load may fail and be
     // retried, but a keyring with that version missing (its key without an active version, its
@@ -441,12 +486,21 @@ async fn repair_finds(
 async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
     let kept = backend.key_ids()?;
     backend.crash_after_generate()?;
-    assert!(k.rotate("idp", None, 0, NOW).await.is_err());
+    assert!(
+        k.rotate("idp", None, KeySize::default(), NOW)
+            .await
+            .is_err()
+    );
     backend.crash_after_generate()?;
-    assert!(k.create("new", Alg::Es256, 0, false, NOW).await.is_err());
+    assert!(
+        k.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
+            .await
+            .is_err()
+    );
     // Another tool's key pair is not sigild's to destroy, even though no record names it.
     backend.add_foreign_ed25519("made elsewhere")?;
     let foreign = backend.key_ids()?.last().cloned();
@@ -460,8 +514,15 @@ async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResu
     assert_eq!(r.list()?, list);
     assert_eq!(r.jwks()?, jwks);
     // The name of the crashed creation is free, and rotation numbers on.
-    r.create("new", Alg::Es256, 0, false, NOW).await?;
-    assert_eq!(r.rotate("idp", None, 0, NOW).await?.versions.len(), 2);
+    r.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
+        .await?;
+    assert_eq!(
+        r.rotate("idp", None, KeySize::default(), NOW)
+            .await?
+            .versions
+            .len(),
+        2
+    );
     Ok(())
 }
 
@@ -469,8 +530,9 @@ async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResu
 async fn an_activation_interrupted_in_its_first_record_replacement_is_repaired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
     // v2's new record (active) is written, its old copy (next) stays; v1 is still active.
     backend.crash_in_record_replacement_after(0)?;
     assert!(k.activate("idp", 0).await.is_err());
@@ -492,8 +554,9 @@ async fn an_activation_interrupted_in_its_first_record_replacement_is_repaired()
 async fn an_activation_interrupted_in_its_second_record_replacement_is_repaired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
     backend.crash_in_record_replacement_after(1)?;
     assert!(k.activate("idp", 0).await.is_err());
     let r = repair_finds(&backend, &["stale-record"]).await?;
@@ -508,8 +571,9 @@ async fn an_activation_interrupted_in_its_second_record_replacement_is_repaired(
 async fn the_later_of_two_activations_wins_even_for_an_older_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
     k.activate("idp", 0).await?;
     // Roll back to v1: v1's record says active, the process dies before v2 is retired.
     backend.fail_put_record_after(1)?;
@@ -536,7 +600,8 @@ async fn the_later_of_two_activations_wins_even_for_an_older_version() -> TestRe
 async fn a_retirement_interrupted_in_its_record_replacement_is_repaired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
     backend.crash_in_record_replacement_after(0)?;
     assert!(k.retire("idp", 0).await.is_err());
     let r = reloaded(&backend).await?;
@@ -550,8 +615,9 @@ async fn a_destruction_interrupted_anywhere_is_repaired() -> TestResult {
     for crash in 0..2 {
         let backend = MemoryBackend::new();
         let k = keyring(&backend);
-        k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-        k.rotate("idp", None, 0, NOW).await?;
+        k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+            .await?;
+        k.rotate("idp", None, KeySize::default(), NOW).await?;
         k.activate("idp", 0).await?;
         let v1 = k.get("idp")?.versions[0].clone();
         let expected: &[&str] = if crash == 0 {
@@ -577,8 +643,9 @@ async fn a_destruction_interrupted_anywhere_is_repaired() -> TestResult {
 async fn a_version_whose_key_pair_is_gone_is_reported_then_recorded_destroyed() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa, 0, false, NOW).await?;
-    k.rotate("idp", None, 0, NOW).await?;
+    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
     let [v1, v2] = [0, 1].map(|i| k.get("idp").map(|key| key.versions[i].clone()));
     let (v1, v2) = (v1?, v2?);
     // The device loses both key pairs (a restored partition, another tool).
@@ -605,7 +672,7 @@ async fn a_version_whose_key_pair_is_gone_is_reported_then_recorded_destroyed() 
         [KeyState::Destroyed, KeyState::Destroyed]
     );
     // Rotation numbers on and activation brings the key back.
-    r.rotate("idp", None, 0, NOW).await?;
+    r.rotate("idp", None, KeySize::default(), NOW).await?;
     r.activate("idp", 0).await?;
     assert_eq!(r.active("idp")?.version, 3);
     Ok(())

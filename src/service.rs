@@ -24,8 +24,8 @@ use serde_json::{Map, Value};
 
 use crate::audit::{self, Audit, Record};
 use crate::backend::PrivateKeyMaterial;
-use crate::jose::{self, Alg};
-use crate::keyring::{KeyInfo, Keyring, VersionInfo};
+use crate::jose::{self, Alg, KeyAlg};
+use crate::keyring::{KeyInfo, KeySize, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
 mod error;
@@ -326,7 +326,11 @@ impl Service {
             return self.quarantine.since().is_none();
         }
         let mut versions: Vec<_> = match self.keyring.list() {
-            Ok(keys) => keys.iter().filter_map(|k| k.active().cloned()).collect(),
+            Ok(keys) => keys
+                .iter()
+                .filter_map(|k| k.active().cloned())
+                .filter(|v| v.alg.sign_alg().is_some())
+                .collect(),
             Err(_) => Vec::new(),
         };
         versions.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
@@ -338,7 +342,9 @@ impl Service {
         // the signing timeout on a device that does not answer).
         for version in versions.iter().take(PROBE_VERSIONS) {
             let deadline = std::time::Instant::now() + self.options.sign_timeout;
-            let alg = version.alg;
+            let Some(alg) = version.alg.sign_alg() else {
+                continue;
+            };
             match self
                 .device_sign(version, alg, PROBE_MESSAGE, deadline, true)
                 .await
@@ -608,8 +614,8 @@ impl Service {
     /// The active version of `key`, checked for signing with `alg` (the version's own alg
     /// unless the caller named one).
     fn resolve(&self, key: &str, alg: Option<Alg>) -> Result<(Arc<VersionInfo>, Alg), Error> {
-        let version = self.keyring.active(key)?;
-        let alg = alg.unwrap_or(version.alg);
+        let (version, own) = self.keyring.signing(key)?;
+        let alg = alg.unwrap_or(own);
         jose::check_alg(alg, version.kind, version.fapi2)?;
         Ok((version, alg))
     }
@@ -628,7 +634,7 @@ impl Service {
         self.run(origin, Operation::Jws, "jws", key, async |call| {
             self.authorize(call)?;
             self.check_size("header and payload", header.len() + payload.len())?;
-            let version = self.keyring.active(key)?;
+            let (version, _) = self.keyring.signing(key)?;
             let alg = jose::check_header(header, version.kind, &version.kid)?;
             jose::check_alg(alg, version.kind, version.fapi2)?;
             let parts = jose::JwsParts {
@@ -684,7 +690,7 @@ impl Service {
         self.run(origin, Operation::IdToken, "id-token", key, async |call| {
             self.authorize(call)?;
             self.check_size("claims", input.claims_json.len())?;
-            let (version, _) = self.resolve(key, None)?;
+            let (version, alg) = self.resolve(key, None)?;
             let req = jose::IdTokenRequest {
                 claims: parse_object("claims_json", &input.claims_json)?,
                 now: self.clock.now(),
@@ -693,7 +699,7 @@ impl Service {
                 code: input.code,
                 typ: None,
             };
-            let parts = jose::id_token(key_ref(&version), &req)?;
+            let parts = jose::id_token(key_ref(&version, alg), &req)?;
             self.sign_parts(call, &version, parts).await
         })
         .await
@@ -712,7 +718,7 @@ impl Service {
         self.run(origin, Operation::Jar, "jar", key, async |call| {
             self.authorize(call)?;
             self.check_size("claims", input.claims_json.len())?;
-            let (version, _) = self.resolve(key, None)?;
+            let (version, alg) = self.resolve(key, None)?;
             let req = jose::JarRequest {
                 client_id: input.client_id,
                 audience: input.audience,
@@ -725,7 +731,7 @@ impl Service {
                 lifetime: or_default(input.lifetime, 300),
                 jti: new_jti()?,
             };
-            let parts = jose::jar_request_object(key_ref(&version), &req)?;
+            let parts = jose::jar_request_object(key_ref(&version, alg), &req)?;
             self.sign_parts(call, &version, parts).await
         })
         .await
@@ -744,7 +750,7 @@ impl Service {
         let op = Operation::ClientAssertion;
         self.run(origin, op, "client-assertion", key, async |call| {
             self.authorize(call)?;
-            let (version, _) = self.resolve(key, None)?;
+            let (version, alg) = self.resolve(key, None)?;
             let req = jose::ClientAssertionRequest {
                 client_id: input.client_id,
                 audience: input.audience,
@@ -753,7 +759,7 @@ impl Service {
                 jti: new_jti()?,
                 nbf: false,
             };
-            let parts = jose::client_assertion(key_ref(&version), &req)?;
+            let parts = jose::client_assertion(key_ref(&version, alg), &req)?;
             self.sign_parts(call, &version, parts).await
         })
         .await
@@ -775,7 +781,7 @@ impl Service {
                 "access token",
                 input.access_token.as_ref().map_or(0, String::len),
             )?;
-            let (version, _) = self.resolve(key, None)?;
+            let (version, alg) = self.resolve(key, None)?;
             let req = jose::DpopRequest {
                 htm: input.htm,
                 htu: input.htu,
@@ -784,7 +790,7 @@ impl Service {
                 now: self.clock.now(),
                 jti: new_jti()?,
             };
-            let parts = jose::dpop_proof(&version.public, version.alg, &req)?;
+            let parts = jose::dpop_proof(&version.public, alg, &req)?;
             self.sign_parts(call, &version, parts).await
         })
         .await
@@ -821,13 +827,13 @@ impl Service {
         origin: &Origin,
         name: &str,
         alg: &str,
-        rsa_bits: u32,
+        size: KeySize,
         fapi2: bool,
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:create", name, 0, async || {
-            let alg = Alg::parse(alg)?;
+            let alg = KeyAlg::parse(alg)?;
             self.keyring
-                .create(name, alg, rsa_bits, fapi2, self.now())
+                .create(name, alg, size, fapi2, self.now())
                 .await
                 .map_err(|e| Error::from(e).for_alg(alg, "make keys for"))
         })
@@ -847,7 +853,7 @@ impl Service {
         material: PrivateKeyMaterial,
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:import", name, 0, async || {
-            let alg = Alg::parse(alg)?;
+            let alg = KeyAlg::parse(alg)?;
             self.keyring
                 .import(name, alg, fapi2, material, self.now())
                 .await
@@ -869,7 +875,7 @@ impl Service {
         uri: &str,
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:adopt", name, 0, async || {
-            let alg = Alg::parse(alg)?;
+            let alg = KeyAlg::parse(alg)?;
             Ok(self
                 .keyring
                 .adopt(name, alg, fapi2, uri, self.now())
@@ -887,15 +893,15 @@ impl Service {
         origin: &Origin,
         name: &str,
         alg: &str,
-        rsa_bits: u32,
+        size: KeySize,
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:rotate", name, 0, async || {
             let alg = if alg.is_empty() {
                 None
             } else {
-                Some(Alg::parse(alg)?)
+                Some(KeyAlg::parse(alg)?)
             };
-            let r = self.keyring.rotate(name, alg, rsa_bits, self.now()).await;
+            let r = self.keyring.rotate(name, alg, size, self.now()).await;
             r.map_err(|e| match alg {
                 Some(alg) => Error::from(e).for_alg(alg, "make keys for"),
                 None => e.into(),
@@ -1097,11 +1103,11 @@ fn audit_reason(e: &PolicyError) -> String {
     }
 }
 
-fn key_ref(v: &VersionInfo) -> jose::KeyRef<'_> {
+fn key_ref(v: &VersionInfo, alg: Alg) -> jose::KeyRef<'_> {
     jose::KeyRef {
         kid: &v.kid,
         kind: v.kind,
-        alg: v.alg,
+        alg,
     }
 }
 

@@ -222,6 +222,7 @@ async fn tls_callers_get_exactly_the_status_their_certificate_earns() -> TestRes
             alg: "ES256".into(),
             rsa_bits: 0,
             fapi2: false,
+            ..Default::default()
         })
         .await,
     )?;
@@ -615,6 +616,7 @@ async fn danger_plaintext_warns_and_callers_are_anonymous() -> TestResult {
                 alg: "ES256".into(),
                 rsa_bits: 0,
                 fapi2: false,
+                ..Default::default()
             })
             .await,
     )?;

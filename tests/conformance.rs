@@ -94,6 +94,7 @@ mod checks {
                     alg: c.alg.into(),
                     rsa_bits: c.rsa_bits,
                     fapi2: false,
+                    ..Default::default()
                 })
                 .await;
             let (code, msg) = code_of(r).map_err(|e| format!("{}: {e}", c.key))?;
@@ -361,6 +362,7 @@ mod checks {
             name: name.into(),
             alg: alg.into(),
             rsa_bits,
+            ..Default::default()
         };
         let version = |version| pb::KeyVersionRequest {
             name: "idp".into(),
@@ -418,6 +420,7 @@ mod checks {
                 alg: c.alg.into(),
                 rsa_bits: c.rsa_bits,
                 fapi2: false,
+                ..Default::default()
             })
             .await,
         )?;
@@ -666,6 +669,7 @@ mod checks {
                 alg: c.alg.into(),
                 rsa_bits: c.rsa_bits,
                 fapi2: false,
+                ..Default::default()
             })
             .await,
         )?;
@@ -683,6 +687,7 @@ mod checks {
                 name: "nope".into(),
                 alg: String::new(),
                 rsa_bits: 0,
+                ..Default::default()
             })
             .await,
         )?;
@@ -731,6 +736,7 @@ mod checks {
                 name: "shared".into(),
                 alg: String::new(),
                 rsa_bits: 0,
+                ..Default::default()
             })
             .await?;
             k.activate_key_version(pb::KeyVersionRequest {
@@ -742,6 +748,7 @@ mod checks {
                 name: "other".into(),
                 alg: String::new(),
                 rsa_bits: 0,
+                ..Default::default()
             })
             .await?;
             (list_keys(&d).await?, d.jwks().await?)

@@ -161,6 +161,7 @@ impl Op {
                     name: "idp".into(),
                     alg: String::new(),
                     rsa_bits: 0,
+                    ..Default::default()
                 })
                 .await?;
         }
@@ -181,6 +182,7 @@ impl Op {
                     name: "idp".into(),
                     alg: String::new(),
                     rsa_bits: 0,
+                    ..Default::default()
                 })
                 .await?
             }
@@ -518,6 +520,7 @@ async fn repair_needs_admin_on_every_key_and_is_audited() -> TestResult {
         alg: "ES256".into(),
         rsa_bits: 0,
         fapi2: false,
+        ..Default::default()
     })
     .await?;
     assert_eq!(repair(&d, true)?.1, "nothing to repair");

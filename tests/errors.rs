@@ -24,6 +24,7 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
         alg: "PS256".into(),
         rsa_bits: 0,
         fapi2: true,
+        ..Default::default()
     })
     .await?;
 
@@ -174,6 +175,7 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
             alg: "RS256".into(),
             rsa_bits: 0,
             fapi2: true,
+            ..Default::default()
         })
         .await,
     )?;
@@ -189,6 +191,7 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
             alg: alg.into(),
             rsa_bits,
             fapi2: false,
+            ..Default::default()
         };
         let (code, msg) = code_of(k.create_key(req).await)?;
         assert_eq!(
@@ -340,6 +343,7 @@ async fn missing_token_is_unavailable_until_it_appears() -> TestResult {
             alg: "ES256".into(),
             rsa_bits: 0,
             fapi2: false,
+            ..Default::default()
         })
         .await,
     )?;

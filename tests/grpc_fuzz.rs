@@ -411,6 +411,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             alg: alg_for_create(rng),
             rsa_bits: 0,
             fapi2: rng.chance(30),
+            curve: String::new(),
         }
         .encode_to_vec(),
         Rpc::ImportKey => {
@@ -450,6 +451,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
                 alg_for_create(rng)
             },
             rsa_bits: 0,
+            curve: String::new(),
         }
         .encode_to_vec(),
         Rpc::ActivateKeyVersion | Rpc::RetireKeyVersion | Rpc::DestroyKeyVersion => {
@@ -540,6 +542,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
             // Any size, but never an RSA generation: the alg is random text, rarely an RSA alg.
             rsa_bits: n(rng),
             fapi2: rng.chance(50),
+            curve: rng.text(),
         }
         .encode_to_vec(),
         Rpc::ImportKey => pb::ImportKeyRequest {
@@ -561,6 +564,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
             name: rng.text(),
             alg: rng.text(),
             rsa_bits: n(rng),
+            curve: rng.text(),
         }
         .encode_to_vec(),
         Rpc::ActivateKeyVersion | Rpc::RetireKeyVersion | Rpc::DestroyKeyVersion => {

@@ -30,6 +30,7 @@ async fn two_daemons_on_one_token_share_the_keyring() -> TestResult {
         name: "shared".into(),
         alg: String::new(),
         rsa_bits: 0,
+        ..Default::default()
     })
     .await?;
     let act = ka

@@ -53,6 +53,7 @@ async fn ec_and_eddsa_are_refused_naming_the_algorithm_and_the_missing_mechanism
                     alg: alg.into(),
                     rsa_bits: 0,
                     fapi2: false,
+                    ..Default::default()
                 })
                 .await,
         )?;

@@ -248,6 +248,7 @@ async fn requests_past_the_grace_period_get_unavailable() -> TestResult {
                 alg: "ES256".into(),
                 rsa_bits: 0,
                 fapi2: false,
+                ..Default::default()
             })
             .await
         }));

@@ -193,6 +193,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
                 alg: "EdDSA".into(),
                 rsa_bits: 0,
                 fapi2: false,
+                ..Default::default()
             })
             .await;
         let (code, msg) = code_of(r)?;
@@ -207,6 +208,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
             name: "rot".into(),
             alg: String::new(),
             rsa_bits: 0,
+            ..Default::default()
         };
         let k = keys.rotate_key(rotate()).await?.into_inner();
         assert_eq!(

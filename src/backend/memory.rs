@@ -25,7 +25,8 @@ use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
     StoredKeyPair,
 };
-use crate::crypto::{Curve, KeyKind, PublicKey, SignOp};
+use crate::crypto::{Curve, DecryptOp, KeyKind, KeyPurpose, PublicKey, SignOp};
+use crate::secret::SecretBytes;
 
 /// The URI scheme of keys on this backend: `memory:id=<hex>`.
 const URI_PREFIX: &str = "memory:id=";
@@ -415,6 +416,17 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn decrypt(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: DecryptOp,
+        deadline: Instant,
+    ) -> BackendFuture<SecretBytes> {
+        let _ = (key, kind, op, deadline);
+        todo!("decrypt in memory")
+    }
+
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         self.call(move |s| {
             let key = generate_key(spec.kind, spec.label)?;
@@ -430,7 +442,13 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject> {
+    fn import(
+        &self,
+        label: String,
+        material: PrivateKeyMaterial,
+        purpose: KeyPurpose,
+    ) -> BackendFuture<KeyObject> {
+        let _ = purpose;
         self.call(move |s| {
             let key = import_key(&material, label)?;
             drop(material); // zeroizes
@@ -441,7 +459,8 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn adopt(&self, uri: String) -> BackendFuture<KeyObject> {
+    fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject> {
+        let _ = purpose;
         self.call(move |s| {
             let id = uri
                 .strip_prefix(URI_PREFIX)
@@ -597,6 +616,7 @@ mod tests {
         let obj = block_on(b.generate(KeySpec {
             kind: KeyKind::Ed25519,
             label: "k".into(),
+            purpose: KeyPurpose::Sign,
         }))?;
         let PublicKey::Ed25519 { x } = &obj.public else {
             return Err(BackendError::Malformed("not Ed25519".into()));
@@ -626,6 +646,7 @@ mod tests {
         let ec = block_on(b.generate(KeySpec {
             kind: KeyKind::Ec(Curve::P256),
             label: "ec".into(),
+            purpose: KeyPurpose::Sign,
         }))?;
         assert!(matches!(ec.public, PublicKey::Ec { ref x, .. } if x.len() == 32));
         let r = block_on(b.sign(
@@ -640,6 +661,7 @@ mod tests {
         let r = block_on(b.generate(KeySpec {
             kind: KeyKind::Rsa { bits: 2048 },
             label: "rsa".into(),
+            purpose: KeyPurpose::Sign,
         }));
         assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
         Ok(())
@@ -664,6 +686,7 @@ mod tests {
         let spec = || KeySpec {
             kind: KeyKind::Ed25519,
             label: "k".into(),
+            purpose: KeyPurpose::Sign,
         };
         assert!(block_on(b.generate(spec())).is_err());
         assert_eq!(b.key_ids()?.len(), 1, "the key pair stays behind");

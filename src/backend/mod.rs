@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-use crate::crypto::{KeyKind, PublicKey, SignOp};
+use crate::crypto::{DecryptOp, KeyKind, KeyPurpose, PublicKey, SignOp};
 use crate::secret::SecretBytes;
 
 pub use import::PrivateKeyMaterial;
@@ -75,6 +75,8 @@ pub struct KeySpec {
     pub kind: KeyKind,
     /// The device label to give both halves.
     pub label: String,
+    /// What the key pair is for; decides its usage attributes on the device.
+    pub purpose: KeyPurpose,
 }
 
 /// A small metadata record kept on the device next to the keys (the keyring's persistence), so
@@ -186,15 +188,35 @@ pub trait Backend: Send + Sync + 'static {
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>>;
 
+    /// Perform the private-key step of a decryption with the decryption key `key` of kind
+    /// `kind` by `deadline` (as for [`Backend::sign`]): RSA-OAEP decryption or ECDH (see
+    /// [`DecryptOp`]). The result (a CEK or a shared secret) is zeroized when dropped; every
+    /// intermediate copy (raw RSA output, a derived session object) is zeroized or destroyed
+    /// before the future resolves. A signing key is refused by the device.
+    fn decrypt(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: DecryptOp,
+        deadline: Instant,
+    ) -> BackendFuture<SecretBytes>;
+
     /// Generate a key pair on the device.
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject>;
 
-    /// Put existing private key material on the device (migration only), non-extractable.
-    /// The material is zeroized when the call completes.
-    fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject>;
+    /// Put existing private key material on the device (migration only), non-extractable, with
+    /// the usage attributes of `purpose`. The material is zeroized when the call completes.
+    fn import(
+        &self,
+        label: String,
+        material: PrivateKeyMaterial,
+        purpose: KeyPurpose,
+    ) -> BackendFuture<KeyObject>;
 
-    /// Find an existing key pair by URI (keys made by other tools) and report it.
-    fn adopt(&self, uri: String) -> BackendFuture<KeyObject>;
+    /// Find an existing key pair by URI (keys made by other tools) and report it; refused
+    /// ([`BackendError::InvalidRequest`]) when the device does not allow the key `purpose`
+    /// (PKCS#11: `CKA_SIGN` for signing, `CKA_DECRYPT` or `CKA_DERIVE` for decryption).
+    fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject>;
 
     /// Read a key pair's public half and label (used when loading the keyring).
     fn key(&self, key: &KeyId) -> BackendFuture<KeyObject>;

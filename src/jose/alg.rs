@@ -7,8 +7,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{JoseError, shown};
-use crate::crypto::{Curve, HashAlg, KeyKind, SignOp};
+use super::{JoseError, JweAlg, shown};
+use crate::crypto::{Curve, HashAlg, KeyKind, KeyPurpose, SignOp};
 
 /// A JWS `alg` that sigild can produce (RFC 7518, RFC 8037, RFC 9864).
 ///
@@ -178,6 +178,93 @@ impl FromStr for Alg {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Alg::parse(s)
+    }
+}
+
+/// The alg a key version is made for, which fixes its purpose: a JWS alg for a signing key, a
+/// JWE key-management alg for a decryption key. The JWK publishes it (`alg`, and `use` from
+/// [`KeyAlg::purpose`]); a decryption key decrypts JWEs of exactly this alg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyAlg {
+    /// A signing key's default JWS alg.
+    Sign(Alg),
+    /// A decryption key's JWE key-management alg.
+    Decrypt(JweAlg),
+}
+
+impl KeyAlg {
+    /// Parse a JWS or JWE key-management alg name exactly.
+    ///
+    /// # Errors
+    /// [`JoseError::AlgNone`] for `none`; [`JoseError::UnsupportedKeyAlg`] for anything else
+    /// that is neither (`RSA1_5` included).
+    pub fn parse(name: &str) -> Result<KeyAlg, JoseError> {
+        if let Some(a) = JweAlg::parse(name) {
+            return Ok(KeyAlg::Decrypt(a));
+        }
+        match Alg::parse(name) {
+            Ok(a) => Ok(KeyAlg::Sign(a)),
+            Err(JoseError::AlgNone) => Err(JoseError::AlgNone),
+            Err(_) => Err(JoseError::UnsupportedKeyAlg { alg: shown(name) }),
+        }
+    }
+
+    /// The registered JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlg::Sign(a) => a.name(),
+            KeyAlg::Decrypt(a) => a.name(),
+        }
+    }
+
+    /// Signing or decryption.
+    pub fn purpose(self) -> KeyPurpose {
+        match self {
+            KeyAlg::Sign(_) => KeyPurpose::Sign,
+            KeyAlg::Decrypt(_) => KeyPurpose::Decrypt,
+        }
+    }
+
+    /// The JWS alg of a signing key; `None` for a decryption key.
+    pub fn sign_alg(self) -> Option<Alg> {
+        match self {
+            KeyAlg::Sign(a) => Some(a),
+            KeyAlg::Decrypt(_) => None,
+        }
+    }
+
+    /// The JWE alg of a decryption key; `None` for a signing key.
+    pub fn jwe_alg(self) -> Option<JweAlg> {
+        match self {
+            KeyAlg::Sign(_) => None,
+            KeyAlg::Decrypt(a) => Some(a),
+        }
+    }
+
+    /// Whether a key of `kind` can serve this alg.
+    pub fn fits(self, kind: KeyKind) -> bool {
+        match self {
+            KeyAlg::Sign(a) => a.fits(kind),
+            KeyAlg::Decrypt(a) => a.fits(kind),
+        }
+    }
+}
+
+impl From<Alg> for KeyAlg {
+    fn from(a: Alg) -> KeyAlg {
+        KeyAlg::Sign(a)
+    }
+}
+
+impl From<JweAlg> for KeyAlg {
+    fn from(a: JweAlg) -> KeyAlg {
+        KeyAlg::Decrypt(a)
+    }
+}
+
+impl fmt::Display for KeyAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -4,7 +4,7 @@
 //! sign in FAPI 2.0 mode?" and nothing else: which keys a caller may use is `policy/`'s
 //! business, and which algorithms exist at all is `alg.rs`'s. Pure: no I/O, no configuration.
 
-use super::{Alg, JoseError};
+use super::{Alg, JoseError, KeyAlg};
 use crate::crypto::{Curve, KeyKind};
 
 /// Smallest RSA modulus FAPI 2.0 accepts.
@@ -26,6 +26,27 @@ pub fn check_alg(alg: Alg, kind: KeyKind, fapi2: bool) -> Result<(), JoseError> 
         check_fapi2(alg, kind)?;
     }
     Ok(())
+}
+
+/// [`check_alg`] for a key version of either purpose. A decryption alg must fit the key; in
+/// FAPI mode an RSA decryption key must have at least 2048 bits (RSA1_5 is never offered at
+/// all, FAPI or not: [`KeyAlg::parse`] refuses it).
+///
+/// # Errors
+/// As for [`check_alg`]; [`JoseError::JweAlgKeyMismatch`]; [`JoseError::FapiKeyTooSmall`].
+pub fn check_key_alg(alg: KeyAlg, kind: KeyKind, fapi2: bool) -> Result<(), JoseError> {
+    match alg {
+        KeyAlg::Sign(a) => check_alg(a, kind, fapi2),
+        KeyAlg::Decrypt(a) if !a.fits(kind) => {
+            Err(JoseError::JweAlgKeyMismatch { alg: a, key: kind })
+        }
+        KeyAlg::Decrypt(_) => match kind {
+            KeyKind::Rsa { bits } if fapi2 && bits < FAPI2_MIN_RSA_BITS => {
+                Err(JoseError::FapiKeyTooSmall { bits })
+            }
+            _ => Ok(()),
+        },
+    }
 }
 
 /// Check that `alg` with a key of `kind` is allowed by the FAPI 2.0 Security Profile §5.4.1:

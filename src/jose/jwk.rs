@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::{Alg, JoseError, b64, b64_decode, shown};
+use super::{JoseError, KeyAlg, b64, b64_decode, shown};
 use crate::crypto::{Curve, PublicKey, trim_leading_zeros};
 
 /// The JWK `crv` name of a NIST curve.
@@ -64,18 +64,28 @@ pub fn public_jwk(pk: &PublicKey) -> Value {
     Value::Object(m)
 }
 
-/// A JWKS entry: the public JWK plus `kid`, `alg` and `use: "sig"`, as relying parties select
-/// keys by `kid` and should only use a key for the one algorithm it signs with.
+/// A JWKS entry: the public JWK plus `kid`, `alg` and `use` (`sig` for a JWS alg, `enc` for a
+/// JWE key-management alg), as relying parties select keys by `kid` and `use`, and should only
+/// use a key for the one algorithm it serves (an encrypter picks the `use: "enc"` key and its
+/// `alg`).
 ///
 /// # Errors
 ///
-/// [`JoseError::AlgKeyMismatch`] if `alg` cannot be used with `pk`, so a JWKS never advertises a
-/// key for an algorithm it cannot produce; [`JoseError::InvalidJwk`] if `kid` is empty.
-pub fn jwks_entry(pk: &PublicKey, kid: &str, alg: Alg) -> Result<Value, JoseError> {
+/// [`JoseError::AlgKeyMismatch`] / [`JoseError::JweAlgKeyMismatch`] if `alg` cannot be used with
+/// `pk`, so a JWKS never advertises a key for an algorithm it cannot serve;
+/// [`JoseError::InvalidJwk`] if `kid` is empty.
+pub fn jwks_entry(pk: &PublicKey, kid: &str, alg: impl Into<KeyAlg>) -> Result<Value, JoseError> {
+    let alg = alg.into();
     if !alg.fits(pk.kind()) {
-        return Err(JoseError::AlgKeyMismatch {
-            alg,
-            key: pk.kind(),
+        return Err(match alg {
+            KeyAlg::Sign(alg) => JoseError::AlgKeyMismatch {
+                alg,
+                key: pk.kind(),
+            },
+            KeyAlg::Decrypt(alg) => JoseError::JweAlgKeyMismatch {
+                alg,
+                key: pk.kind(),
+            },
         });
     }
     if kid.is_empty() {
@@ -87,7 +97,7 @@ pub fn jwks_entry(pk: &PublicKey, kid: &str, alg: Alg) -> Result<Value, JoseErro
     if let Value::Object(m) = &mut jwk {
         m.insert("alg".into(), alg.name().into());
         m.insert("kid".into(), kid.into());
-        m.insert("use".into(), "sig".into());
+        m.insert("use".into(), alg.purpose().jwk_use().into());
     }
     Ok(jwk)
 }
@@ -257,6 +267,7 @@ pub fn public_key_from_jwk(jwk: &Value) -> Result<PublicKey, JoseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jose::Alg;
     use serde_json::json;
 
     type R = Result<(), Box<dyn std::error::Error>>;

@@ -13,13 +13,15 @@
 mod alg;
 mod fapi;
 mod header;
+mod jwe;
 mod jwk;
 mod profiles;
 mod verify;
 
-pub use alg::Alg;
-pub use fapi::{check_alg, check_fapi2};
+pub use alg::{Alg, KeyAlg};
+pub use fapi::{check_alg, check_fapi2, check_key_alg};
 pub use header::check_header;
+pub use jwe::{Jwe, JweAlg, JweEnc, JweError};
 pub use jwk::{jwks, jwks_entry, public_jwk, public_key_from_jwk, thumbprint};
 pub use profiles::{
     ClientAssertionRequest, DpopRequest, IdTokenRequest, JarRequest, JwsParts, KeyRef,
@@ -48,6 +50,23 @@ pub enum JoseError {
     UnsupportedAlg {
         /// The name the caller sent, shortened.
         alg: String,
+    },
+    /// The alg named for a new key is neither a JWS alg nor a JWE key-management alg sigild
+    /// serves.
+    #[error(
+        "unsupported key alg {alg:?}; signing keys: ES256, ES384, PS256, PS384, RS256, EdDSA, Ed25519; decryption keys: RSA-OAEP-256, RSA-OAEP, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW (RSA1_5 is never offered)"
+    )]
+    UnsupportedKeyAlg {
+        /// The name the caller sent, shortened.
+        alg: String,
+    },
+    /// The JWE key-management alg cannot be used with this key.
+    #[error("JWE alg {alg} cannot be used with a {key} key")]
+    JweAlgKeyMismatch {
+        /// The requested algorithm.
+        alg: JweAlg,
+        /// The kind of the key.
+        key: KeyKind,
     },
     /// `alg: none` was asked for; sigild never produces unsecured JWS.
     #[error("JWS alg \"none\" is never allowed")]

@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::audit::AuditError;
 use crate::backend::BackendError;
-use crate::jose::{Alg, JoseError};
+use crate::jose::{JoseError, KeyAlg};
 use crate::keyring::KeyringError;
 use crate::policy::PolicyError;
 
@@ -97,7 +97,7 @@ pub enum Error {
     #[error("the signing device cannot {doing} {alg}")]
     Unsupported {
         /// The algorithm asked for.
-        alg: Alg,
+        alg: KeyAlg,
         /// What was tried: "sign with", "make keys for".
         doing: &'static str,
         /// The device's refusal.
@@ -260,11 +260,15 @@ impl Error {
 
     /// Name the algorithm when the device refused for lack of support, so the caller learns
     /// which algorithm this device cannot serve; other errors pass unchanged.
-    pub(crate) fn for_alg(self, alg: Alg, doing: &'static str) -> Error {
+    pub(crate) fn for_alg(self, alg: impl Into<KeyAlg>, doing: &'static str) -> Error {
         match self {
             Error::Backend(source @ BackendError::Unsupported(_))
             | Error::Keyring(KeyringError::Backend(source @ BackendError::Unsupported(_))) => {
-                Error::Unsupported { alg, doing, source }
+                Error::Unsupported {
+                    alg: alg.into(),
+                    doing,
+                    source,
+                }
             }
             other => other,
         }
@@ -290,14 +294,17 @@ fn keyring_kind(e: &KeyringError) -> ErrorKind {
     match e {
         KeyringError::InvalidName(_)
         | KeyringError::UnsupportedKeySize(_)
+        | KeyringError::CurveMismatch { .. }
+        | KeyringError::UnknownCurve(_)
         | KeyringError::InvalidChain { .. } => ErrorKind::InvalidArgument,
         KeyringError::KeyNotFound(_)
         | KeyringError::VersionNotFound { .. }
         | KeyringError::NoChain { .. } => ErrorKind::NotFound,
         KeyringError::AlreadyExists(_) => ErrorKind::AlreadyExists,
-        KeyringError::NoActiveVersion(_) | KeyringError::InvalidState { .. } => {
-            ErrorKind::FailedPrecondition
-        }
+        KeyringError::NoActiveVersion(_)
+        | KeyringError::InvalidState { .. }
+        | KeyringError::PurposeChange { .. }
+        | KeyringError::WrongPurpose { .. } => ErrorKind::FailedPrecondition,
         KeyringError::NotLoaded { .. } => ErrorKind::Unavailable,
         KeyringError::Jose(j) => jose_kind(j),
         KeyringError::Backend(b) => backend_kind(b),
@@ -420,6 +427,7 @@ fn caller_safe(detail: &str) -> bool {
 mod tests {
     use super::*;
     use crate::backend::KeyId;
+    use crate::jose::Alg;
 
     fn device_error() -> Error {
         Error::Backend(BackendError::Device {

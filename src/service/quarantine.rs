@@ -188,7 +188,7 @@ mod tests {
         let service = Service::new(keyring, Arc::new(SystemClock), options);
         for (name, alg) in [("a", "ES256"), ("k", "EdDSA")] {
             service
-                .create_key(&Origin::in_process(), name, alg, 0, false)
+                .create_key(&Origin::in_process(), name, alg, Default::default(), false)
                 .await
                 .unwrap();
         }
@@ -208,7 +208,8 @@ mod tests {
         backend.corrupt_signatures(1).unwrap();
         let sig = sign(&service).await.unwrap();
         let v = service.keyring().active("k").unwrap();
-        assert!(crate::jose::verify(&v.public, v.alg, b"message", &sig));
+        let alg = v.alg.sign_alg().unwrap();
+        assert!(crate::jose::verify(&v.public, alg, b"message", &sig));
         let counts = backend.sign_counts().unwrap();
         assert_eq!((counts.signs, counts.fresh), (1, 1));
         // A good first signature needs no retry.

@@ -399,6 +399,7 @@ impl Daemon {
             alg: alg.into(),
             rsa_bits,
             fapi2: false,
+            ..Default::default()
         };
         Ok(self.keys().await?.create_key(req).await?.into_inner())
     }

@@ -39,8 +39,8 @@ use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
     StoredKeyPair,
 };
-use crate::crypto::{KeyKind, SignOp};
-use crate::secret::Secret;
+use crate::crypto::{DecryptOp, KeyKind, KeyPurpose, SignOp};
+use crate::secret::{Secret, SecretBytes};
 pub use caps::{Capabilities, SchemeSupport};
 pub use probe::{Probe, probe};
 pub use token::{SlotReport, TokenIdentity};
@@ -658,6 +658,17 @@ impl Backend for Pkcs11Backend {
         self.submit_sign(key, kind, op, deadline, true)
     }
 
+    fn decrypt(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: DecryptOp,
+        deadline: Instant,
+    ) -> BackendFuture<SecretBytes> {
+        let _ = (key, kind, op, deadline);
+        todo!("decrypt on the device")
+    }
+
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         if let Err(e) = self.shared.capable(|c| c.check_generate(spec.kind)) {
             return Box::pin(async { Err(e) });
@@ -677,7 +688,13 @@ impl Backend for Pkcs11Backend {
         })
     }
 
-    fn import(&self, label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject> {
+    fn import(
+        &self,
+        label: String,
+        material: PrivateKeyMaterial,
+        purpose: KeyPurpose,
+    ) -> BackendFuture<KeyObject> {
+        let _ = purpose; // TODO(decrypt): usage attributes
         if let Err(e) = self
             .shared
             .capable(|c| c.check_import(material.public().kind()))
@@ -701,7 +718,8 @@ impl Backend for Pkcs11Backend {
         })
     }
 
-    fn adopt(&self, uri: String) -> BackendFuture<KeyObject> {
+    fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject> {
+        let _ = purpose; // TODO(decrypt): check the key's usage attributes
         self.submit(move |w| {
             let parsed: Pkcs11Uri = uri
                 .parse()

@@ -31,7 +31,8 @@ use super::{
     Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
     StoredKeyPair,
 };
-use crate::crypto::{Curve, KeyKind, SignOp};
+use crate::crypto::{Curve, DecryptOp, KeyKind, KeyPurpose, SignOp};
+use crate::secret::SecretBytes;
 use encode::CardKey;
 pub use settings::{PinPolicySetting, TouchPolicySetting, YubikeySettings};
 
@@ -689,6 +690,17 @@ impl Backend for YubikeyBackend {
         self.submit_sign(key, kind, op, deadline, true)
     }
 
+    fn decrypt(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: DecryptOp,
+        deadline: Instant,
+    ) -> BackendFuture<SecretBytes> {
+        let _ = (key, kind, op, deadline);
+        todo!("decrypt on the device")
+    }
+
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         let serial = self.serial;
         // On-card RSA generation takes seconds (RSA-4096 up to about a minute): a deadline
@@ -710,7 +722,12 @@ impl Backend for YubikeyBackend {
         })
     }
 
-    fn import(&self, _label: String, material: PrivateKeyMaterial) -> BackendFuture<KeyObject> {
+    fn import(
+        &self,
+        _label: String,
+        material: PrivateKeyMaterial,
+        _purpose: KeyPurpose,
+    ) -> BackendFuture<KeyObject> {
         drop(material); // zeroizes
         Box::pin(async {
             Err(BackendError::Unsupported(
@@ -721,7 +738,8 @@ impl Backend for YubikeyBackend {
         })
     }
 
-    fn adopt(&self, uri: String) -> BackendFuture<KeyObject> {
+    fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject> {
+        let _ = purpose; // TODO(decrypt): check the key's usage attributes
         let serial = self.serial;
         let parsed = parse_uri(&uri);
         self.submit(None, move |c| {

@@ -110,7 +110,7 @@ pub(crate) async fn bench_key(service: &Service, alg: Alg) -> Result<String, Str
                 &sigild::service::Origin::in_process(),
                 &key,
                 alg.name(),
-                0,
+                sigild::keyring::KeySize::default(),
                 false,
             )
             .await

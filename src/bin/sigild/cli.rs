@@ -279,12 +279,17 @@ pub enum KeyCommand {
     Create {
         /// Key name.
         name: String,
-        /// ES256, ES384, PS256, PS384, RS256, EdDSA.
+        /// The alg fixes the key's purpose for life. Signing: ES256, ES384, PS256, PS384,
+        /// RS256, EdDSA. Decryption: RSA-OAEP-256, RSA-OAEP, ECDH-ES, ECDH-ES+A128KW,
+        /// ECDH-ES+A256KW.
         #[arg(long)]
         alg: String,
         /// RSA modulus size (2048, 3072, 4096).
         #[arg(long, default_value_t = 0)]
         rsa_bits: u32,
+        /// Curve of an ECDH-ES key: P-256 (default) or P-384.
+        #[arg(long, default_value = "")]
+        curve: String,
         /// Restrict this key to what FAPI 2.0 allows.
         #[arg(long)]
         fapi2: bool,
@@ -311,6 +316,9 @@ pub enum KeyCommand {
         /// RSA modulus size for the new version.
         #[arg(long, default_value_t = 0)]
         rsa_bits: u32,
+        /// Curve for the new version of an ECDH-ES key.
+        #[arg(long, default_value = "")]
+        curve: String,
     },
     /// Activate a version (default: the newest `next`); the active one is retired.
     Activate {
@@ -537,6 +545,7 @@ fn key_json(k: &pb::Key) -> serde_json::Value {
                 "version": v.version,
                 "state": state_name(v.state),
                 "alg": v.alg,
+                "use": v.r#use,
                 "kid": v.kid,
                 "key_type": v.key_type,
                 "origin": v.origin,
@@ -574,6 +583,7 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             name,
             alg,
             rsa_bits,
+            curve,
             fapi2,
         } => {
             let k = c
@@ -582,6 +592,7 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
                     alg,
                     rsa_bits,
                     fapi2,
+                    curve,
                 })
                 .await?
                 .into_inner();
@@ -590,17 +601,18 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
         KeyCommand::List => {
             let keys = c.list_keys(pb::ListKeysRequest {}).await?.into_inner().keys;
             let mut lines = vec![format!(
-                "{:<24} {:>7} {:<9} {:<6} {:<9} {}",
-                "NAME", "VERSION", "STATE", "ALG", "TYPE", "KID"
+                "{:<24} {:>7} {:<9} {:<14} {:<3} {:<9} {}",
+                "NAME", "VERSION", "STATE", "ALG", "USE", "TYPE", "KID"
             )];
             for k in &keys {
                 for v in &k.versions {
                     lines.push(format!(
-                        "{:<24} {:>7} {:<9} {:<6} {:<9} {}",
+                        "{:<24} {:>7} {:<9} {:<14} {:<3} {:<9} {}",
                         k.name,
                         v.version,
                         state_name(v.state),
                         v.alg,
+                        v.r#use,
                         v.key_type,
                         v.kid
                     ));
@@ -627,11 +639,13 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             name,
             alg,
             rsa_bits,
+            curve,
         } => print_key(
             &c.rotate_key(pb::RotateKeyRequest {
                 name,
                 alg,
                 rsa_bits,
+                curve,
             })
             .await?
             .into_inner(),

@@ -242,7 +242,13 @@ pub async fn ensure_default_keys(
         }
         tracing::info!(key = name, alg, "creating default dev key");
         service
-            .create_key(&sigild::service::Origin::in_process(), name, alg, 0, true)
+            .create_key(
+                &sigild::service::Origin::in_process(),
+                name,
+                alg,
+                sigild::keyring::KeySize::default(),
+                true,
+            )
             .await?;
         created.push(name.to_owned());
     }
