@@ -1307,9 +1307,10 @@ impl Keyring {
                 (0, KeyKind::Rsa { bits }) => bits,
                 (b, _) => b,
             },
-            curve: match (size.curve, newest.kind) {
-                (None, KeyKind::Ec(c)) => Some(c),
-                (c, _) => c,
+            // ES256/ES384 fix their curve; an ECDH-ES key keeps its own unless told.
+            curve: match (size.curve, alg, newest.kind) {
+                (None, KeyAlg::Decrypt(_), KeyKind::Ec(c)) => Some(c),
+                (c, _, _) => c,
             },
         };
         let kind = kind_for(alg, size)?;
