@@ -9,6 +9,7 @@
 #                                    PyKCS11 (non-extractable keys made outside sigild),
 #                                    libp11-kit-dev (<p11-kit/pkcs11.h> for the tests'
 #                                    fault-injecting PKCS#11 module, built with cc),
+#                                    Node peers in tests/node (npm ci: jose, oidc-provider),
 #                                    cargo-nextest and cargo-deny
 set -euo pipefail
 
@@ -43,6 +44,19 @@ if [ $want_test = 1 ]; then
         python3 -m pip install --quiet --disable-pip-version-check jwcrypto cryptography PyKCS11 2>/dev/null \
             || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jwcrypto cryptography PyKCS11 \
             || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography python3-pykcs11 >/dev/null; }
+    fi
+    # Node peers (tests/node): node jose and the OpenID Provider, exactly as package-lock.json
+    # pins them; re-installed whenever the lock file changes.
+    if ! command -v npm >/dev/null; then
+        echo "install-deps: installing Node.js and npm (Debian packages)" >&2
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    here="$(cd "$(dirname "$0")/.." && pwd)"
+    if ! cmp -s "$here/tests/node/package-lock.json" "$here/tests/node/node_modules/.package-lock.json.installed" 2>/dev/null; then
+        echo "install-deps: installing the Node test peers (npm ci in tests/node)" >&2
+        npm ci --prefix "$here/tests/node" --no-audit --no-fund --loglevel=error >/dev/null
+        cp "$here/tests/node/package-lock.json" "$here/tests/node/node_modules/.package-lock.json.installed"
     fi
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "install-deps: installing cargo-nextest" >&2
