@@ -38,6 +38,7 @@ fn isolated(name: &str, body: impl FnOnce(&Ctx) -> TestResult) -> TestResult<Str
         let _ = tracing_subscriber::fmt()
             .with_env_filter("sigild=info")
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .try_init();
         let ctx = Ctx::open()?;
         let result = body(&ctx);
