@@ -82,7 +82,7 @@ pub struct Row {
     pub clients: usize,
     /// Which path.
     pub path: &'static str,
-    /// Signatures per second.
+    /// Operations (signatures or decryptions) per second.
     pub ops_per_sec: f64,
     /// Median latency, microseconds.
     pub p50_us: f64,
@@ -506,8 +506,8 @@ struct Measure {
 fn print_row(r: &Row, earlier: &[Row]) {
     if earlier.is_empty() {
         println!(
-            "{:<6} {:>7}  {:<24} {:>10} {:>9} {:>9} {:>9} {:>6}",
-            "alg", "clients", "path", "sig/s", "p50 µs", "p99 µs", "vs direct", "errors"
+            "{:<14} {:>7}  {:<24} {:>10} {:>9} {:>9} {:>9} {:>6}",
+            "alg", "clients", "path", "ops/s", "p50 µs", "p99 µs", "vs direct", "errors"
         );
     }
     let direct = earlier
@@ -516,7 +516,7 @@ fn print_row(r: &Row, earlier: &[Row]) {
         .find(|d| d.alg == r.alg && d.clients == r.clients && d.path == "direct PKCS#11")
         .map_or(r.ops_per_sec, |d| d.ops_per_sec);
     println!(
-        "{:<6} {:>7}  {:<24} {:>10.0} {:>9.1} {:>9.1} {:>8.0}% {:>6}",
+        "{:<14} {:>7}  {:<24} {:>10.0} {:>9.1} {:>9.1} {:>8.0}% {:>6}",
         r.alg,
         r.clients,
         r.path,
