@@ -46,12 +46,38 @@ fn isolated(name: &str, body: impl FnOnce(&Ctx) -> TestResult) -> TestResult<Str
         return result.map(|()| String::new());
     }
     let token = Token::new()?;
-    let out = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(std::env::current_exe()?);
+    child
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("SIGILD_TEST_MODULE", SOFTHSM_MODULE)
+        .env("SIGILD_TEST_TOKEN", &token.label)
+        .env("SIGILD_TEST_PIN", &token.pin);
+    let text = run_child(name, child)?;
+    drop(token);
+    Ok(text)
+}
+
+/// [`isolated`] on openCryptoki's soft token (one at a time per machine: the token holds a lock).
+fn isolated_ock(name: &str, body: impl FnOnce(&Ctx) -> TestResult) -> TestResult<String> {
+    if std::env::var_os(CHILD).is_some() {
+        return isolated(name, body);
+    }
+    let token = support::ock::OckToken::start()?;
+    let mut child = Command::new(std::env::current_exe()?);
+    child
+        .env("SIGILD_TEST_MODULE", &token.module)
+        .env("SIGILD_TEST_TOKEN", support::ock::LABEL)
+        .env("SIGILD_TEST_PIN", token.pin()?);
+    let text = run_child(name, child)?;
+    drop(token);
+    Ok(text)
+}
+
+/// Run the test `name` alone in `child` (this binary), its environment set; its output.
+fn run_child(name: &str, mut child: Command) -> TestResult<String> {
+    let out = child
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
-        .env("SOFTHSM2_CONF", &token.conf)
-        .env("SIGILD_TEST_TOKEN", &token.label)
-        .env("SIGILD_TEST_PIN", &token.pin)
         .output()?;
     let text = format!(
         "{}\n{}",
@@ -77,6 +103,7 @@ fn parent() -> bool {
 /// The backend on this process's token, a runtime to drive it, and the token's details.
 struct Ctx {
     backend: Pkcs11Backend,
+    module: String,
     rt: tokio::runtime::Runtime,
     label: String,
     pin: String,
@@ -84,10 +111,11 @@ struct Ctx {
 
 impl Ctx {
     fn open() -> TestResult<Ctx> {
+        let module = std::env::var("SIGILD_TEST_MODULE")?;
         let label = std::env::var("SIGILD_TEST_TOKEN")?;
         let pin = std::env::var("SIGILD_TEST_PIN")?;
         let (backend, issue) = Pkcs11Backend::open(Pkcs11Settings {
-            module: SOFTHSM_MODULE.into(),
+            module: module.clone().into(),
             token: format!("pkcs11:token={label}").parse()?,
             pin: Secret::new(pin.clone()),
             workers: 2,
@@ -102,6 +130,7 @@ impl Ctx {
             .build()?;
         Ok(Ctx {
             backend,
+            module,
             rt,
             label,
             pin,
@@ -139,7 +168,7 @@ impl Ctx {
         let out = Command::new("pkcs11-tool")
             .args([
                 "--module",
-                SOFTHSM_MODULE,
+                &self.module,
                 "--token-label",
                 &self.label,
                 "--login",
@@ -193,7 +222,7 @@ impl Ctx {
     /// Secret-key objects this process's sessions can see on the token (session objects are
     /// visible to every session of the process that made them, and to no other process).
     fn secret_objects(&self) -> TestResult<usize> {
-        let ctx = Pkcs11::new(SOFTHSM_MODULE)?;
+        let ctx = Pkcs11::new(&self.module)?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(())
             | Err(cryptoki::error::Error::Pkcs11(
@@ -598,4 +627,23 @@ fn adopt_checks_the_usage_attributes() -> TestResult {
         Ok(())
     })
     .map(drop)
+}
+
+/// openCryptoki's soft token: RSA decryption keys (it has no EC mechanisms at all, so no ECDH
+/// keys; the backend refuses them naming CKM_ECDH1_DERIVE).
+#[test]
+fn opencryptoki_rsa_oaep_sha1_and_sha256() -> TestResult {
+    decided_once(&isolated_ock(
+        "opencryptoki_rsa_oaep_sha1_and_sha256",
+        |ctx| {
+            rsa_case(ctx, 2048)?;
+            let refused = ctx.generate(KeyKind::Ec(Curve::P256), KeyPurpose::Decrypt, "ec");
+            println!("EC decryption key on openCryptoki: {refused:?}");
+            assert!(
+                matches!(&refused, Err(e) if e.to_string().contains("CKM_ECDH1_DERIVE")),
+                "{refused:?}"
+            );
+            Ok(())
+        },
+    )?)
 }
