@@ -87,6 +87,7 @@ fn run_child(name: &str, mut child: Command) -> TestResult<String> {
     if !out.status.success() || !text.contains("1 passed") {
         return Err(format!("{name} failed in its own process:\n{text}").into());
     }
+    print!("{text}");
     Ok(text)
 }
 
@@ -426,7 +427,6 @@ fn ec_case(ctx: &Ctx, curve: Curve) -> TestResult {
 /// Each OAEP hash is decided once for the token, and logged once.
 fn decided_once(text: &str) -> TestResult {
     if parent() {
-        print!("{text}");
         assert_eq!(logged(text, "RSA-OAEP decryption decided"), 2, "{text}");
         assert_eq!(logged(text, "hash=\"SHA-1\""), 1, "{text}");
         assert_eq!(logged(text, "hash=\"SHA-256\""), 1, "{text}");
@@ -437,7 +437,6 @@ fn decided_once(text: &str) -> TestResult {
 /// The ECDH point form is decided once for the token, and logged once.
 fn form_decided_once(text: &str) -> TestResult {
     if parent() {
-        print!("{text}");
         assert_eq!(logged(text, "ECDH peer point form decided"), 1, "{text}");
     }
     Ok(())
@@ -491,6 +490,22 @@ fn usage_attributes_follow_the_purpose_and_the_token_refuses_the_other_use() -> 
             assert_eq!(usage(&sig_ec, "Private")?, "sign");
             assert_eq!(usage(&enc_ec, "Private")?, "derive");
             assert_eq!(usage(&enc_ec, "Public")?, "none");
+            for k in [&enc_rsa, &enc_ec] {
+                // The device's own tool reads the public key back (pkcs11-tool of this machine
+                // cannot read any P-384 public key: "cannot create EVP_PKEY", sign keys too).
+                let dir = tempfile::tempdir()?;
+                let file = dir.path().join("pub.der");
+                ctx.tool(&[
+                    "--read-object",
+                    "--type",
+                    "pubkey",
+                    "--id",
+                    &k.id.to_hex(),
+                    "--output-file",
+                    file.to_str().ok_or("path")?,
+                ])?;
+                assert!(!std::fs::read(&file)?.is_empty());
+            }
             for k in [&enc_rsa, &enc_ec] {
                 let (_, access) = ctx.usage("Private", &k.id)?;
                 assert!(access.contains("sensitive"), "{access}");
