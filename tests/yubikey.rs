@@ -378,14 +378,17 @@ fn hex(b: &[u8]) -> String {
     base16ct::lower::encode_string(b)
 }
 
-fn unhex(v: &serde_json::Value) -> Vec<u8> {
-    base16ct::mixed::decode_vec(v.as_str().unwrap()).unwrap()
+fn unhex(v: &serde_json::Value) -> TestResult<Vec<u8>> {
+    Ok(
+        base16ct::mixed::decode_vec(v.as_str().ok_or("not a string")?)
+            .map_err(|e| format!("hex: {e}"))?,
+    )
 }
 
 /// The slot of a YubiKey URI.
-fn uri_slot(uri: &str) -> u8 {
-    let slot = uri.rsplit_once("slot=").unwrap().1;
-    u8::from_str_radix(slot, 16).unwrap()
+fn uri_slot(uri: &str) -> TestResult<u8> {
+    let slot = uri.rsplit_once("slot=").ok_or("no slot= in the URI")?.1;
+    Ok(u8::from_str_radix(slot, 16)?)
 }
 
 /// The backend's decryption step on the card, compared with what Python `cryptography` computes
@@ -428,7 +431,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
     let sig = yk
         .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Sign))
         .await?;
-    assert_eq!(uri_slot(&sig.uri), 0x9a, "{}", sig.uri);
+    assert_eq!(uri_slot(&sig.uri)?, 0x9a, "{}", sig.uri);
     let rsa = yk
         .generate(spec(KeyKind::Rsa { bits: 2048 }, KeyPurpose::Decrypt))
         .await?;
@@ -441,13 +444,13 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
     let slots: Vec<u8> = [&rsa, &p256, &p384]
         .iter()
         .map(|k| uri_slot(&k.uri))
-        .collect();
+        .collect::<TestResult<_>>()?;
     assert_eq!(slots, vec![0x82, 0x9d, 0x83]);
     // Only 84 is left: a decryption key may have it, a second signing key too (9a is taken).
     let sig2 = yk
         .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Sign))
         .await?;
-    assert_eq!(uri_slot(&sig2.uri), 0x84);
+    assert_eq!(uri_slot(&sig2.uri)?, 0x84);
     let full = yk
         .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Decrypt))
         .await;
@@ -459,13 +462,13 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
     // ECDH-ES on P-256 and P-384: the card's Z equals the ephemeral side's.
     for (key, curve, name) in [(&p256, Curve::P256, "P-256"), (&p384, Curve::P384, "P-384")] {
         let PublicKey::Ec { x, y, .. } = &key.public else {
-            panic!("not EC: {:?}", key.public)
+            return Err(format!("not EC: {:?}", key.public).into());
         };
         let v = decrypt_inputs(&json!({"op": "ecdh", "curve": name, "x": hex(x), "y": hex(y)}))?;
         let peer = PublicKey::Ec {
             curve,
-            x: unhex(&v["epk_x"]),
-            y: unhex(&v["epk_y"]),
+            x: unhex(&v["epk_x"])?,
+            y: unhex(&v["epk_y"])?,
         };
         let z = yk
             .decrypt(
@@ -476,7 +479,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
             )
             .await?;
         assert_eq!(z.expose().len(), curve.field_len());
-        assert_eq!(z.expose(), unhex(&v["z"]).as_slice(), "ECDH {name}");
+        assert_eq!(z.expose(), unhex(&v["z"])?.as_slice(), "ECDH {name}");
     }
     // A peer on the other curve does not fit the key.
     let r = yk
@@ -503,12 +506,12 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
     yk.adopt(uri("84"), KeyPurpose::Sign).await?;
     // RSA-OAEP (SHA-1) and RSA-OAEP-256: the CEK jwcrypto's backend encrypted, back.
     let PublicKey::Rsa { n, e } = &rsa.public else {
-        panic!("not RSA: {:?}", rsa.public)
+        return Err(format!("not RSA: {:?}", rsa.public).into());
     };
     let kind = KeyKind::Rsa { bits: 2048 };
     for (hash, name) in [(OaepHash::Sha1, "sha1"), (OaepHash::Sha256, "sha256")] {
         let v = decrypt_inputs(&json!({"op": "rsa-oaep", "hash": name, "n": hex(n), "e": hex(e)}))?;
-        let ciphertext = unhex(&v["ciphertext"]);
+        let ciphertext = unhex(&v["ciphertext"])?;
         let cek = yk
             .decrypt(
                 &rsa.id,
@@ -520,7 +523,11 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
                 deadline(),
             )
             .await?;
-        assert_eq!(cek.expose(), unhex(&v["cek"]).as_slice(), "RSA-OAEP {name}");
+        assert_eq!(
+            cek.expose(),
+            unhex(&v["cek"])?.as_slice(),
+            "RSA-OAEP {name}"
+        );
         // A tampered ciphertext, the wrong hash, a short ciphertext: one and the same error.
         let mut tampered = ciphertext.clone();
         tampered[100] ^= 1;
