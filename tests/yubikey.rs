@@ -558,3 +558,90 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
     yk.shutdown();
     Ok(())
 }
+
+/// `ykman piv keys generate` on the virtual card, as another tool would make a key.
+fn ykman_generate(card: &VirtualCard, alg: &str, slot: &str) -> TestResult {
+    let pubfile = card.dir.path().join(format!("{slot}.pem"));
+    let out = std::process::Command::new("ykman")
+        .args(["--device", &SERIAL.to_string(), "piv", "keys", "generate"])
+        .args(["-a", alg, "-m", DEFAULT_MGM, slot])
+        .arg(&pubfile)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "ykman piv keys generate {alg} {slot}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// DecryptJwe through the daemon on the card, one JWE per alg family made by jwcrypto (the alg
+/// × enc × producer matrix runs on every device in tests/conformance.rs): an RSA-OAEP-256 key
+/// ykman made in 9d, adopted; an ECDH-ES key sigild generated with PIN policy "always", so the
+/// PIN is verified before each of two decryptions in a row. A key outside a key-management slot
+/// cannot be adopted for decryption.
+#[tokio::test]
+async fn fw_5_7_1_decrypt_jwe_adopted_9d_and_pin_always() -> TestResult {
+    use support::jwe::{decrypt, encrypt_jwcrypto, published_enc_jwk};
+    let _one_pcscd = serial_guard().await;
+    let card = VirtualCard::start("5.7.1", &[])?;
+    ykman_generate(&card, "RSA2048", "9d")?;
+    ykman_generate(&card, "ECCP256", "9a")?;
+    let config = card.write_config(&card.config("timeout_ms = 8000\npin_policy = \"always\""))?;
+    let d = Daemon::start_config(&card.work(), &config)?;
+    let mut keys = d.keys().await?;
+
+    let r = keys
+        .adopt_key(pb::AdoptKeyRequest {
+            name: "ecdh-9a".into(),
+            alg: "ECDH-ES".into(),
+            uri: format!("yubikey:serial={SERIAL};slot=9a"),
+            fapi2: false,
+        })
+        .await;
+    let (code, msg) = code_of(r)?;
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("key-management slot"), "{msg}");
+
+    let adopted = keys
+        .adopt_key(pb::AdoptKeyRequest {
+            name: "rsa-9d".into(),
+            alg: "RSA-OAEP-256".into(),
+            uri: format!("yubikey:serial={SERIAL};slot=9d"),
+            fapi2: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        adopted.versions[0].uri,
+        format!("yubikey:serial={SERIAL};slot=9d")
+    );
+    let created = support::jwe::create_enc(&d, "ecdh", "ECDH-ES", 0, "P-256").await?;
+    let slot = created.versions[0]
+        .uri
+        .rsplit_once("slot=")
+        .ok_or("no slot")?
+        .1
+        .to_owned();
+    assert!(
+        matches!(u8::from_str_radix(&slot, 16)?, 0x82..=0x95),
+        "ECDH key in slot {slot}"
+    );
+
+    for (key, alg, enc, times) in [
+        ("rsa-9d", "RSA-OAEP-256", "A256GCM", 1),
+        ("ecdh", "ECDH-ES", "A128CBC-HS256", 2),
+    ] {
+        let jwk = published_enc_jwk(&d, key, alg).await?;
+        for i in 0..times {
+            let plaintext = format!("{{\"to\":\"{key}\",\"n\":{i}}}").into_bytes();
+            let jwe = encrypt_jwcrypto(&jwk, alg, enc, &plaintext, &json!({}))?;
+            let out = decrypt(&d, key, &jwe)
+                .await
+                .map_err(|e| format!("{key} #{i}: {e}"))?;
+            assert_eq!(out.plaintext, plaintext, "{key} #{i}");
+            assert_eq!((out.alg.as_str(), out.enc.as_str()), (alg, enc));
+        }
+    }
+    Ok(())
+}
