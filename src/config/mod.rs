@@ -695,7 +695,7 @@ per_key = "1/d"
     #[test]
     fn decryption_rules_and_limit_are_read_and_checked() -> Result<(), ConfigError> {
         let base = GOOD;
-        let c = Config::parse(Path::new("d.toml"), &base)?;
+        let c = Config::parse(Path::new("d.toml"), base)?;
         assert_eq!(c.decryption.max_jwe_bytes, 1024 * 1024);
         let text = format!(
             "{base}\n[decryption]\nmax_jwe_bytes = 8192\n\n[[caller]]\nidentity = \"rp\"\nkeys = [\"rp-enc\"]\noperations = [\"decrypt\"]\njwe_algs = [\"RSA-OAEP-256\", \"ECDH-ES+A256KW\"]\njwe_encs = [\"A256GCM\"]\n"
@@ -754,7 +754,9 @@ per_key = "1/d"
     fn the_example_config_parses() -> Result<(), ConfigError> {
         let text = include_str!("../../hsm-config/sigild.example.toml");
         let c = Config::parse(Path::new("sigild.example.toml"), text)?;
-        assert_eq!(c.callers.len(), 4);
+        assert_eq!(c.callers.len(), 5);
+        assert_eq!(c.decryption.max_jwe_bytes, 1024 * 1024);
+        assert!(c.callers.iter().any(|r| r.operations == ["decrypt"]));
         Ok(())
     }
 }

@@ -267,8 +267,10 @@ async fn every_rejected_jwe_gets_the_same_answer() {
             .expose(),
         b"fine"
     );
-    let truncated = good.rsplitn(2, '.').nth(1).unwrap().to_owned();
-    let cases: Vec<(&str, &str, String, &[&str], &[&str])> = vec![
+    let truncated = good.rsplit_once('.').unwrap().0.to_owned();
+    // (case, key, JWE, the request's allowed_algs, its allowed_encs)
+    type Case<'a> = (&'a str, &'a str, String, &'a [&'a str], &'a [&'a str]);
+    let cases: Vec<Case<'_>> = vec![
         ("wrong kid", "enc", jwes[1].clone(), &[], &[]),
         ("alg not the key's", "enc", jwes[2].clone(), &[], &[]),
         ("enc not in the rule", "enc", jwes[3].clone(), &[], &[]),
