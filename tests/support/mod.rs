@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub mod device;
 pub mod faulty;
 pub mod ock;
+pub mod op;
 pub mod tls;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;

@@ -1,0 +1,341 @@
+//! End to end with a real OpenID Provider: node-oidc-provider issues ID tokens and JARM
+//! responses encrypted to relying parties whose `jwks` hold sigild's decryption keys (as GetKey
+//! publishes them), after a whole authorization-code login; sigild decrypts them and the inner
+//! JWS verifies (python jwcrypto) against the OP's published JWKS. The other direction: a
+//! request object signed by a client key in sigild, encrypted by node jose to sigild's key as
+//! the OP's decryption key, decrypted by sigild and verified against sigild's JWKS.
+
+mod support;
+
+use serde_json::{Value, json};
+use sigild::api::pb;
+use support::op::{Op, node_encrypt};
+use support::*;
+
+/// One relying party of the OP: its decryption key in sigild and how it asks for encryption.
+struct Rp {
+    client_id: &'static str,
+    /// The JWE alg of its sigild key, also its `id_token_encrypted_response_alg` and
+    /// `authorization_encrypted_response_alg`.
+    alg: &'static str,
+    /// The curve of an ECDH-ES key ("" for RSA).
+    curve: &'static str,
+    id_token_enc: &'static str,
+    jarm_enc: &'static str,
+}
+
+const RPS: [Rp; 3] = [
+    Rp {
+        client_id: "rp-rsa-oaep-256",
+        alg: "RSA-OAEP-256",
+        curve: "",
+        id_token_enc: "A256GCM",
+        jarm_enc: "A128CBC-HS256",
+    },
+    Rp {
+        client_id: "rp-ecdh-p256",
+        alg: "ECDH-ES+A256KW",
+        curve: "P-256",
+        id_token_enc: "A128CBC-HS256",
+        jarm_enc: "A256GCM",
+    },
+    Rp {
+        client_id: "rp-ecdh-p384",
+        alg: "ECDH-ES+A256KW",
+        curve: "P-384",
+        id_token_enc: "A256GCM",
+        jarm_enc: "A256CBC-HS512",
+    },
+];
+
+const REDIRECT_URI: &str = "https://rp.example/cb";
+
+/// The one status every undecryptable JWE gets.
+const CANNOT_DECRYPT: &str = "the JWE cannot be decrypted with this key";
+
+fn secret(client_id: &str) -> String {
+    format!("secret-of-{client_id}-0123456789abcdef")
+}
+
+/// Create a decryption key (the key name is the client id) and return its published JWK.
+async fn create_enc_key(d: &Daemon, name: &str, alg: &str, curve: &str) -> TestResult<Value> {
+    let key = d
+        .keys()
+        .await?
+        .create_key(pb::CreateKeyRequest {
+            name: name.into(),
+            alg: alg.into(),
+            curve: curve.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let jwk = active_jwk(&key)?;
+    assert_eq!(jwk["use"], "enc", "{name}: {jwk}");
+    assert_eq!(jwk["alg"], alg, "{name}: {jwk}");
+    Ok(jwk)
+}
+
+async fn decrypt(
+    d: &Daemon,
+    key: &str,
+    jwe: &str,
+    alg: &str,
+    enc: &str,
+) -> Result<pb::DecryptJweResponse, tonic::Status> {
+    let channel = d
+        .channel()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    Ok(
+        pb::decryption_service_client::DecryptionServiceClient::new(channel)
+            .decrypt_jwe(pb::DecryptJweRequest {
+                key: key.into(),
+                jwe: jwe.as_bytes().to_vec(),
+                allowed_algs: vec![alg.into()],
+                allowed_encs: vec![enc.into()],
+            })
+            .await?
+            .into_inner(),
+    )
+}
+
+/// Decrypt `jwe` (a nested JWT encrypted to `rp`'s key with `enc`) through sigild, check what
+/// sigild reports and the header, verify the inner JWS against `op_jwks` with jwcrypto, and
+/// return its claims.
+async fn open_nested(
+    d: &Daemon,
+    rp: &Rp,
+    kid: &str,
+    enc: &str,
+    jwe: &str,
+    op_jwks: &Value,
+    what: &str,
+) -> TestResult<Value> {
+    let ctx = format!("{} {what}", rp.client_id);
+    assert_eq!(jwe.split('.').count(), 5, "{ctx}: a compact JWE: {jwe}");
+    let r = decrypt(d, rp.client_id, jwe, rp.alg, enc)
+        .await
+        .map_err(|e| format!("{ctx}: DecryptJwe: {e}\n{}", d.log_text()))?;
+    assert_eq!((r.alg.as_str(), r.enc.as_str()), (rp.alg, enc), "{ctx}");
+    assert_eq!(r.kid, kid, "{ctx}: the kid of the client's sigild key");
+    assert_eq!(r.key_version, 1, "{ctx}");
+    let header: Value = serde_json::from_str(&r.protected_header_json)?;
+    assert_eq!(header["alg"], rp.alg, "{ctx}: {header}");
+    assert_eq!(header["enc"], enc, "{ctx}: {header}");
+    assert_eq!(header["kid"], kid, "{ctx}: {header}");
+    assert_eq!(header["cty"], "JWT", "{ctx}: a nested JWT: {header}");
+    // The header sigild decoded is the JWE's own first segment.
+    let (raw_header, _) = decode_header(jwe)?;
+    assert_eq!(header, raw_header, "{ctx}");
+    let inner = String::from_utf8(r.plaintext).map_err(|_| format!("{ctx}: not UTF-8"))?;
+    let v = verify_jws(&inner, op_jwks).map_err(|e| format!("{ctx}: inner JWS: {e}"))?;
+    assert_eq!(v["header"]["alg"], "ES256", "{ctx}: signed as configured");
+    Ok(v["payload"].clone())
+}
+
+/// The decoded protected header of a compact JWE, and its segments.
+fn decode_header(jwe: &str) -> TestResult<(Value, Vec<&str>)> {
+    let parts: Vec<&str> = jwe.split('.').collect();
+    let h = sigild::jose::b64_decode(parts.first().ok_or("empty")?)?;
+    Ok((serde_json::from_slice(&h)?, parts))
+}
+
+#[tokio::test]
+async fn encrypted_id_tokens_and_jarm_responses_from_a_real_op_decrypt_through_sigild() -> TestResult
+{
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+
+    // Each relying party's decryption key lives in sigild; the OP learns its public JWK.
+    let mut clients = Vec::new();
+    let mut kids = Vec::new();
+    for rp in &RPS {
+        let jwk = create_enc_key(&d, rp.client_id, rp.alg, rp.curve).await?;
+        kids.push(jwk["kid"].as_str().ok_or("no kid")?.to_owned());
+        clients.push(json!({
+            "client_id": rp.client_id,
+            "client_secret": secret(rp.client_id),
+            "redirect_uris": [REDIRECT_URI],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "id_token_signed_response_alg": "ES256",
+            "id_token_encrypted_response_alg": rp.alg,
+            "id_token_encrypted_response_enc": rp.id_token_enc,
+            "authorization_signed_response_alg": "ES256",
+            "authorization_encrypted_response_alg": rp.alg,
+            "authorization_encrypted_response_enc": rp.jarm_enc,
+            "jwks": {"keys": [jwk]},
+        }));
+    }
+    let op = Op::start(&Value::Array(clients))?;
+    let op_jwks = op.jwks()?;
+
+    let mut id_tokens = Vec::new();
+    for (rp, kid) in RPS.iter().zip(&kids) {
+        // A whole login; the ID token comes back encrypted to the client's sigild key.
+        let nonce = format!("nonce-{}", rp.client_id);
+        let state = format!("state-{}", rp.client_id);
+        let auth = op.authorize(rp.client_id, REDIRECT_URI, &nonce, &state, None)?;
+        assert_eq!(auth["params"]["state"], json!(state), "{}", rp.client_id);
+        let code = auth["params"]["code"].as_str().ok_or("no code")?;
+        let verifier = auth["code_verifier"].as_str().ok_or("no verifier")?;
+        let tokens = op.token(
+            rp.client_id,
+            &secret(rp.client_id),
+            REDIRECT_URI,
+            code,
+            verifier,
+        )?;
+        let id_token = tokens["id_token"].as_str().ok_or("no id_token")?;
+        let claims =
+            open_nested(&d, rp, kid, rp.id_token_enc, id_token, &op_jwks, "id_token").await?;
+        assert_eq!(
+            claims["iss"],
+            json!(op.issuer),
+            "{}: {claims}",
+            rp.client_id
+        );
+        assert_eq!(
+            claims["aud"],
+            json!(rp.client_id),
+            "{}: {claims}",
+            rp.client_id
+        );
+        assert_eq!(claims["nonce"], json!(nonce), "{}: {claims}", rp.client_id);
+        assert_eq!(claims["sub"], "alice", "{}: {claims}", rp.client_id);
+        id_tokens.push(id_token.to_owned());
+
+        // JARM: the authorization response itself is encrypted to the same key; the code inside
+        // it is the one the token endpoint takes.
+        let state = format!("jarm-state-{}", rp.client_id);
+        let nonce = format!("jarm-nonce-{}", rp.client_id);
+        let auth = op.authorize(rp.client_id, REDIRECT_URI, &nonce, &state, Some("jwt"))?;
+        let response = auth["params"]["response"]
+            .as_str()
+            .ok_or_else(|| format!("{}: no JARM response: {auth}", rp.client_id))?;
+        let jarm = open_nested(&d, rp, kid, rp.jarm_enc, response, &op_jwks, "JARM").await?;
+        assert_eq!(jarm["iss"], json!(op.issuer), "{}: {jarm}", rp.client_id);
+        assert_eq!(jarm["aud"], json!(rp.client_id), "{}: {jarm}", rp.client_id);
+        assert_eq!(jarm["state"], json!(state), "{}: {jarm}", rp.client_id);
+        let code = jarm["code"]
+            .as_str()
+            .ok_or("no code in the JARM response")?;
+        let verifier = auth["code_verifier"].as_str().ok_or("no verifier")?;
+        let tokens = op.token(
+            rp.client_id,
+            &secret(rp.client_id),
+            REDIRECT_URI,
+            code,
+            verifier,
+        )?;
+        let claims = open_nested(
+            &d,
+            rp,
+            kid,
+            rp.id_token_enc,
+            tokens["id_token"].as_str().ok_or("no id_token")?,
+            &op_jwks,
+            "id_token after JARM",
+        )
+        .await?;
+        assert_eq!(claims["nonce"], json!(nonce), "{}: {claims}", rp.client_id);
+    }
+
+    // Another client's key, or a tampered ciphertext: the one uniform refusal.
+    let (code, message) = code_of(
+        decrypt(
+            &d,
+            RPS[1].client_id,
+            &id_tokens[0],
+            RPS[1].alg,
+            RPS[1].id_token_enc,
+        )
+        .await,
+    )?;
+    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+    assert!(message.contains(CANNOT_DECRYPT), "{message}");
+    let (_, parts) = decode_header(&id_tokens[2])?;
+    let mut ciphertext = sigild::jose::b64_decode(parts[3])?;
+    ciphertext[0] ^= 1;
+    let tampered = [
+        parts[0],
+        parts[1],
+        parts[2],
+        &sigild::jose::b64(&ciphertext),
+        parts[4],
+    ]
+    .join(".");
+    let (code, tampered_message) = code_of(
+        decrypt(
+            &d,
+            RPS[2].client_id,
+            &tampered,
+            RPS[2].alg,
+            RPS[2].id_token_enc,
+        )
+        .await,
+    )?;
+    assert_eq!(code, tonic::Code::InvalidArgument, "{tampered_message}");
+    assert!(
+        tampered_message.contains(CANNOT_DECRYPT),
+        "{tampered_message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_objects_signed_in_sigild_and_encrypted_to_sigild_decrypt_and_verify() -> TestResult
+{
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+    const OP_ISSUER: &str = "https://op.example";
+    const CLIENT_ID: &str = "rp-signed-requests";
+    // The client's signing key and the OP's decryption keys, all in sigild.
+    d.create("client-signer", "ES256", 0).await?;
+    for (key, alg, curve, enc) in [
+        ("op-rsa", "RSA-OAEP-256", "", "A256GCM"),
+        ("op-ecdh", "ECDH-ES+A256KW", "P-256", "A128CBC-HS256"),
+    ] {
+        let enc_jwk = create_enc_key(&d, key, alg, curve).await?;
+        let request = json!({
+            "response_type": "code",
+            "client_id": CLIENT_ID,
+            "redirect_uri": REDIRECT_URI,
+            "scope": "openid",
+            "state": format!("state-{key}"),
+            "nonce": format!("nonce-{key}"),
+        });
+        let signed = d
+            .signer()
+            .await?
+            .sign_request_object(pb::SignRequestObjectRequest {
+                key: "client-signer".into(),
+                client_id: CLIENT_ID.into(),
+                audience: OP_ISSUER.into(),
+                claims_json: request.to_string(),
+                lifetime_seconds: 0,
+            })
+            .await?
+            .into_inner();
+        // node jose encrypts the signed request object to the OP's key (OIDC Core §6.1).
+        let jwe = node_encrypt(&enc_jwk, alg, enc, &signed.compact, Some("JWT"))?;
+        let r = decrypt(&d, key, &jwe, alg, enc)
+            .await
+            .map_err(|e| format!("{key}: DecryptJwe: {e}\n{}", d.log_text()))?;
+        assert_eq!(
+            r.plaintext,
+            signed.compact.as_bytes(),
+            "{key}: byte for byte"
+        );
+        assert_eq!(r.kid, enc_jwk["kid"].as_str().ok_or("kid")?, "{key}");
+        assert_eq!((r.alg.as_str(), r.enc.as_str()), (alg, enc), "{key}");
+        let v = verify_jws(&String::from_utf8(r.plaintext)?, &d.jwks().await?)?;
+        let claims = &v["payload"];
+        assert_eq!(claims["iss"], CLIENT_ID, "{key}: {claims}");
+        assert_eq!(claims["aud"], OP_ISSUER, "{key}: {claims}");
+        for (name, value) in request.as_object().ok_or("object")? {
+            assert_eq!(&claims[name], value, "{key}: {name}");
+        }
+    }
+    Ok(())
+}
