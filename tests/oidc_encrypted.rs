@@ -9,7 +9,7 @@ mod support;
 
 use serde_json::{Value, json};
 use sigild::api::pb;
-use support::op::{Op, node_encrypt};
+use support::op::{ClientAuth, Op, node_encrypt};
 use support::*;
 
 /// One relying party of the OP: its decryption key in sigild and how it asks for encryption.
@@ -22,6 +22,9 @@ struct Rp {
     curve: &'static str,
     id_token_enc: &'static str,
     jarm_enc: &'static str,
+    /// Authenticates with private_key_jwt, its assertions signed by an ES256 key in sigild
+    /// (else client_secret_basic).
+    private_key_jwt: bool,
 }
 
 const RPS: [Rp; 3] = [
@@ -31,6 +34,7 @@ const RPS: [Rp; 3] = [
         curve: "",
         id_token_enc: "A256GCM",
         jarm_enc: "A128CBC-HS256",
+        private_key_jwt: true,
     },
     Rp {
         client_id: "rp-ecdh-p256",
@@ -38,6 +42,7 @@ const RPS: [Rp; 3] = [
         curve: "P-256",
         id_token_enc: "A128CBC-HS256",
         jarm_enc: "A256GCM",
+        private_key_jwt: false,
     },
     Rp {
         client_id: "rp-ecdh-p384",
@@ -45,6 +50,7 @@ const RPS: [Rp; 3] = [
         curve: "P-384",
         id_token_enc: "A256GCM",
         jarm_enc: "A256CBC-HS512",
+        private_key_jwt: false,
     },
 ];
 
@@ -55,6 +61,41 @@ const CANNOT_DECRYPT: &str = "the JWE cannot be decrypted with this key";
 
 fn secret(client_id: &str) -> String {
     format!("secret-of-{client_id}-0123456789abcdef")
+}
+
+/// The name of the sigild key that signs `client_id`'s client assertions.
+fn signer(client_id: &str) -> String {
+    format!("{client_id}-signer")
+}
+
+/// Exchange `code` for `rp` at the OP, authenticated as the client is configured.
+async fn exchange(
+    d: &Daemon,
+    op: &Op,
+    rp: &Rp,
+    code: &str,
+    code_verifier: &str,
+) -> TestResult<Value> {
+    let secret = secret(rp.client_id);
+    let assertion;
+    let auth = if rp.private_key_jwt {
+        assertion = d
+            .signer()
+            .await?
+            .sign_client_assertion(pb::SignClientAssertionRequest {
+                key: signer(rp.client_id),
+                client_id: rp.client_id.into(),
+                audience: op.issuer.clone(),
+                lifetime_seconds: 0,
+            })
+            .await?
+            .into_inner()
+            .compact;
+        ClientAuth::Assertion(&assertion)
+    } else {
+        ClientAuth::Secret(&secret)
+    };
+    op.token(rp.client_id, auth, REDIRECT_URI, code, code_verifier)
 }
 
 /// Create a decryption key (the key name is the client id) and return its published JWK.
@@ -153,18 +194,26 @@ async fn encrypted_id_tokens_and_jarm_responses_from_a_real_op_decrypt_through_s
     for rp in &RPS {
         let jwk = create_enc_key(&d, rp.client_id, rp.alg, rp.curve).await?;
         kids.push(jwk["kid"].as_str().ok_or("no kid")?.to_owned());
+        let mut keys = vec![jwk];
+        let auth_method = if rp.private_key_jwt {
+            let key = d.create(&signer(rp.client_id), "ES256", 0).await?;
+            keys.push(active_jwk(&key)?);
+            "private_key_jwt"
+        } else {
+            "client_secret_basic"
+        };
         clients.push(json!({
             "client_id": rp.client_id,
             "client_secret": secret(rp.client_id),
             "redirect_uris": [REDIRECT_URI],
-            "token_endpoint_auth_method": "client_secret_basic",
+            "token_endpoint_auth_method": auth_method,
             "id_token_signed_response_alg": "ES256",
             "id_token_encrypted_response_alg": rp.alg,
             "id_token_encrypted_response_enc": rp.id_token_enc,
             "authorization_signed_response_alg": "ES256",
             "authorization_encrypted_response_alg": rp.alg,
             "authorization_encrypted_response_enc": rp.jarm_enc,
-            "jwks": {"keys": [jwk]},
+            "jwks": {"keys": keys},
         }));
     }
     let op = Op::start(&Value::Array(clients))?;
@@ -179,13 +228,7 @@ async fn encrypted_id_tokens_and_jarm_responses_from_a_real_op_decrypt_through_s
         assert_eq!(auth["params"]["state"], json!(state), "{}", rp.client_id);
         let code = auth["params"]["code"].as_str().ok_or("no code")?;
         let verifier = auth["code_verifier"].as_str().ok_or("no verifier")?;
-        let tokens = op.token(
-            rp.client_id,
-            &secret(rp.client_id),
-            REDIRECT_URI,
-            code,
-            verifier,
-        )?;
+        let tokens = exchange(&d, &op, rp, code, verifier).await?;
         let id_token = tokens["id_token"].as_str().ok_or("no id_token")?;
         let claims =
             open_nested(&d, rp, kid, rp.id_token_enc, id_token, &op_jwks, "id_token").await?;
@@ -221,13 +264,7 @@ async fn encrypted_id_tokens_and_jarm_responses_from_a_real_op_decrypt_through_s
             .as_str()
             .ok_or("no code in the JARM response")?;
         let verifier = auth["code_verifier"].as_str().ok_or("no verifier")?;
-        let tokens = op.token(
-            rp.client_id,
-            &secret(rp.client_id),
-            REDIRECT_URI,
-            code,
-            verifier,
-        )?;
+        let tokens = exchange(&d, &op, rp, code, verifier).await?;
         let claims = open_nested(
             &d,
             rp,

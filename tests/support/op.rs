@@ -65,6 +65,14 @@ pub fn node_encrypt(
     Ok(node("encrypt.mjs", &[&req.to_string()])?.trim().to_owned())
 }
 
+/// How a client authenticates at the OP's token endpoint.
+pub enum ClientAuth<'a> {
+    /// client_secret_basic with this secret.
+    Secret(&'a str),
+    /// private_key_jwt with this signed client assertion.
+    Assertion(&'a str),
+}
+
 /// A running node-oidc-provider with the given clients.
 pub struct Op {
     /// `http://127.0.0.1:PORT`.
@@ -160,22 +168,24 @@ impl Op {
         self.login("authorize", args)
     }
 
-    /// Exchange a code at the token endpoint (client_secret_basic): the token response.
+    /// Exchange a code at the token endpoint: the token response.
     pub fn token(
         &self,
         client_id: &str,
-        client_secret: &str,
+        auth: ClientAuth<'_>,
         redirect_uri: &str,
         code: &str,
         code_verifier: &str,
     ) -> TestResult<Value> {
-        self.login(
-            "token",
-            serde_json::json!({
-                "client_id": client_id, "client_secret": client_secret,
-                "redirect_uri": redirect_uri, "code": code, "code_verifier": code_verifier,
-            }),
-        )
+        let mut args = serde_json::json!({
+            "client_id": client_id, "redirect_uri": redirect_uri, "code": code,
+            "code_verifier": code_verifier,
+        });
+        match auth {
+            ClientAuth::Secret(secret) => args["client_secret"] = secret.into(),
+            ClientAuth::Assertion(jwt) => args["client_assertion"] = jwt.into(),
+        }
+        self.login("token", args)
     }
 
     /// The OP's published JWKS (its jwks_uri, found through discovery).

@@ -7,9 +7,10 @@
 //       consent → the redirect to redirect_uri. Prints {"redirect": URL, "params": {query},
 //       "code_verifier": V}. With response_mode "jwt" the params hold `response` (the JARM JWT,
 //       encrypted when the client asks for it), which this script does not open.
-//   node login.mjs token '{"issuer","client_id","client_secret","redirect_uri","code",
-//                          "code_verifier"}'
-//       POST /token with client_secret_basic; prints the token response.
+//   node login.mjs token '{"issuer","client_id","client_secret"|"client_assertion",
+//                          "redirect_uri","code","code_verifier"}'
+//       POST /token, the client authenticated with client_secret_basic or, given a
+//       client_assertion, private_key_jwt; prints the token response.
 //   node login.mjs jwks '{"issuer"}'
 //       Prints the OP's published JWKS (from the discovery document's jwks_uri).
 //
@@ -103,25 +104,27 @@ async function authorize() {
 }
 
 async function token() {
-  const basic = Buffer.from(
-    `${encodeURIComponent(args.client_id)}:${encodeURIComponent(args.client_secret)}`,
-  ).toString('base64');
-  const response = await fetch(new URL('/token', args.issuer), {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${basic}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: new URLSearchParams({
-      grant_type: 'authorization_code',
-      code: args.code,
-      redirect_uri: args.redirect_uri,
-      code_verifier: args.code_verifier,
-    }),
+  const headers = { 'content-type': 'application/x-www-form-urlencoded' };
+  const body = new URLSearchParams({
+    grant_type: 'authorization_code',
+    code: args.code,
+    redirect_uri: args.redirect_uri,
+    code_verifier: args.code_verifier,
   });
-  const body = await response.text();
-  if (response.status !== 200) fail(`POST /token: ${response.status}: ${body}`);
-  return JSON.parse(body);
+  if (args.client_assertion) {
+    body.set('client_id', args.client_id);
+    body.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+    body.set('client_assertion', args.client_assertion);
+  } else {
+    const basic = Buffer.from(
+      `${encodeURIComponent(args.client_id)}:${encodeURIComponent(args.client_secret)}`,
+    ).toString('base64');
+    headers.authorization = `Basic ${basic}`;
+  }
+  const response = await fetch(new URL('/token', args.issuer), { method: 'POST', headers, body });
+  const answer = await response.text();
+  if (response.status !== 200) fail(`POST /token: ${response.status}: ${answer}`);
+  return JSON.parse(answer);
 }
 
 async function jwks() {
