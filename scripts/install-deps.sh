@@ -5,7 +5,8 @@
 #                                    pcscd + vsmartcard-vpcd + Yubico tools (virtual YubiKey),
 #                                    openCryptoki (a second PKCS#11 implementation; the tests
 #                                    configure and start its pkcsslotd with scripts/ock-up.sh),
-#                                    Python jwcrypto/cryptography (independent verifiers),
+#                                    Python jwcrypto/cryptography (independent verifiers and
+#                                    JWE producer, pinned),
 #                                    PyKCS11 (non-extractable keys made outside sigild),
 #                                    libp11-kit-dev (<p11-kit/pkcs11.h> for the tests'
 #                                    fault-injecting PKCS#11 module, built with cc),
@@ -39,10 +40,18 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [ $want_test = 1 ]; then
-    if ! python3 -c 'import jwcrypto, cryptography, PyKCS11' 2>/dev/null; then
-        echo "install-deps: installing Python jwcrypto + cryptography (independent verifiers) and PyKCS11 (keys made by another tool)" >&2
-        python3 -m pip install --quiet --disable-pip-version-check jwcrypto cryptography PyKCS11 2>/dev/null \
-            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jwcrypto cryptography PyKCS11 \
+    # Pinned, so that a new release cannot change what the independent verifiers and JWE
+    # producers accept (wheels exist for Python 3.11 on glibc >= 2.28, i.e. Debian 12).
+    py_pins=(jwcrypto==1.6.1 cryptography==50.0.2 PyKCS11==1.5.20)
+    if ! python3 - "${py_pins[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+    then
+        echo "install-deps: installing Python ${py_pins[*]} (independent verifiers, JWE producer; keys made by another tool)" >&2
+        python3 -m pip install --quiet --disable-pip-version-check "${py_pins[@]}" 2>/dev/null \
+            || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pins[@]}" \
             || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography python3-pykcs11 >/dev/null; }
     fi
     # Node peers (tests/node): node jose and the OpenID Provider, exactly as package-lock.json

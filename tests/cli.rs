@@ -412,3 +412,101 @@ async fn dev_mode_is_found_from_any_directory() -> TestResult {
     assert_eq!(out.status.code(), Some(1));
     Ok(())
 }
+
+/// Decryption keys from the command line: `key create` with a JWE alg (and a curve), `jwks`
+/// publishes them with `use: "enc"`, and `sigild decrypt --key NAME` turns a JWE made by
+/// jwcrypto on stdin into exactly the plaintext bytes on stdout; a bad JWE gives nothing on
+/// stdout, an error on stderr and exit 1.
+#[tokio::test]
+async fn decrypt_command() -> TestResult {
+    use support::jwe::*;
+    let token = Token::new()?;
+    let d = Daemon::start(&token)?;
+    let rsa: Value = serde_json::from_str(&ok(
+        &d.cli(&["key", "create", "rp-enc", "--alg", "RSA-OAEP-256"], None)?
+    )?)?;
+    assert_eq!(rsa["versions"][0]["alg"], "RSA-OAEP-256", "{rsa}");
+    assert_eq!(rsa["versions"][0]["use"], "enc", "{rsa}");
+    let ec: Value = serde_json::from_str(&ok(&d.cli(
+        &[
+            "key",
+            "create",
+            "client-enc",
+            "--alg",
+            "ECDH-ES+A256KW",
+            "--curve",
+            "P-384",
+        ],
+        None,
+    )?)?)?;
+    assert_eq!(ec["versions"][0]["key_type"], "EC P-384", "{ec}");
+    let jwks: Value = serde_json::from_str(&ok(&d.cli(&["jwks"], None)?)?)?;
+    let entries = jwks["keys"].as_array().ok_or("keys")?;
+    assert_eq!(entries.len(), 2, "{jwks}");
+    for alg in ["RSA-OAEP-256", "ECDH-ES+A256KW"] {
+        let e = entries
+            .iter()
+            .find(|e| e["alg"] == alg)
+            .ok_or_else(|| format!("no {alg} entry in {jwks}"))?;
+        assert_eq!(e["use"], "enc", "{e}");
+        assert!(e.get("d").is_none(), "{e}");
+    }
+    let ec_jwk = entries
+        .iter()
+        .find(|e| e["alg"] == "ECDH-ES+A256KW")
+        .ok_or("ec")?;
+    assert_eq!(ec_jwk["crv"], "P-384");
+    let rsa_jwk = entries
+        .iter()
+        .find(|e| e["alg"] == "RSA-OAEP-256")
+        .ok_or("rsa")?;
+
+    // Binary plaintext, ending in a newline and a NUL: nothing may be added or taken away.
+    let mut plaintext = binary_plaintext(1000);
+    plaintext.extend_from_slice(b"\n\0");
+    for (key, jwk, alg, enc) in [
+        ("rp-enc", rsa_jwk, "RSA-OAEP-256", "A256GCM"),
+        ("client-enc", ec_jwk, "ECDH-ES+A256KW", "A128CBC-HS256"),
+    ] {
+        let jwe = encrypt_jwcrypto(jwk, alg, enc, &plaintext, &json!({"kid": jwk["kid"]}))?;
+        let out = d.cli(&["decrypt", "--key", key], Some(jwe.as_bytes()))?;
+        assert!(
+            out.status.success(),
+            "{key}: exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == plaintext,
+            "{key}: stdout is not exactly the plaintext ({} bytes, {} expected)",
+            out.stdout.len(),
+            plaintext.len()
+        );
+        // A trailing newline after the compact JWE (as `echo` or a file would have) is fine.
+        let out = d.cli(
+            &["decrypt", "--key", key],
+            Some(format!("{jwe}\n").as_bytes()),
+        )?;
+        assert_eq!(out.status.code(), Some(0), "{key}: with a newline");
+        assert!(out.stdout == plaintext, "{key}: with a newline");
+
+        // A tampered one: nothing on stdout, the stable error on stderr, exit 1.
+        let bad = flip_bit(&jwe, TAG, 0)?;
+        let out = d.cli(&["decrypt", "--key", key], Some(bad.as_bytes()))?;
+        assert_eq!(out.status.code(), Some(1), "{key}: tampered");
+        assert!(out.stdout.is_empty(), "{key}: stdout {:?}", out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(REJECTED), "{key}: {stderr}");
+        assert!(stderr.contains("request id"), "{key}: {stderr}");
+    }
+    // Not a JWE at all, and a signing key asked to decrypt.
+    ok(&d.cli(&["key", "create", "web", "--alg", "ES256"], None)?)?;
+    let jwe = encrypt_jwcrypto(rsa_jwk, "RSA-OAEP-256", "A256GCM", b"x", &json!({}))?;
+    for (key, input) in [("rp-enc", &b"not a jwe"[..]), ("web", jwe.as_bytes())] {
+        let out = d.cli(&["decrypt", "--key", key], Some(input))?;
+        assert_eq!(out.status.code(), Some(1), "{key}");
+        assert!(out.stdout.is_empty(), "{key}");
+        assert!(!out.stderr.is_empty(), "{key}");
+    }
+    Ok(())
+}

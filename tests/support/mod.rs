@@ -3,7 +3,8 @@
 //! `sigild` binary started on port 0 against it, gRPC clients, and the independent verifiers
 //! (Python jwcrypto/cryptography, openssl, pkcs11-tool). Submodules: `device` (the conformance
 //! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
-//! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module).
+//! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module), `jwe` (JWEs made by
+//! jwcrypto and node jose, for the decryption tests).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub mod device;
 pub mod faulty;
+pub mod jwe;
 pub mod ock;
 pub mod op;
 pub mod tls;
@@ -390,6 +392,15 @@ impl Daemon {
         &self,
     ) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
         Ok(pb::signing_service_client::SigningServiceClient::new(
+            self.channel().await?,
+        ))
+    }
+
+    /// A client of the decryption service, authenticated like [`Daemon::channel`].
+    pub async fn decrypter(
+        &self,
+    ) -> TestResult<pb::decryption_service_client::DecryptionServiceClient<Channel>> {
+        Ok(pb::decryption_service_client::DecryptionServiceClient::new(
             self.channel().await?,
         ))
     }

@@ -13,6 +13,14 @@ Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a 
   {"op": "jws_batch", "jws": [{"jws": COMPACT, "kid": KID}, ...], "jwks": {...}}
                                                       many at once (kid: the header's, else the
                                                       one given): {"verified": N, "failed": [...]}
+  {"op": "encrypt", "jwk": {...}, "alg": ALG, "enc": ENC, "plaintext_b64": B64URL,
+   "header": {...}}                                   a compact JWE to the public JWK, made by
+                                                      jwcrypto: {"jwe": COMPACT}; "header" holds
+                                                      extra protected members (kid, cty, zip,
+                                                      crit ...), which jwcrypto applies as it
+                                                      does (zip DEF compresses); any alg jwcrypto
+                                                      has is allowed, RSA1_5 included
+  {"op": "encrypt_batch", "items": [ENCRYPT, ...]}    many at once: {"jwe": [COMPACT, ...]}
 """
 import base64
 import hashlib
@@ -21,7 +29,7 @@ import sys
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
-from jwcrypto import jwk, jws
+from jwcrypto import jwe, jwk, jws
 
 
 def b64d(s):
@@ -127,6 +135,20 @@ def verify_jws_batch(req):
     return out
 
 
+def encrypt(req):
+    """A compact JWE made by jwcrypto to a public JWK (sigild's tests decrypt it through the
+    daemon). Only the public members of the JWK are used."""
+    key = jwk.JWK(**req["jwk"])
+    if key.has_private:
+        raise ValueError("encrypt takes a public JWK")
+    protected = {"alg": req["alg"], "enc": req["enc"]}
+    protected.update(req.get("header") or {})
+    algs = list(jwe.default_allowed_algs) + [req["alg"], req["enc"]]
+    token = jwe.JWE(b64d(req["plaintext_b64"]), protected=json.dumps(protected), algs=algs)
+    token.add_recipient(key)
+    return {"ok": True, "jwe": token.serialize(compact=True)}
+
+
 def main():
     req = json.load(sys.stdin)
     op = req["op"]
@@ -135,6 +157,10 @@ def main():
             out = verify_jws(req)
         elif op == "jws_batch":
             out = verify_jws_batch(req)
+        elif op == "encrypt":
+            out = encrypt(req)
+        elif op == "encrypt_batch":
+            out = {"ok": True, "jwe": [encrypt(item)["jwe"] for item in req["items"]]}
         elif op == "raw":
             out = verify_raw(req)
         elif op == "thumbprint":
