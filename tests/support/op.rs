@@ -1,7 +1,6 @@
 //! A real OpenID Provider for end-to-end tests: node-oidc-provider (`tests/node/op/provider.mjs`)
 //! started on a port the kernel picks and killed on drop, the headless relying party that logs
-//! in through it (`tests/node/op/login.mjs`), and node jose as an independent JWE producer
-//! (`tests/node/op/encrypt.mjs`). The Node modules come from `scripts/install-deps.sh --test`;
+//! in through it (`tests/node/op/login.mjs`). The Node modules come from `scripts/install-deps.sh --test`;
 //! npm never runs at test time.
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::PathBuf;
@@ -47,22 +46,6 @@ fn node(script: &str, args: &[&str]) -> TestResult<String> {
         .into());
     }
     Ok(String::from_utf8(out.stdout)?)
-}
-
-/// Encrypt `plaintext` to the public `jwk` with node jose: a compact JWE whose protected header
-/// holds alg, enc, the JWK's kid and `cty` when given.
-pub fn node_encrypt(
-    jwk: &Value,
-    alg: &str,
-    enc: &str,
-    plaintext: &str,
-    cty: Option<&str>,
-) -> TestResult<String> {
-    let mut req = serde_json::json!({"jwk": jwk, "alg": alg, "enc": enc, "plaintext": plaintext});
-    if let Some(cty) = cty {
-        req["cty"] = cty.into();
-    }
-    Ok(node("encrypt.mjs", &[&req.to_string()])?.trim().to_owned())
 }
 
 /// How a client authenticates at the OP's token endpoint.
