@@ -78,7 +78,8 @@ impl Op {
             .arg(dir.join("op").join("provider.mjs"))
             .arg(&clients_file)
             .current_dir(&dir)
-            .stdin(Stdio::null())
+            // the OP exits when this pipe closes: with the test process, however it ends
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;

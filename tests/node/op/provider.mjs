@@ -6,9 +6,11 @@
 // CLIENTS.json is an array of client metadata (client_id, client_secret, redirect_uris, jwks,
 // id_token_encrypted_response_alg/enc, authorization_encrypted_response_alg/enc, ...). The OP
 // listens on 127.0.0.1 on a port the kernel picks, then prints one JSON line on stdout:
-// {"issuer":"http://127.0.0.1:PORT"}. It runs until killed; its own log goes to stderr.
+// {"issuer":"http://127.0.0.1:PORT"}. It runs until killed or until its stdin closes (so it
+// dies with the test that started it, however that ends); its own log goes to stderr.
 //
-// The OP's signing keys (ES256 and RS256) are generated at start and published at /jwks.
+// The OP's signing key (ES256, for ID tokens and JARM responses) is generated at start and
+// published at /jwks.
 // Logins go through the OP's development interactions (see login.mjs).
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -26,8 +28,8 @@ if (!clientsFile) {
 }
 const clients = JSON.parse(readFileSync(clientsFile, 'utf8'));
 
-async function signingJwk(alg, options = {}) {
-  const { privateKey } = await generateKeyPair(alg, { extractable: true, ...options });
+async function signingJwk(alg) {
+  const { privateKey } = await generateKeyPair(alg, { extractable: true });
   return { ...(await exportJWK(privateKey)), alg, use: 'sig', kid: `op-${alg}` };
 }
 
@@ -45,7 +47,7 @@ const encryptionEncs = ['A128GCM', 'A256GCM', 'A128CBC-HS256', 'A256CBC-HS512'];
 
 const provider = new Provider(issuer, {
   clients,
-  jwks: { keys: [await signingJwk('ES256'), await signingJwk('RS256', { modulusLength: 2048 })] },
+  jwks: { keys: [await signingJwk('ES256')] },
   cookies: { keys: ['sigild-test-op-cookie-key'] },
   features: {
     devInteractions: { enabled: true },
@@ -53,8 +55,8 @@ const provider = new Provider(issuer, {
     jwtResponseModes: { enabled: true },
   },
   enabledJWA: {
-    idTokenSigningAlgValues: ['ES256', 'RS256'],
-    authorizationSigningAlgValues: ['ES256', 'RS256'],
+    idTokenSigningAlgValues: ['ES256'],
+    authorizationSigningAlgValues: ['ES256'],
     idTokenEncryptionAlgValues: encryptionAlgs,
     idTokenEncryptionEncValues: encryptionEncs,
     authorizationEncryptionAlgValues: encryptionAlgs,
@@ -69,5 +71,8 @@ server.on('request', provider.callback());
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);
 
 for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => server.close(() => process.exit(0)));
+  process.on(signal, () => process.exit(0));
 }
+process.stdin.on('end', () => process.exit(0));
+process.stdin.on('error', () => process.exit(0));
+process.stdin.resume();
