@@ -111,6 +111,8 @@ pub mod pb {
 }
 
 #[cfg(feature = "server")]
+use pb::decryption_service_server::DecryptionService;
+#[cfg(feature = "server")]
 use pb::key_service_server::KeyService;
 #[cfg(feature = "server")]
 use pb::signing_service_server::SigningService;
@@ -127,7 +129,7 @@ pub enum Listener {
     DangerPlaintext,
 }
 
-/// Both gRPC services over one [`Service`], for one listener.
+/// The gRPC services over one [`Service`], for one listener.
 #[derive(Clone)]
 #[cfg(feature = "server")]
 pub struct Api {
@@ -199,6 +201,17 @@ impl Api {
         pb::signing_service_server::SigningServiceServer::new(self.clone())
             .max_decoding_message_size(max)
     }
+
+    /// The decryption gRPC service, with the message size limit derived from the JWE limit.
+    pub fn decryption_service(
+        &self,
+    ) -> pb::decryption_service_server::DecryptionServiceServer<Api> {
+        // As for signing: a JWE up to twice the limit gets the daemon's own answer (the one
+        // every undecryptable JWE gets), tonic's refusal beyond that.
+        let max = self.service.options().max_jwe_bytes * 2 + 16 * 1024;
+        pb::decryption_service_server::DecryptionServiceServer::new(self.clone())
+            .max_decoding_message_size(max)
+    }
 }
 
 /// How much earlier than the caller's `grpc-timeout` the daemon gives up: the caller's own
@@ -259,7 +272,8 @@ pub fn code(kind: ErrorKind) -> tonic::Code {
 /// `x-request-id` metadata). The log gets the whole error chain, device detail included, under
 /// that id: at error for internal failures, warn for other daemon-side faults, debug for the
 /// caller's own mistakes. The caller gets the stable message, plus the request id to quote
-/// when the fault is on the daemon's side.
+/// when the fault is on the daemon's side or the reason is only in the log (a JWE that cannot
+/// be decrypted).
 #[cfg(feature = "server")]
 pub fn status_for(e: &service::Error, request_id: &str) -> Status {
     let kind = e.kind();
@@ -272,7 +286,7 @@ pub fn status_for(e: &service::Error, request_id: &str) -> Status {
     } else {
         tracing::debug!(request_id = %request_id, %kind, error = %chain, "request refused");
     }
-    if e.is_fault() {
+    if e.shows_request_id() {
         message = format!("{message} (request id {request_id})");
     }
     let mut status = Status::new(code(kind), message);
@@ -725,6 +739,35 @@ impl SigningService for Api {
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
+    }
+}
+
+#[cfg(feature = "server")]
+#[tonic::async_trait]
+impl DecryptionService for Api {
+    async fn decrypt_jwe(
+        &self,
+        req: Request<pb::DecryptJweRequest>,
+    ) -> Result<pb::DecryptJweResponse> {
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let d = self
+            .service
+            .decrypt_jwe(&origin, &r.key, &r.jwe, &r.allowed_algs, &r.allowed_encs)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::DecryptJweResponse {
+                // The one copy that leaves the daemon's zeroizing types: the wire needs it.
+                plaintext: d.plaintext.expose().to_vec(),
+                protected_header_json: d.protected_header,
+                key_version: d.version,
+                kid: d.kid,
+                alg: d.alg.name().to_owned(),
+                enc: d.enc.name().to_owned(),
+            },
+        ))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::audit::{Audit, AuditError, Durability};
 use crate::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use crate::backend::{Backend, BackendError};
 use crate::config::{AuditConfig, CallerConfig, Config, ConfigError, LimitsConfig, ServerConfig};
+use crate::jose::{JweAlg, JweEnc};
 use crate::keyring::Keyring;
 use crate::policy::{KeyPattern, Operation, Policy, Rate, Rule, Who};
 use crate::server::{ServeError, Serving};
@@ -431,7 +432,7 @@ pub fn yubikey_settings(
     })
 }
 
-/// The service's options from `[signing]`.
+/// The service's options from `[signing]` and `[decryption]`.
 pub fn service_options(config: &Config) -> ServiceOptions {
     ServiceOptions {
         max_payload_bytes: config.signing.max_payload_bytes,
@@ -439,6 +440,7 @@ pub fn service_options(config: &Config) -> ServiceOptions {
         verify_signatures: config.signing.verify_signatures,
         quarantine_after: config.signing.quarantine_after,
         quarantine_probe: Duration::from_millis(config.signing.quarantine_probe_ms),
+        max_jwe_bytes: config.decryption.max_jwe_bytes,
     }
 }
 
@@ -493,6 +495,14 @@ fn policy_of(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
             aud: c.aud.clone(),
             client_id: c.client_id.clone(),
             htu_prefix: c.htu_prefix.clone(),
+            jwe_algs: c
+                .jwe_algs
+                .as_ref()
+                .map(|l| l.iter().filter_map(|a| JweAlg::parse(a)).collect()),
+            jwe_encs: c
+                .jwe_encs
+                .as_ref()
+                .map(|l| l.iter().filter_map(|e| JweEnc::parse(e)).collect()),
             rate: rate(&c.rate),
         })
         .collect();

@@ -1,6 +1,7 @@
 //! The audit trail: one JSON line per request — who asked, what for, with which key version,
 //! what was decided and how it ended. Claim values that identify people or clients (`iss`,
-//! `aud`, `sub`) are recorded as hashes; payloads, PINs and signatures never.
+//! `aud`, `sub`) are recorded as hashes; payloads, PINs and signatures never. A decryption is
+//! recorded with the SHA-256 of the JWE it was given; the plaintext never.
 //!
 //! Written synchronously by a dedicated writer rather than through the `tracing` pipeline:
 //! the fail-closed mode must know that the record reached the file (the `write` system call
@@ -108,6 +109,13 @@ pub struct Record {
     /// JOSE alg.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alg: Option<String>,
+    /// JWE content encryption (`enc`) of a decrypted JWE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enc: Option<String>,
+    /// SHA-256 of a compact JWE given to decrypt, base64url ([`digest`]): ties the record to
+    /// the ciphertext without holding it (the plaintext is never recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwe_sha256: Option<String>,
     /// Protected header `typ`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
@@ -288,6 +296,12 @@ impl Audit {
 pub fn hash(value: &str) -> String {
     let d = sha2::Sha256::digest(value.as_bytes());
     crate::jose::b64(d.get(..16).unwrap_or(&d))
+}
+
+/// The full SHA-256 of `bytes`, base64url (43 characters): for ciphertexts, which are not
+/// guessable, so nothing is gained by shortening it and anyone holding the JWE can match it.
+pub fn digest(bytes: &[u8]) -> String {
+    crate::jose::b64(&sha2::Sha256::digest(bytes))
 }
 
 /// RFC 3339 UTC with milliseconds (`2026-11-18T11:06:40.999Z`): ISO 8601's extended format

@@ -331,7 +331,8 @@ pub async fn serve(
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(api.key_service())
-        .add_service(api.signing_service());
+        .add_service(api.signing_service())
+        .add_service(api.decryption_service());
     let mut stopped2 = stopped.clone();
     let counters = Arc::new(ListenerCounters::default());
     let limits = listen::Limits::of(server);
@@ -376,7 +377,8 @@ pub async fn serve(
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(api.key_service())
-                .add_service(api.signing_service());
+                .add_service(api.signing_service())
+                .add_service(api.decryption_service());
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
             let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped2.wait_for(|s| *s).await;
@@ -495,7 +497,12 @@ async fn set_health(health: &tonic_health::server::HealthReporter, ok: bool) {
     } else {
         ServingStatus::NotServing
     };
-    for name in ["", "sigil.v1.SigningService", "sigil.v1.KeyService"] {
+    for name in [
+        "",
+        "sigil.v1.SigningService",
+        "sigil.v1.DecryptionService",
+        "sigil.v1.KeyService",
+    ] {
         health.set_service_status(name, status).await;
     }
 }

@@ -1,5 +1,6 @@
 //! The signing service: resolve key → build signing input (JOSE) → hash where the algorithm
-//! allows → backend signs on its workers → check the signature → respond.
+//! allows → backend signs on its workers → check the signature → respond. Decryption of JWEs
+//! ([`decrypt`]) runs through the same authorisation, rate limits and audit trail.
 //!
 //! Async, transport-free: the gRPC layer maps requests into these calls and [`Error`] into
 //! statuses; the CLI's bench drives it too. Holds the clock and jti source, so the JOSE layer
@@ -28,10 +29,12 @@ use crate::jose::{self, Alg, KeyAlg};
 use crate::keyring::{KeyInfo, KeySize, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
+mod decrypt;
 mod error;
 pub mod quarantine;
 
-pub use error::{Chain, Error, ErrorKind};
+pub use decrypt::Decrypted;
+pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
 pub use quarantine::Quarantine;
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
@@ -68,6 +71,9 @@ pub struct ServiceOptions {
     pub quarantine_after: u32,
     /// Time between two probe signatures while the device is quarantined.
     pub quarantine_probe: Duration,
+    /// Largest compact JWE accepted for decryption, in bytes (`[decryption] max_jwe_bytes`);
+    /// checked before the JWE is parsed.
+    pub max_jwe_bytes: usize,
 }
 
 impl Default for ServiceOptions {
@@ -78,6 +84,7 @@ impl Default for ServiceOptions {
             verify_signatures: true,
             quarantine_after: 3,
             quarantine_probe: Duration::from_secs(5),
+            max_jwe_bytes: 1024 * 1024,
         }
     }
 }
@@ -419,9 +426,9 @@ impl Service {
             Ok(()) => r,
             Err(e) => {
                 tracing::error!(request_id = %call.record.request_id, error = %e, "audit record not written");
-                // Fail-closed withholds signatures. A key-management action has already
-                // happened on the device, and reads return public data: saying "failed" for
-                // those would mislead, so they are only logged.
+                // Fail-closed withholds signatures and plaintexts. A key-management action has
+                // already happened on the device, and reads return public data: saying
+                // "failed" for those would mislead, so they are only logged.
                 let signs = !matches!(call.op, Operation::Admin | Operation::Read);
                 if self.audit.fail_closed() && signs && r.is_ok() {
                     Err(Error::AuditNotWritten(e))

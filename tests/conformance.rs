@@ -4,7 +4,7 @@
 //! its own test, `DEVICE::CHECK` (e.g. `yubikey_5_7_1::adopt`), so a failure names both.
 //!
 //! Every signature is verified by code sigild did not write (jwcrypto / cryptography, through
-//! tests/verifiers), and every public key sigild reports is compared with what the device's own
+//! tests/verifiers), every decryption is of a JWE jwcrypto made to the JWK sigild published, and every public key sigild reports is compared with what the device's own
 //! tool (pkcs11-tool, ykman) reads. What a device lacks is part of its entry
 //! (`Capabilities::lacks`, `Capabilities::import`): the checks assert the refusal, they never
 //! skip.
@@ -68,6 +68,8 @@ conformance! {
         error_statuses,
         restart,
         fault_recovery,
+        decrypt_every_offered_alg,
+        decryption_key_attributes,
     ]
 }
 
@@ -916,6 +918,188 @@ mod checks {
             }
         }
         sign_raw_verified(&d, "k", b"after recovery").await?;
+        Ok(())
+    }
+
+    /// Every decryption alg sigild offers either makes keys (published `use: "enc"` with their
+    /// alg) that decrypt JWEs jwcrypto made to their JWK — A256GCM and A128CBC-HS256 in turn,
+    /// the plaintext back byte for byte — or, where the device lacks it, is refused with
+    /// FAILED_PRECONDITION naming it, with nothing created.
+    pub async fn decrypt_every_offered_alg(dev: &Device) -> TestResult {
+        use support::jwe::*;
+        for key in dev.caps.lacks_decrypt {
+            assert!(
+                DECRYPT_OFFERED.iter().any(|c| c.key == *key),
+                "capability lists {key}, which sigild does not offer for decryption"
+            );
+        }
+        let d = dev.daemon("")?;
+        for c in dev.caps.decrypt_lacking() {
+            let r = d
+                .keys()
+                .await?
+                .create_key(pb::CreateKeyRequest {
+                    name: c.key.into(),
+                    alg: c.alg.into(),
+                    rsa_bits: c.rsa_bits,
+                    curve: c.curve.into(),
+                    fapi2: false,
+                })
+                .await;
+            let (code, msg) = code_of(r).map_err(|e| format!("{}: {e}", c.key))?;
+            assert_eq!(code, Code::FailedPrecondition, "{}: {msg}", c.key);
+            assert!(
+                c.named_in(&msg),
+                "{}: the refusal does not name {} or {}: {msg}",
+                c.key,
+                c.alg,
+                c.key_type()
+            );
+        }
+        assert!(
+            list_keys(&d).await?.is_empty(),
+            "a refused key was recorded"
+        );
+
+        let supported = dev.caps.decrypt_supported();
+        assert!(!supported.is_empty(), "the device decrypts with nothing");
+        let mut requests = Vec::new();
+        let mut expected = Vec::new();
+        for (i, c) in supported.iter().enumerate() {
+            let k = create_enc(&d, c.key, c.alg, c.rsa_bits, c.curve).await?;
+            let v = &k.versions[0];
+            assert!(
+                v.uri.starts_with(&dev.uri_prefix()),
+                "{}: {} does not start with {}",
+                c.key,
+                v.uri,
+                dev.uri_prefix()
+            );
+            assert_eq!(v.key_type, c.key_type(), "{}", c.key);
+            assert_eq!(v.r#use, "enc", "{}", c.key);
+            assert_eq!(
+                dev.public_kid(&v.uri)?.as_deref(),
+                Some(v.kid.as_str()),
+                "{}: the device's own tool reads another public key",
+                c.key
+            );
+            let jwk = published_enc_jwk(&d, c.key, c.alg).await?;
+            let enc = if i % 2 == 0 {
+                "A256GCM"
+            } else {
+                "A128CBC-HS256"
+            };
+            let mut plaintext = binary_plaintext(200 + i);
+            plaintext.extend_from_slice(c.key.as_bytes());
+            requests.push(encryption(
+                &jwk,
+                c.alg,
+                enc,
+                &plaintext,
+                &json!({"kid": v.kid}),
+            ));
+            expected.push((c, enc, plaintext, v.kid.clone()));
+        }
+        let jwks = d.jwks().await?;
+        let entries = jwks["keys"].as_array().ok_or("keys")?;
+        assert_eq!(entries.len(), supported.len(), "{jwks}");
+        assert!(entries.iter().all(|e| e["use"] == "enc"), "{jwks}");
+
+        let jwes = Encrypter::Jwcrypto.encrypt_batch(&requests)?;
+        let mut decrypted = 0;
+        for ((c, enc, plaintext, kid), jwe) in expected.iter().zip(&jwes) {
+            let r = decrypt(&d, c.key, jwe)
+                .await
+                .map_err(|e| format!("{} {enc}: {e}\n{}", c.key, d.log_text()))?;
+            assert!(
+                r.plaintext == *plaintext,
+                "{} {enc}: the plaintext differs ({} bytes back, {} sent)",
+                c.key,
+                r.plaintext.len(),
+                plaintext.len()
+            );
+            assert_eq!((r.alg.as_str(), r.enc.as_str()), (c.alg, *enc), "{}", c.key);
+            assert_eq!(&r.kid, kid, "{}", c.key);
+            // A tampered copy is refused, and the key still decrypts afterwards.
+            let (code, msg) = code_of(decrypt(&d, c.key, &flip_bit(jwe, TAG, 0)?).await)?;
+            assert_eq!(code, Code::InvalidArgument, "{} tampered: {msg}", c.key);
+            assert!(msg.contains(REJECTED), "{} tampered: {msg}", c.key);
+            decrypted += 1;
+        }
+        assert_eq!(decrypted, supported.len());
+        for ((c, _, plaintext, _), jwe) in expected.iter().zip(&jwes) {
+            assert!(
+                decrypt(&d, c.key, jwe).await?.plaintext == *plaintext,
+                "{}",
+                c.key
+            );
+        }
+        Ok(())
+    }
+
+    /// What the device's own tool shows of decryption keys: on a PKCS#11 token, an RSA enc
+    /// key may decrypt and unwrap but not sign, an EC enc key may derive but not sign, and a
+    /// signing key (beside them) may sign but neither decrypt, unwrap nor derive; on a YubiKey,
+    /// enc keys sit in key-management slots (9d, 82–95). Either way the device's tool reads
+    /// the public key sigild published.
+    pub async fn decryption_key_attributes(dev: &Device) -> TestResult {
+        use support::jwe::*;
+        let d = dev.daemon("")?;
+        let mut checked = 0;
+        let enc_cases: Vec<DecryptCase> = dev
+            .caps
+            .decrypt_supported()
+            .into_iter()
+            .filter(|c| c.key == "rsa-oaep-256" || c.key == "ecdh-es-p256")
+            .collect();
+        for c in &enc_cases {
+            let k = create_enc(&d, c.key, c.alg, c.rsa_bits, c.curve).await?;
+            let v = &k.versions[0];
+            assert_eq!(
+                dev.public_kid(&v.uri)?.as_deref(),
+                Some(v.kid.as_str()),
+                "{}",
+                c.key
+            );
+            match dev.key_attributes(&v.uri)? {
+                KeyAttributes::Pkcs11Usage(usage) => {
+                    let has = |u: &str| usage.contains(u);
+                    assert!(!has("sign") && !has("signRecover"), "{}: {usage:?}", c.key);
+                    if c.is_rsa() {
+                        assert!(has("decrypt") && has("unwrap"), "{}: {usage:?}", c.key);
+                    } else {
+                        assert!(has("derive"), "{}: {usage:?}", c.key);
+                    }
+                }
+                KeyAttributes::PivSlot(slot) => {
+                    let key_management = slot == "9d"
+                        || u8::from_str_radix(&slot, 16).is_ok_and(|n| (0x82..=0x95).contains(&n));
+                    assert!(
+                        key_management,
+                        "{}: slot {slot} is not a key-management slot",
+                        c.key
+                    );
+                }
+            }
+            checked += 1;
+        }
+        assert_eq!(
+            checked,
+            if dev.caps.lacks_decrypt.contains(&"ecdh-es-p256") {
+                1
+            } else {
+                2
+            },
+            "enc keys checked"
+        );
+        let s = dev.caps.first_of(&["es256", "ps256"])?;
+        let k = d.create("signer", s.alg, s.rsa_bits).await?;
+        if let KeyAttributes::Pkcs11Usage(usage) = dev.key_attributes(&k.versions[0].uri)? {
+            assert!(usage.contains("sign"), "signer: {usage:?}");
+            for u in ["decrypt", "unwrap", "derive"] {
+                assert!(!usage.contains(u), "signer may {u}: {usage:?}");
+            }
+        }
         Ok(())
     }
 

@@ -12,7 +12,10 @@
 //! and sign (RFC 8032, verifiable); EC P-256/P-384 keys are generated and imported, but `ring`
 //! signs messages, not the pre-hashed digests the contract hands a backend, so ECDSA signing is
 //! refused as [`BackendError::Unsupported`]; `ring` cannot generate RSA keys, so RSA exists only
-//! when imported (validated by `ring`) and does not sign either.
+//! when imported (validated by `ring`) and does not sign either. Decryption: EC keys (made or
+//! imported) perform ECDH with the RustCrypto curve crates (`p256`, `p384`); RSA keys do not
+//! decrypt here. Each key pair keeps its purpose: a decryption key refuses to sign and a
+//! signing key to decrypt, as a real token's attributes make it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +42,12 @@ struct SoftKey {
     public: PublicKey,
     /// The signing half, for the kinds `ring` can sign with under the backend contract.
     ed25519: Option<signature::Ed25519KeyPair>,
+    /// The EC private scalar, for ECDH (`ring` agrees only with ephemeral keys, so the
+    /// RustCrypto curve crates do the arithmetic).
+    ec_d: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// What the key pair may do: a signing key never decrypts, a decryption key never signs,
+    /// as the token attributes of a real device say.
+    purpose: KeyPurpose,
 }
 
 /// Faults to inject; each fires once, then the backend behaves again.
@@ -245,6 +254,11 @@ fn sign_with(
             "this operation needs a different key type than {kind}"
         )));
     }
+    if soft.purpose != KeyPurpose::Sign {
+        return Err(BackendError::InvalidRequest(
+            "the key is a decryption key and does not sign".into(),
+        ));
+    }
     let mut sig = match (op, &soft.ed25519) {
         (SignOp::Ed25519 { message }, Some(pair)) => pair.sign(message).as_ref().to_vec(),
         _ => {
@@ -266,6 +280,65 @@ fn sign_with(
     Ok(sig)
 }
 
+/// The private-key step of a decryption with `key`, as a device does it: ECDH with the
+/// peer's point (the shared secret's x-coordinate). A signing key refuses, as does a kind this
+/// fake cannot serve.
+fn decrypt_with(
+    s: &State,
+    key: &KeyId,
+    kind: KeyKind,
+    op: &DecryptOp,
+) -> Result<SecretBytes, BackendError> {
+    let soft = s
+        .keys
+        .get(key)
+        .ok_or_else(|| BackendError::KeyNotFound(key.clone()))?;
+    if soft.public.kind() != kind || !op.fits(kind) {
+        return Err(BackendError::InvalidRequest(format!(
+            "this operation needs a different key type than {kind}"
+        )));
+    }
+    if soft.purpose != KeyPurpose::Decrypt {
+        return Err(BackendError::InvalidRequest(
+            "the key is a signing key and does not decrypt".into(),
+        ));
+    }
+    match (op, &soft.ec_d) {
+        (DecryptOp::Ecdh { peer }, Some(d)) => ecdh(d, peer),
+        _ => Err(BackendError::Unsupported(format!(
+            "the in-memory backend decrypts with EC keys only ({kind})"
+        ))),
+    }
+}
+
+/// ECDH of the private scalar `d` with `peer`: the x-coordinate of `d·peer`.
+fn ecdh(d: &[u8], peer: &PublicKey) -> Result<SecretBytes, BackendError> {
+    use p256::elliptic_curve::point::AffineCoordinates as _;
+    let PublicKey::Ec { curve, x, y } = peer else {
+        return Err(BackendError::InvalidRequest(
+            "ECDH needs an EC point".into(),
+        ));
+    };
+    let sec1 = [&[0x04][..], x, y].concat();
+    let off_curve = |_| BackendError::InvalidRequest("the peer point is not on the curve".into());
+    let bad_key = |_| BackendError::Malformed("the stored scalar is not a private key".into());
+    let z = match curve {
+        Curve::P256 => {
+            let sk = p256::SecretKey::from_slice(d).map_err(bad_key)?;
+            let pk = p256::PublicKey::from_sec1_bytes(&sec1).map_err(off_curve)?;
+            let shared = (pk.to_projective() * sk.to_nonzero_scalar().as_ref()).to_affine();
+            shared.x().to_vec()
+        }
+        Curve::P384 => {
+            let sk = p384::SecretKey::from_slice(d).map_err(bad_key)?;
+            let pk = p384::PublicKey::from_sec1_bytes(&sec1).map_err(off_curve)?;
+            let shared = (pk.to_projective() * sk.to_nonzero_scalar().as_ref()).to_affine();
+            shared.x().to_vec()
+        }
+    };
+    Ok(SecretBytes::new(z))
+}
+
 /// A fresh software key pair of `kind`.
 fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
     let rng = SystemRandom::new();
@@ -283,6 +356,8 @@ fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
                     x: pair.public_key().as_ref().to_vec(),
                 },
                 ed25519: Some(pair),
+                ec_d: None,
+                purpose: KeyPurpose::Sign,
             })
         }
         KeyKind::Ec(curve) => {
@@ -292,10 +367,16 @@ fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
                 signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(rejected)?;
             let public = super::import::ec_point(curve, pair.public_key().as_ref())
                 .map_err(BackendError::Malformed)?;
+            let ec_d = match super::import::parse_pkcs8(pkcs8.as_ref()) {
+                Ok(PrivateKeyMaterial::Ec { d, .. }) => Some(d),
+                _ => None,
+            };
             Ok(SoftKey {
                 label,
                 public,
                 ed25519: None,
+                ec_d,
+                purpose: KeyPurpose::Sign,
             })
         }
         KeyKind::Rsa { .. } => Err(BackendError::Unsupported(format!(
@@ -304,10 +385,15 @@ fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
     }
 }
 
-/// Check imported material with `ring` and keep what can sign.
-fn import_key(material: &PrivateKeyMaterial, label: String) -> Result<SoftKey, BackendError> {
+/// Check imported material with `ring` and keep what can sign or decrypt.
+fn import_key(
+    material: &PrivateKeyMaterial,
+    label: String,
+    purpose: KeyPurpose,
+) -> Result<SoftKey, BackendError> {
     let rng = SystemRandom::new();
     let public = material.public().clone();
+    let mut ec_d = None;
     let ed25519 = match (material, &public) {
         (PrivateKeyMaterial::Ed25519 { seed, .. }, PublicKey::Ed25519 { x }) => {
             Some(signature::Ed25519KeyPair::from_seed_and_public_key(seed, x).map_err(rejected)?)
@@ -321,6 +407,7 @@ fn import_key(material: &PrivateKeyMaterial, label: String) -> Result<SoftKey, B
                 &rng,
             )
             .map_err(rejected)?;
+            ec_d = Some(d.clone());
             None
         }
         (
@@ -360,6 +447,8 @@ fn import_key(material: &PrivateKeyMaterial, label: String) -> Result<SoftKey, B
         label,
         public,
         ed25519,
+        ec_d,
+        purpose,
     })
 }
 
@@ -423,13 +512,15 @@ impl Backend for MemoryBackend {
         op: DecryptOp,
         deadline: Instant,
     ) -> BackendFuture<SecretBytes> {
-        let _ = (key, kind, op, deadline);
-        todo!("decrypt in memory")
+        let _ = deadline; // answers at once
+        let key = key.clone();
+        self.call(move |s| decrypt_with(s, &key, kind, &op))
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
         self.call(move |s| {
-            let key = generate_key(spec.kind, spec.label)?;
+            let mut key = generate_key(spec.kind, spec.label)?;
+            key.purpose = spec.purpose;
             let id = fresh_id(s);
             let obj = object(&id, &key);
             s.keys.insert(id, key);
@@ -448,9 +539,8 @@ impl Backend for MemoryBackend {
         material: PrivateKeyMaterial,
         purpose: KeyPurpose,
     ) -> BackendFuture<KeyObject> {
-        let _ = purpose;
         self.call(move |s| {
-            let key = import_key(&material, label)?;
+            let key = import_key(&material, label, purpose)?;
             drop(material); // zeroizes
             let id = fresh_id(s);
             let obj = object(&id, &key);
@@ -459,8 +549,9 @@ impl Backend for MemoryBackend {
         })
     }
 
+    /// Adopting states the purpose the key pair is used for from now on (a real token's
+    /// attributes were set by the tool that made it; this fake takes the caller's word).
     fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject> {
-        let _ = purpose;
         self.call(move |s| {
             let id = uri
                 .strip_prefix(URI_PREFIX)
@@ -470,8 +561,9 @@ impl Backend for MemoryBackend {
                 })?;
             let key = s
                 .keys
-                .get(&id)
+                .get_mut(&id)
                 .ok_or_else(|| BackendError::KeyNotFound(id.clone()))?;
+            key.purpose = purpose;
             Ok(object(&id, key))
         })
     }

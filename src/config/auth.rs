@@ -26,6 +26,12 @@
 //! operations = ["dpop"]
 //! htu_prefix = ["https://as.example.com/"]
 //! [[caller]]
+//! identity = "spiffe://example.org/rp"
+//! keys = ["rp-enc"]
+//! operations = ["decrypt"]                 # JWEs (encrypted ID tokens, JARM, userinfo)
+//! jwe_algs = ["RSA-OAEP-256"]              # optional: narrow the key-management algs
+//! jwe_encs = ["A256GCM"]                   # optional: narrow the content encryptions
+//! [[caller]]
 //! identity = "spiffe://example.org/ops"
 //! admin = true                             # key administration; keys default to all
 //!
@@ -42,6 +48,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::jose::{JweAlg, JweEnc};
 use crate::policy::{Operation, Rate};
 use crate::tls::IdentityKind;
 
@@ -106,7 +113,7 @@ pub struct CallerConfig {
     /// Key-name patterns (`*` wildcard).
     #[serde(default)]
     pub keys: Option<Vec<String>>,
-    /// Signing operations: jws, raw, id-token, jar, client-assertion, dpop, tls.
+    /// Operations: jws, raw, id-token, jar, client-assertion, dpop, tls (signing), decrypt.
     #[serde(default)]
     pub operations: Vec<String>,
     /// Key administration (create, import, adopt, rotate, activate, retire, destroy).
@@ -120,6 +127,12 @@ pub struct CallerConfig {
     pub client_id: Option<Vec<String>>,
     /// Allowed DPoP `htu` prefixes.
     pub htu_prefix: Option<Vec<String>>,
+    /// JWE key-management algs the rule lets its callers decrypt (`RSA-OAEP-256`, …);
+    /// absent: any the key serves. Only with `decrypt`.
+    pub jwe_algs: Option<Vec<String>>,
+    /// JWE content encryptions the rule lets its callers decrypt (`A256GCM`, …); absent: any.
+    /// Only with `decrypt`.
+    pub jwe_encs: Option<Vec<String>>,
     /// Rate limit for what this rule allows, e.g. `"100/s"`.
     pub rate: Option<String>,
 }
@@ -289,6 +302,7 @@ pub fn validate(
                 ));
             }
         }
+        jwe_lists(c, &ops, &f, &mut out);
         if let Some(r) = &c.rate
             && let Err(m) = Rate::parse(r)
         {
@@ -324,6 +338,51 @@ pub fn validate(
         ));
     }
     out
+}
+
+/// Check a rule's `jwe_algs` and `jwe_encs`: known names, not empty, and only on a rule that
+/// decrypts.
+fn jwe_lists(
+    c: &CallerConfig,
+    ops: &[Operation],
+    f: &dyn Fn(&str) -> String,
+    out: &mut Vec<Problem>,
+) {
+    let algs = JweAlg::ALL.map(JweAlg::name).join(", ");
+    let encs = JweEnc::ALL.map(JweEnc::name).join(", ");
+    for (name, list, known, valid) in [
+        (
+            "jwe_algs",
+            &c.jwe_algs,
+            &algs,
+            (|s: &str| JweAlg::parse(s).is_some()) as fn(&str) -> bool,
+        ),
+        ("jwe_encs", &c.jwe_encs, &encs, |s: &str| {
+            JweEnc::parse(s).is_some()
+        }),
+    ] {
+        let Some(list) = list else { continue };
+        if list.is_empty() {
+            out.push(problem(
+                f(name),
+                "an empty list allows nothing; remove the field to allow any",
+            ));
+        }
+        for (j, v) in list.iter().enumerate() {
+            if !valid(v) {
+                out.push(problem(
+                    format!("{}[{j}]", f(name)),
+                    format!("unknown {v:?}; expected one of {known}"),
+                ));
+            }
+        }
+        if !ops.contains(&Operation::Decrypt) {
+            out.push(problem(
+                f(name),
+                "has no effect: the rule's operations do not include decrypt",
+            ));
+        }
+    }
 }
 
 /// Checks that look outside the file: certificates parse, the TLS key is private, the

@@ -39,6 +39,9 @@ pub struct Config {
     /// Signing limits and checks.
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Decryption limits.
+    #[serde(default)]
+    pub decryption: DecryptionConfig,
     /// Who may do what (`[[caller]]` rules); none means nobody may call.
     #[serde(default, rename = "caller")]
     pub callers: Vec<CallerConfig>,
@@ -143,6 +146,31 @@ impl Default for SigningConfig {
             quarantine_probe_ms: default_quarantine_probe_ms(),
         }
     }
+}
+
+/// The largest `[decryption] max_jwe_bytes` accepted (as for `[signing] max_payload_bytes`).
+const MAX_JWE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// `[decryption]`: limits of JWE decryption (`DecryptJwe`, `sigild decrypt`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptionConfig {
+    /// Largest compact JWE accepted, bytes; a longer one is refused before it is parsed (and
+    /// answered like every other JWE that cannot be decrypted).
+    #[serde(default = "default_max_jwe")]
+    pub max_jwe_bytes: usize,
+}
+
+impl Default for DecryptionConfig {
+    fn default() -> Self {
+        DecryptionConfig {
+            max_jwe_bytes: default_max_jwe(),
+        }
+    }
+}
+
+fn default_max_jwe() -> usize {
+    1024 * 1024
 }
 
 fn default_concurrency() -> usize {
@@ -342,6 +370,12 @@ impl Config {
         }
         if self.signing.timeout_ms == 0 {
             return Err(invalid("signing.timeout_ms", "must be at least 1".into()));
+        }
+        if !(256..=MAX_JWE_LIMIT).contains(&self.decryption.max_jwe_bytes) {
+            return Err(invalid(
+                "decryption.max_jwe_bytes",
+                format!("must be between 256 and {MAX_JWE_LIMIT}"),
+            ));
         }
         if self.signing.quarantine_probe_ms == 0 {
             return Err(invalid(

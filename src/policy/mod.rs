@@ -15,6 +15,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use crate::jose::{JweAlg, JweEnc};
+
 pub use rate::{Rate, RateLimiter};
 
 /// How a caller reached the daemon; decides which rules can match it.
@@ -103,6 +105,9 @@ pub enum Operation {
     /// A TLS handshake signature; served by the raw signing call, so a rule naming `tls`
     /// allows raw signing.
     Tls,
+    /// Decrypting a compact JWE with an encryption key (the rule's `jwe_algs` / `jwe_encs`
+    /// narrow which ones).
+    Decrypt,
     /// Create, import, adopt, rotate, activate, retire, destroy (`admin = true` in config).
     Admin,
     /// List keys, show a key, the JWKS: public material; any caller with a rule may read.
@@ -111,7 +116,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation a `[[caller]]` rule may list in `operations`.
-    pub const CONFIGURABLE: [Operation; 7] = [
+    pub const CONFIGURABLE: [Operation; 8] = [
         Operation::Jws,
         Operation::Raw,
         Operation::IdToken,
@@ -119,6 +124,7 @@ impl Operation {
         Operation::ClientAssertion,
         Operation::Dpop,
         Operation::Tls,
+        Operation::Decrypt,
     ];
 
     /// The config / audit name.
@@ -131,6 +137,7 @@ impl Operation {
             Operation::ClientAssertion => "client-assertion",
             Operation::Dpop => "dpop",
             Operation::Tls => "tls",
+            Operation::Decrypt => "decrypt",
             Operation::Admin => "admin",
             Operation::Read => "read",
         }
@@ -158,7 +165,11 @@ impl Operation {
     fn has_claims(self) -> bool {
         !matches!(
             self,
-            Operation::Raw | Operation::Tls | Operation::Admin | Operation::Read
+            Operation::Raw
+                | Operation::Tls
+                | Operation::Decrypt
+                | Operation::Admin
+                | Operation::Read
         )
     }
 }
@@ -258,6 +269,11 @@ pub struct Rule {
     pub client_id: Option<Vec<String>>,
     /// Allowed prefixes of a DPoP proof's `htu` (None = any).
     pub htu_prefix: Option<Vec<String>>,
+    /// JWE key-management algs this rule lets its callers decrypt (None = any the key
+    /// serves; a key only ever decrypts its own alg).
+    pub jwe_algs: Option<Vec<JweAlg>>,
+    /// JWE content encryptions this rule lets its callers decrypt (None = any).
+    pub jwe_encs: Option<Vec<JweEnc>>,
     /// This rule's own rate limit, shared by every request it allows.
     pub rate: Option<Rate>,
 }
@@ -275,6 +291,12 @@ impl Rule {
         };
         // Reading the (public) key list needs no key match; everything else does.
         op_ok && (op == Operation::Read || self.keys.iter().any(|k| k.matches(key)))
+    }
+
+    /// Whether the rule lets its callers decrypt a JWE of `alg` and `enc`.
+    pub fn allows_jwe(&self, alg: JweAlg, enc: JweEnc) -> bool {
+        self.jwe_algs.as_ref().is_none_or(|a| a.contains(&alg))
+            && self.jwe_encs.as_ref().is_none_or(|e| e.contains(&enc))
     }
 
     /// Whether the rule restricts content that `op`'s tokens carry.
@@ -586,6 +608,32 @@ impl Policy {
             op: req.op,
             key: req.key.to_owned(),
         }))
+    }
+
+    /// The late check of a decryption, once the JWE's header is known: the first of the
+    /// caller's rules that covers `decrypt` on `key` and allows `alg` and `enc`. `None` when
+    /// no rule does; the service answers that like every other rejected JWE (the header's
+    /// algorithms are the sender's choice, and the caller learns nothing more from a refusal
+    /// that names them). In-process callers are not subject to policy.
+    pub fn evaluate_jwe(
+        &self,
+        caller: &Caller,
+        key: &str,
+        alg: JweAlg,
+        enc: JweEnc,
+    ) -> Option<Grant> {
+        if caller.via == Via::InProcess {
+            return Some(Grant(None));
+        }
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| {
+                r.who.as_ref().is_some_and(|w| w.matches(caller))
+                    && r.covers(Operation::Decrypt, key)
+                    && r.allows_jwe(alg, enc)
+            })
+            .map(|(i, _)| Grant(Some(i)))
     }
 
     /// Take one token from the granting rule's bucket and the key's bucket. `now` is a

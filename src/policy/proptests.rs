@@ -54,6 +54,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         Operation::ClientAssertion,
         Operation::Dpop,
         Operation::Tls,
+        Operation::Decrypt,
         Operation::Admin,
         Operation::Read,
     ])
@@ -100,6 +101,8 @@ fn rule() -> impl Strategy<Value = Rule> {
                 aud,
                 client_id,
                 htu_prefix,
+                jwe_algs: None,
+                jwe_encs: None,
                 rate: None,
             },
         )

@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::audit::AuditError;
 use crate::backend::BackendError;
-use crate::jose::{JoseError, KeyAlg};
+use crate::jose::{JoseError, JweAlg, JweEnc, KeyAlg};
 use crate::keyring::KeyringError;
 use crate::policy::PolicyError;
 
@@ -161,6 +161,22 @@ pub enum Error {
     /// With `audit.fail_closed`, a signature whose record could not be written is withheld.
     #[error("audit record not written; signature withheld (audit.fail_closed)")]
     AuditNotWritten(#[source] AuditError),
+    /// A JWE that cannot be decrypted with the key, for whatever reason (see
+    /// [`UNDECRYPTABLE`]): the caller always gets the same message, the log the reason.
+    #[error("the JWE cannot be decrypted with this key: {reason}")]
+    Undecryptable {
+        /// Why, for the log and the audit record only; never shown to the caller.
+        reason: String,
+    },
+    /// A name in a decryption request's own `allowed_algs` or `allowed_encs` that is no JWE
+    /// alg or enc: the caller's mistake about its own request, said plainly.
+    #[error("{field}: unknown name {name:?}")]
+    UnknownJweName {
+        /// The request field.
+        field: &'static str,
+        /// The name given.
+        name: String,
+    },
     /// The system random number generator failed (jti values). `getrandom::Error` is not a
     /// `std::error::Error` without the crate's `std` feature, so it is shown, not chained.
     #[error("the system random number generator failed: {0}")]
@@ -177,9 +193,11 @@ impl Error {
             Error::Jose(e) => jose_kind(e),
             Error::Backend(e) => backend_kind(e),
             Error::Unsupported { .. } => ErrorKind::FailedPrecondition,
-            Error::TooLarge { .. } | Error::NotAnObject { .. } | Error::InvalidJson { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            Error::TooLarge { .. }
+            | Error::NotAnObject { .. }
+            | Error::InvalidJson { .. }
+            | Error::Undecryptable { .. }
+            | Error::UnknownJweName { .. } => ErrorKind::InvalidArgument,
             // A passed deadline is UNAVAILABLE like a device that missed it, so the one code
             // table keeps its kinds; the caller's own stack reports DEADLINE_EXCEEDED anyway.
             Error::Timeout { .. }
@@ -200,7 +218,9 @@ impl Error {
             | Error::DeadlinePassed
             | Error::TooLarge { .. }
             | Error::NotAnObject { .. }
-            | Error::InvalidJson { .. } => false,
+            | Error::InvalidJson { .. }
+            | Error::Undecryptable { .. }
+            | Error::UnknownJweName { .. } => false,
             Error::Keyring(e) => keyring_fault(e),
             Error::Jose(e) => jose_fault(e),
             Error::Backend(e) => backend_fault(e),
@@ -211,6 +231,13 @@ impl Error {
             | Error::AuditNotWritten(_)
             | Error::Random(_) => true,
         }
+    }
+
+    /// Whether the caller's message carries the request id: for faults on the daemon's side
+    /// (to quote to an operator), and for a JWE that cannot be decrypted, whose reason is only
+    /// in the log under that id.
+    pub fn shows_request_id(&self) -> bool {
+        self.is_fault() || matches!(self, Error::Undecryptable { .. })
     }
 
     /// The caller-facing sentence: what happened, in terms the caller can act on. Stable for a
@@ -250,6 +277,16 @@ impl Error {
                                           signature was withheld (audit.fail_closed)"
                 .into(),
             Error::Random(_) => "internal error: the random number generator failed".into(),
+            // One sentence for every reason: which check failed is never the caller's to know.
+            Error::Undecryptable { .. } => UNDECRYPTABLE.into(),
+            Error::UnknownJweName { field, name } => {
+                let known = if *field == "allowed_algs" {
+                    JweAlg::ALL.map(JweAlg::name).join(", ")
+                } else {
+                    JweEnc::ALL.map(JweEnc::name).join(", ")
+                };
+                format!("{field}: unknown name {name:?}; expected one of {known}")
+            }
         }
     }
 
@@ -274,6 +311,9 @@ impl Error {
         }
     }
 }
+
+/// What a caller is told about every JWE that cannot be decrypted, whatever the reason.
+pub const UNDECRYPTABLE: &str = "the JWE cannot be decrypted with this key";
 
 /// An error and its causes joined by `": "`: what the log shows.
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));

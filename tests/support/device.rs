@@ -113,12 +113,107 @@ pub const OFFERED: [AlgCase; 8] = [
     },
 ];
 
+/// One decryption alg (with its RSA size or curve) sigild offers, as the suite creates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecryptCase {
+    /// Key name the suite gives it (also how [`Capabilities::lacks_decrypt`] names it).
+    pub key: &'static str,
+    /// JWE key-management alg.
+    pub alg: &'static str,
+    /// RSA modulus size (0 = sigild's default, 2048); 0 for EC.
+    pub rsa_bits: u32,
+    /// Curve of an ECDH key (`P-256`, `P-384`); empty for RSA.
+    pub curve: &'static str,
+}
+
+impl DecryptCase {
+    /// Whether the key is RSA (RSA-OAEP, RSA-OAEP-256) rather than EC (ECDH-ES).
+    pub fn is_rsa(&self) -> bool {
+        self.alg.starts_with("RSA")
+    }
+
+    /// The key type sigild reports for a key of this case (`KeyVersion.key_type`).
+    pub fn key_type(&self) -> String {
+        if self.is_rsa() {
+            format!(
+                "RSA-{}",
+                if self.rsa_bits == 0 {
+                    2048
+                } else {
+                    self.rsa_bits
+                }
+            )
+        } else {
+            format!("EC {}", self.curve)
+        }
+    }
+
+    /// Whether a refusal message names this case: the JWE alg or the key type it needs.
+    pub fn named_in(&self, msg: &str) -> bool {
+        msg.contains(self.alg) || msg.contains(&self.key_type())
+    }
+}
+
+/// Every decryption alg (and RSA size, curve) sigild offers. Each device either decrypts with
+/// each of them or lists it in [`Capabilities::lacks_decrypt`].
+pub const DECRYPT_OFFERED: [DecryptCase; 6] = [
+    DecryptCase {
+        key: "rsa-oaep-256",
+        alg: "RSA-OAEP-256",
+        rsa_bits: 0,
+        curve: "",
+    },
+    DecryptCase {
+        key: "rsa-oaep",
+        alg: "RSA-OAEP",
+        rsa_bits: 0,
+        curve: "",
+    },
+    DecryptCase {
+        key: "rsa-oaep-256-3072",
+        alg: "RSA-OAEP-256",
+        rsa_bits: 3072,
+        curve: "",
+    },
+    DecryptCase {
+        key: "ecdh-es-p256",
+        alg: "ECDH-ES",
+        rsa_bits: 0,
+        curve: "P-256",
+    },
+    DecryptCase {
+        key: "ecdh-es-a128kw-p256",
+        alg: "ECDH-ES+A128KW",
+        rsa_bits: 0,
+        curve: "P-256",
+    },
+    DecryptCase {
+        key: "ecdh-es-a256kw-p384",
+        alg: "ECDH-ES+A256KW",
+        rsa_bits: 0,
+        curve: "P-384",
+    },
+];
+
+/// What a device's own tool shows of a private key's permitted operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAttributes {
+    /// PKCS#11: the usage flags pkcs11-tool prints for the private key object (`decrypt`,
+    /// `sign`, `unwrap`, `derive` …).
+    Pkcs11Usage(std::collections::BTreeSet<String>),
+    /// PIV: the slot the key is in (a key-management slot, 9d or 82–95, is for decryption).
+    PivSlot(String),
+}
+
 /// What a device can do, as the suite asserts it.
 #[derive(Debug, Clone)]
 pub struct Capabilities {
     /// [`AlgCase::key`]s of the [`OFFERED`] cases the device cannot hold; sigild must refuse
     /// them with FAILED_PRECONDITION naming the algorithm.
     pub lacks: &'static [&'static str],
+    /// [`DecryptCase::key`]s of the [`DECRYPT_OFFERED`] cases the device cannot hold; sigild
+    /// must refuse them with FAILED_PRECONDITION naming the alg or key type.
+    pub lacks_decrypt: &'static [&'static str],
     /// Whether the device takes imported key material (else sigild must refuse import with
     /// FAILED_PRECONDITION).
     pub import: bool,
@@ -163,6 +258,22 @@ impl Capabilities {
     /// Whether the device signs with the case named `key`.
     pub fn has(&self, key: &str) -> bool {
         !self.lacks.contains(&key)
+    }
+
+    /// The offered decryption cases the device decrypts with, in [`DECRYPT_OFFERED`] order.
+    pub fn decrypt_supported(&self) -> Vec<DecryptCase> {
+        DECRYPT_OFFERED
+            .into_iter()
+            .filter(|c| !self.lacks_decrypt.contains(&c.key))
+            .collect()
+    }
+
+    /// The offered decryption cases the device lacks.
+    pub fn decrypt_lacking(&self) -> Vec<DecryptCase> {
+        DECRYPT_OFFERED
+            .into_iter()
+            .filter(|c| self.lacks_decrypt.contains(&c.key))
+            .collect()
     }
 
     /// The first supported case among `keys`, in that order.
@@ -213,6 +324,10 @@ pub trait Fixture: Send + Sync {
     /// The RFC 7638 thumbprint of the public key that the device's own tool reads at `uri`
     /// (computed by jwcrypto); `None` when the tool finds no key there.
     fn public_kid(&self, uri: &str) -> TestResult<Option<String>>;
+
+    /// What the device's own tool shows of the permitted operations of the private key at
+    /// `uri`.
+    fn key_attributes(&self, uri: &str) -> TestResult<KeyAttributes>;
 
     /// Make the device's keys unreachable (objects vanish, card pulled).
     fn fault(&self) -> TestResult;
@@ -384,6 +499,36 @@ impl Pkcs11Tool {
         format!("pkcs11:token={};id=%e1;type=private", self.label)
     }
 
+    /// The usage flags pkcs11-tool prints for the private key object whose `CKA_ID` the URI
+    /// names.
+    pub fn usage(&self, uri: &str) -> TestResult<KeyAttributes> {
+        let id = uri_id_hex(uri).ok_or_else(|| format!("no id in {uri}"))?;
+        let listing = self.run(&["--list-objects", "--type", "privkey"])?;
+        if !listing.status.success() {
+            return Err(format!("pkcs11-tool --list-objects: {}", output_text(&listing)).into());
+        }
+        let text = String::from_utf8_lossy(&listing.stdout);
+        let block = text
+            .split("Private Key Object")
+            .find(|block| {
+                block
+                    .lines()
+                    .any(|l| l.trim().strip_prefix("ID:").map(str::trim) == Some(id.as_str()))
+            })
+            .ok_or_else(|| format!("no private key with id {id}:\n{text}"))?;
+        let usage = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Usage:"))
+            .ok_or_else(|| format!("no Usage line for id {id}:\n{block}"))?;
+        Ok(KeyAttributes::Pkcs11Usage(
+            usage
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty() && u != "none")
+                .collect(),
+        ))
+    }
+
     /// Thumbprint of the public key object whose `CKA_ID` the URI names; `None` when neither
     /// half of the key pair is on the token, an error when only one half is.
     pub fn public_kid(&self, uri: &str) -> TestResult<Option<String>> {
@@ -492,6 +637,7 @@ pub async fn softhsm() -> TestResult<Device> {
         "softhsm",
         Capabilities {
             lacks: &[],
+            lacks_decrypt: &[],
             import: true,
             fault: FaultModel::Running {
                 // The token's objects vanish: depending on what the daemon was doing, the key
@@ -541,6 +687,10 @@ impl Fixture for SoftHsm {
         self.tool.public_kid(uri)
     }
 
+    fn key_attributes(&self, uri: &str) -> TestResult<KeyAttributes> {
+        self.tool.usage(uri)
+    }
+
     /// The token's objects vanish (a storage fault, a partition being restored).
     fn fault(&self) -> TestResult {
         let dir = self.token_dir()?;
@@ -583,16 +733,18 @@ pub struct Yubikey {
 /// features); PIV import is refused by sigild (imported keys cannot be attested).
 #[cfg(feature = "yubikey")]
 pub async fn yubikey_5_7_1() -> TestResult<Device> {
-    yubikey("yubikey-5.7.1", "5.7.1", &[]).await
+    yubikey("yubikey-5.7.1", "5.7.1", &[], &[]).await
 }
 
-/// A virtual YubiKey with firmware 5.4.3: no Ed25519 and no RSA above 2048 bits before 5.7.
+/// A virtual YubiKey with firmware 5.4.3: no Ed25519 and no RSA above 2048 bits before 5.7
+/// (for decryption too).
 #[cfg(feature = "yubikey")]
 pub async fn yubikey_5_4_3() -> TestResult<Device> {
     yubikey(
         "yubikey-5.4.3",
         "5.4.3",
         &["ps256-3072", "ps384-4096", "eddsa", "ed25519"],
+        &["rsa-oaep-256-3072"],
     )
     .await
 }
@@ -602,6 +754,7 @@ async fn yubikey(
     name: &'static str,
     firmware: &str,
     lacks: &'static [&'static str],
+    lacks_decrypt: &'static [&'static str],
 ) -> TestResult<Device> {
     let guard = super::yubikey::serial_guard().await;
     let card = super::yubikey::VirtualCard::start(firmware, &[])?;
@@ -609,6 +762,7 @@ async fn yubikey(
         name,
         Capabilities {
             lacks,
+            lacks_decrypt,
             import: false,
             fault: FaultModel::Running {
                 codes: &[tonic::Code::Unavailable],
@@ -704,6 +858,11 @@ impl Fixture for Yubikey {
         spki_thumbprint(&out.stdout).map(Some)
     }
 
+    fn key_attributes(&self, uri: &str) -> TestResult<KeyAttributes> {
+        let slot = uri_slot(uri).ok_or_else(|| format!("no slot in {uri}"))?;
+        Ok(KeyAttributes::PivSlot(slot.to_owned()))
+    }
+
     /// "Pull the card": the emulator stops and pcscd sees the reader empty.
     fn fault(&self) -> TestResult {
         self.card.remove()
@@ -731,7 +890,8 @@ pub struct Ock {
     tool: Pkcs11Tool,
 }
 
-/// openCryptoki 3.8.1's soft token: RSA only (no EC or EdDSA mechanisms), import included.
+/// openCryptoki 3.8.1's soft token: RSA only (no EC or EdDSA mechanisms, so no ECDH either),
+/// import included.
 pub async fn opencryptoki() -> TestResult<Device> {
     let token = super::ock::OckToken::start()?;
     let tool = Pkcs11Tool {
@@ -744,6 +904,7 @@ pub async fn opencryptoki() -> TestResult<Device> {
         "opencryptoki",
         Capabilities {
             lacks: &["es256", "es384", "eddsa", "ed25519"],
+            lacks_decrypt: &["ecdh-es-p256", "ecdh-es-a128kw-p256", "ecdh-es-a256kw-p384"],
             import: true,
             fault: FaultModel::AtStart,
         },
@@ -784,6 +945,10 @@ impl Fixture for Ock {
 
     fn public_kid(&self, uri: &str) -> TestResult<Option<String>> {
         self.tool.public_kid(uri)
+    }
+
+    fn key_attributes(&self, uri: &str) -> TestResult<KeyAttributes> {
+        self.tool.usage(uri)
     }
 
     /// pkcsslotd stops (token data and configuration stay): the module cannot initialise.

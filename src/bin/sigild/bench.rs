@@ -145,6 +145,8 @@ pub(crate) fn for_benchmark(config: &mut Config) {
         aud: None,
         client_id: None,
         htu_prefix: None,
+        jwe_algs: None,
+        jwe_encs: None,
         rate: None,
     };
     config.callers = vec![everything(true, None)];
