@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::memory::MemoryBackend;
+use crate::jose::JweAlg;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -683,4 +684,148 @@ fn records_of_older_releases_have_generation_zero() -> Result<(), serde_json::Er
     let json = r#"{"format":1,"name":"idp","version":1,"state":"active","alg":"EdDSA","fapi2":false,"key_id":"00","origin":"generated","created_at":0}"#;
     assert_eq!(serde_json::from_str::<VersionRecord>(json)?.generation, 0);
     Ok(())
+}
+
+#[tokio::test]
+async fn decryption_keys_publish_use_enc_and_never_sign() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    let p384 = KeySize {
+        rsa_bits: 0,
+        curve: Some(Curve::P384),
+    };
+    k.create("enc", JweAlg::EcdhEsA256Kw.into(), p384, true, NOW)
+        .await?;
+    k.create("sig", Alg::Es256.into(), KeySize::default(), false, NOW)
+        .await?;
+    let enc = k.active("enc")?;
+    assert_eq!(enc.purpose(), KeyPurpose::Decrypt);
+    assert_eq!(enc.kind, KeyKind::Ec(Curve::P384));
+    let jwks = k.jwks()?;
+    let entry = |kid: &str| {
+        jwks["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|e| e["kid"] == kid).cloned())
+    };
+    let e = entry(&enc.kid).ok_or("enc key missing from the JWKS")?;
+    assert_eq!(
+        (e["use"].as_str(), e["alg"].as_str(), e["crv"].as_str()),
+        (Some("enc"), Some("ECDH-ES+A256KW"), Some("P-384"))
+    );
+    let s = entry(&k.active("sig")?.kid).ok_or("sig key missing from the JWKS")?;
+    assert_eq!(
+        (s["use"].as_str(), s["alg"].as_str()),
+        (Some("sig"), Some("ES256"))
+    );
+    // A decryption key never reaches the signing path.
+    assert!(matches!(
+        k.signing("enc"),
+        Err(KeyringError::WrongPurpose {
+            purpose: KeyPurpose::Decrypt,
+            ..
+        })
+    ));
+    assert_eq!(k.signing("sig")?.1, Alg::Es256);
+    // The purpose and the curve survive a reload from the records.
+    let r = reloaded(&backend).await?;
+    assert_eq!(as_recorded(&r.list()?), as_recorded(&k.list()?));
+    assert_eq!(r.active("enc")?.alg, KeyAlg::Decrypt(JweAlg::EcdhEsA256Kw));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_keeps_its_purpose_and_curve_across_rotations() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    let p384 = KeySize {
+        rsa_bits: 0,
+        curve: Some(Curve::P384),
+    };
+    k.create("enc", JweAlg::EcdhEs.into(), p384, false, NOW)
+        .await?;
+    // Another purpose is refused, whatever the alg.
+    for alg in [KeyAlg::Sign(Alg::Es384), KeyAlg::Sign(Alg::EdDsa)] {
+        assert!(matches!(
+            k.rotate("enc", Some(alg), KeySize::default(), NOW).await,
+            Err(KeyringError::PurposeChange { .. })
+        ));
+    }
+    k.create("sig", Alg::Es256.into(), KeySize::default(), false, NOW)
+        .await?;
+    assert!(matches!(
+        k.rotate("sig", Some(JweAlg::EcdhEs.into()), KeySize::default(), NOW)
+            .await,
+        Err(KeyringError::PurposeChange { .. })
+    ));
+    assert_eq!(k.get("enc")?.versions.len(), 1);
+    // Without a curve the new version keeps the key's; another JWE alg of the same purpose is
+    // allowed.
+    let key = k.rotate("enc", None, KeySize::default(), NOW + 1).await?;
+    assert_eq!(key.versions[1].kind, KeyKind::Ec(Curve::P384));
+    let key = k
+        .rotate(
+            "enc",
+            Some(JweAlg::EcdhEsA128Kw.into()),
+            KeySize::default(),
+            NOW + 2,
+        )
+        .await?;
+    assert_eq!(key.versions[2].alg, KeyAlg::Decrypt(JweAlg::EcdhEsA128Kw));
+    assert_eq!(key.versions[2].kind, KeyKind::Ec(Curve::P384));
+    assert_eq!(
+        states(&key),
+        [KeyState::Active, KeyState::Next, KeyState::Next]
+    );
+    assert_invariants(&k)?;
+    Ok(())
+}
+
+#[test]
+fn kinds_for_decryption_algs_and_curves() {
+    let size = |rsa_bits, curve| KeySize { rsa_bits, curve };
+    let enc = |a: JweAlg| KeyAlg::Decrypt(a);
+    assert_eq!(
+        kind_for(enc(JweAlg::EcdhEs), size(0, None)).ok(),
+        Some(KeyKind::Ec(Curve::P256))
+    );
+    assert_eq!(
+        kind_for(enc(JweAlg::EcdhEsA256Kw), size(0, Some(Curve::P384))).ok(),
+        Some(KeyKind::Ec(Curve::P384))
+    );
+    assert_eq!(
+        kind_for(enc(JweAlg::RsaOaep256), size(3072, None)).ok(),
+        Some(KeyKind::Rsa { bits: 3072 })
+    );
+    assert_eq!(
+        kind_for(enc(JweAlg::RsaOaep), size(0, None)).ok(),
+        Some(KeyKind::Rsa { bits: 2048 })
+    );
+    assert!(matches!(
+        kind_for(enc(JweAlg::RsaOaep256), size(1024, None)),
+        Err(KeyringError::UnsupportedKeySize(1024))
+    ));
+    // A curve where the alg fixes another one, or takes none, is refused rather than ignored.
+    for (alg, curve) in [
+        (KeyAlg::Sign(Alg::Es256), Curve::P384),
+        (KeyAlg::Sign(Alg::Es384), Curve::P256),
+        (KeyAlg::Sign(Alg::EdDsa), Curve::P256),
+        (enc(JweAlg::RsaOaep256), Curve::P256),
+    ] {
+        assert!(
+            matches!(
+                kind_for(alg, size(0, Some(curve))),
+                Err(KeyringError::CurveMismatch { .. })
+            ),
+            "{alg} on {curve:?}"
+        );
+    }
+    assert_eq!(
+        kind_for(KeyAlg::Sign(Alg::Es384), size(0, Some(Curve::P384))).ok(),
+        Some(KeyKind::Ec(Curve::P384))
+    );
+    assert_eq!(parse_curve("P-384").ok(), Some(Curve::P384));
+    assert!(matches!(
+        parse_curve("secp256k1"),
+        Err(KeyringError::UnknownCurve(_))
+    ));
 }

@@ -760,6 +760,70 @@ mod tests {
     }
 
     #[test]
+    fn ecdh_agrees_with_ring_and_purposes_are_kept() -> Result<(), BackendError> {
+        use ring::agreement;
+        let b = MemoryBackend::new();
+        for (curve, ring_alg) in [
+            (Curve::P256, &agreement::ECDH_P256),
+            (Curve::P384, &agreement::ECDH_P384),
+        ] {
+            let kind = KeyKind::Ec(curve);
+            let enc = block_on(b.generate(KeySpec {
+                kind,
+                label: "enc".into(),
+                purpose: KeyPurpose::Decrypt,
+            }))?;
+            // The other party: an ephemeral key of ring's.
+            let rng = SystemRandom::new();
+            let eph = agreement::EphemeralPrivateKey::generate(ring_alg, &rng)
+                .map_err(|_| BackendError::Malformed("ring".into()))?;
+            let eph_pub = eph
+                .compute_public_key()
+                .map_err(|_| BackendError::Malformed("ring".into()))?;
+            let peer = super::super::import::ec_point(curve, eph_pub.as_ref())
+                .map_err(BackendError::Malformed)?;
+            let z = block_on(b.decrypt(&enc.id, kind, DecryptOp::Ecdh { peer }, Instant::now()))?;
+            let PublicKey::Ec { x, y, .. } = &enc.public else {
+                return Err(BackendError::Malformed("not EC".into()));
+            };
+            let ours = [&[0x04][..], x, y].concat();
+            let theirs = agreement::agree_ephemeral(
+                eph,
+                &agreement::UnparsedPublicKey::new(ring_alg, &ours),
+                |z| z.to_vec(),
+            )
+            .map_err(|_| BackendError::Malformed("ring agreement".into()))?;
+            assert_eq!(z.expose(), theirs.as_slice());
+            assert_eq!(z.expose().len(), curve.field_len());
+            // An encryption key never signs.
+            let r = block_on(b.sign(
+                &enc.id,
+                kind,
+                SignOp::Ecdsa {
+                    digest: vec![0; 32],
+                },
+                Instant::now(),
+            ));
+            assert!(matches!(r, Err(BackendError::InvalidRequest(_))), "{r:?}");
+        }
+        // A signing key never decrypts.
+        let sig = block_on(b.generate(KeySpec {
+            kind: KeyKind::Ec(Curve::P256),
+            label: "sig".into(),
+            purpose: KeyPurpose::Sign,
+        }))?;
+        let peer = sig.public.clone();
+        let r = block_on(b.decrypt(
+            &sig.id,
+            KeyKind::Ec(Curve::P256),
+            DecryptOp::Ecdh { peer },
+            Instant::now(),
+        ));
+        assert!(matches!(r, Err(BackendError::InvalidRequest(_))), "{r:?}");
+        Ok(())
+    }
+
+    #[test]
     fn injected_faults_fire_once() -> Result<(), BackendError> {
         let b = MemoryBackend::new();
         let put = |label: &str| {

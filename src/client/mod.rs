@@ -1,8 +1,8 @@
 //! The client side of sigild's gRPC API, for applications whose private keys live behind a
 //! sigild daemon: how to reach the daemon ([`Connection`]: mutual TLS, Unix socket, or plaintext
 //! on loopback), a thin typed [`Client`] for every RPC, a rustls signer whose private-key
-//! operation is a `SignRaw` call ([`SigildSigningKey`]), and the certificate and DPoP helpers
-//! a FAPI client needs.
+//! operation is a `SignRaw` call ([`SigildSigningKey`]), the certificate and DPoP helpers
+//! a FAPI client needs, and JWE decryption with a check of nested tokens ([`verify_nested`]).
 //!
 //! Built by the `client` feature, which pulls in neither `cryptoki` nor `yubikey`: this module
 //! may depend on the generated [`crate::api::pb`] types, on the pure [`crate::jose`] and
@@ -11,6 +11,7 @@
 //! keeps the daemon's gRPC status code.
 
 mod cert;
+mod decrypt;
 mod dpop;
 mod signer;
 
@@ -19,12 +20,14 @@ use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
 use crate::api::pb;
+use crate::api::pb::decryption_service_client::DecryptionServiceClient;
 use crate::api::pb::key_service_client::KeyServiceClient;
 use crate::api::pb::signing_service_client::SigningServiceClient;
 
 type Result<T> = std::result::Result<T, ClientError>;
 
 pub use cert::{HandshakeReport, csr_pem, handshake_check, parse_subject};
+pub use decrypt::{Decrypted, NestedTokenError, VerifiedToken, verify_nested};
 pub use dpop::{DpopOutcome, DpopRequest, dpop_jkt, use_dpop_nonce, x5t_s256};
 pub use signer::{SigildSigningKey, SignerOptions, client_config, tls_schemes};
 
@@ -59,6 +62,9 @@ pub enum ClientError {
     /// The background signer thread is gone or did not answer in time.
     #[error("the sigild signer {0}")]
     Signer(&'static str),
+    /// A decrypted nested token's inner JWS was not accepted.
+    #[error(transparent)]
+    NestedToken(#[from] NestedTokenError),
 }
 
 impl ClientError {
@@ -236,7 +242,7 @@ pub async fn unix_channel(path: &Path) -> std::result::Result<Channel, tonic::tr
         .await
 }
 
-/// A typed client for both sigild services over one channel. Cheap to clone (clones share the
+/// A typed client for the sigild services over one channel. Cheap to clone (clones share the
 /// channel); methods take `&self`.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -244,6 +250,8 @@ pub struct Client {
     keys: KeyServiceClient<Channel>,
     /// Signing.
     signing: SigningServiceClient<Channel>,
+    /// Decryption.
+    decryption: DecryptionServiceClient<Channel>,
 }
 
 impl Client {
@@ -259,7 +267,8 @@ impl Client {
     pub fn from_channel(channel: Channel) -> Client {
         Client {
             keys: KeyServiceClient::new(channel.clone()),
-            signing: SigningServiceClient::new(channel),
+            signing: SigningServiceClient::new(channel.clone()),
+            decryption: DecryptionServiceClient::new(channel),
         }
     }
 
@@ -541,6 +550,61 @@ impl Client {
             .sign_dpop_proof(req)
             .await?
             .into_inner())
+    }
+
+    /// `DecryptJwe`: decrypt a compact JWE with `key` (the version is chosen by the JWE's
+    /// `kid`). `allowed_algs` / `allowed_encs` narrow what this call accepts (empty: whatever
+    /// the key and the caller's rule allow).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`]: `INVALID_ARGUMENT` with one and the same message for every
+    /// JWE that cannot be decrypted (the daemon's log has the reason, under the request id in
+    /// the message); `PERMISSION_DENIED`, `FAILED_PRECONDITION` (a signing key), device faults.
+    pub async fn decrypt_jwe(
+        &self,
+        key: &str,
+        jwe: &[u8],
+        allowed_algs: &[&str],
+        allowed_encs: &[&str],
+    ) -> Result<Decrypted> {
+        let req = pb::DecryptJweRequest {
+            key: key.into(),
+            jwe: jwe.to_vec(),
+            allowed_algs: allowed_algs.iter().map(|a| (*a).to_owned()).collect(),
+            allowed_encs: allowed_encs.iter().map(|e| (*e).to_owned()).collect(),
+        };
+        let r = self.decryption.clone().decrypt_jwe(req).await?.into_inner();
+        Ok(Decrypted {
+            plaintext: zeroize::Zeroizing::new(r.plaintext),
+            protected_header: r.protected_header_json,
+            version: r.key_version,
+            kid: r.kid,
+            alg: r.alg,
+            enc: r.enc,
+        })
+    }
+
+    /// Decrypt a nested token — an encrypted ID token, JARM response, UserInfo response or
+    /// request object — through sigild, then verify its inner JWS against `jwks` (the
+    /// signer's JWK Set) with one of `jws_algs` (see [`verify_nested`]). Returns the verified
+    /// claims; checking `iss`, `aud`, `exp`, `nonce` is the caller's.
+    ///
+    /// # Errors
+    /// As for [`Client::decrypt_jwe`]; [`ClientError::NestedToken`] when the inner JWS is not
+    /// accepted.
+    pub async fn decrypt_nested(
+        &self,
+        key: &str,
+        jwe: &[u8],
+        allowed_algs: &[&str],
+        allowed_encs: &[&str],
+        jwks: &serde_json::Value,
+        jws_algs: &[crate::jose::Alg],
+    ) -> Result<VerifiedToken> {
+        let d = self
+            .decrypt_jwe(key, jwe, allowed_algs, allowed_encs)
+            .await?;
+        Ok(verify_nested(&d, jwks, jws_algs)?)
     }
 }
 

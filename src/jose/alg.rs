@@ -409,4 +409,43 @@ mod tests {
             Err(JoseError::AlgKeyMismatch { .. })
         ));
     }
+
+    #[test]
+    fn key_algs_name_their_purpose() -> Result<(), JoseError> {
+        for a in Alg::ALL {
+            assert_eq!(KeyAlg::parse(a.name())?, KeyAlg::Sign(a));
+            assert_eq!(KeyAlg::parse(a.name())?.purpose(), KeyPurpose::Sign);
+        }
+        for a in JweAlg::ALL {
+            let k = KeyAlg::parse(a.name())?;
+            assert_eq!(
+                (k, k.purpose(), k.name()),
+                (KeyAlg::Decrypt(a), KeyPurpose::Decrypt, a.name())
+            );
+            assert_eq!((k.sign_alg(), k.jwe_alg()), (None, Some(a)));
+        }
+        assert_eq!(KeyAlg::parse("none"), Err(JoseError::AlgNone));
+        // Never offered: RSA1_5 (padding oracle), dir and the shared-secret algs (no key pair).
+        for name in ["RSA1_5", "dir", "A128KW", "rsa-oaep-256", "HS256", ""] {
+            assert!(
+                matches!(
+                    KeyAlg::parse(name),
+                    Err(JoseError::UnsupportedKeyAlg { .. })
+                ),
+                "{name}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn decryption_algs_fit_their_key_kinds() {
+        let rsa = KeyKind::Rsa { bits: 2048 };
+        let p384 = KeyKind::Ec(Curve::P384);
+        assert!(KeyAlg::Decrypt(JweAlg::RsaOaep256).fits(rsa));
+        assert!(!KeyAlg::Decrypt(JweAlg::RsaOaep256).fits(p384));
+        assert!(KeyAlg::Decrypt(JweAlg::EcdhEsA256Kw).fits(p384));
+        assert!(!KeyAlg::Decrypt(JweAlg::EcdhEs).fits(KeyKind::Ed25519));
+        assert!(!KeyAlg::Decrypt(JweAlg::EcdhEs).fits(rsa));
+    }
 }

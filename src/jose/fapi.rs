@@ -82,6 +82,35 @@ pub fn check_fapi2(alg: Alg, kind: KeyKind) -> Result<(), JoseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jose::JweAlg;
+
+    #[test]
+    fn fapi_decryption_keys_need_rsa_2048_and_fitting_algs() {
+        let oaep = KeyAlg::Decrypt(JweAlg::RsaOaep256);
+        assert_eq!(
+            check_key_alg(oaep, KeyKind::Rsa { bits: 2048 }, true),
+            Ok(())
+        );
+        assert_eq!(
+            check_key_alg(oaep, KeyKind::Rsa { bits: 1024 }, true),
+            Err(JoseError::FapiKeyTooSmall { bits: 1024 })
+        );
+        // Outside FAPI mode the size rule is the keyring's (it only makes 2048 and up).
+        assert_eq!(
+            check_key_alg(oaep, KeyKind::Rsa { bits: 1024 }, false),
+            Ok(())
+        );
+        assert!(matches!(
+            check_key_alg(oaep, KeyKind::Ec(Curve::P256), false),
+            Err(JoseError::JweAlgKeyMismatch { .. })
+        ));
+        let ecdh = KeyAlg::Decrypt(JweAlg::EcdhEsA128Kw);
+        assert_eq!(check_key_alg(ecdh, KeyKind::Ec(Curve::P384), true), Ok(()));
+        assert_eq!(
+            check_key_alg(KeyAlg::Sign(Alg::Rs256), KeyKind::Rsa { bits: 2048 }, true),
+            Err(JoseError::FapiAlgNotAllowed { alg: Alg::Rs256 })
+        );
+    }
 
     #[test]
     fn fapi2_allow_deny_table() {

@@ -390,6 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn decryption_keys_are_published_for_encryption_with_their_alg() -> R {
+        let pk = public_key_from_jwk(&json!({
+            "kty": "EC", "crv": "P-256",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
+        }))?;
+        let entry = jwks_entry(&pk, "k1", crate::jose::JweAlg::EcdhEsA256Kw)?;
+        assert_eq!(
+            (&entry["use"], &entry["alg"]),
+            (&json!("enc"), &json!("ECDH-ES+A256KW"))
+        );
+        assert!(matches!(
+            jwks_entry(&pk, "k1", crate::jose::JweAlg::RsaOaep256),
+            Err(JoseError::JweAlgKeyMismatch { .. })
+        ));
+        assert_eq!(jwks_entry(&pk, "k1", Alg::Es256)?["use"], "sig");
+        Ok(())
+    }
+
+    #[test]
     fn jwks_dedupes_identical_and_refuses_conflicting_kids() -> R {
         let a = json!({"kty": "OKP", "crv": "Ed25519", "x": "AA", "kid": "k1"});
         let b = json!({"kty": "OKP", "crv": "Ed25519", "x": "AQ", "kid": "k2"});

@@ -281,3 +281,7 @@ impl Service {
             })
     }
 }
+
+#[cfg(test)]
+#[path = "decrypt_tests.rs"]
+mod tests;

@@ -94,6 +94,23 @@ pub enum Command {
         #[command(subcommand)]
         command: SignCommand,
     },
+    /// Decrypt a compact JWE read from stdin with an encryption key on a running daemon
+    /// (the key version is chosen by the JWE's kid). Prints exactly the plaintext bytes on
+    /// success; on failure nothing on stdout, the error on stderr, exit 1.
+    Decrypt {
+        /// Where the daemon is.
+        #[command(flatten)]
+        conn: Conn,
+        /// The encryption key's name.
+        #[arg(long)]
+        key: String,
+        /// Accept only these key-management algs (repeatable; default: the key's own).
+        #[arg(long = "alg")]
+        algs: Vec<String>,
+        /// Accept only these content encryptions (repeatable; default: any).
+        #[arg(long = "enc")]
+        encs: Vec<String>,
+    },
 }
 
 /// The endpoint of `sigild dev` on its default address.
@@ -475,6 +492,32 @@ pub enum SignCommand {
         #[arg(long)]
         nonce: Option<String>,
     },
+}
+
+/// `sigild decrypt`: the compact JWE on stdin (one trailing newline or other whitespace
+/// trimmed), the plaintext alone on stdout.
+///
+/// # Errors
+/// Unreadable stdin; the daemon's status (one message for every JWE it cannot decrypt).
+pub async fn decrypt_command(
+    conn: &Conn,
+    key: &str,
+    algs: &[String],
+    encs: &[String],
+) -> Result<(), CliError> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::Local(format!("stdin: {e}")))?;
+    let jwe = input.trim_ascii();
+    let client = sigild::client::Client::connect(&conn.connection()?).await?;
+    let algs: Vec<&str> = algs.iter().map(String::as_str).collect();
+    let encs: Vec<&str> = encs.iter().map(String::as_str).collect();
+    let d = client.decrypt_jwe(key, jwe, &algs, &encs).await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&d.plaintext)
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Local(format!("stdout: {e}")))
 }
 
 /// A CLI failure: printed to stderr, exit code 1 (2 for usage, which clap handles).

@@ -77,6 +77,12 @@ fn main() -> ExitCode {
             Command::Jwks { conn } => cli::jwks_command(&conn).await?,
             Command::Sign { conn, command } => cli::sign_command(&conn, command).await?,
             Command::Tls { conn, command } => cli::tls_command(&conn, command).await?,
+            Command::Decrypt {
+                conn,
+                key,
+                algs,
+                encs,
+            } => cli::decrypt_command(&conn, &key, &algs, &encs).await?,
         }
         Ok(())
     });
