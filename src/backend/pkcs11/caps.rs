@@ -3,12 +3,16 @@
 //! names the scheme and the missing mechanism when it does not (openCryptoki's soft token, for
 //! one, has no EC or EdDSA mechanisms at all).
 //!
-//! Owns: the mapping from key kinds and [`SignOp`]s to PKCS#11 mechanisms and the checks made
-//! before a request reaches the device. Schemes are named by their registered names (`ES256`,
+//! Owns: the mapping from key kinds, purposes and [`SignOp`]s to PKCS#11 mechanisms, the checks
+//! made before a request reaches the device, and the per-token decisions on how to decrypt that
+//! the mechanism list cannot settle ([`Decisions`]: OAEP on the device or on the host, the form
+//! of an ECDH peer point), made once by the first decryption and kept with the capabilities. Schemes are named by their registered names (`ES256`,
 //! `PS384`, `EdDSA` …) because those are what operators configure; nothing here depends on the
-//! JOSE layer. Never talks to the device after [`Capabilities::read`].
+//! JOSE layer. Never talks to the device after [`Capabilities::read`] (the decisions are probed
+//! by the backend's workers and only recorded here).
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
@@ -16,10 +20,10 @@ use cryptoki::mechanism::{MechanismInfo, MechanismType};
 use cryptoki::slot::Slot;
 
 use crate::backend::BackendError;
-use crate::crypto::{Curve, HashAlg, KeyKind, SignOp};
+use crate::crypto::{Curve, HashAlg, KeyKind, KeyPurpose, OaepHash, SignOp};
 
 /// Every mechanism sigild may use, looked up in the token's list.
-const USED: [MechanismType; 7] = [
+const USED: [MechanismType; 10] = [
     MechanismType::RSA_PKCS_KEY_PAIR_GEN,
     MechanismType::RSA_PKCS,
     MechanismType::RSA_PKCS_PSS,
@@ -27,6 +31,9 @@ const USED: [MechanismType; 7] = [
     MechanismType::ECDSA,
     MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
     MechanismType::EDDSA,
+    MechanismType::RSA_PKCS_OAEP,
+    MechanismType::RSA_X_509,
+    MechanismType::ECDH1_DERIVE,
 ];
 
 /// The signature schemes sigild signs with, by registered name, each with the key kind it is
@@ -85,6 +92,55 @@ enum Purpose {
     Generate,
     /// `CKF_SIGN`.
     Sign,
+    /// `CKF_DECRYPT`.
+    Decrypt,
+    /// `CKF_DERIVE`.
+    Derive,
+}
+
+/// How RSA-OAEP decryption with one hash is done on this token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OaepPath {
+    /// `CKM_RSA_PKCS_OAEP` on the device.
+    Device,
+    /// `CKM_RSA_X_509` on the device, OAEP decoded on the host.
+    Host,
+}
+
+/// How the token wants the peer's point in `CK_ECDH1_DERIVE_PARAMS.pPublicData`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PointForm {
+    /// The raw uncompressed point `04‖x‖y` (what PKCS#11 says every token must accept).
+    Raw,
+    /// The point wrapped in a DER OCTET STRING, as `CKA_EC_POINT` holds it.
+    Der,
+}
+
+/// Per-token answers that the mechanism list cannot give, each decided once (by a probe or by
+/// the first decryption) and shared by every worker. A token found again gets new ones.
+#[derive(Debug, Default)]
+pub(super) struct Decisions {
+    /// OAEP with SHA-1.
+    oaep_sha1: OnceLock<OaepPath>,
+    /// OAEP with SHA-256.
+    oaep_sha256: OnceLock<OaepPath>,
+    /// The ECDH peer point's form.
+    point_form: OnceLock<PointForm>,
+}
+
+impl Decisions {
+    /// Where OAEP with `hash` is decided.
+    pub(super) fn oaep(&self, hash: OaepHash) -> &OnceLock<OaepPath> {
+        match hash {
+            OaepHash::Sha1 => &self.oaep_sha1,
+            OaepHash::Sha256 => &self.oaep_sha256,
+        }
+    }
+
+    /// Where the ECDH point form is decided.
+    pub(super) fn point_form(&self) -> &OnceLock<PointForm> {
+        &self.point_form
+    }
 }
 
 /// The mechanisms one token offers, as far as sigild cares.
@@ -94,6 +150,8 @@ pub struct Capabilities {
     token: String,
     /// Each mechanism of [`USED`] the token lists, with its info when the token gave it.
     offered: HashMap<u64, Option<MechanismInfo>>,
+    /// How this token decrypts, where its mechanism list cannot tell.
+    decisions: Arc<Decisions>,
 }
 
 /// Whether one signature scheme can be served, and if not which mechanisms are missing.
@@ -129,6 +187,7 @@ impl Capabilities {
         Ok(Capabilities {
             token: token.to_owned(),
             offered,
+            decisions: Arc::default(),
         })
     }
 
@@ -138,6 +197,7 @@ impl Capabilities {
         Capabilities {
             token: token.to_owned(),
             offered: mechanisms.iter().map(|m| (**m, None)).collect(),
+            decisions: Arc::default(),
         }
     }
 
@@ -149,8 +209,41 @@ impl Capabilities {
             Some(Some(info)) => match purpose {
                 Purpose::Generate => info.generate_key_pair(),
                 Purpose::Sign => info.sign(),
+                Purpose::Decrypt => info.decrypt(),
+                Purpose::Derive => info.derive(),
             },
         }
+    }
+
+    /// The token's label, for log lines about its decisions.
+    pub(super) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The decisions on how this token decrypts.
+    pub(super) fn decisions(&self) -> &Arc<Decisions> {
+        &self.decisions
+    }
+
+    /// Whether the token lists `CKM_RSA_PKCS_OAEP` / `CKM_RSA_X_509` for decryption.
+    pub(super) fn rsa_decryption(&self) -> (bool, bool) {
+        (
+            self.offers(MechanismType::RSA_PKCS_OAEP, Purpose::Decrypt),
+            self.offers(MechanismType::RSA_X_509, Purpose::Decrypt),
+        )
+    }
+
+    /// Refuse a decryption the token has no mechanism for, naming what is missing.
+    ///
+    /// # Errors
+    /// [`BackendError::Unsupported`].
+    pub(super) fn check_decrypt(&self, kind: KeyKind) -> Result<(), BackendError> {
+        let mut missing = Vec::new();
+        self.missing_decrypt(kind, &mut missing);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(self.refusal(&decrypt_name(kind), &missing))
     }
 
     /// Refuse an operation the token cannot sign with, naming the scheme and the mechanism.
@@ -165,11 +258,16 @@ impl Capabilities {
         Err(self.refusal(&scheme_name(kind, op), &[m.to_string()]))
     }
 
-    /// Refuse to generate a key the token cannot generate, or could not sign with afterwards.
+    /// Refuse to generate a key the token cannot generate, or could not use for `purpose`
+    /// afterwards.
     ///
     /// # Errors
     /// [`BackendError::Unsupported`].
-    pub(super) fn check_generate(&self, kind: KeyKind) -> Result<(), BackendError> {
+    pub(super) fn check_generate(
+        &self,
+        kind: KeyKind,
+        purpose: KeyPurpose,
+    ) -> Result<(), BackendError> {
         let gen_mech = keygen_mechanism(kind);
         let mut missing = Vec::new();
         if !self.offers(gen_mech, Purpose::Generate) {
@@ -188,24 +286,55 @@ impl Capabilities {
                 )));
             }
         }
-        self.missing_sign(kind, &mut missing);
+        self.missing_use(kind, purpose, &mut missing);
         if missing.is_empty() {
             return Ok(());
         }
-        Err(self.refusal(&kind_name(kind), &missing))
+        Err(self.refusal(&purpose_name(kind, purpose), &missing))
     }
 
-    /// Refuse to import a key the token could not sign with.
+    /// Refuse to import a key the token could not use for `purpose`.
     ///
     /// # Errors
     /// [`BackendError::Unsupported`].
-    pub(super) fn check_import(&self, kind: KeyKind) -> Result<(), BackendError> {
+    pub(super) fn check_import(
+        &self,
+        kind: KeyKind,
+        purpose: KeyPurpose,
+    ) -> Result<(), BackendError> {
         let mut missing = Vec::new();
-        self.missing_sign(kind, &mut missing);
+        self.missing_use(kind, purpose, &mut missing);
         if missing.is_empty() {
             return Ok(());
         }
-        Err(self.refusal(&kind_name(kind), &missing))
+        Err(self.refusal(&purpose_name(kind, purpose), &missing))
+    }
+
+    /// The mechanisms a key of `kind` needs for `purpose` and the token lacks.
+    fn missing_use(&self, kind: KeyKind, purpose: KeyPurpose, missing: &mut Vec<String>) {
+        match purpose {
+            KeyPurpose::Sign => self.missing_sign(kind, missing),
+            KeyPurpose::Decrypt => self.missing_decrypt(kind, missing),
+        }
+    }
+
+    /// The decryption mechanisms a key of `kind` needs and the token lacks (RSA needs either
+    /// OAEP or raw RSA, EC needs ECDH; Ed25519 keys do not decrypt).
+    fn missing_decrypt(&self, kind: KeyKind, missing: &mut Vec<String>) {
+        match kind {
+            KeyKind::Ec(_) if !self.offers(MechanismType::ECDH1_DERIVE, Purpose::Derive) => {
+                missing.push(MechanismType::ECDH1_DERIVE.to_string());
+            }
+            KeyKind::Rsa { .. } if self.rsa_decryption() == (false, false) => {
+                missing.push(format!(
+                    "{} or {}",
+                    MechanismType::RSA_PKCS_OAEP,
+                    MechanismType::RSA_X_509
+                ));
+            }
+            KeyKind::Ed25519 => missing.push(MechanismType::ECDH1_DERIVE.to_string()),
+            _ => {}
+        }
     }
 
     /// The signing mechanisms a key of `kind` needs and the token lacks (RSA needs either).
@@ -294,6 +423,22 @@ fn scheme_name(kind: KeyKind, op: &SignOp) -> String {
     }
 }
 
+/// What a key of `kind` for `purpose` is called in refusals.
+fn purpose_name(kind: KeyKind, purpose: KeyPurpose) -> String {
+    match purpose {
+        KeyPurpose::Sign => kind_name(kind),
+        KeyPurpose::Decrypt => decrypt_name(kind),
+    }
+}
+
+/// A decryption key of `kind`, as refusals name it.
+fn decrypt_name(kind: KeyKind) -> String {
+    match kind {
+        KeyKind::Rsa { .. } => format!("{kind} decryption keys"),
+        KeyKind::Ec(_) | KeyKind::Ed25519 => format!("{kind} decryption (ECDH) keys"),
+    }
+}
+
 /// What a key of `kind` is for: its scheme where the kind fixes one, else the key itself.
 fn kind_name(kind: KeyKind) -> String {
     match kind {
@@ -331,7 +476,7 @@ mod tests {
     fn refusals_name_the_scheme_and_the_missing_mechanism() {
         let caps = soft_token();
         assert_eq!(
-            message(caps.check_generate(KeyKind::Ec(Curve::P256))),
+            message(caps.check_generate(KeyKind::Ec(Curve::P256), KeyPurpose::Sign)),
             "ES256 needs CKM_EC_KEY_PAIR_GEN and CKM_ECDSA, which token 'ock' does not offer"
         );
         assert_eq!(
@@ -344,10 +489,13 @@ mod tests {
             "EdDSA needs CKM_EDDSA, which token 'ock' does not offer"
         );
         assert_eq!(
-            message(caps.check_import(KeyKind::Ec(Curve::P384))),
+            message(caps.check_import(KeyKind::Ec(Curve::P384), KeyPurpose::Sign)),
             "ES384 needs CKM_ECDSA, which token 'ock' does not offer"
         );
-        assert!(caps.check_generate(KeyKind::Rsa { bits: 3072 }).is_ok());
+        assert!(
+            caps.check_generate(KeyKind::Rsa { bits: 3072 }, KeyPurpose::Sign)
+                .is_ok()
+        );
         let pss = SignOp::RsaPss {
             hash: HashAlg::Sha384,
             digest: vec![0; 48],
@@ -360,8 +508,40 @@ mod tests {
             "PS384 needs CKM_RSA_PKCS_PSS, which token 't' does not offer"
         );
         assert_eq!(
-            message(no_pss.check_generate(KeyKind::Rsa { bits: 2048 })),
+            message(no_pss.check_generate(KeyKind::Rsa { bits: 2048 }, KeyPurpose::Sign)),
             "RSA-2048 keys need CKM_RSA_PKCS_PSS or CKM_RSA_PKCS, which token 't' does not offer"
+        );
+    }
+
+    #[test]
+    fn decryption_keys_need_their_mechanisms() {
+        let caps = soft_token();
+        assert_eq!(
+            message(caps.check_generate(KeyKind::Rsa { bits: 2048 }, KeyPurpose::Decrypt)),
+            "RSA-2048 decryption keys need CKM_RSA_PKCS_OAEP or CKM_RSA_X_509, which token 'ock' does not offer"
+        );
+        let with_raw = Capabilities::listing(
+            "t",
+            &[
+                MechanismType::ECC_KEY_PAIR_GEN,
+                MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+                MechanismType::RSA_X_509,
+            ],
+        );
+        assert!(
+            with_raw
+                .check_generate(KeyKind::Rsa { bits: 2048 }, KeyPurpose::Decrypt)
+                .is_ok()
+        );
+        assert_eq!(
+            message(with_raw.check_import(KeyKind::Ec(Curve::P384), KeyPurpose::Decrypt)),
+            "EC P-384 decryption (ECDH) keys need CKM_ECDH1_DERIVE, which token 't' does not offer"
+        );
+        // A signing key on the same token needs the signing mechanisms, not these.
+        assert!(
+            with_raw
+                .check_generate(KeyKind::Ec(Curve::P256), KeyPurpose::Sign)
+                .is_err()
         );
     }
 

@@ -8,12 +8,15 @@
 //! objects. Never touches JOSE, policy, gRPC or config files. Submodules: `token` (finding the
 //! token, slot by slot, with reasons), `caps` (what its mechanisms allow, refused early),
 //! `probe` (a one-shot check for `check-config`), `raw_info` (the one raw `C_GetTokenInfo`, the
-//! library's only unsafe code), `objects` (templates and attributes).
+//! library's only unsafe code), `objects` (templates and attributes), `decrypt` (OAEP and ECDH
+//! on the token, failures folded into one error).
 //!
 //! Hot path per signature: one channel hop to a worker, one cached-handle lookup, one `C_Sign`.
-//! No session is opened, no login made and no object searched per request.
+//! No session is opened, no login made and no object searched per request. Decryption takes the
+//! same path (one `C_Decrypt`, or `C_DeriveKey` + `C_GetAttributeValue` + `C_DestroyObject`).
 
 mod caps;
+mod decrypt;
 mod objects;
 mod probe;
 pub mod provision;
@@ -159,6 +162,38 @@ impl DirectSigner {
     }
 }
 
+/// A logged-in session of its own on the token and one decryption key's handle, for
+/// decrypting outside the worker pool (benchmarks compare the daemon against it).
+pub struct DirectDecrypter {
+    /// The session, used by this decrypter alone.
+    session: Session,
+    /// The private key's handle on `session`'s token.
+    handle: ObjectHandle,
+    /// The key's `CKA_ID` (the OAEP probe finds the public object by it).
+    id: KeyId,
+    /// The key's kind.
+    kind: KeyKind,
+    /// The token's mechanisms and decisions, shared with the workers.
+    caps: Option<Arc<Capabilities>>,
+    /// Decisions made per call when the token's mechanisms could not be read.
+    scratch: caps::Decisions,
+}
+
+impl DirectDecrypter {
+    /// One decryption, made exactly as a worker makes it (same mechanisms, same host OAEP
+    /// decoding where the token needs it), on this decrypter's own session.
+    ///
+    /// # Errors
+    /// [`BackendError::InvalidRequest`] when `op` does not fit the key or the input does not
+    /// decrypt (one message for every such case); device errors.
+    pub fn decrypt(&self, op: &DecryptOp) -> Result<SecretBytes, BackendError> {
+        fits_decrypt(self.kind, op)?;
+        let view = decrypt::TokenView::of(self.caps.as_deref(), &self.scratch);
+        decrypt::decrypt_on(&self.session, &view, self.handle, &self.id, self.kind, op)
+            .map_err(to_backend)
+    }
+}
+
 impl Pkcs11Backend {
     /// Load the module, start the workers and, when the token is present, log in once so a bad
     /// PIN or a missing token is reported at start-up rather than on the first request.
@@ -232,6 +267,29 @@ impl Pkcs11Backend {
             session,
             handle,
             kind,
+        })
+    }
+
+    /// A decrypter with its own logged-in session and the handle of the private key `key`,
+    /// outside the worker pool: benchmarks compare the daemon against it. Blocks on the device.
+    ///
+    /// # Errors
+    /// [`BackendError::KeyNotFound`], or why no session could be opened.
+    pub fn direct_decrypter(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+    ) -> Result<DirectDecrypter, BackendError> {
+        let session = self.shared.connect()?;
+        let handle =
+            objects::find_one(&session, ObjectClass::PRIVATE_KEY, key).map_err(to_backend)?;
+        Ok(DirectDecrypter {
+            session,
+            handle,
+            id: key.clone(),
+            kind,
+            caps: self.shared.caps_now()?,
+            scratch: caps::Decisions::default(),
         })
     }
 
@@ -407,6 +465,12 @@ impl Shared {
             label: found.identity.label,
             serial: found.identity.serial,
         })
+    }
+
+    /// The token's capabilities as last read (`None` before it was found or when its list could
+    /// not be read).
+    fn caps_now(&self) -> Result<Option<Arc<Capabilities>>, BackendError> {
+        Ok(self.caps.read().map_err(|_| poisoned())?.clone())
     }
 
     /// Refuse early what the token's mechanism list says it cannot do (no check before the
@@ -609,6 +673,63 @@ impl Worker {
     }
 }
 
+impl Worker {
+    fn decrypt(
+        &mut self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: &DecryptOp,
+    ) -> Result<SecretBytes, BackendError> {
+        match self.decrypt_once(key, kind, op) {
+            // As for signing: an absent key means a stale view of the token; look once more.
+            Err(BackendError::KeyNotFound(_)) if self.shared.force_reinit() => {
+                self.session = None;
+                self.decrypt_once(key, kind, op)
+            }
+            other => other,
+        }
+    }
+
+    fn decrypt_once(
+        &mut self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: &DecryptOp,
+    ) -> Result<SecretBytes, BackendError> {
+        fits_decrypt(kind, op)?;
+        let scratch = caps::Decisions::default();
+        self.run(Retry::Idempotent, |w| {
+            let (session, shared) = w.parts()?;
+            let caps = shared.caps_now()?;
+            let view = decrypt::TokenView::of(caps.as_deref(), &scratch);
+            let handle = shared.private_handle(session, key)?;
+            match decrypt::decrypt_on(session, &view, handle, key, kind, op) {
+                Err(Failure::Device(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                    _,
+                ))) => {
+                    // Stale cache: find the key by its CKA_ID once more.
+                    shared.forget_handle(key);
+                    let handle = shared.private_handle(session, key)?;
+                    decrypt::decrypt_on(session, &view, handle, key, kind, op)
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+/// Refuse a decryption the key cannot perform, before touching the device.
+fn fits_decrypt(kind: KeyKind, op: &DecryptOp) -> Result<(), BackendError> {
+    if op.fits(kind) {
+        Ok(())
+    } else {
+        Err(BackendError::InvalidRequest(format!(
+            "this decryption needs a different key type than {kind}"
+        )))
+    }
+}
+
 /// Refuse an operation the key cannot perform, before touching the device.
 fn fits(kind: KeyKind, op: &SignOp) -> Result<(), BackendError> {
     if op.fits(kind) {
@@ -665,12 +786,26 @@ impl Backend for Pkcs11Backend {
         op: DecryptOp,
         deadline: Instant,
     ) -> BackendFuture<SecretBytes> {
-        let _ = (key, kind, op, deadline);
-        todo!("decrypt on the device")
+        if let Err(e) = self.shared.capable(|c| c.check_decrypt(kind)) {
+            return Box::pin(async { Err(e) });
+        }
+        let key = key.clone();
+        self.pool.submit_by(
+            deadline,
+            || {
+                BackendError::Unavailable(
+                    "the PKCS#11 token did not decrypt before the deadline".into(),
+                )
+            },
+            move |w| w.decrypt(&key, kind, &op),
+        )
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
-        if let Err(e) = self.shared.capable(|c| c.check_generate(spec.kind)) {
+        if let Err(e) = self
+            .shared
+            .capable(|c| c.check_generate(spec.kind, spec.purpose))
+        {
             return Box::pin(async { Err(e) });
         }
         self.submit(move |w| {
@@ -694,10 +829,9 @@ impl Backend for Pkcs11Backend {
         material: PrivateKeyMaterial,
         purpose: KeyPurpose,
     ) -> BackendFuture<KeyObject> {
-        let _ = purpose; // TODO(decrypt): usage attributes
         if let Err(e) = self
             .shared
-            .capable(|c| c.check_import(material.public().kind()))
+            .capable(|c| c.check_import(material.public().kind(), purpose))
         {
             return Box::pin(async { Err(e) });
         }
@@ -705,7 +839,7 @@ impl Backend for Pkcs11Backend {
             let id = KeyId(objects::random_id()?);
             let result = w.run(Retry::IfNotRun, |w| {
                 let (session, shared) = w.parts()?;
-                objects::import(session, &label, &id, &material)?;
+                objects::import(session, &label, &id, &material, purpose)?;
                 Ok(KeyObject {
                     id: id.clone(),
                     label: label.clone(),
@@ -719,7 +853,6 @@ impl Backend for Pkcs11Backend {
     }
 
     fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject> {
-        let _ = purpose; // TODO(decrypt): check the key's usage attributes
         self.submit(move |w| {
             let parsed: Pkcs11Uri = uri
                 .parse()
@@ -736,7 +869,7 @@ impl Backend for Pkcs11Backend {
                     ))
                     .into());
                 }
-                let (id, label, public) = objects::adopt(session, &parsed)?;
+                let (id, label, public) = objects::adopt(session, &parsed, purpose)?;
                 Ok(KeyObject {
                     uri: shared.key_uri(&label, &id),
                     id,

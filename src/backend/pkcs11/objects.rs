@@ -13,7 +13,7 @@ use super::{Fail, Pkcs11Uri, SignData, uri::ObjectType};
 use crate::backend::import::ec_point;
 use crate::backend::{BackendError, KeyId, KeySpec, PrivateKeyMaterial, Record, StoredKeyPair};
 use crate::crypto::{
-    Curve, HashAlg, KeyKind, PublicKey, SignOp, digest_info_prefix, trim_leading_zeros,
+    Curve, HashAlg, KeyKind, KeyPurpose, PublicKey, SignOp, digest_info_prefix, trim_leading_zeros,
 };
 
 /// `CKA_APPLICATION` of sigild's metadata records.
@@ -120,28 +120,35 @@ fn common(label: &str, id: &KeyId) -> Vec<Attribute> {
     ]
 }
 
-/// A private key that signs and can do nothing else, and never leaves the token.
-fn private_template(label: &str, id: &KeyId) -> Vec<Attribute> {
+/// A private key that never leaves the token and can do exactly what `purpose` needs: sign; or
+/// decrypt and unwrap (RSA), derive (EC). The token itself then refuses the other use.
+fn private_template(label: &str, id: &KeyId, kind: KeyKind, purpose: KeyPurpose) -> Vec<Attribute> {
+    let decrypt = purpose == KeyPurpose::Decrypt;
+    let rsa = matches!(kind, KeyKind::Rsa { .. });
     let mut t = common(label, id);
     t.extend([
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Derive(false),
-        Attribute::Unwrap(false),
+        Attribute::Sign(!decrypt),
+        Attribute::Decrypt(decrypt && rsa),
+        Attribute::Unwrap(decrypt && rsa),
+        Attribute::Derive(decrypt && !rsa),
     ]);
     t
 }
 
-fn public_template(label: &str, id: &KeyId) -> Vec<Attribute> {
+/// The public half matching [`private_template`]: verifies, or encrypts and wraps (RSA; EC
+/// public keys of decryption keys do nothing on the token).
+fn public_template(label: &str, id: &KeyId, kind: KeyKind, purpose: KeyPurpose) -> Vec<Attribute> {
+    let decrypt = purpose == KeyPurpose::Decrypt;
+    let rsa = matches!(kind, KeyKind::Rsa { .. });
     let mut t = common(label, id);
     t.extend([
         Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
+        Attribute::Verify(!decrypt),
+        Attribute::Encrypt(decrypt && rsa),
+        Attribute::Wrap(decrypt && rsa),
     ]);
     t
 }
@@ -157,8 +164,8 @@ fn curve_params(kind: KeyKind) -> Option<&'static [u8]> {
 
 /// Generate a key pair and read back its public key.
 pub(super) fn generate(session: &Session, spec: &KeySpec, id: &KeyId) -> Result<PublicKey, Fail> {
-    let mut public = public_template(&spec.label, id);
-    let private = private_template(&spec.label, id);
+    let mut public = public_template(&spec.label, id, spec.kind, spec.purpose);
+    let private = private_template(&spec.label, id, spec.kind, spec.purpose);
     let mechanism = match spec.kind {
         KeyKind::Rsa { bits } => {
             if !matches!(bits, 2048 | 3072 | 4096) {
@@ -204,9 +211,11 @@ pub(super) fn import(
     label: &str,
     id: &KeyId,
     m: &PrivateKeyMaterial,
+    purpose: KeyPurpose,
 ) -> Result<(), Fail> {
-    let mut private = private_template(label, id);
-    let mut public = public_template(label, id);
+    let kind = m.public().kind();
+    let mut private = private_template(label, id, kind, purpose);
+    let mut public = public_template(label, id, kind, purpose);
     private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
     public.push(Attribute::Class(ObjectClass::PUBLIC_KEY));
     match m {
@@ -309,7 +318,7 @@ fn refused(what: impl FnOnce() -> String, e: cryptoki::error::Error) -> Fail {
 }
 
 /// Zeroize the secret-bearing attributes of a template.
-fn wipe(template: &mut [Attribute]) {
+pub(super) fn wipe(template: &mut [Attribute]) {
     for a in template {
         match a {
             Attribute::Value(v)
@@ -324,17 +333,19 @@ fn wipe(template: &mut [Attribute]) {
     }
 }
 
-fn octet_string(bytes: &[u8]) -> Result<Vec<u8>, Fail> {
+pub(super) fn octet_string(bytes: &[u8]) -> Result<Vec<u8>, Fail> {
     der::asn1::OctetStringRef::new(bytes)
         .and_then(|o| o.to_der())
         .map_err(|e| BackendError::Import(format!("cannot encode EC point: {e}")).into())
 }
 
 /// Adopt a key made by another tool: find exactly one private key by `id` and/or `object`,
-/// check that it is a signing key that cannot leave the token, and read its public key.
+/// check that it allows `purpose` (`CKA_SIGN`; `CKA_DECRYPT` for RSA, `CKA_DERIVE` for EC
+/// decryption keys) and cannot leave the token, and read its public key.
 pub(super) fn adopt(
     session: &Session,
     uri: &Pkcs11Uri,
+    purpose: KeyPurpose,
 ) -> Result<(KeyId, String, PublicKey), Fail> {
     if uri.id.is_none() && uri.object.is_none() {
         return Err(BackendError::InvalidRequest("the key URI needs id= or object=".into()).into());
@@ -375,18 +386,23 @@ pub(super) fn adopt(
             AttributeType::Id,
             AttributeType::Label,
             AttributeType::Sign,
+            AttributeType::Decrypt,
+            AttributeType::Derive,
             AttributeType::Sensitive,
             AttributeType::Extractable,
         ],
     )?;
     let mut id = Vec::new();
     let mut label = String::new();
-    let (mut sign, mut sensitive, mut extractable) = (false, false, true);
+    let (mut sign, mut decrypt, mut derive) = (false, false, false);
+    let (mut sensitive, mut extractable) = (false, true);
     for a in attrs {
         match a {
             Attribute::Id(v) => id = v,
             Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
             Attribute::Sign(b) => sign = b,
+            Attribute::Decrypt(b) => decrypt = b,
+            Attribute::Derive(b) => derive = b,
             Attribute::Sensitive(b) => sensitive = b,
             Attribute::Extractable(b) => extractable = b,
             _ => {}
@@ -398,12 +414,6 @@ pub(super) fn adopt(
         )
         .into());
     }
-    if !sign {
-        return Err(BackendError::InvalidRequest(
-            "the key does not allow signing (CKA_SIGN=false)".into(),
-        )
-        .into());
-    }
     if !sensitive || extractable {
         return Err(BackendError::InvalidRequest(
             "the key can leave the token (CKA_SENSITIVE=false or CKA_EXTRACTABLE=true); sigild only adopts non-extractable keys".into(),
@@ -412,6 +422,25 @@ pub(super) fn adopt(
     }
     let id = KeyId(id);
     let (_, public) = read_key(session, &id)?;
+    let refuse = |what: &str| -> Fail {
+        BackendError::InvalidRequest(format!("the key does not allow {what}=false)")).into()
+    };
+    match (purpose, public.kind()) {
+        (KeyPurpose::Sign, _) if !sign => return Err(refuse("signing (CKA_SIGN")),
+        (KeyPurpose::Decrypt, KeyKind::Rsa { .. }) if !decrypt => {
+            return Err(refuse("decryption (CKA_DECRYPT"));
+        }
+        (KeyPurpose::Decrypt, KeyKind::Ec(_)) if !derive => {
+            return Err(refuse("key agreement (CKA_DERIVE"));
+        }
+        (KeyPurpose::Decrypt, KeyKind::Ed25519) => {
+            return Err(BackendError::InvalidRequest(
+                "an Ed25519 key cannot decrypt; decryption keys are RSA or EC P-256/P-384".into(),
+            )
+            .into());
+        }
+        _ => {}
+    }
     Ok((id, label, public))
 }
 
