@@ -679,7 +679,7 @@ per_key = "1/d"
             .unwrap_or_default();
         let lines: Vec<&str> = err.lines().collect();
         assert!(
-            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, id-token, jar, client-assertion, dpop, tls (key administration is admin = true)"),
+            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, id-token, jar, client-assertion, dpop, tls, decrypt (key administration is admin = true)"),
             "{err}"
         );
         assert!(err.contains("p.toml:20: field `caller[1].rate`"), "{err}");
@@ -690,6 +690,64 @@ per_key = "1/d"
         );
         assert!(err.contains("uid/gid rules need a Unix socket"), "{err}");
         assert!(err.contains("p.toml:23: field `limits.per_key`"), "{err}");
+    }
+
+    #[test]
+    fn decryption_rules_and_limit_are_read_and_checked() -> Result<(), ConfigError> {
+        let base = GOOD;
+        let c = Config::parse(Path::new("d.toml"), &base)?;
+        assert_eq!(c.decryption.max_jwe_bytes, 1024 * 1024);
+        let text = format!(
+            "{base}\n[decryption]\nmax_jwe_bytes = 8192\n\n[[caller]]\nidentity = \"rp\"\nkeys = [\"rp-enc\"]\noperations = [\"decrypt\"]\njwe_algs = [\"RSA-OAEP-256\", \"ECDH-ES+A256KW\"]\njwe_encs = [\"A256GCM\"]\n"
+        );
+        let c = Config::parse(Path::new("d.toml"), &text)?;
+        assert_eq!(c.decryption.max_jwe_bytes, 8192);
+        let p = crate::app::policy(&c);
+        let rp = crate::policy::Caller::tls("rp");
+        use crate::jose::{JweAlg, JweEnc};
+        assert!(
+            p.evaluate_jwe(&rp, "rp-enc", JweAlg::RsaOaep256, JweEnc::A256Gcm)
+                .is_some()
+        );
+        assert!(
+            p.evaluate_jwe(&rp, "rp-enc", JweAlg::RsaOaep, JweEnc::A256Gcm)
+                .is_none()
+        );
+        assert!(
+            p.evaluate_jwe(&rp, "rp-enc", JweAlg::RsaOaep256, JweEnc::A128Gcm)
+                .is_none()
+        );
+        assert!(
+            p.evaluate_jwe(&rp, "other", JweAlg::RsaOaep256, JweEnc::A256Gcm)
+                .is_none()
+        );
+
+        let bad = format!("{base}\n[decryption]\nmax_jwe_bytes = 10\n");
+        let err = Config::parse(Path::new("d.toml"), &bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("decryption.max_jwe_bytes"), "{err}");
+        let bad = format!(
+            "{base}\n[[caller]]\nidentity = \"rp\"\nkeys = [\"k\"]\noperations = [\"jws\"]\njwe_algs = [\"RSA1_5\"]\njwe_encs = []\n"
+        );
+        let err = Config::parse(Path::new("d.toml"), &bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("field `caller[0].jwe_algs[0]`: unknown \"RSA1_5\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("field `caller[0].jwe_algs`: has no effect"),
+            "{err}"
+        );
+        assert!(
+            err.contains("field `caller[0].jwe_encs`: an empty list allows nothing"),
+            "{err}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::crypto::KeyKind;
 /// be unique"). serde_json's own `Map` silently keeps the last duplicate, which would let a
 /// verifier and sigild read different `alg`s from the same bytes, so the top level is read with
 /// [`UniqueVisitor`]. Nested objects (a `jwk` member, say) are not checked for duplicates.
-fn parse_object(header: &[u8]) -> Result<Map<String, Value>, JoseError> {
+pub(super) fn parse_object(header: &[u8]) -> Result<Map<String, Value>, JoseError> {
     let text = std::str::from_utf8(header).map_err(|_| JoseError::HeaderNotUtf8)?;
     // First: is it JSON at all, and an object? This gives the caller a precise syntax error.
     let value: Value = serde_json::from_str(text).map_err(|e| JoseError::HeaderNotJson {

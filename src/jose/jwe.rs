@@ -10,8 +10,17 @@
 //! rejected JWE with one and the same message, so that no reason (padding, key-wrap integrity,
 //! tag, kid, alg) becomes an oracle. Pure: no I/O, no clock, no device.
 
-use crate::crypto::{DecryptOp, KeyKind, PublicKey};
-use crate::secret::SecretBytes;
+use serde_json::{Map, Value};
+
+use super::{JoseError, b64_decode, header::parse_object, shown};
+use crate::crypto::{Curve, KeyKind, PublicKey};
+
+#[cfg(feature = "server")]
+mod open;
+
+/// The most bytes an `apu` or `apv` may decode to: they are party identifiers or nonces, and
+/// every byte of them is hashed once per KDF block.
+const MAX_PARTY_INFO: usize = 256;
 
 /// A JWE key-management algorithm a decryption key serves (RFC 7518 §4). `RSA1_5` is never
 /// offered (Bleichenbacher); `dir` and the password / AES-KW-only algs need a shared secret
@@ -163,9 +172,12 @@ pub enum JweError {
     Decryption(&'static str),
 }
 
-/// A compact JWE, parsed and checked: what [`Jwe::device_op`] and [`Jwe::decrypt`] work on.
-/// Holds ciphertext only, no secret.
+/// A compact JWE, parsed and checked: what `Jwe::device_op` and `Jwe::decrypt` (both with the
+/// `server` feature) work on. Holds ciphertext only, no secret.
 #[derive(Clone, PartialEq, Eq)]
+// The client-only build parses (to read `kid`, `alg`, `enc`) but never decrypts, so the parts
+// only the decryption reads are unread there.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub struct Jwe {
     alg: JweAlg,
     enc: JweEnc,
@@ -201,8 +213,124 @@ impl Jwe {
     /// # Errors
     /// [`JweError`] naming the first problem found (for the log).
     pub fn parse(compact: &[u8]) -> Result<Jwe, JweError> {
-        let _ = compact;
-        todo!("parse a compact JWE")
+        let text = std::str::from_utf8(compact).map_err(|_| JweError::Malformed("not ASCII"))?;
+        if text.trim_start().starts_with('{') {
+            return Err(JweError::Malformed(
+                "JSON serialization; only the compact serialization is supported",
+            ));
+        }
+        let mut parts = text.split('.');
+        let (Some(p_header), Some(p_key), Some(p_iv), Some(p_ct), Some(p_tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(JweError::Malformed("not five parts separated by dots"));
+        };
+        let part =
+            |p: &str, what: &'static str| b64_decode(p).map_err(|_| JweError::Malformed(what));
+        let header = part(p_header, "the protected header is not base64url")?;
+        let encrypted_key = part(p_key, "the encrypted key is not base64url")?;
+        let iv = part(p_iv, "the IV is not base64url")?;
+        let ciphertext = part(p_ct, "the ciphertext is not base64url")?;
+        let tag = part(p_tag, "the tag is not base64url")?;
+
+        let m = parse_object(&header).map_err(|e| {
+            JweError::Header(match e {
+                JoseError::HeaderNotUtf8 => "not UTF-8",
+                JoseError::HeaderNotJson { .. } => "not JSON",
+                JoseError::DuplicateHeaderMember { .. } => "a member name is repeated",
+                _ => "not a JSON object",
+            })
+        })?;
+        let alg = match m.get("alg") {
+            None => return Err(JweError::Alg("missing".into())),
+            Some(Value::String(a)) => JweAlg::parse(a).ok_or_else(|| JweError::Alg(shown(a)))?,
+            Some(_) => return Err(JweError::Alg("not a string".into())),
+        };
+        let enc = match m.get("enc") {
+            None => return Err(JweError::Enc("missing".into())),
+            Some(Value::String(e)) => JweEnc::parse(e).ok_or_else(|| JweError::Enc(shown(e)))?,
+            Some(_) => return Err(JweError::Enc("not a string".into())),
+        };
+        // Compression before encryption leaks the plaintext through its length (and a
+        // decompression bomb is the daemon's problem); a `crit` extension sigild would have to
+        // understand, it does not.
+        for refused in ["zip", "crit"] {
+            if m.contains_key(refused) {
+                return Err(JweError::Refused(refused));
+            }
+        }
+        let kid = match m.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.clone()),
+            Some(_) => return Err(JweError::Header("\"kid\" is not a string")),
+        };
+        let ecdh = matches!(
+            alg,
+            JweAlg::EcdhEs | JweAlg::EcdhEsA128Kw | JweAlg::EcdhEsA256Kw
+        );
+        let (epk, apu, apv) = if ecdh {
+            (
+                Some(epk(m.get("epk"))?),
+                party_info(&m, "apu")?,
+                party_info(&m, "apv")?,
+            )
+        } else {
+            (None, Vec::new(), Vec::new())
+        };
+
+        let (iv_len, tag_len) = match enc {
+            JweEnc::A128Gcm | JweEnc::A256Gcm => (12, 16),
+            JweEnc::A128CbcHs256 => (16, 16),
+            JweEnc::A256CbcHs512 => (16, 32),
+        };
+        if iv.len() != iv_len {
+            return Err(JweError::Length("the IV is not the length enc needs"));
+        }
+        if tag.len() != tag_len {
+            return Err(JweError::Length("the tag is not the length enc needs"));
+        }
+        if matches!(enc, JweEnc::A128CbcHs256 | JweEnc::A256CbcHs512)
+            && (ciphertext.is_empty() || ciphertext.len() % 16 != 0)
+        {
+            return Err(JweError::Length(
+                "a CBC ciphertext must be a non-zero multiple of 16 bytes",
+            ));
+        }
+        match alg {
+            JweAlg::EcdhEs if !encrypted_key.is_empty() => {
+                return Err(JweError::Length("ECDH-ES (direct) has no encrypted key"));
+            }
+            // RFC 3394: the wrapped key is the key plus one 8-byte block.
+            JweAlg::EcdhEsA128Kw | JweAlg::EcdhEsA256Kw
+                if encrypted_key.len() != enc.cek_len() + 8 =>
+            {
+                return Err(JweError::Length(
+                    "the wrapped key is not the CEK length plus 8 bytes",
+                ));
+            }
+            JweAlg::RsaOaep | JweAlg::RsaOaep256 if encrypted_key.is_empty() => {
+                return Err(JweError::Length("the encrypted key is empty"));
+            }
+            _ => {}
+        }
+        Ok(Jwe {
+            alg,
+            enc,
+            kid,
+            protected_b64: p_header.to_owned(),
+            epk,
+            apu,
+            apv,
+            encrypted_key,
+            iv,
+            ciphertext,
+            tag,
+        })
     }
 
     /// The key-management alg from the header.
@@ -219,29 +347,54 @@ impl Jwe {
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
     }
+}
 
-    /// What the device must do with the private key of `public` (the version the `kid`
-    /// chose): RSA-OAEP decryption of the encrypted key (its length must be the modulus
-    /// length), or ECDH with the `epk`, which must be a point on the key's curve (checked here,
-    /// before the device sees it).
-    ///
-    /// # Errors
-    /// [`JweError::Alg`] when the alg does not fit the key; [`JweError::Epk`],
-    /// [`JweError::Length`].
-    pub fn device_op(&self, public: &PublicKey) -> Result<DecryptOp, JweError> {
-        let _ = public;
-        todo!("the device step")
+/// The `epk` member: an EC public JWK on P-256 or P-384 with coordinates of exactly the field
+/// length (whether the point is on the curve is checked against the key, in `device_op`).
+fn epk(member: Option<&Value>) -> Result<PublicKey, JweError> {
+    let m = match member {
+        None => return Err(JweError::Epk("missing")),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(JweError::Epk("not a JSON object")),
+    };
+    if m.get("kty").and_then(Value::as_str) != Some("EC") {
+        return Err(JweError::Epk("\"kty\" is not \"EC\""));
     }
+    if m.contains_key("d") {
+        return Err(JweError::Epk("it holds a private key"));
+    }
+    let curve = match m.get("crv").and_then(Value::as_str) {
+        Some("P-256") => Curve::P256,
+        Some("P-384") => Curve::P384,
+        _ => return Err(JweError::Epk("\"crv\" is not P-256 or P-384")),
+    };
+    let coordinate = |name: &str| {
+        m.get(name)
+            .and_then(Value::as_str)
+            .and_then(|s| b64_decode(s).ok())
+            .filter(|c| c.len() == curve.field_len())
+            .ok_or(JweError::Epk(
+                "a coordinate is missing, not base64url or not the field length",
+            ))
+    };
+    Ok(PublicKey::Ec {
+        curve,
+        x: coordinate("x")?,
+        y: coordinate("y")?,
+    })
+}
 
-    /// Finish with the device's result (the CEK for RSA-OAEP, the shared secret Z for ECDH):
-    /// Concat KDF and key unwrap where the alg needs them, then content decryption with the
-    /// protected header as AAD and the tag checked. The plaintext is returned as a secret.
-    ///
-    /// # Errors
-    /// [`JweError::Decryption`] or [`JweError::Length`]; the work done does not depend on
-    /// where decryption failed more than the algorithms force.
-    pub fn decrypt(&self, device_result: &SecretBytes) -> Result<SecretBytes, JweError> {
-        let _ = device_result;
-        todo!("host-side decryption")
+/// An optional `apu` / `apv` member: base64url of at most [`MAX_PARTY_INFO`] bytes; absent is
+/// empty (RFC 7518 §4.6.2).
+fn party_info(m: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, JweError> {
+    match m.get(name) {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => b64_decode(s)
+            .ok()
+            .filter(|v| v.len() <= MAX_PARTY_INFO)
+            .ok_or(JweError::Header(
+                "apu or apv is not base64url of at most 256 bytes",
+            )),
+        Some(_) => Err(JweError::Header("apu or apv is not a string")),
     }
 }
