@@ -6,6 +6,11 @@
 //! the device's result and does the rest on the host: Concat KDF (RFC 7518 §4.6.2), AES key
 //! unwrap (RFC 3394), content decryption and tag check (AES-GCM, AES-CBC-HMAC-SHA2).
 //!
+//! The tables ([`JweAlg`], [`JweEnc`]) and [`Jwe::parse`] are in every build (a client may
+//! read a JWE's `kid`, `alg` and `enc`); the decryption itself (`device_op`, `decrypt`, in
+//! `jwe/open.rs`) and its crates (AES, AES-KW, GCM, CBC, HMAC, the curve arithmetic) only with
+//! the `server` feature.
+//!
 //! Every failure is a [`JweError`] whose text is for the log only: the service answers every
 //! rejected JWE with one and the same message, so that no reason (padding, key-wrap integrity,
 //! tag, kid, alg) becomes an oracle. Pure: no I/O, no clock, no device.
@@ -175,9 +180,6 @@ pub enum JweError {
 /// A compact JWE, parsed and checked: what `Jwe::device_op` and `Jwe::decrypt` (both with the
 /// `server` feature) work on. Holds ciphertext only, no secret.
 #[derive(Clone, PartialEq, Eq)]
-// The client-only build parses (to read `kid`, `alg`, `enc`) but never decrypts, so the parts
-// only the decryption reads are unread there.
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub struct Jwe {
     alg: JweAlg,
     enc: JweEnc,
