@@ -27,6 +27,10 @@ pub fn node_dir() -> TestResult<PathBuf> {
     Ok(dir)
 }
 
+fn no_node(e: std::io::Error) -> String {
+    format!("node: {e} (install Node.js and the test peers with scripts/install-deps.sh --test)")
+}
+
 /// Run `node tests/node/op/<script> <args…>`; its stdout, or an error with its stderr.
 fn node(script: &str, args: &[&str]) -> TestResult<String> {
     let dir = node_dir()?;
@@ -35,7 +39,8 @@ fn node(script: &str, args: &[&str]) -> TestResult<String> {
         .args(args)
         .current_dir(&dir)
         .stdin(Stdio::null())
-        .output()?;
+        .output()
+        .map_err(no_node)?;
     if !out.status.success() {
         return Err(format!(
             "node {script} {}: {}\n{}",
@@ -82,7 +87,8 @@ impl Op {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()?;
+            .spawn()
+            .map_err(no_node)?;
         let log = Arc::new(Mutex::new(Vec::new()));
         {
             let stderr = child.stderr.take().ok_or("no stderr")?;
