@@ -1,11 +1,12 @@
 //! Protocol fuzzing of a live daemon: thousands of random and mutated protobuf messages on
-//! every RPC of the signing, key and health services, sent as raw bytes (a pass-through codec,
+//! every RPC of the signing, decryption, key and health services, sent as raw bytes (a pass-through codec,
 //! so malformed protobuf reaches the server), plus a few malformed gRPC frames.
 //!
 //! What must hold: every call is answered with a gRPC status within its deadline; the status
 //! is one the API documents for that input (`INTERNAL` only for bytes that are not a valid
 //! protobuf message of the request type, which is how gRPC servers answer those); every OK
 //! signature verifies with an independent verifier (jwcrypto / cryptography, in one batch);
+//! every OK decryption is of a JWE jwcrypto made, and gives back exactly its plaintext;
 //! afterwards the same daemon process (same port, nothing restarts it) still answers health
 //! and signs correctly, and its log holds no panic.
 //!
@@ -156,12 +157,13 @@ enum Rpc {
     GetJwks,
     SetCertificateChain,
     GetCertificateChain,
+    DecryptJwe,
     HealthCheck,
     /// A method or service the server does not have.
     Unknown,
 }
 
-const RPCS: [Rpc; 20] = [
+const RPCS: [Rpc; 21] = [
     Rpc::SignJws,
     Rpc::SignRaw,
     Rpc::SignIdToken,
@@ -180,6 +182,7 @@ const RPCS: [Rpc; 20] = [
     Rpc::GetJwks,
     Rpc::SetCertificateChain,
     Rpc::GetCertificateChain,
+    Rpc::DecryptJwe,
     Rpc::HealthCheck,
     Rpc::Unknown,
 ];
@@ -205,6 +208,7 @@ impl Rpc {
             Rpc::GetJwks => ("sigil.v1.KeyService", "GetJwks"),
             Rpc::SetCertificateChain => ("sigil.v1.KeyService", "SetCertificateChain"),
             Rpc::GetCertificateChain => ("sigil.v1.KeyService", "GetCertificateChain"),
+            Rpc::DecryptJwe => ("sigil.v1.DecryptionService", "DecryptJwe"),
             Rpc::HealthCheck => ("grpc.health.v1.Health", "Check"),
             Rpc::Unknown => {
                 return rng
@@ -243,6 +247,7 @@ impl Rpc {
             Rpc::GetJwks => pb::GetJwksRequest::decode(bytes).is_ok(),
             Rpc::SetCertificateChain => pb::SetCertificateChainRequest::decode(bytes).is_ok(),
             Rpc::GetCertificateChain => pb::GetCertificateChainRequest::decode(bytes).is_ok(),
+            Rpc::DecryptJwe => pb::DecryptJweRequest::decode(bytes).is_ok(),
             Rpc::HealthCheck => tonic_health::pb::HealthCheckRequest::decode(bytes).is_ok(),
             Rpc::Unknown => true,
         }
@@ -281,12 +286,16 @@ const SIGNING_KEYS: [(&str, &str); 4] = [
 /// Keys the admin calls create, rotate, retire and destroy.
 const ADMIN_KEYS: [&str; 4] = ["adm-a", "adm-b", "adm-c", "adm-d"];
 
+/// The encryption key the decryption calls use (admin calls never name it).
+const ENC_KEY: (&str, &str) = ("fz-enc", "ECDH-ES+A256KW");
+
 /// Data the generator needs: kids of the signing keys, PKCS#8 documents to import, a
-/// certificate to attach.
+/// certificate to attach, JWEs (made by jwcrypto to the encryption key) with their plaintexts.
 struct Fixtures {
     kids: BTreeMap<String, String>,
     pkcs8: Vec<(Vec<u8>, &'static str)>,
     cert_der: Vec<u8>,
+    jwes: Vec<(String, Vec<u8>)>,
 }
 
 fn signing_key(rng: &mut Rng) -> (String, &'static str) {
@@ -473,9 +482,40 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             version: rng.below(3) as u32,
         }
         .encode_to_vec(),
+        Rpc::DecryptJwe => {
+            let (jwe, _) = rng.pick(&fx.jwes);
+            let names = |rng: &mut Rng, good: &str, all: &[&str]| -> Vec<String> {
+                match rng.below(4) {
+                    0 => vec![good.to_owned()],
+                    1 => vec![rng.pick(all).to_string()],
+                    _ => Vec::new(),
+                }
+            };
+            pb::DecryptJweRequest {
+                key: if rng.chance(90) {
+                    ENC_KEY.0.to_owned()
+                } else {
+                    key
+                },
+                jwe: jwe.clone().into_bytes(),
+                allowed_algs: names(
+                    rng,
+                    ENC_KEY.1,
+                    &["RSA-OAEP-256", "ECDH-ES", "RSA1_5", "A256GCM"],
+                ),
+                allowed_encs: names(rng, "A256GCM", &["A128GCM", "A256CBC-HS512", "none"]),
+            }
+            .encode_to_vec()
+        }
         Rpc::HealthCheck => tonic_health::pb::HealthCheckRequest {
             service: rng
-                .pick(&["", "sigil.v1.SigningService", "sigil.v1.KeyService", "nope"])
+                .pick(&[
+                    "",
+                    "sigil.v1.SigningService",
+                    "sigil.v1.DecryptionService",
+                    "sigil.v1.KeyService",
+                    "nope",
+                ])
                 .to_string(),
         }
         .encode_to_vec(),
@@ -587,6 +627,21 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         Rpc::GetCertificateChain => pb::GetCertificateChainRequest {
             name: rng.text(),
             version: n(rng),
+        }
+        .encode_to_vec(),
+        Rpc::DecryptJwe => pb::DecryptJweRequest {
+            key: if rng.chance(50) {
+                ENC_KEY.0.to_owned()
+            } else {
+                rng.text()
+            },
+            jwe: if rng.chance(50) {
+                rng.text().into_bytes()
+            } else {
+                rng.bytes_upto(400)
+            },
+            allowed_algs: (0..rng.below(3)).map(|_| rng.text()).collect(),
+            allowed_encs: (0..rng.below(3)).map(|_| rng.text()).collect(),
         }
         .encode_to_vec(),
         Rpc::HealthCheck => tonic_health::pb::HealthCheckRequest {
@@ -1048,10 +1103,32 @@ async fn daemon_survives_random_and_mutated_messages() -> TestResult {
         pkcs8.push((doc.as_ref().to_vec(), "EdDSA"));
     }
     let cert = rcgen::generate_simple_self_signed(vec!["fuzz.example".to_owned()])?;
+    let enc = d.create(ENC_KEY.0, ENC_KEY.1, 0).await?;
+    let enc_jwk = active_jwk(&enc)?;
+    let plaintexts: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| format!("fuzz plaintext {i}").into_bytes())
+        .collect();
+    let items: Vec<Value> = plaintexts
+        .iter()
+        .zip(
+            ["A256GCM", "A128GCM", "A128CBC-HS256", "A256CBC-HS512"]
+                .iter()
+                .cycle(),
+        )
+        .map(|(p, enc)| {
+            json!({
+                "op": "encrypt", "jwk": enc_jwk, "alg": ENC_KEY.1, "enc": enc,
+                "plaintext_b64": b64(p), "header": {"kid": enc_jwk["kid"]},
+            })
+        })
+        .collect();
+    let made = python(&json!({"op": "encrypt_batch", "items": items}))?;
+    let jwes: Vec<String> = serde_json::from_value(made["jwe"].clone())?;
     let fx = Fixtures {
         kids,
         pkcs8,
         cert_der: cert.cert.der().to_vec(),
+        jwes: jwes.into_iter().zip(plaintexts).collect(),
     };
 
     // Generate every case up front from the seed.
@@ -1121,6 +1198,7 @@ async fn daemon_survives_random_and_mutated_messages() -> TestResult {
         };
         let ok = if o.request.len() > 4 * 1024 * 1024
             || (o.request.len() > 128 * 1024 && o.rpc <= Rpc::SignDpopProof)
+            || (o.request.len() > 2 * 1024 * 1024 && o.rpc == Rpc::DecryptJwe)
         {
             // Beyond the decoding limit tonic refuses the message before decoding it.
             code == Code::OutOfRange || (decodes && o.rpc.allowed(code))
@@ -1141,6 +1219,47 @@ async fn daemon_survives_random_and_mutated_messages() -> TestResult {
             ));
         }
     }
+
+    // Every OK decryption is of a JWE jwcrypto made, with exactly its plaintext; every
+    // refused one of the encryption key that is not the caller's own mistake is the one
+    // uniform answer.
+    let mut decrypted = 0;
+    for o in &outcomes {
+        if o.rpc != Rpc::DecryptJwe {
+            continue;
+        }
+        let Ok(req) = pb::DecryptJweRequest::decode(o.request.as_slice()) else {
+            continue;
+        };
+        match &o.result {
+            Ok(Ok(body)) => {
+                let resp = pb::DecryptJweResponse::decode(body.as_slice())?;
+                let expected = fx
+                    .jwes
+                    .iter()
+                    .find(|(j, _)| j.as_bytes() == req.jwe.as_slice());
+                match expected {
+                    Some((_, p)) if *p == resp.plaintext => decrypted += 1,
+                    _ => problems.push(format!(
+                        "DecryptJwe ({}): OK with a plaintext that is not the fixture's",
+                        o.mutation
+                    )),
+                }
+            }
+            Ok(Err(s)) if s.code() == Code::InvalidArgument && req.key == ENC_KEY.0 => {
+                let m = s.message();
+                if !m.starts_with("the JWE cannot be decrypted with this key (request id ")
+                    && !m.starts_with("allowed_algs: unknown name")
+                    && !m.starts_with("allowed_encs: unknown name")
+                {
+                    problems.push(format!("DecryptJwe ({}): told {m:?}", o.mutation));
+                }
+            }
+            _ => {}
+        }
+    }
+    eprintln!("grpc_fuzz: {decrypted} decryptions checked against their plaintexts");
+    assert!(decrypted > 0, "no decryption succeeded");
 
     let frames = malformed_frames(&d).await?;
 

@@ -754,7 +754,9 @@ per_key = "1/d"
     fn the_example_config_parses() -> Result<(), ConfigError> {
         let text = include_str!("../../hsm-config/sigild.example.toml");
         let c = Config::parse(Path::new("sigild.example.toml"), text)?;
-        assert_eq!(c.callers.len(), 4);
+        assert_eq!(c.callers.len(), 5);
+        assert_eq!(c.decryption.max_jwe_bytes, 1024 * 1024);
+        assert!(c.callers.iter().any(|r| r.operations == ["decrypt"]));
         Ok(())
     }
 }
