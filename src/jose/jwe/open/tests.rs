@@ -173,6 +173,10 @@ fn rfc7516_a1_rsa_oaep_a256gcm() -> TestResult {
         (jwe.alg(), jwe.enc(), jwe.kid()),
         (JweAlg::RsaOaep, JweEnc::A256Gcm, None)
     );
+    assert_eq!(
+        jwe.protected_header(),
+        r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#
+    );
     let op = jwe.device_op(&public_of(&key))?;
     assert!(
         matches!(&op, DecryptOp::RsaOaep { hash: OaepHash::Sha1, ciphertext } if ciphertext.len() == 256)
