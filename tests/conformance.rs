@@ -977,12 +977,16 @@ mod checks {
             );
             assert_eq!(v.key_type, c.key_type(), "{}", c.key);
             assert_eq!(v.r#use, "enc", "{}", c.key);
-            assert_eq!(
-                dev.public_kid(&v.uri)?.as_deref(),
-                Some(v.kid.as_str()),
-                "{}: the device's own tool reads another public key",
-                c.key
-            );
+            // pkcs11-tool (OpenSC 0.23) cannot read a P-384 public key ("cannot create
+            // EVP_PKEY"); those keys' public halves are checked by the decryption below.
+            if c.curve != "P-384" || !dev.uri_prefix().starts_with("pkcs11:") {
+                assert_eq!(
+                    dev.public_kid(&v.uri)?.as_deref(),
+                    Some(v.kid.as_str()),
+                    "{}: the device's own tool reads another public key",
+                    c.key
+                );
+            }
             let jwk = published_enc_jwk(&d, c.key, c.alg).await?;
             let enc = if i % 2 == 0 {
                 "A256GCM"

@@ -292,7 +292,8 @@ async fn kid_selects_next_active_or_retired_version() -> TestResult {
         let (code, msg, id) = failure(decrypt(&d, "k", jwe).await)?;
         assert_eq!(code, Code::InvalidArgument, "{msg}");
         assert_eq!(without_request_id(&msg, &id), rejected_message(&msg, &id));
-        log_line(&d, &id).await?;
+        let line = reason_line(&d, &id).await?;
+        assert!(line.contains("kid"), "the log does not say why: {line}");
     }
     // The others still do.
     assert_eq!(
@@ -348,7 +349,7 @@ async fn request_narrows_algs_and_encs() -> TestResult {
             .map_err(|e| format!("{algs:?} {encs:?}: {e}"))?;
         assert_eq!(code, Code::InvalidArgument, "{algs:?} {encs:?}: {msg}");
         messages.insert(rejected_message(&msg, &id));
-        let line = log_line(&d, &id).await?;
+        let line = reason_line(&d, &id).await?;
         assert!(
             line.contains("alg") || line.contains("enc"),
             "{algs:?} {encs:?}: the log does not say why: {line}"
@@ -604,7 +605,7 @@ async fn every_rejected_jwe_gets_the_same_answer() -> TestResult {
             Some(_) => {}
         }
         // The reason, beside the stable sentence the log line repeats.
-        let line = log_line(&d, &id).await?;
+        let line = reason_line(&d, &id).await?;
         let lower = line.replace(REJECTED, "").to_lowercase();
         if !b.reason.iter().any(|w| lower.contains(&w.to_lowercase())) {
             failures.push(format!(

@@ -346,3 +346,302 @@ async fn tls_client_key_on_the_card() -> TestResult {
     }
     Ok(())
 }
+
+/// The inputs of a decryption step and the expected result, from Python `cryptography`
+/// (tests/tools/decrypt_inputs.py) and the device's public key.
+fn decrypt_inputs(req: &serde_json::Value) -> TestResult<serde_json::Value> {
+    use std::io::Write as _;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/decrypt_inputs.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(req.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        v["ok"],
+        json!(true),
+        "decrypt_inputs.py: {v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(v)
+}
+
+fn hex(b: &[u8]) -> String {
+    base16ct::lower::encode_string(b)
+}
+
+fn unhex(v: &serde_json::Value) -> TestResult<Vec<u8>> {
+    Ok(
+        base16ct::mixed::decode_vec(v.as_str().ok_or("not a string")?)
+            .map_err(|e| format!("hex: {e}"))?,
+    )
+}
+
+/// The slot of a YubiKey URI.
+fn uri_slot(uri: &str) -> TestResult<u8> {
+    let slot = uri.rsplit_once("slot=").ok_or("no slot= in the URI")?.1;
+    Ok(u8::from_str_radix(slot, 16)?)
+}
+
+/// The backend's decryption step on the card, compared with what Python `cryptography` computes
+/// from the public key alone: RSA-OAEP (SHA-1 and SHA-256; raw RSA on the card, OAEP decoded on
+/// the host) gives back the CEK, ECDH on P-256 and P-384 the shared secret Z. Decryption keys go
+/// in key-management slots only (9d, 82–95), signing keys to the other configured slots first;
+/// adopting a key outside a key-management slot for decryption is refused.
+#[tokio::test]
+async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
+    use sigild::backend::yubikey::{
+        PinPolicySetting, TouchPolicySetting, YubikeyBackend, YubikeySettings,
+    };
+    use sigild::backend::{Backend, BackendError, KeySpec};
+    use sigild::crypto::{Curve, DecryptOp, KeyKind, KeyPurpose, OaepHash, PublicKey};
+    use sigild::secret::Secret;
+    use std::time::{Duration, Instant};
+
+    let _one_pcscd = serial_guard().await;
+    let _card = VirtualCard::start("5.7.1", &[])?;
+    let (yk, absent) = YubikeyBackend::open(YubikeySettings {
+        serial: SERIAL,
+        pin: Secret::new(PIN.into()),
+        management_key: Secret::new(DEFAULT_MGM.into()),
+        slots: vec![0x82, 0x9d, 0x9a, 0x83, 0x84],
+        pin_policy: PinPolicySetting::Default,
+        touch_policy: TouchPolicySetting::Never,
+        queue_depth: 8,
+        timeout: Duration::from_secs(10),
+    })?;
+    assert!(absent.is_none(), "card not found: {absent:?}");
+    let deadline = || Instant::now() + Duration::from_secs(10);
+    let spec = |kind, purpose| KeySpec {
+        kind,
+        label: format!("{kind}-{purpose:?}"),
+        purpose,
+    };
+
+    // Slot choice: a signing key takes 9a before any retired slot and never 9d; decryption
+    // keys take the key-management slots in configured order.
+    let sig = yk
+        .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Sign))
+        .await?;
+    assert_eq!(uri_slot(&sig.uri)?, 0x9a, "{}", sig.uri);
+    let rsa = yk
+        .generate(spec(KeyKind::Rsa { bits: 2048 }, KeyPurpose::Decrypt))
+        .await?;
+    let p256 = yk
+        .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Decrypt))
+        .await?;
+    let p384 = yk
+        .generate(spec(KeyKind::Ec(Curve::P384), KeyPurpose::Decrypt))
+        .await?;
+    let slots: Vec<u8> = [&rsa, &p256, &p384]
+        .iter()
+        .map(|k| uri_slot(&k.uri))
+        .collect::<TestResult<_>>()?;
+    assert_eq!(slots, vec![0x82, 0x9d, 0x83]);
+    // Only 84 is left: a decryption key may have it, a second signing key too (9a is taken).
+    let sig2 = yk
+        .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Sign))
+        .await?;
+    assert_eq!(uri_slot(&sig2.uri)?, 0x84);
+    let full = yk
+        .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Decrypt))
+        .await;
+    assert!(
+        matches!(&full, Err(BackendError::Unsupported(m)) if m.contains("key-management slot")),
+        "{full:?}"
+    );
+
+    // ECDH-ES on P-256 and P-384: the card's Z equals the ephemeral side's.
+    for (key, curve, name) in [(&p256, Curve::P256, "P-256"), (&p384, Curve::P384, "P-384")] {
+        let PublicKey::Ec { x, y, .. } = &key.public else {
+            return Err(format!("not EC: {:?}", key.public).into());
+        };
+        let v = decrypt_inputs(&json!({"op": "ecdh", "curve": name, "x": hex(x), "y": hex(y)}))?;
+        let peer = PublicKey::Ec {
+            curve,
+            x: unhex(&v["epk_x"])?,
+            y: unhex(&v["epk_y"])?,
+        };
+        let z = yk
+            .decrypt(
+                &key.id,
+                KeyKind::Ec(curve),
+                DecryptOp::Ecdh { peer },
+                deadline(),
+            )
+            .await?;
+        assert_eq!(z.expose().len(), curve.field_len());
+        assert_eq!(z.expose(), unhex(&v["z"])?.as_slice(), "ECDH {name}");
+    }
+    // A peer on the other curve does not fit the key.
+    let r = yk
+        .decrypt(
+            &p256.id,
+            KeyKind::Ec(Curve::P256),
+            DecryptOp::Ecdh {
+                peer: p384.public.clone(),
+            },
+            deadline(),
+        )
+        .await;
+    assert!(matches!(r, Err(BackendError::InvalidRequest(_))), "{r:?}");
+
+    // Adoption: the slot is the rule for decryption keys; signing keys anywhere, as before.
+    let uri = |slot: &str| format!("yubikey:serial={SERIAL};slot={slot}");
+    let r = yk.adopt(uri("9a"), KeyPurpose::Decrypt).await;
+    assert!(
+        matches!(&r, Err(BackendError::InvalidRequest(m)) if m.contains("key-management slot")),
+        "{r:?}"
+    );
+    let again = yk.adopt(uri("9d"), KeyPurpose::Decrypt).await?;
+    assert_eq!(again.id, p256.id, "adopting sigild's own key keeps its id");
+    yk.adopt(uri("84"), KeyPurpose::Sign).await?;
+    // RSA-OAEP (SHA-1) and RSA-OAEP-256: the CEK jwcrypto's backend encrypted, back.
+    let PublicKey::Rsa { n, e } = &rsa.public else {
+        return Err(format!("not RSA: {:?}", rsa.public).into());
+    };
+    let kind = KeyKind::Rsa { bits: 2048 };
+    for (hash, name) in [(OaepHash::Sha1, "sha1"), (OaepHash::Sha256, "sha256")] {
+        let v = decrypt_inputs(&json!({"op": "rsa-oaep", "hash": name, "n": hex(n), "e": hex(e)}))?;
+        let ciphertext = unhex(&v["ciphertext"])?;
+        let cek = yk
+            .decrypt(
+                &rsa.id,
+                kind,
+                DecryptOp::RsaOaep {
+                    hash,
+                    ciphertext: ciphertext.clone(),
+                },
+                deadline(),
+            )
+            .await?;
+        assert_eq!(
+            cek.expose(),
+            unhex(&v["cek"])?.as_slice(),
+            "RSA-OAEP {name}"
+        );
+        // A tampered ciphertext, the wrong hash, a short ciphertext: one and the same error.
+        let mut tampered = ciphertext.clone();
+        tampered[100] ^= 1;
+        let other = match hash {
+            OaepHash::Sha1 => OaepHash::Sha256,
+            OaepHash::Sha256 => OaepHash::Sha1,
+        };
+        for (hash, ciphertext) in [
+            (hash, tampered),
+            (other, ciphertext.clone()),
+            (hash, ciphertext[1..].to_vec()),
+        ] {
+            let r = yk
+                .decrypt(
+                    &rsa.id,
+                    kind,
+                    DecryptOp::RsaOaep { hash, ciphertext },
+                    deadline(),
+                )
+                .await;
+            assert!(
+                matches!(&r, Err(BackendError::InvalidRequest(m)) if m == "decryption failed"),
+                "{r:?}"
+            );
+        }
+    }
+
+    yk.shutdown();
+    Ok(())
+}
+
+/// `ykman piv keys generate` on the virtual card, as another tool would make a key.
+fn ykman_generate(card: &VirtualCard, alg: &str, slot: &str) -> TestResult {
+    let pubfile = card.dir.path().join(format!("{slot}.pem"));
+    let out = std::process::Command::new("ykman")
+        .args(["--device", &SERIAL.to_string(), "piv", "keys", "generate"])
+        .args(["-a", alg, "-m", DEFAULT_MGM, slot])
+        .arg(&pubfile)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "ykman piv keys generate {alg} {slot}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// DecryptJwe through the daemon on the card, one JWE per alg family made by jwcrypto (the alg
+/// × enc × producer matrix runs on every device in tests/conformance.rs): an RSA-OAEP-256 key
+/// ykman made in 9d, adopted; an ECDH-ES key sigild generated with PIN policy "always", so the
+/// PIN is verified before each of two decryptions in a row. A key outside a key-management slot
+/// cannot be adopted for decryption.
+#[tokio::test]
+async fn fw_5_7_1_decrypt_jwe_adopted_9d_and_pin_always() -> TestResult {
+    use support::jwe::{decrypt, encrypt_jwcrypto, published_enc_jwk};
+    let _one_pcscd = serial_guard().await;
+    let card = VirtualCard::start("5.7.1", &[])?;
+    ykman_generate(&card, "RSA2048", "9d")?;
+    ykman_generate(&card, "ECCP256", "9a")?;
+    let config = card.write_config(&card.config("timeout_ms = 8000\npin_policy = \"always\""))?;
+    let d = Daemon::start_config(&card.work(), &config)?;
+    let mut keys = d.keys().await?;
+
+    let r = keys
+        .adopt_key(pb::AdoptKeyRequest {
+            name: "ecdh-9a".into(),
+            alg: "ECDH-ES".into(),
+            uri: format!("yubikey:serial={SERIAL};slot=9a"),
+            fapi2: false,
+        })
+        .await;
+    let (code, msg) = code_of(r)?;
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("key-management slot"), "{msg}");
+
+    let adopted = keys
+        .adopt_key(pb::AdoptKeyRequest {
+            name: "rsa-9d".into(),
+            alg: "RSA-OAEP-256".into(),
+            uri: format!("yubikey:serial={SERIAL};slot=9d"),
+            fapi2: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        adopted.versions[0].uri,
+        format!("yubikey:serial={SERIAL};slot=9d")
+    );
+    let created = support::jwe::create_enc(&d, "ecdh", "ECDH-ES", 0, "P-256").await?;
+    let slot = created.versions[0]
+        .uri
+        .rsplit_once("slot=")
+        .ok_or("no slot")?
+        .1
+        .to_owned();
+    assert!(
+        matches!(u8::from_str_radix(&slot, 16)?, 0x82..=0x95),
+        "ECDH key in slot {slot}"
+    );
+
+    for (key, alg, enc, times) in [
+        ("rsa-9d", "RSA-OAEP-256", "A256GCM", 1),
+        ("ecdh", "ECDH-ES", "A128CBC-HS256", 2),
+    ] {
+        let jwk = published_enc_jwk(&d, key, alg).await?;
+        for i in 0..times {
+            let plaintext = format!("{{\"to\":\"{key}\",\"n\":{i}}}").into_bytes();
+            let jwe = encrypt_jwcrypto(&jwk, alg, enc, &plaintext, &json!({}))?;
+            let out = decrypt(&d, key, &jwe)
+                .await
+                .map_err(|e| format!("{key} #{i}: {e}"))?;
+            assert_eq!(out.plaintext, plaintext, "{key} #{i}");
+            assert_eq!((out.alg.as_str(), out.enc.as_str()), (alg, enc));
+        }
+    }
+    Ok(())
+}

@@ -295,3 +295,21 @@ pub fn without_request_id(msg: &str, id: &str) -> String {
 pub fn binary_plaintext(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 256) as u8).rev().collect()
 }
+
+/// The daemon's log line with the reason a JWE was rejected under request `id` (the service
+/// logs it as `JWE not decrypted: REASON`; a request that failed otherwise is logged by the
+/// API layer as `request failed`). It may reach the log just after the answer.
+pub async fn reason_line(d: &Daemon, id: &str) -> TestResult<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(line) = d.log.lock().map_err(|_| "log lock")?.iter().find(|l| {
+            l.contains(id) && (l.contains("JWE not decrypted") || l.contains("request failed"))
+        }) {
+            return Ok(line.clone());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no log line for request {id}:\n{}", d.log_text()).into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

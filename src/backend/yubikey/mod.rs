@@ -6,9 +6,12 @@
 //! verified again and the operation retried once), PIN verification as each slot's PIN policy
 //! needs (a rejected PIN is never retried: retries lock the card), management-key
 //! authentication for generation and writes, host-side PKCS#1 v1.5 / PSS encoding (the card does
-//! raw RSA), DER → `r‖s` for ECDSA, slot allocation, attestation, and sigild's store on the card
-//! ([`store`]: the keyring's records and the slot table). Never touches JOSE, policy, gRPC or
-//! config files.
+//! raw RSA), DER → `r‖s` for ECDSA, decryption (raw RSA on the card then OAEP decoding on the
+//! host, ECDH on the card; every input-caused failure one error), slot allocation by key
+//! purpose (decryption keys only in the key-management slots 9d and 82–95), attestation, and
+//! sigild's store on the card ([`store`]: the keyring's records and the slot table). Never
+//! touches JOSE (the JWE's key derivation and content decryption are the caller's), policy,
+//! gRPC or config files.
 //!
 //! Keys are addressed as `yubikey:serial=N;slot=9a`. The [`KeyId`] is the slot byte followed by
 //! a 4-byte generation tag kept in the slot table, so that a slot reused after a destroy never
@@ -404,37 +407,7 @@ impl Card {
                 );
             }
         });
-        let id = slot_id(slot)?;
-        let (pin, touch) = self.policy(slot)?;
-        if pin == PinPolicy::Always || (pin == PinPolicy::Once && !self.pin_verified) {
-            self.verify_pin()?;
-        }
-        let raw = match piv::sign_data(self.yk()?, &input, alg, id) {
-            Err(yubikey::Error::AuthenticationError) if pin != PinPolicy::Never => {
-                // The card forgot the PIN (reset by another program): verify and sign once more.
-                self.verify_pin()?;
-                piv::sign_data(self.yk()?, &input, alg, id)
-            }
-            other => other,
-        };
-        let raw = match raw {
-            Ok(r) => r,
-            Err(yubikey::Error::GenericError) if touch != TouchPolicy::Never => {
-                tracing::warn!(
-                    slot = format!("{slot:02x}"),
-                    "sign refused on a touch-policy key: no touch in time"
-                );
-                return Err(BackendError::TouchTimeout.into());
-            }
-            Err(yubikey::Error::AuthenticationError) => {
-                return Err(BackendError::Device {
-                    function: "GENERAL AUTHENTICATE (sign)".into(),
-                    code: "security status not satisfied (PIN)".into(),
-                }
-                .into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let raw = self.private_op(slot, alg, &input, Private::Sign)?;
         match kind {
             KeyKind::Ec(curve) => {
                 Ok(crate::crypto::ecdsa_der_to_fixed(&raw, curve).map_err(|e| {
@@ -454,6 +427,138 @@ impl Card {
             KeyKind::Ed25519 => {
                 Err(BackendError::Malformed("Ed25519 signature is not 64 bytes".into()).into())
             }
+        }
+    }
+
+    /// One private-key operation (GENERAL AUTHENTICATE) on `slot`: the PIN verified as the
+    /// slot's PIN policy needs (and once more if the card forgot it), a touch timeout told
+    /// apart. Any other refusal is returned as the crate's error for the caller to map.
+    fn private_op(
+        &mut self,
+        slot: u8,
+        alg: AlgorithmId,
+        input: &[u8],
+        what: Private,
+    ) -> Result<yubikey::Buffer, Fail> {
+        let id = slot_id(slot)?;
+        let (pin, touch) = self.policy(slot)?;
+        if pin == PinPolicy::Always || (pin == PinPolicy::Once && !self.pin_verified) {
+            self.verify_pin()?;
+        }
+        let call = |yk: &mut YubiKey| match what {
+            Private::Sign => piv::sign_data(yk, input, alg, id),
+            Private::Decrypt => piv::decrypt_data(yk, input, alg, id),
+        };
+        let raw = match call(self.yk()?) {
+            Err(yubikey::Error::AuthenticationError) if pin != PinPolicy::Never => {
+                // The card forgot the PIN (reset by another program): verify and try once more.
+                self.verify_pin()?;
+                call(self.yk()?)
+            }
+            other => other,
+        };
+        match raw {
+            Ok(r) => Ok(r),
+            Err(yubikey::Error::GenericError) if touch != TouchPolicy::Never => {
+                tracing::warn!(
+                    slot = format!("{slot:02x}"),
+                    operation = what.name(),
+                    "refused on a touch-policy key: no touch in time"
+                );
+                Err(BackendError::TouchTimeout.into())
+            }
+            Err(yubikey::Error::AuthenticationError) => Err(BackendError::Device {
+                function: format!("GENERAL AUTHENTICATE ({})", what.name()),
+                code: "security status not satisfied (PIN)".into(),
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The private-key step of a decryption on `slot`: raw RSA on the card then OAEP decoding
+    /// here, or ECDH on the card. Every failure the ciphertext or peer point can cause is the
+    /// one [`decryption_failed`] error; the reason goes to the log only.
+    fn decrypt(&mut self, slot: u8, kind: KeyKind, op: &DecryptOp) -> Result<SecretBytes, Fail> {
+        if !op.fits(kind) {
+            return Err(BackendError::InvalidRequest(format!(
+                "this decryption needs a different key type than {kind}"
+            ))
+            .into());
+        }
+        let alg = algorithm(kind)?;
+        match (op, kind) {
+            (DecryptOp::RsaOaep { hash, ciphertext }, KeyKind::Rsa { bits }) => {
+                let k = bits as usize / 8;
+                if ciphertext.len() != k {
+                    tracing::debug!(
+                        slot = format!("{slot:02x}"),
+                        len = ciphertext.len(),
+                        k,
+                        "RSA ciphertext is not the modulus length"
+                    );
+                    return Err(decryption_failed().into());
+                }
+                let raw = self.card_decrypt(slot, alg, ciphertext)?;
+                // The card returns I2OSP(m, k); be lenient with a short block, as with signatures.
+                if raw.len() > k {
+                    return Err(BackendError::Malformed("raw RSA output too long".into()).into());
+                }
+                let mut em = Zeroizing::new(vec![0u8; k]);
+                em[k - raw.len()..].copy_from_slice(&raw);
+                drop(raw);
+                let decoded = crate::crypto::oaep_decode(*hash, k, &em);
+                drop(em);
+                decoded.map_err(|_| {
+                    tracing::debug!(slot = format!("{slot:02x}"), "OAEP decoding failed");
+                    decryption_failed().into()
+                })
+            }
+            (DecryptOp::Ecdh { peer }, KeyKind::Ec(curve)) => {
+                let point = match peer {
+                    crate::crypto::PublicKey::Ec { x, y, .. }
+                        if x.len() == curve.field_len() && y.len() == curve.field_len() =>
+                    {
+                        [&[0x04][..], x, y].concat()
+                    }
+                    _ => return Err(decryption_failed().into()),
+                };
+                let z = self.card_decrypt(slot, alg, &point)?;
+                if z.len() != curve.field_len() {
+                    return Err(BackendError::Malformed(format!(
+                        "ECDH result of {} bytes from the card, expected {}",
+                        z.len(),
+                        curve.field_len()
+                    ))
+                    .into());
+                }
+                Ok(SecretBytes::new(z.to_vec()))
+            }
+            _ => Err(BackendError::InvalidRequest("operation does not fit the key".into()).into()),
+        }
+    }
+
+    /// GENERAL AUTHENTICATE for decryption (tag 81: raw RSA, tag 85: ECDH). The card refusing
+    /// the input itself (e.g. an RSA block not below the modulus, a point it rejects) is
+    /// [`decryption_failed`].
+    fn card_decrypt(
+        &mut self,
+        slot: u8,
+        alg: AlgorithmId,
+        input: &[u8],
+    ) -> Result<yubikey::Buffer, Fail> {
+        match self.private_op(slot, alg, input, Private::Decrypt) {
+            Err(Failure::Device(
+                e @ (yubikey::Error::GenericError | yubikey::Error::SizeError),
+            )) => {
+                tracing::debug!(
+                    slot = format!("{slot:02x}"),
+                    error = %e,
+                    "the card refused the decryption input"
+                );
+                Err(decryption_failed().into())
+            }
+            other => other,
         }
     }
 
@@ -540,7 +645,7 @@ impl Card {
         }
         let mut entries = self.load_store()?;
         let mut chosen = None;
-        for slot in self.settings.slots.clone() {
+        for slot in candidate_slots(&self.settings.slots, spec.purpose) {
             match entries.get(&slot_label(slot)) {
                 Some(label) if !label.is_empty() => continue, // sigild's, in use
                 Some(_) => {}                                 // scrubbed by sigild: reusable
@@ -551,10 +656,14 @@ impl Card {
             break;
         }
         let slot = chosen.ok_or_else(|| {
-            BackendError::Unsupported(
-                "no free slot left among the configured YubiKey slots; destroy unused versions"
+            BackendError::Unsupported(match spec.purpose {
+                KeyPurpose::Sign => "no free slot left among the configured YubiKey slots \
+                                     (9d is kept for decryption keys); destroy unused versions"
                     .into(),
-            )
+                KeyPurpose::Decrypt => "no free key-management slot (9d, 82-95) left among the \
+                                        configured YubiKey slots; destroy unused versions"
+                    .into(),
+            })
         })?;
         self.authenticate()?;
         let (pin, touch) = self.generation_policies();
@@ -697,8 +806,19 @@ impl Backend for YubikeyBackend {
         op: DecryptOp,
         deadline: Instant,
     ) -> BackendFuture<SecretBytes> {
-        let _ = (key, kind, op, deadline);
-        todo!("decrypt on the device")
+        let slot = match Self::slot_of(key) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let key = key.clone();
+        let deadline = deadline.min(Instant::now() + self.timeout);
+        self.submit_by(deadline, Some(slot), move |c| {
+            // Repeatable: a decryption changes nothing on the card.
+            c.run(Retry::Idempotent, |c| {
+                let slot = c.resolve(&key)?;
+                c.decrypt(slot, kind, &op)
+            })
+        })
     }
 
     fn generate(&self, spec: KeySpec) -> BackendFuture<KeyObject> {
@@ -739,9 +859,17 @@ impl Backend for YubikeyBackend {
     }
 
     fn adopt(&self, uri: String, purpose: KeyPurpose) -> BackendFuture<KeyObject> {
-        let _ = purpose; // TODO(decrypt): check the key's usage attributes
         let serial = self.serial;
-        let parsed = parse_uri(&uri);
+        let parsed = parse_uri(&uri).and_then(|(serial, slot)| {
+            // A PIV card enforces no usage flags: the slot is the rule.
+            if purpose == KeyPurpose::Decrypt && !is_key_management(slot) {
+                return Err(BackendError::InvalidRequest(format!(
+                    "slot {slot:02x} is not a key-management slot: a decryption key must be in \
+                     9d or 82-95"
+                )));
+            }
+            Ok((serial, slot))
+        });
         self.submit(None, move |c| {
             let (want_serial, slot) = parsed?;
             if want_serial != serial {
@@ -752,6 +880,14 @@ impl Backend for YubikeyBackend {
             // Repeatable: a slot already recorded as sigild's keeps its tag.
             c.run(Retry::Idempotent, |c| {
                 let public = c.public(slot)?;
+                if purpose == KeyPurpose::Decrypt
+                    && matches!(public, crate::crypto::PublicKey::Ed25519 { .. })
+                {
+                    return Err(BackendError::InvalidRequest(format!(
+                        "slot {slot:02x} holds an Ed25519 key, which cannot decrypt"
+                    ))
+                    .into());
+                }
                 let mut entries = c.load_store()?;
                 let tag = match c.tags.get(&slot) {
                     // Already sigild's (generated, or adopted before): the same key pair.
@@ -941,6 +1077,58 @@ fn slot_entry(tag: [u8; 4], label: &str) -> Vec<u8> {
     v
 }
 
+/// Which private-key operation GENERAL AUTHENTICATE performs.
+#[derive(Clone, Copy)]
+enum Private {
+    /// Sign (tag 81 with the prepared input).
+    Sign,
+    /// Decrypt (tag 81: raw RSA) or key agreement (tag 85: ECDH).
+    Decrypt,
+}
+
+impl Private {
+    fn name(self) -> &'static str {
+        match self {
+            Private::Sign => "sign",
+            Private::Decrypt => "decrypt",
+        }
+    }
+}
+
+/// The one error of every decryption the input made fail (padding, length, a point the card
+/// refuses): telling them apart would be an oracle.
+fn decryption_failed() -> BackendError {
+    BackendError::InvalidRequest("decryption failed".into())
+}
+
+/// PIV key-management slots: 9d (KEY MANAGEMENT) and the retired key-management slots 82-95,
+/// the only slots sigild puts or accepts decryption keys in.
+fn is_key_management(slot: u8) -> bool {
+    matches!(slot, 0x9d | 0x82..=0x95)
+}
+
+/// The configured slots a new key of `purpose` may go in, in order of preference. Decryption
+/// keys: the key-management slots (9d, 82-95) in configured order. Signing keys: never 9d (the
+/// slot PIV middleware uses for decryption); first the other configured slots (9a, 9c, 9e),
+/// then the retired ones, so retired slots go to signing keys only when nothing else is free.
+fn candidate_slots(configured: &[u8], purpose: KeyPurpose) -> Vec<u8> {
+    match purpose {
+        KeyPurpose::Decrypt => configured
+            .iter()
+            .copied()
+            .filter(|s| is_key_management(*s))
+            .collect(),
+        KeyPurpose::Sign => {
+            let (retired, other): (Vec<u8>, Vec<u8>) = configured
+                .iter()
+                .copied()
+                .filter(|s| *s != 0x9d)
+                .partition(|s| is_key_management(*s));
+            other.into_iter().chain(retired).collect()
+        }
+    }
+}
+
 /// The store entry naming the sigild key in `slot`.
 fn slot_label(slot: u8) -> String {
     format!("{}{slot:02x}", store::SLOT_PREFIX)
@@ -1072,6 +1260,24 @@ mod tests {
         assert!(parse_uri("yubikey:serial=1;slot=9b").is_err());
         assert!(parse_uri("pkcs11:token=x").is_err());
         assert!(parse_uri("yubikey:serial=1").is_err());
+    }
+
+    #[test]
+    fn slot_choice_by_purpose() {
+        let configured = [0x82, 0x9d, 0x9a, 0x83, 0x9e];
+        assert_eq!(
+            candidate_slots(&configured, KeyPurpose::Decrypt),
+            vec![0x82, 0x9d, 0x83]
+        );
+        assert_eq!(
+            candidate_slots(&configured, KeyPurpose::Sign),
+            vec![0x9a, 0x9e, 0x82, 0x83]
+        );
+        let retired: Vec<u8> = (0x82..=0x95).collect();
+        assert_eq!(candidate_slots(&retired, KeyPurpose::Sign), retired);
+        assert_eq!(candidate_slots(&retired, KeyPurpose::Decrypt), retired);
+        assert!(is_key_management(0x95) && !is_key_management(0x96));
+        assert!(!is_key_management(0x9a) && !is_key_management(0x9c));
     }
 
     #[test]
