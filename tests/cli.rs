@@ -263,7 +263,13 @@ async fn dev_mode_creates_a_token_with_default_keys_once() -> TestResult {
     };
     let (mut child, endpoint) = start(state.path())?;
     let list = ok(&run_cli(&endpoint, &["key", "list"], None)?)?;
-    for name in ["dev-es256", "dev-ps256", "dev-eddsa"] {
+    for name in [
+        "dev-es256",
+        "dev-ps256",
+        "dev-eddsa",
+        "dev-enc-rsa",
+        "dev-enc-ec",
+    ] {
         assert!(list.contains(name), "{list}");
     }
     // The Unix socket serves the directory's owner.
@@ -394,11 +400,17 @@ async fn dev_mode_is_found_from_any_directory() -> TestResult {
             .output()
     };
     let list = ok(&cli(&["key", "list"])?)?;
-    for name in ["dev-es256", "dev-ps256", "dev-eddsa"] {
+    for name in [
+        "dev-es256",
+        "dev-ps256",
+        "dev-eddsa",
+        "dev-enc-rsa",
+        "dev-enc-ec",
+    ] {
         assert!(list.contains(name), "{list}");
     }
     let jwks: Value = serde_json::from_str(&ok(&cli(&["jwks"])?)?)?;
-    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(3), "{jwks}");
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(5), "{jwks}");
 
     // SIGTERM: the daemon exits cleanly and takes its pointer with it.
     let pid = child.id().to_string();

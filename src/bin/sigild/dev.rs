@@ -21,11 +21,15 @@ pub const DEV_TOKEN_LABEL: &str = "sigild-dev";
 /// The fixed localhost address of `sigild dev`, which client commands use by default.
 pub const DEV_LISTEN: &str = "127.0.0.1:7711";
 
-/// Keys `sigild dev` creates on first run: the three algorithms FAPI 2.0 allows.
-pub const DEV_KEYS: [(&str, &str); 3] = [
+/// Keys `sigild dev` creates on first run: signing keys for the three algorithms FAPI 2.0
+/// allows, and a decryption key of each family (RSA-OAEP-256, ECDH-ES+A256KW on P-256) that
+/// JWEs can be encrypted to (`use: "enc"` in the JWKS).
+pub const DEV_KEYS: [(&str, &str); 5] = [
     ("dev-es256", "ES256"),
     ("dev-ps256", "PS256"),
     ("dev-eddsa", "EdDSA"),
+    ("dev-enc-rsa", "RSA-OAEP-256"),
+    ("dev-enc-ec", "ECDH-ES+A256KW"),
 ];
 
 /// Where Debian, Ubuntu, Fedora and source builds put the SoftHSM module.
