@@ -46,12 +46,38 @@ fn isolated(name: &str, body: impl FnOnce(&Ctx) -> TestResult) -> TestResult<Str
         return result.map(|()| String::new());
     }
     let token = Token::new()?;
-    let out = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(std::env::current_exe()?);
+    child
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("SIGILD_TEST_MODULE", SOFTHSM_MODULE)
+        .env("SIGILD_TEST_TOKEN", &token.label)
+        .env("SIGILD_TEST_PIN", &token.pin);
+    let text = run_child(name, child)?;
+    drop(token);
+    Ok(text)
+}
+
+/// [`isolated`] on openCryptoki's soft token (one at a time per machine: the token holds a lock).
+fn isolated_ock(name: &str, body: impl FnOnce(&Ctx) -> TestResult) -> TestResult<String> {
+    if std::env::var_os(CHILD).is_some() {
+        return isolated(name, body);
+    }
+    let token = support::ock::OckToken::start()?;
+    let mut child = Command::new(std::env::current_exe()?);
+    child
+        .env("SIGILD_TEST_MODULE", &token.module)
+        .env("SIGILD_TEST_TOKEN", support::ock::LABEL)
+        .env("SIGILD_TEST_PIN", token.pin()?);
+    let text = run_child(name, child)?;
+    drop(token);
+    Ok(text)
+}
+
+/// Run the test `name` alone in `child` (this binary), its environment set; its output.
+fn run_child(name: &str, mut child: Command) -> TestResult<String> {
+    let out = child
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
-        .env("SOFTHSM2_CONF", &token.conf)
-        .env("SIGILD_TEST_TOKEN", &token.label)
-        .env("SIGILD_TEST_PIN", &token.pin)
         .output()?;
     let text = format!(
         "{}\n{}",
@@ -61,6 +87,7 @@ fn isolated(name: &str, body: impl FnOnce(&Ctx) -> TestResult) -> TestResult<Str
     if !out.status.success() || !text.contains("1 passed") {
         return Err(format!("{name} failed in its own process:\n{text}").into());
     }
+    print!("{text}");
     Ok(text)
 }
 
@@ -77,6 +104,7 @@ fn parent() -> bool {
 /// The backend on this process's token, a runtime to drive it, and the token's details.
 struct Ctx {
     backend: Pkcs11Backend,
+    module: String,
     rt: tokio::runtime::Runtime,
     label: String,
     pin: String,
@@ -84,10 +112,11 @@ struct Ctx {
 
 impl Ctx {
     fn open() -> TestResult<Ctx> {
+        let module = std::env::var("SIGILD_TEST_MODULE")?;
         let label = std::env::var("SIGILD_TEST_TOKEN")?;
         let pin = std::env::var("SIGILD_TEST_PIN")?;
         let (backend, issue) = Pkcs11Backend::open(Pkcs11Settings {
-            module: SOFTHSM_MODULE.into(),
+            module: module.clone().into(),
             token: format!("pkcs11:token={label}").parse()?,
             pin: Secret::new(pin.clone()),
             workers: 2,
@@ -102,6 +131,7 @@ impl Ctx {
             .build()?;
         Ok(Ctx {
             backend,
+            module,
             rt,
             label,
             pin,
@@ -139,7 +169,7 @@ impl Ctx {
         let out = Command::new("pkcs11-tool")
             .args([
                 "--module",
-                SOFTHSM_MODULE,
+                &self.module,
                 "--token-label",
                 &self.label,
                 "--login",
@@ -193,7 +223,7 @@ impl Ctx {
     /// Secret-key objects this process's sessions can see on the token (session objects are
     /// visible to every session of the process that made them, and to no other process).
     fn secret_objects(&self) -> TestResult<usize> {
-        let ctx = Pkcs11::new(SOFTHSM_MODULE)?;
+        let ctx = Pkcs11::new(&self.module)?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(())
             | Err(cryptoki::error::Error::Pkcs11(
@@ -397,7 +427,6 @@ fn ec_case(ctx: &Ctx, curve: Curve) -> TestResult {
 /// Each OAEP hash is decided once for the token, and logged once.
 fn decided_once(text: &str) -> TestResult {
     if parent() {
-        print!("{text}");
         assert_eq!(logged(text, "RSA-OAEP decryption decided"), 2, "{text}");
         assert_eq!(logged(text, "hash=\"SHA-1\""), 1, "{text}");
         assert_eq!(logged(text, "hash=\"SHA-256\""), 1, "{text}");
@@ -408,7 +437,6 @@ fn decided_once(text: &str) -> TestResult {
 /// The ECDH point form is decided once for the token, and logged once.
 fn form_decided_once(text: &str) -> TestResult {
     if parent() {
-        print!("{text}");
         assert_eq!(logged(text, "ECDH peer point form decided"), 1, "{text}");
     }
     Ok(())
@@ -462,6 +490,22 @@ fn usage_attributes_follow_the_purpose_and_the_token_refuses_the_other_use() -> 
             assert_eq!(usage(&sig_ec, "Private")?, "sign");
             assert_eq!(usage(&enc_ec, "Private")?, "derive");
             assert_eq!(usage(&enc_ec, "Public")?, "none");
+            for k in [&enc_rsa, &enc_ec] {
+                // The device's own tool reads the public key back (pkcs11-tool of this machine
+                // cannot read any P-384 public key: "cannot create EVP_PKEY", sign keys too).
+                let dir = tempfile::tempdir()?;
+                let file = dir.path().join("pub.der");
+                ctx.tool(&[
+                    "--read-object",
+                    "--type",
+                    "pubkey",
+                    "--id",
+                    &k.id.to_hex(),
+                    "--output-file",
+                    file.to_str().ok_or("path")?,
+                ])?;
+                assert!(!std::fs::read(&file)?.is_empty());
+            }
             for k in [&enc_rsa, &enc_ec] {
                 let (_, access) = ctx.usage("Private", &k.id)?;
                 assert!(access.contains("sensitive"), "{access}");
@@ -598,4 +642,23 @@ fn adopt_checks_the_usage_attributes() -> TestResult {
         Ok(())
     })
     .map(drop)
+}
+
+/// openCryptoki's soft token: RSA decryption keys (it has no EC mechanisms at all, so no ECDH
+/// keys; the backend refuses them naming CKM_ECDH1_DERIVE).
+#[test]
+fn opencryptoki_rsa_oaep_sha1_and_sha256() -> TestResult {
+    decided_once(&isolated_ock(
+        "opencryptoki_rsa_oaep_sha1_and_sha256",
+        |ctx| {
+            rsa_case(ctx, 2048)?;
+            let refused = ctx.generate(KeyKind::Ec(Curve::P256), KeyPurpose::Decrypt, "ec");
+            println!("EC decryption key on openCryptoki: {refused:?}");
+            assert!(
+                matches!(&refused, Err(e) if e.to_string().contains("CKM_ECDH1_DERIVE")),
+                "{refused:?}"
+            );
+            Ok(())
+        },
+    )?)
 }

@@ -412,7 +412,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
         serial: SERIAL,
         pin: Secret::new(PIN.into()),
         management_key: Secret::new(DEFAULT_MGM.into()),
-        slots: vec![0x82, 0x9d, 0x9a, 0x83, 0x84],
+        slots: vec![0x82, 0x9d, 0x9a, 0x83, 0x84, 0x85],
         pin_policy: PinPolicySetting::Default,
         touch_policy: TouchPolicySetting::Never,
         queue_depth: 8,
@@ -446,11 +446,16 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
         .map(|k| uri_slot(&k.uri))
         .collect::<TestResult<_>>()?;
     assert_eq!(slots, vec![0x82, 0x9d, 0x83]);
-    // Only 84 is left: a decryption key may have it, a second signing key too (9a is taken).
+    // 84 and 85 are left: a second signing key takes 84 (9a is taken), an RSA-3072 (firmware
+    // 5.7) decryption key 85; then no key-management slot is free.
     let sig2 = yk
         .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Sign))
         .await?;
     assert_eq!(uri_slot(&sig2.uri)?, 0x84);
+    let rsa3072 = yk
+        .generate(spec(KeyKind::Rsa { bits: 3072 }, KeyPurpose::Decrypt))
+        .await?;
+    assert_eq!(uri_slot(&rsa3072.uri)?, 0x85);
     let full = yk
         .generate(spec(KeyKind::Ec(Curve::P256), KeyPurpose::Decrypt))
         .await;
@@ -504,12 +509,16 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
     let again = yk.adopt(uri("9d"), KeyPurpose::Decrypt).await?;
     assert_eq!(again.id, p256.id, "adopting sigild's own key keeps its id");
     yk.adopt(uri("84"), KeyPurpose::Sign).await?;
-    // RSA-OAEP (SHA-1) and RSA-OAEP-256: the CEK jwcrypto's backend encrypted, back.
-    let PublicKey::Rsa { n, e } = &rsa.public else {
-        return Err(format!("not RSA: {:?}", rsa.public).into());
-    };
-    let kind = KeyKind::Rsa { bits: 2048 };
-    for (hash, name) in [(OaepHash::Sha1, "sha1"), (OaepHash::Sha256, "sha256")] {
+    // RSA-OAEP (SHA-1) and RSA-OAEP-256: the CEK Python encrypted, back.
+    for (rsa, bits, hash, name) in [
+        (&rsa, 2048, OaepHash::Sha1, "sha1"),
+        (&rsa, 2048, OaepHash::Sha256, "sha256"),
+        (&rsa3072, 3072, OaepHash::Sha256, "sha256"),
+    ] {
+        let PublicKey::Rsa { n, e } = &rsa.public else {
+            return Err(format!("not RSA: {:?}", rsa.public).into());
+        };
+        let kind = KeyKind::Rsa { bits };
         let v = decrypt_inputs(&json!({"op": "rsa-oaep", "hash": name, "n": hex(n), "e": hex(e)}))?;
         let ciphertext = unhex(&v["ciphertext"])?;
         let cek = yk
@@ -526,9 +535,10 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
         assert_eq!(
             cek.expose(),
             unhex(&v["cek"])?.as_slice(),
-            "RSA-OAEP {name}"
+            "RSA-{bits} OAEP {name}"
         );
-        // A tampered ciphertext, the wrong hash, a short ciphertext: one and the same error.
+        // A tampered ciphertext, the wrong hash, a short ciphertext, one not below the modulus
+        // (the card refuses it): one and the same error.
         let mut tampered = ciphertext.clone();
         tampered[100] ^= 1;
         let other = match hash {
@@ -539,6 +549,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
             (hash, tampered),
             (other, ciphertext.clone()),
             (hash, ciphertext[1..].to_vec()),
+            (hash, vec![0xff; ciphertext.len()]),
         ] {
             let r = yk
                 .decrypt(
@@ -550,7 +561,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
                 .await;
             assert!(
                 matches!(&r, Err(BackendError::InvalidRequest(m)) if m == "decryption failed"),
-                "{r:?}"
+                "RSA-{bits} OAEP {name}: {r:?}"
             );
         }
     }

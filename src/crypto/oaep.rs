@@ -161,13 +161,13 @@ mod tests {
         }
     }
 
-    /// A DB with the right lHash but no 0x01 separator, or a non-zero byte before it.
+    /// A DB with the wrong lHash, with no 0x01 separator, or with a non-zero byte before it.
     #[test]
     fn separator_is_required_and_must_follow_zeros() {
         let k = 128;
         let h_len = 20;
-        let make = |after: &[u8]| {
-            let mut db = sha1::Sha1::digest(b"").to_vec();
+        let make_labelled = |label: &[u8], after: &[u8]| {
+            let mut db = sha1::Sha1::digest(label).to_vec();
             db.extend_from_slice(after);
             let seed = [3u8; 20];
             mgf1_xor::<sha1::Sha1>(&seed, &mut db);
@@ -178,7 +178,13 @@ mod tests {
             em.extend(db);
             em
         };
+        let make = |after: &[u8]| make_labelled(b"", after);
         let n = k - h_len - 1 - h_len;
+        // A valid structure under another label: lHash' differs.
+        let mut labelled = vec![0; n];
+        labelled[n - 2] = 1;
+        assert!(oaep_decode(OaepHash::Sha1, k, &make_labelled(b"L", &labelled)).is_err());
+        assert!(oaep_decode(OaepHash::Sha1, k, &make(&labelled)).is_ok());
         assert!(oaep_decode(OaepHash::Sha1, k, &make(&vec![0; n])).is_err());
         let mut two = vec![0; n];
         two[3] = 2;

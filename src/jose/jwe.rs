@@ -186,6 +186,8 @@ pub struct Jwe {
     kid: Option<String>,
     /// The first part as sent: the AAD of the content encryption.
     protected_b64: String,
+    /// The protected header decoded (UTF-8 JSON), returned to the caller with the plaintext.
+    protected_json: String,
     epk: Option<PublicKey>,
     apu: Vec<u8>,
     apv: Vec<u8>,
@@ -240,6 +242,8 @@ impl Jwe {
         let ciphertext = part(p_ct, "the ciphertext is not base64url")?;
         let tag = part(p_tag, "the tag is not base64url")?;
 
+        let protected_json =
+            String::from_utf8(header.clone()).map_err(|_| JweError::Header("not UTF-8"))?;
         let m = parse_object(&header).map_err(|e| {
             JweError::Header(match e {
                 JoseError::HeaderNotUtf8 => "not UTF-8",
@@ -325,6 +329,7 @@ impl Jwe {
             enc,
             kid,
             protected_b64: p_header.to_owned(),
+            protected_json,
             epk,
             apu,
             apv,
@@ -348,6 +353,12 @@ impl Jwe {
     /// The header `kid`, when present.
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
+    }
+
+    /// The protected header as sent, decoded: a JSON object (checked by [`Jwe::parse`]) that
+    /// the caller may read further, e.g. `cty: "JWT"` for a nested token.
+    pub fn protected_header(&self) -> &str {
+        &self.protected_json
     }
 }
 

@@ -22,6 +22,7 @@ pub mod device;
 pub mod faulty;
 pub mod jwe;
 pub mod ock;
+pub mod op;
 pub mod tls;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;

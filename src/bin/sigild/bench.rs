@@ -1,7 +1,9 @@
 //! `sigild bench`: signatures/s and p50/p99 latency through the daemon (gRPC client included,
 //! over loopback) side by side with direct in-process PKCS#11 calls on the same SoftHSM token,
 //! at the same concurrency, in one run — ratios from one run are what a noisy shared machine
-//! can honestly show.
+//! can honestly show. JWE decryption gets the same comparison (direct PKCS#11 decryption: the
+//! device step alone, with host OAEP decoding where the token needs it; the service in-process:
+//! the whole JWE), on JWEs made once at start by Python jwcrypto.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +21,9 @@ use sigild::api::{Api, Listener, pb};
 use sigild::app;
 use sigild::backend::pkcs11::Pkcs11Backend;
 use sigild::config::Config;
+use sigild::crypto::DecryptOp;
 use sigild::jose::Alg;
+use sigild::jose::{Jwe, JweAlg};
 use sigild::keyring::VersionInfo;
 use sigild::service::{Service, ServiceOptions, SystemClock};
 
@@ -42,6 +46,13 @@ pub struct BenchArgs {
     /// Algorithms.
     #[arg(long, value_delimiter = ',', default_value = "ES256,PS256,EdDSA")]
     pub algs: Vec<String>,
+    /// JWE key-management algorithms to measure decryption for (empty: none).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "RSA-OAEP-256,ECDH-ES+A256KW"
+    )]
+    pub jwe_algs: Vec<String>,
     /// Saturation run instead of the table: measure the capacity (signatures/s, closed loop),
     /// then offer `--factor` times that rate open-loop for `--seconds`, and report accepted/s,
     /// RESOURCE_EXHAUSTED answers and their latency, accepted latency against the queue bound,
@@ -71,7 +82,7 @@ pub struct Row {
     pub clients: usize,
     /// Which path.
     pub path: &'static str,
-    /// Signatures per second.
+    /// Operations (signatures or decryptions) per second.
     pub ops_per_sec: f64,
     /// Median latency, microseconds.
     pub p50_us: f64,
@@ -264,10 +275,217 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
             }
         }
     }
+    for alg_name in args.jwe_algs.iter().filter(|a| !a.is_empty()) {
+        let p11 = running
+            .pkcs11
+            .as_ref()
+            .ok_or("the benchmark needs the PKCS#11 backend")?;
+        let dec = DecryptSetup::new(&service, alg_name).await?;
+        for &clients in &args.clients {
+            let rows_here = [
+                direct_decrypt_row(p11, &dec, clients, duration).await?,
+                service_decrypt_row(&service, &dec, clients, duration).await?,
+            ];
+            for r in rows_here {
+                print_row(&r, &rows);
+                rows.push(r);
+            }
+        }
+    }
     tokio::task::spawn_blocking(move || running.shutdown())
         .await
         .map_err(|e| e.to_string())?;
     Ok(rows)
+}
+
+/// A decryption key of the benchmark, one JWE to it and the device step that JWE needs.
+struct DecryptSetup {
+    /// The JWE algorithm's name (the rows' `alg`).
+    alg: String,
+    /// Key name.
+    key: String,
+    /// Its active version.
+    version: Arc<VersionInfo>,
+    /// A compact JWE to it (A256GCM, an ID-token-sized payload).
+    jwe: Arc<Vec<u8>>,
+    /// The device step of `jwe`.
+    op: Arc<DecryptOp>,
+}
+
+impl DecryptSetup {
+    /// Create the key (the first time; kept between runs) and have jwcrypto encrypt to it.
+    async fn new(service: &Arc<Service>, alg: &str) -> Result<DecryptSetup, String> {
+        let jwe_alg = JweAlg::parse(alg).ok_or_else(|| format!("unknown JWE alg {alg}"))?;
+        let key = format!(
+            "bench-dec-{}",
+            jwe_alg.name().to_ascii_lowercase().replace('+', "-")
+        );
+        if service.key(&key).is_err() {
+            service
+                .create_key(
+                    &sigild::service::Origin::in_process(),
+                    &key,
+                    jwe_alg.name(),
+                    sigild::keyring::KeySize::default(),
+                    false,
+                )
+                .await
+                .map_err(|e| e.chain().to_string())?;
+        }
+        let version = service.keyring().active(&key).map_err(|e| e.to_string())?;
+        let request = serde_json::json!({
+            "jwk": sigild::jose::public_jwk(&version.public),
+            "alg": jwe_alg.name(),
+            "kid": version.kid,
+            "plaintext": String::from_utf8_lossy(&sample_input()),
+        });
+        let jwe = tokio::task::spawn_blocking(move || jwcrypto_encrypt(&request))
+            .await
+            .map_err(|e| e.to_string())??;
+        let op = Jwe::parse(&jwe)
+            .and_then(|j| j.device_op(&version.public))
+            .map_err(|e| format!("jwcrypto's JWE: {e}"))?;
+        Ok(DecryptSetup {
+            alg: jwe_alg.name().to_owned(),
+            key,
+            version,
+            jwe: Arc::new(jwe),
+            op: Arc::new(op),
+        })
+    }
+}
+
+/// Encrypt to a JWK with Python jwcrypto (A256GCM): the benchmark's JWEs come from code sigild
+/// did not write, as its tests' do.
+fn jwcrypto_encrypt(request: &serde_json::Value) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    const SCRIPT: &str = "import json, sys\n\
+from jwcrypto import jwe, jwk\n\
+r = json.load(sys.stdin)\n\
+t = jwe.JWE(r['plaintext'].encode(), json.dumps({'alg': r['alg'], 'enc': 'A256GCM', 'kid': r['kid']}))\n\
+t.add_recipient(jwk.JWK(**r['jwk']))\n\
+sys.stdout.write(t.serialize(compact=True))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("python3: no stdin")?
+        .write_all(request.to_string().as_bytes())
+        .map_err(|e| format!("python3: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(format!(
+            "jwcrypto could not encrypt (python3 with jwcrypto is needed for the decryption rows): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// `clients` threads, each with its own logged-in session, performing the JWE's device step
+/// in a loop (OAEP decoding on the host included where the token needs it).
+async fn direct_decrypt_row(
+    backend: &Arc<Pkcs11Backend>,
+    dec: &DecryptSetup,
+    clients: usize,
+    duration: Duration,
+) -> Result<Row, String> {
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (backend, version, op) = (
+            Arc::clone(backend),
+            Arc::clone(&dec.version),
+            Arc::clone(&dec.op),
+        );
+        handles.push(tokio::task::spawn_blocking(
+            move || -> Result<(Vec<u64>, u64), String> {
+                let decrypter = backend
+                    .direct_decrypter(&version.key_id, version.kind)
+                    .map_err(|e| e.to_string())?;
+                for _ in 0..20 {
+                    let _ = decrypter.decrypt(&op);
+                }
+                let (mut lat, mut errors) = (Vec::with_capacity(65536), 0);
+                let deadline = Instant::now() + duration;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match decrypter.decrypt(&op) {
+                        Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                Ok((lat, errors))
+            },
+        ));
+    }
+    // As for signing: every thread is awaited before any failure is reported.
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.await.map_err(|e| e.to_string()));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for r in results {
+        let (lat, e) = r??;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise_path(
+        &dec.alg,
+        clients,
+        duration,
+        "direct PKCS#11",
+        all,
+        errors,
+    ))
+}
+
+/// The service's whole JWE decryption called in-process (policy, worker pool, device step,
+/// key unwrap, content decryption; no gRPC).
+async fn service_decrypt_row(
+    service: &Arc<Service>,
+    dec: &DecryptSetup,
+    clients: usize,
+    duration: Duration,
+) -> Result<Row, String> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (service, key, jwe) = (Arc::clone(service), dec.key.clone(), Arc::clone(&dec.jwe));
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::with_capacity(65536), 0u64);
+            let origin = sigild::service::Origin::in_process();
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match service.decrypt_jwe(&origin, &key, &jwe, &[], &[]).await {
+                    Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await.map_err(|e| e.to_string())?;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise_path(
+        &dec.alg,
+        clients,
+        duration,
+        "service in-process",
+        all,
+        errors,
+    ))
 }
 
 /// What one row measures.
@@ -288,8 +506,8 @@ struct Measure {
 fn print_row(r: &Row, earlier: &[Row]) {
     if earlier.is_empty() {
         println!(
-            "{:<6} {:>7}  {:<24} {:>10} {:>9} {:>9} {:>9} {:>6}",
-            "alg", "clients", "path", "sig/s", "p50 µs", "p99 µs", "vs direct", "errors"
+            "{:<14} {:>7}  {:<24} {:>10} {:>9} {:>9} {:>9} {:>6}",
+            "alg", "clients", "path", "ops/s", "p50 µs", "p99 µs", "vs direct", "errors"
         );
     }
     let direct = earlier
@@ -298,7 +516,7 @@ fn print_row(r: &Row, earlier: &[Row]) {
         .find(|d| d.alg == r.alg && d.clients == r.clients && d.path == "direct PKCS#11")
         .map_or(r.ops_per_sec, |d| d.ops_per_sec);
     println!(
-        "{:<6} {:>7}  {:<24} {:>10.0} {:>9.1} {:>9.1} {:>8.0}% {:>6}",
+        "{:<14} {:>7}  {:<24} {:>10.0} {:>9.1} {:>9.1} {:>8.0}% {:>6}",
         r.alg,
         r.clients,
         r.path,
@@ -310,7 +528,18 @@ fn print_row(r: &Row, earlier: &[Row]) {
     );
 }
 
-fn summarise(m: &Measure, path: &'static str, mut lat: Vec<u64>, errors: u64) -> Row {
+fn summarise(m: &Measure, path: &'static str, lat: Vec<u64>, errors: u64) -> Row {
+    summarise_path(m.alg.name(), m.clients, m.duration, path, lat, errors)
+}
+
+fn summarise_path(
+    alg: &str,
+    clients: usize,
+    duration: Duration,
+    path: &'static str,
+    mut lat: Vec<u64>,
+    errors: u64,
+) -> Row {
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -320,10 +549,10 @@ fn summarise(m: &Measure, path: &'static str, mut lat: Vec<u64>, errors: u64) ->
         lat.get(i).copied().unwrap_or_default() as f64 / 1000.0
     };
     Row {
-        alg: m.alg.name().to_owned(),
-        clients: m.clients,
+        alg: alg.to_owned(),
+        clients,
         path,
-        ops_per_sec: lat.len() as f64 / m.duration.as_secs_f64(),
+        ops_per_sec: lat.len() as f64 / duration.as_secs_f64(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         errors,
