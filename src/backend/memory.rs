@@ -13,8 +13,8 @@
 //! signs messages, not the pre-hashed digests the contract hands a backend, so ECDSA signing is
 //! refused as [`BackendError::Unsupported`]; `ring` cannot generate RSA keys, so RSA exists only
 //! when imported (validated by `ring`) and does not sign either. Decryption: EC keys (made or
-//! imported) perform ECDH with the RustCrypto curve crates (`p256`, `p384`); RSA keys do not
-//! decrypt here. Each key pair keeps its purpose: a decryption key refuses to sign and a
+//! imported) perform ECDH with the RustCrypto curve crates (`p256`, `p384`); imported RSA keys
+//! decrypt with raw RSA (`rsa` crate) and OAEP decoded on the host. Each key pair keeps its purpose: a decryption key refuses to sign and a
 //! signing key to decrypt, as a real token's attributes make it.
 
 use std::collections::BTreeMap;
@@ -45,6 +45,9 @@ struct SoftKey {
     /// The EC private scalar, for ECDH (`ring` agrees only with ephemeral keys, so the
     /// RustCrypto curve crates do the arithmetic).
     ec_d: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// An imported RSA private key, for raw RSA decryption (OAEP decoded on the host, as a
+    /// device without OAEP does it).
+    rsa: Option<rsa::RsaPrivateKey>,
     /// What the key pair may do: a signing key never decrypts, a decryption key never signs,
     /// as the token attributes of a real device say.
     purpose: KeyPurpose,
@@ -305,10 +308,42 @@ fn decrypt_with(
     }
     match (op, &soft.ec_d) {
         (DecryptOp::Ecdh { peer }, Some(d)) => ecdh(d, peer),
+        (DecryptOp::RsaOaep { hash, ciphertext }, _) => match &soft.rsa {
+            Some(key) => rsa_oaep(key, *hash, ciphertext),
+            None => Err(BackendError::Unsupported(format!(
+                "the in-memory backend decrypts with imported RSA keys only ({kind})"
+            ))),
+        },
         _ => Err(BackendError::Unsupported(format!(
-            "the in-memory backend decrypts with EC keys only ({kind})"
+            "the in-memory backend cannot decrypt with this key ({kind})"
         ))),
     }
+}
+
+/// Raw RSA with `key`, then OAEP decoding on the host. Every failure (a ciphertext out of
+/// range, bad padding) is the same refusal, as a device's would be.
+fn rsa_oaep(
+    key: &rsa::RsaPrivateKey,
+    hash: crate::crypto::OaepHash,
+    ciphertext: &[u8],
+) -> Result<SecretBytes, BackendError> {
+    use rsa::traits::PublicKeyParts as _;
+    let refused = || BackendError::InvalidRequest("decryption failed".into());
+    let k = key.size();
+    if ciphertext.len() != k {
+        return Err(refused());
+    }
+    let bits = u32::try_from(k * 8).map_err(|_| refused())?;
+    let c = rsa::BoxedUint::from_be_slice(ciphertext, bits).map_err(|_| refused())?;
+    let raw = rsa::hazmat::rsa_decrypt_and_check(
+        key,
+        None::<&mut dyn rsa::rand_core::TryCryptoRng<Error = core::convert::Infallible>>,
+        &c,
+    )
+    .map_err(|_| refused())?;
+    let em = zeroize::Zeroizing::new(raw.to_be_bytes());
+    let em = em.get(em.len().saturating_sub(k)..).ok_or_else(refused)?;
+    crate::crypto::oaep_decode(hash, k, em).map_err(|_| refused())
 }
 
 /// ECDH of the private scalar `d` with `peer`: the x-coordinate of `d·peer`.
@@ -357,6 +392,7 @@ fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
                 },
                 ed25519: Some(pair),
                 ec_d: None,
+                rsa: None,
                 purpose: KeyPurpose::Sign,
             })
         }
@@ -376,6 +412,7 @@ fn generate_key(kind: KeyKind, label: String) -> Result<SoftKey, BackendError> {
                 public,
                 ed25519: None,
                 ec_d,
+                rsa: None,
                 purpose: KeyPurpose::Sign,
             })
         }
@@ -394,6 +431,7 @@ fn import_key(
     let rng = SystemRandom::new();
     let public = material.public().clone();
     let mut ec_d = None;
+    let mut rsa_key = None;
     let ed25519 = match (material, &public) {
         (PrivateKeyMaterial::Ed25519 { seed, .. }, PublicKey::Ed25519 { x }) => {
             Some(signature::Ed25519KeyPair::from_seed_and_public_key(seed, x).map_err(rejected)?)
@@ -435,6 +473,20 @@ fn import_key(
                 qInv: qinv.as_slice(),
             })
             .map_err(rejected)?;
+            let bits = u32::try_from(n.len() * 8).unwrap_or(u32::MAX);
+            let uint = |v: &[u8]| {
+                rsa::BoxedUint::from_be_slice(v, bits)
+                    .map_err(|_| BackendError::Import("RSA component too long".into()))
+            };
+            rsa_key = Some(
+                rsa::RsaPrivateKey::from_components(
+                    uint(n)?,
+                    uint(e)?,
+                    uint(d)?,
+                    vec![uint(p)?, uint(q)?],
+                )
+                .map_err(|e| BackendError::Import(format!("RSA key: {e}")))?,
+            );
             None
         }
         _ => {
@@ -448,6 +500,7 @@ fn import_key(
         public,
         ed25519,
         ec_d,
+        rsa: rsa_key,
         purpose,
     })
 }

@@ -184,6 +184,7 @@ pub fn verify_nested(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -196,6 +197,53 @@ mod tests {
             alg: "ECDH-ES".into(),
             enc: "A256GCM".into(),
         }
+    }
+
+    /// A JWS signed by `ring` (Ed25519) and the JWKS that holds its key under `kid`.
+    fn signed(claims: &str, kid: &str) -> (String, Value) {
+        use ring::signature::KeyPair as _;
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let header = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            jose::b64(header.to_string().as_bytes()),
+            jose::b64(claims.as_bytes())
+        );
+        let sig = pair.sign(input.as_bytes());
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig",
+            "x": jose::b64(pair.public_key().as_ref()),
+        }]});
+        (format!("{input}.{}", jose::b64(sig.as_ref())), jwks)
+    }
+
+    #[test]
+    fn a_signed_inner_jwt_verifies_and_yields_its_claims() {
+        let (jws, jwks) = signed(r#"{"iss":"https://op.example","sub":"alice"}"#, "op-1");
+        let t = verify_nested(
+            &decrypted(&format!("{jws}\n"), r#"{"cty":"JWT"}"#),
+            &jwks,
+            &[Alg::EdDsa],
+        )
+        .unwrap();
+        assert_eq!(t.claims["sub"], serde_json::json!("alice"));
+        assert_eq!(t.alg, Alg::EdDsa);
+        // A kid the JWKS does not hold, an alg the caller did not allow, a changed payload.
+        let (other, _) = signed("{}", "op-2");
+        let e = verify_nested(&decrypted(&other, "{}"), &jwks, &[Alg::EdDsa]);
+        assert!(matches!(e, Err(NestedTokenError::NoKey { .. })), "{e:?}");
+        let e = verify_nested(&decrypted(&jws, "{}"), &jwks, &[Alg::Es256]);
+        assert!(
+            matches!(e, Err(NestedTokenError::AlgNotAllowed(_))),
+            "{e:?}"
+        );
+        let mut parts: Vec<&str> = jws.split('.').collect();
+        let forged = jose::b64(br#"{"sub":"mallory"}"#);
+        parts[1] = &forged;
+        let e = verify_nested(&decrypted(&parts.join("."), "{}"), &jwks, &[Alg::EdDsa]);
+        assert_eq!(e.err(), Some(NestedTokenError::BadSignature));
     }
 
     #[test]

@@ -458,3 +458,66 @@ fn device_refusals_of_the_ciphertext_are_not_told_apart() {
         assert!(!refuses_ciphertext(&e), "{e}");
     }
 }
+
+/// An RSA 2048 private key as PKCS#8 DER, made by Python `cryptography`.
+fn rsa_pkcs8() -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys\nfrom cryptography.hazmat.primitives.asymmetric import rsa\n\
+             from cryptography.hazmat.primitives import serialization as s\n\
+             k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n\
+             sys.stdout.buffer.write(k.private_bytes(s.Encoding.DER, s.PrivateFormat.PKCS8, \
+             s.NoEncryption()))",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[tokio::test]
+async fn rsa_oaep_decrypts_and_its_padding_failures_look_like_any_other() {
+    let f = fixture().await;
+    let s = &f.service;
+    let material = crate::backend::parse_pkcs8(&SecretBytes::new(rsa_pkcs8())).unwrap();
+    s.import_key(
+        &Origin::in_process(),
+        "enc-rsa",
+        "RSA-OAEP-256",
+        false,
+        material,
+    )
+    .await
+    .unwrap();
+    let key = jwk(s, "enc-rsa", 1);
+    let jwes = jwcrypto(&[
+        item(&key, "RSA-OAEP-256", "A256GCM", b"rsa plaintext", json!({})),
+        item(&key, "RSA-OAEP", "A256GCM", b"sha-1", json!({})),
+    ]);
+    let d = decrypt(s, &rp(), "enc-rsa", &jwes[0]).await.unwrap();
+    assert_eq!(d.plaintext.expose(), b"rsa plaintext");
+    assert_eq!(d.alg, JweAlg::RsaOaep256);
+    // Bad OAEP padding (a flipped bit in the encrypted key), a tag that does not verify, and
+    // an alg other than the key's: one answer.
+    assert_uniform(
+        &decrypt(s, &rp(), "enc-rsa", &flip(&jwes[0], 1))
+            .await
+            .unwrap_err(),
+        "flipped encrypted key",
+    );
+    assert_uniform(
+        &decrypt(s, &rp(), "enc-rsa", &flip(&jwes[0], 4))
+            .await
+            .unwrap_err(),
+        "flipped tag",
+    );
+    assert_uniform(
+        &decrypt(s, &rp(), "enc-rsa", &jwes[1]).await.unwrap_err(),
+        "RSA-OAEP to an RSA-OAEP-256 key",
+    );
+}
