@@ -1,6 +1,6 @@
 //! The signing service: resolve key → build signing input (JOSE) → hash where the algorithm
 //! allows → backend signs on its workers → check the signature → respond. Decryption of JWEs
-//! ([`decrypt`]) runs through the same authorisation, rate limits and audit trail.
+//! ([`Service::decrypt_jwe`]) runs through the same authorisation, rate limits and audit trail.
 //!
 //! Async, transport-free: the gRPC layer maps requests into these calls and [`Error`] into
 //! statuses; the CLI's bench drives it too. Holds the clock and jti source, so the JOSE layer
