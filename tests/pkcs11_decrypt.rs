@@ -11,17 +11,13 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use serde_json::{Value, json};
 use sigild::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use sigild::backend::{Backend, BackendError, KeyId, KeyObject, KeySpec};
 use sigild::crypto::{Curve, DecryptOp, HashAlg, KeyKind, KeyPurpose, OaepHash, PublicKey, SignOp};
@@ -256,70 +252,6 @@ impl Ctx {
     }
 }
 
-/// The sender's half, by Python `cryptography`.
-fn keyop(req: &Value) -> TestResult<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/jwe_keyop.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(req.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "jwe_keyop.py: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if v["ok"] != json!(true) {
-        return Err(format!("jwe_keyop.py: {}", v["error"]).into());
-    }
-    Ok(v)
-}
-
-fn field(v: &Value, name: &str) -> TestResult<Vec<u8>> {
-    Ok(B64.decode(v[name].as_str().ok_or(format!("no {name}"))?)?)
-}
-
-/// An OAEP ciphertext of a random CEK to `key`, and the CEK.
-fn oaep_to(key: &KeyObject, hash: OaepHash) -> TestResult<(Vec<u8>, Vec<u8>)> {
-    let PublicKey::Rsa { n, e } = &key.public else {
-        return Err("not an RSA key".into());
-    };
-    let v = keyop(&json!({
-        "op": "oaep",
-        "n": B64.encode(n),
-        "e": B64.encode(e),
-        "hash": match hash { OaepHash::Sha1 => "sha1", OaepHash::Sha256 => "sha256" },
-    }))?;
-    Ok((field(&v, "ciphertext")?, field(&v, "cek")?))
-}
-
-/// A new ephemeral key agreeing with `key`, and the shared secret Z.
-fn ecdh_with(key: &KeyObject) -> TestResult<(PublicKey, Vec<u8>)> {
-    let PublicKey::Ec { curve, x, y } = &key.public else {
-        return Err("not an EC key".into());
-    };
-    let v = keyop(&json!({
-        "op": "ecdh",
-        "curve": match curve { Curve::P256 => "P-256", Curve::P384 => "P-384" },
-        "x": B64.encode(x),
-        "y": B64.encode(y),
-    }))?;
-    let peer = PublicKey::Ec {
-        curve: *curve,
-        x: field(&v, "x")?,
-        y: field(&v, "y")?,
-    };
-    Ok((peer, field(&v, "z")?))
-}
-
 /// The error every undecryptable input must give, as a string to compare.
 fn uniform(r: Result<SecretBytes, BackendError>) -> TestResult<String> {
     match r {
@@ -334,13 +266,13 @@ fn rsa_case(ctx: &Ctx, bits: u32) -> TestResult {
     for hash in [OaepHash::Sha1, OaepHash::Sha256] {
         // Several times: the first decides the token's path, the others take it.
         for _ in 0..3 {
-            let (ciphertext, cek) = oaep_to(&key, hash)?;
+            let (ciphertext, cek) = support::jwe::oaep_to(&key.public, hash)?;
             let got = ctx.decrypt(&key, DecryptOp::RsaOaep { hash, ciphertext })?;
             assert_eq!(got.expose(), cek.as_slice(), "{hash:?}");
         }
         // Corrupted ciphertexts: a flipped byte (bad padding after decryption), an integer
         // larger than the modulus, a wrong length: all one error.
-        let (mut ciphertext, _) = oaep_to(&key, hash)?;
+        let (mut ciphertext, _) = support::jwe::oaep_to(&key.public, hash)?;
         if let Some(b) = ciphertext.get_mut(10) {
             *b ^= 0x40;
         }
@@ -363,7 +295,7 @@ fn rsa_case(ctx: &Ctx, bits: u32) -> TestResult {
             },
         ))?);
         // The key still decrypts after the failures.
-        let (ciphertext, cek) = oaep_to(&key, hash)?;
+        let (ciphertext, cek) = support::jwe::oaep_to(&key.public, hash)?;
         let got = ctx.decrypt(&key, DecryptOp::RsaOaep { hash, ciphertext })?;
         assert_eq!(got.expose(), cek.as_slice());
     }
@@ -375,7 +307,7 @@ fn rsa_case(ctx: &Ctx, bits: u32) -> TestResult {
 
     // The direct decrypter (the benchmark's) gives the same CEK.
     let direct = ctx.backend.direct_decrypter(&key.id, key.public.kind())?;
-    let (ciphertext, cek) = oaep_to(&key, OaepHash::Sha256)?;
+    let (ciphertext, cek) = support::jwe::oaep_to(&key.public, OaepHash::Sha256)?;
     let got = direct.decrypt(&DecryptOp::RsaOaep {
         hash: OaepHash::Sha256,
         ciphertext,
@@ -388,7 +320,7 @@ fn ec_case(ctx: &Ctx, curve: Curve) -> TestResult {
     let key = ctx.generate(KeyKind::Ec(curve), KeyPurpose::Decrypt, "sigild/enc-ec")?;
     let before = ctx.secret_objects()?;
     for _ in 0..3 {
-        let (peer, z) = ecdh_with(&key)?;
+        let (peer, z) = support::jwe::ecdh_with(&key.public)?;
         let got = ctx.decrypt(&key, DecryptOp::Ecdh { peer })?;
         assert_eq!(got.expose(), z.as_slice());
         assert_eq!(got.expose().len(), curve.field_len());
@@ -416,7 +348,7 @@ fn ec_case(ctx: &Ctx, curve: Curve) -> TestResult {
     );
 
     // Still works afterwards, and the direct decrypter agrees.
-    let (peer, z) = ecdh_with(&key)?;
+    let (peer, z) = support::jwe::ecdh_with(&key.public)?;
     let direct = ctx.backend.direct_decrypter(&key.id, key.public.kind())?;
     let got = direct.decrypt(&DecryptOp::Ecdh { peer })?;
     assert_eq!(got.expose(), z.as_slice());
@@ -535,7 +467,7 @@ fn usage_attributes_follow_the_purpose_and_the_token_refuses_the_other_use() -> 
             );
 
             // A signing key does not decrypt; the token says so (not the uniform error).
-            let (ciphertext, _) = oaep_to(&sig_rsa, OaepHash::Sha1)?;
+            let (ciphertext, _) = support::jwe::oaep_to(&sig_rsa.public, OaepHash::Sha1)?;
             let refused = ctx.decrypt(
                 &sig_rsa,
                 DecryptOp::RsaOaep {
@@ -548,7 +480,7 @@ fn usage_attributes_follow_the_purpose_and_the_token_refuses_the_other_use() -> 
                 matches!(&refused, Err(BackendError::InvalidRequest(m)) if m.contains("CKR_KEY_FUNCTION_NOT_PERMITTED")),
                 "{refused:?}"
             );
-            let (peer, _) = ecdh_with(&sig_ec)?;
+            let (peer, _) = support::jwe::ecdh_with(&sig_ec.public)?;
             let refused = ctx.decrypt(&sig_ec, DecryptOp::Ecdh { peer });
             println!("ECDH with an EC signing key: {refused:?}");
             assert!(
@@ -556,7 +488,7 @@ fn usage_attributes_follow_the_purpose_and_the_token_refuses_the_other_use() -> 
                 "{refused:?}"
             );
             // The refusals did not spoil the token's decisions: the decryption keys still work.
-            let (ciphertext, cek) = oaep_to(&enc_rsa, OaepHash::Sha1)?;
+            let (ciphertext, cek) = support::jwe::oaep_to(&enc_rsa.public, OaepHash::Sha1)?;
             let got = ctx.decrypt(
                 &enc_rsa,
                 DecryptOp::RsaOaep {
@@ -595,13 +527,13 @@ fn adopt_checks_the_usage_attributes() -> TestResult {
         let ec = adopt("e1", KeyPurpose::Decrypt)?;
         let rsa = adopt("d1", KeyPurpose::Decrypt)?;
         // Adopted keys decrypt.
-        let (peer, z) = ecdh_with(&ec)?;
+        let (peer, z) = support::jwe::ecdh_with(&ec.public)?;
         assert_eq!(
             ctx.decrypt(&ec, DecryptOp::Ecdh { peer })?.expose(),
             z.as_slice()
         );
         for hash in [OaepHash::Sha1, OaepHash::Sha256] {
-            let (ciphertext, cek) = oaep_to(&rsa, hash)?;
+            let (ciphertext, cek) = support::jwe::oaep_to(&rsa.public, hash)?;
             let got = ctx.decrypt(&rsa, DecryptOp::RsaOaep { hash, ciphertext })?;
             assert_eq!(got.expose(), cek.as_slice());
         }

@@ -347,44 +347,6 @@ async fn tls_client_key_on_the_card() -> TestResult {
     Ok(())
 }
 
-/// The inputs of a decryption step and the expected result, from Python `cryptography`
-/// (tests/tools/decrypt_inputs.py) and the device's public key.
-fn decrypt_inputs(req: &serde_json::Value) -> TestResult<serde_json::Value> {
-    use std::io::Write as _;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/decrypt_inputs.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(req.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(
-        v["ok"],
-        json!(true),
-        "decrypt_inputs.py: {v} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(v)
-}
-
-fn hex(b: &[u8]) -> String {
-    base16ct::lower::encode_string(b)
-}
-
-fn unhex(v: &serde_json::Value) -> TestResult<Vec<u8>> {
-    Ok(
-        base16ct::mixed::decode_vec(v.as_str().ok_or("not a string")?)
-            .map_err(|e| format!("hex: {e}"))?,
-    )
-}
-
 /// The slot of a YubiKey URI.
 fn uri_slot(uri: &str) -> TestResult<u8> {
     let slot = uri.rsplit_once("slot=").ok_or("no slot= in the URI")?.1;
@@ -402,7 +364,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
         PinPolicySetting, TouchPolicySetting, YubikeyBackend, YubikeySettings,
     };
     use sigild::backend::{Backend, BackendError, KeySpec};
-    use sigild::crypto::{Curve, DecryptOp, KeyKind, KeyPurpose, OaepHash, PublicKey};
+    use sigild::crypto::{Curve, DecryptOp, KeyKind, KeyPurpose, OaepHash};
     use sigild::secret::Secret;
     use std::time::{Duration, Instant};
 
@@ -466,15 +428,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
 
     // ECDH-ES on P-256 and P-384: the card's Z equals the ephemeral side's.
     for (key, curve, name) in [(&p256, Curve::P256, "P-256"), (&p384, Curve::P384, "P-384")] {
-        let PublicKey::Ec { x, y, .. } = &key.public else {
-            return Err(format!("not EC: {:?}", key.public).into());
-        };
-        let v = decrypt_inputs(&json!({"op": "ecdh", "curve": name, "x": hex(x), "y": hex(y)}))?;
-        let peer = PublicKey::Ec {
-            curve,
-            x: unhex(&v["epk_x"])?,
-            y: unhex(&v["epk_y"])?,
-        };
+        let (peer, expected) = support::jwe::ecdh_with(&key.public)?;
         let z = yk
             .decrypt(
                 &key.id,
@@ -484,7 +438,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
             )
             .await?;
         assert_eq!(z.expose().len(), curve.field_len());
-        assert_eq!(z.expose(), unhex(&v["z"])?.as_slice(), "ECDH {name}");
+        assert_eq!(z.expose(), expected.as_slice(), "ECDH {name}");
     }
     // A peer on the other curve does not fit the key.
     let r = yk
@@ -515,12 +469,8 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
         (&rsa, 2048, OaepHash::Sha256, "sha256"),
         (&rsa3072, 3072, OaepHash::Sha256, "sha256"),
     ] {
-        let PublicKey::Rsa { n, e } = &rsa.public else {
-            return Err(format!("not RSA: {:?}", rsa.public).into());
-        };
         let kind = KeyKind::Rsa { bits };
-        let v = decrypt_inputs(&json!({"op": "rsa-oaep", "hash": name, "n": hex(n), "e": hex(e)}))?;
-        let ciphertext = unhex(&v["ciphertext"])?;
+        let (ciphertext, expected) = support::jwe::oaep_to(&rsa.public, hash)?;
         let cek = yk
             .decrypt(
                 &rsa.id,
@@ -532,11 +482,7 @@ async fn fw_5_7_1_decryption_keys_in_key_management_slots() -> TestResult {
                 deadline(),
             )
             .await?;
-        assert_eq!(
-            cek.expose(),
-            unhex(&v["cek"])?.as_slice(),
-            "RSA-{bits} OAEP {name}"
-        );
+        assert_eq!(cek.expose(), expected.as_slice(), "RSA-{bits} OAEP {name}");
         // A tampered ciphertext, the wrong hash, a short ciphertext, one not below the modulus
         // (the card refuses it): one and the same error.
         let mut tampered = ciphertext.clone();

@@ -10,12 +10,11 @@
 //! many in one process (a Python or node start costs more than the encryption).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 use sigild::api::pb;
+use sigild::crypto::{Curve, OaepHash, PublicKey};
 
-use super::{Daemon, TestResult, b64, python};
+use super::{Daemon, TestResult, b64, python, run_json};
 
 /// The JWE content encryptions sigild decrypts.
 pub const ENCS: [&str; 4] = ["A128GCM", "A256GCM", "A128CBC-HS256", "A256CBC-HS512"];
@@ -128,32 +127,62 @@ fn public_only(jwk: &Value) -> Value {
 
 /// Run tests/node/jwe_encrypt.mjs; Err when it fails.
 pub fn node(req: &Value) -> TestResult<Value> {
-    use std::io::Write as _;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/jwe_encrypt.mjs");
-    let mut child = Command::new("node")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("node: {e} (install it with scripts/install-deps.sh --test)"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(req.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "node jose output {e}: {} {} (are tests/node's modules installed? scripts/install-deps.sh --test)",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if v["ok"] != json!(true) {
-        return Err(format!("node jose failed: {}", v["error"]).into());
-    }
-    Ok(v)
+    run_json(
+        "node",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/jwe_encrypt.mjs"),
+        req,
+    )
+}
+
+/// The sender's half of one key-management step by Python `cryptography`
+/// (tests/tools/jwe_keyop.py): what a backend's private-key step must undo.
+fn keyop(req: &Value) -> TestResult<Value> {
+    run_json(
+        "python3",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/jwe_keyop.py"),
+        req,
+    )
+}
+
+fn keyop_field(v: &Value, name: &str) -> TestResult<Vec<u8>> {
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(v[name].as_str().ok_or(format!("jwe_keyop.py: no {name}"))?)?)
+}
+
+/// An RSAES-OAEP ciphertext (empty label) of a random 32-byte CEK to the RSA key `public`, and
+/// that CEK, made by Python `cryptography`.
+pub fn oaep_to(public: &PublicKey, hash: OaepHash) -> TestResult<(Vec<u8>, Vec<u8>)> {
+    let PublicKey::Rsa { n, e } = public else {
+        return Err(format!("not an RSA key: {public:?}").into());
+    };
+    let v = keyop(&json!({
+        "op": "oaep",
+        "n": b64(n),
+        "e": b64(e),
+        "hash": match hash { OaepHash::Sha1 => "sha1", OaepHash::Sha256 => "sha256" },
+    }))?;
+    Ok((keyop_field(&v, "ciphertext")?, keyop_field(&v, "cek")?))
+}
+
+/// A fresh ephemeral key agreeing with the EC key `public`, and the shared secret Z (the
+/// field-length x-coordinate), made by Python `cryptography`.
+pub fn ecdh_with(public: &PublicKey) -> TestResult<(PublicKey, Vec<u8>)> {
+    let PublicKey::Ec { curve, x, y } = public else {
+        return Err(format!("not an EC key: {public:?}").into());
+    };
+    let v = keyop(&json!({
+        "op": "ecdh",
+        "curve": match curve { Curve::P256 => "P-256", Curve::P384 => "P-384" },
+        "x": b64(x),
+        "y": b64(y),
+    }))?;
+    let peer = PublicKey::Ec {
+        curve: *curve,
+        x: keyop_field(&v, "x")?,
+        y: keyop_field(&v, "y")?,
+    };
+    Ok((peer, keyop_field(&v, "z")?))
 }
 
 /// `DecryptJwe` of `jwe` with `key`, every alg and enc the key allows.

@@ -568,17 +568,33 @@ fn unique() -> String {
 
 /// Run the Python verifier (jwcrypto / cryptography); Err when the check fails.
 pub fn python(req: &Value) -> TestResult<Value> {
+    run_json(
+        "python3",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/verifiers/jose_verify.py"
+        ),
+        req,
+    )
+}
+
+/// Run one of the tests' JSON tools (`program script`, one JSON request on stdin, one JSON
+/// answer with `"ok": true` on stdout): the independent verifiers and producers that are code
+/// sigild did not write. An answer without `ok` fails the test with the tool's error and stderr.
+pub fn run_json(program: &str, script: &str, req: &Value) -> TestResult<Value> {
     use std::io::Write as _;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/verifiers/jose_verify.py"
-    );
-    let mut child = Command::new("python3")
+    let name = Path::new(script)
+        .file_name()
+        .map_or_else(|| script.to_owned(), |n| n.to_string_lossy().into_owned());
+    let mut child = Command::new(program)
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()?;
+        .spawn()
+        .map_err(|e| {
+            format!("{program} {name}: {e} (install it with scripts/install-deps.sh --test)")
+        })?;
     child
         .stdin
         .take()
@@ -587,13 +603,18 @@ pub fn python(req: &Value) -> TestResult<Value> {
     let out = child.wait_with_output()?;
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         format!(
-            "verifier output {e}: {} {}",
+            "{name} output {e}: {} {} (are the test tools installed? scripts/install-deps.sh --test)",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
     if v["ok"] != json!(true) {
-        return Err(format!("independent verifier rejected: {}", v["error"]).into());
+        return Err(format!(
+            "{name} failed: {} {}",
+            v["error"],
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     Ok(v)
 }
