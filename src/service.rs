@@ -564,7 +564,6 @@ impl Service {
         deadline: std::time::Instant,
         fresh: bool,
     ) -> Result<Vec<u8>, Error> {
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
         let op = alg.sign_op(input);
         let backend = self.keyring.backend();
         let pending = if fresh {
@@ -572,13 +571,8 @@ impl Service {
         } else {
             backend.sign(&version.key_id, version.kind, op, deadline)
         };
-        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), pending)
-            .await
-            .map_err(|_| Error::Timeout {
-                key: version.name.to_string(),
-                version: version.version,
-                ms: wait.as_millis(),
-            })?
+        by_deadline(version, deadline, pending)
+            .await?
             .map_err(|e| Error::from(e).for_alg(alg, "sign with"))
     }
 
@@ -1074,6 +1068,23 @@ const PROBE_VERSIONS: usize = 3;
 
 /// What the quarantine probe signs: fixed, so a probe never signs anything a caller chose.
 const PROBE_MESSAGE: &[u8] = b"sigild quarantine probe: not a token";
+
+/// The device's answer to `pending` (a call on `version`'s key), or [`Error::Timeout`] once
+/// `deadline` passes: the caller is answered by its deadline whatever the device does.
+async fn by_deadline<T>(
+    version: &VersionInfo,
+    deadline: std::time::Instant,
+    pending: crate::backend::BackendFuture<T>,
+) -> Result<Result<T, crate::backend::BackendError>, Error> {
+    let wait = deadline.saturating_duration_since(std::time::Instant::now());
+    tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), pending)
+        .await
+        .map_err(|_| Error::Timeout {
+            key: version.name.to_string(),
+            version: version.version,
+            ms: wait.as_millis(),
+        })
+}
 
 /// `value`, or `default` when it is 0 (proto3's "not set").
 fn or_default(value: u64, default: u64) -> u64 {

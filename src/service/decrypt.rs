@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use super::{Call, Error, Origin, Service, sign_deadline};
+use super::{Call, Error, Origin, Service, by_deadline, sign_deadline};
 use crate::audit;
 use crate::backend::BackendError;
 use crate::jose::{self, Jwe, JweAlg, JweEnc};
@@ -260,25 +260,17 @@ impl Service {
         deadline: Option<std::time::Instant>,
     ) -> Result<SecretBytes, Error> {
         let deadline = sign_deadline(self.options.sign_timeout, deadline)?;
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
         let pending = self
             .keyring
             .backend()
             .decrypt(&version.key_id, version.kind, op, deadline);
-        tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), pending)
-            .await
-            .map_err(|_| Error::Timeout {
-                key: version.name.to_string(),
-                version: version.version,
-                ms: wait.as_millis(),
-            })?
-            .map_err(|e| {
-                if refuses_ciphertext(&e) {
-                    undecryptable(format!("the device refused the ciphertext: {e}"))
-                } else {
-                    Error::from(e).for_alg(alg, "decrypt with")
-                }
-            })
+        by_deadline(version, deadline, pending).await?.map_err(|e| {
+            if refuses_ciphertext(&e) {
+                undecryptable(format!("the device refused the ciphertext: {e}"))
+            } else {
+                Error::from(e).for_alg(alg, "decrypt with")
+            }
+        })
     }
 }
 

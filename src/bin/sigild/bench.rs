@@ -398,45 +398,19 @@ async fn direct_decrypt_row(
     clients: usize,
     duration: Duration,
 ) -> Result<Row, String> {
-    let mut handles = Vec::new();
-    for _ in 0..clients {
-        let (backend, version, op) = (
-            Arc::clone(backend),
-            Arc::clone(&dec.version),
-            Arc::clone(&dec.op),
-        );
-        handles.push(tokio::task::spawn_blocking(
-            move || -> Result<(Vec<u64>, u64), String> {
-                let decrypter = backend
-                    .direct_decrypter(&version.key_id, version.kind)
-                    .map_err(|e| e.to_string())?;
-                for _ in 0..20 {
-                    let _ = decrypter.decrypt(&op);
-                }
-                let (mut lat, mut errors) = (Vec::with_capacity(65536), 0);
-                let deadline = Instant::now() + duration;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match decrypter.decrypt(&op) {
-                        Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
-                        Err(_) => errors += 1,
-                    }
-                }
-                Ok((lat, errors))
-            },
-        ));
-    }
-    // As for signing: every thread is awaited before any failure is reported.
-    let mut results = Vec::new();
-    for h in handles {
-        results.push(h.await.map_err(|e| e.to_string()));
-    }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for r in results {
-        let (lat, e) = r??;
-        all.extend(lat);
-        errors += e;
-    }
+    let (backend, version, op) = (
+        Arc::clone(backend),
+        Arc::clone(&dec.version),
+        Arc::clone(&dec.op),
+    );
+    let (all, errors) = direct_threads(clients, duration, 20, move || {
+        let decrypter = backend
+            .direct_decrypter(&version.key_id, version.kind)
+            .map_err(|e| e.to_string())?;
+        let op = Arc::clone(&op);
+        Ok(move || decrypter.decrypt(&op).map(drop))
+    })
+    .await?;
     Ok(summarise_path(
         &dec.alg,
         clients,
@@ -559,36 +533,36 @@ fn summarise_path(
     }
 }
 
-/// `clients` threads, each with its own logged-in session, calling `C_Sign` in a loop (hashing
-/// on the host first, exactly like the daemon).
-async fn direct_row(
-    backend: &Arc<Pkcs11Backend>,
-    version: &Arc<VersionInfo>,
-    m: &Measure,
-) -> Result<Row, String> {
+/// `clients` blocking threads, each making its own caller with `setup` (its own session) and
+/// calling it back to back for `duration` after `warmup` untimed calls: the latencies (ns) of
+/// the calls that succeeded, and the number that failed. Every thread is awaited before any
+/// failure is reported: a caller still inside the module when the daemon shuts down would race
+/// the module's finalisation.
+async fn direct_threads<S, F, E>(
+    clients: usize,
+    duration: Duration,
+    warmup: usize,
+    setup: S,
+) -> Result<(Vec<u64>, u64), String>
+where
+    S: Fn() -> Result<F, String> + Clone + Send + 'static,
+    F: FnMut() -> Result<(), E>,
+{
     let mut handles = Vec::new();
-    for _ in 0..m.clients {
-        let (backend, version, input) = (
-            Arc::clone(backend),
-            Arc::clone(version),
-            Arc::clone(&m.input),
-        );
-        let (alg, duration) = (m.alg, m.duration);
+    for _ in 0..clients {
+        let setup = setup.clone();
         handles.push(tokio::task::spawn_blocking(
             move || -> Result<(Vec<u64>, u64), String> {
-                let signer = backend
-                    .direct_signer(&version.key_id, version.kind)
-                    .map_err(|e| e.to_string())?;
-                let sign = || signer.sign(&alg.sign_op(&input));
-                for _ in 0..50 {
-                    let _ = sign();
+                let mut call = setup()?;
+                for _ in 0..warmup {
+                    let _ = call();
                 }
                 let (mut lat, mut errors) = (Vec::with_capacity(65536), 0);
                 let deadline = Instant::now() + duration;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match sign() {
-                        Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                    match call() {
+                        Ok(()) => lat.push(t.elapsed().as_nanos() as u64),
                         Err(_) => errors += 1,
                     }
                 }
@@ -596,8 +570,6 @@ async fn direct_row(
             },
         ));
     }
-    // Every thread is awaited before any failure is reported: a signer still inside the
-    // module when the daemon shuts down would race the module's finalisation.
     let mut results = Vec::new();
     for h in handles {
         results.push(h.await.map_err(|e| e.to_string()));
@@ -608,6 +580,30 @@ async fn direct_row(
         all.extend(lat);
         errors += e;
     }
+    Ok((all, errors))
+}
+
+/// `clients` threads, each with its own logged-in session, calling `C_Sign` in a loop (hashing
+/// on the host first, exactly like the daemon).
+async fn direct_row(
+    backend: &Arc<Pkcs11Backend>,
+    version: &Arc<VersionInfo>,
+    m: &Measure,
+) -> Result<Row, String> {
+    let (backend, version, input, alg) = (
+        Arc::clone(backend),
+        Arc::clone(version),
+        Arc::clone(&m.input),
+        m.alg,
+    );
+    let (all, errors) = direct_threads(m.clients, m.duration, 50, move || {
+        let signer = backend
+            .direct_signer(&version.key_id, version.kind)
+            .map_err(|e| e.to_string())?;
+        let input = Arc::clone(&input);
+        Ok(move || signer.sign(&alg.sign_op(&input)).map(drop))
+    })
+    .await?;
     Ok(summarise(m, "direct PKCS#11", all, errors))
 }
 
