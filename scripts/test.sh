@@ -57,8 +57,9 @@ fi
 
 echo "== bench smoke"
 # The bench logs the daemon's start-up and shutdown on stderr: keep it out of the CI log unless
-# the run fails. It exits 0 with failed signatures counted in the `errors` column, so check the
-# table too: at least one ES256 row, every row with signatures and no errors.
+# the run fails. It exits 0 with failed operations counted in the `errors` column, so check the
+# table too: ES256 signing rows and the two default JWE decryption rows (RSA-OAEP-256,
+# ECDH-ES+A256KW), every one with operations and no errors.
 bench_err=$(mktemp)
 trap 'rm -f "$bench_err"' EXIT
 if ! bench_out=$(cargo run --quiet --bin sigild -- bench --seconds 0.2 --algs ES256 --clients 1 2>"$bench_err"); then
@@ -67,9 +68,10 @@ if ! bench_out=$(cargo run --quiet --bin sigild -- bench --seconds 0.2 --algs ES
     fail "sigild bench exited non-zero"
 fi
 echo "$bench_out"
-awk '$1 == "ES256" { rows++; if ($NF != 0 || $(NF-4) <= 0) bad++ }
-     END { if (rows == 0 || bad > 0) exit 1 }' <<<"$bench_out" \
-    || { cat "$bench_err" >&2; fail "bench smoke: no ES256 rows, or a row with errors or no signatures"; }
+awk '$1 == "ES256" || $1 == "RSA-OAEP-256" || $1 == "ECDH-ES+A256KW" {
+         rows[$1]++; if ($NF != 0 || $(NF-4) <= 0) bad++ }
+     END { if (!rows["ES256"] || !rows["RSA-OAEP-256"] || !rows["ECDH-ES+A256KW"] || bad > 0) exit 1 }' <<<"$bench_out" \
+    || { cat "$bench_err" >&2; fail "bench smoke: a missing ES256 or decryption row, or a row with errors or no operations"; }
 
 echo "== bench overload smoke"
 # Two seconds at three times the measured capacity, with a short queue so that the daemon

@@ -285,6 +285,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
             let rows_here = [
                 direct_decrypt_row(p11, &dec, clients, duration).await?,
                 service_decrypt_row(&service, &dec, clients, duration).await?,
+                grpc_decrypt_row(running.addr, &dec, clients, duration).await?,
             ];
             for r in rows_here {
                 print_row(&r, &rows);
@@ -637,6 +638,65 @@ async fn service_row(service: &Arc<Service>, m: &Measure) -> Result<Row, String>
 
 /// `clients` gRPC clients, each on its own connection, thread and current-thread runtime (a
 /// caller per thread; no hops between client workers), calling `SignRaw` in a loop.
+/// `clients` callers, each on its own thread and TCP connection (tonic `Channel`), calling
+/// `DecryptJwe` back to back: the daemon's whole path, plaintext included in every answer.
+async fn grpc_decrypt_row(
+    addr: SocketAddr,
+    dec: &DecryptSetup,
+    clients: usize,
+    duration: Duration,
+) -> Result<Row, String> {
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        let (key, jwe) = (dec.key.clone(), Arc::clone(&dec.jwe));
+        threads.push(tokio::task::spawn_blocking(
+            move || -> Result<(Vec<u64>, u64), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| e.to_string())?
+                        .tcp_nodelay(true)
+                        .connect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut client =
+                        pb::decryption_service_client::DecryptionServiceClient::new(channel);
+                    let req = || pb::DecryptJweRequest {
+                        key: key.clone(),
+                        jwe: jwe.to_vec(),
+                        ..Default::default()
+                    };
+                    for _ in 0..20 {
+                        let _ = client.decrypt_jwe(req()).await;
+                    }
+                    let (mut lat, mut errors) = (Vec::with_capacity(65536), 0u64);
+                    let deadline = Instant::now() + duration;
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match client.decrypt_jwe(req()).await {
+                            Ok(_) => lat.push(t.elapsed().as_nanos() as u64),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    Ok((lat, errors))
+                })
+            },
+        ));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in threads {
+        let (lat, e) = t.await.map_err(|e| e.to_string())??;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok(summarise_path(
+        &dec.alg, clients, duration, "gRPC TCP", all, errors,
+    ))
+}
+
 async fn daemon_row(transport: Transport, m: &Measure, path: &'static str) -> Result<Row, String> {
     let mut threads = Vec::new();
     for _ in 0..m.clients {
