@@ -494,7 +494,11 @@ impl Drop for Dev {
     }
 }
 
-/// The default dev keys and their algorithms.
+/// How many keys `sigild dev` makes: the three signing keys of [`DEV_KEYS`] and two decryption
+/// keys (RSA-OAEP-256, ECDH-ES+A256KW).
+const DEV_KEY_COUNT: usize = 5;
+
+/// The default dev signing keys and their algorithms.
 const DEV_KEYS: [(&str, &str); 3] = [
     ("dev-es256", "ES256"),
     ("dev-ps256", "PS256"),
@@ -656,14 +660,14 @@ async fn sigterm_during_dev_start_up_exits_0_and_leaves_a_consistent_token() -> 
     dev.wait_log("sigild dev ready", Duration::from_secs(120))?;
     let log = dev.log_text();
     let made_after = log.matches("creating default dev key").count();
-    assert_eq!(made_before + made_after, 3, "{log}");
+    assert_eq!(made_before + made_after, DEV_KEY_COUNT, "{log}");
     let channel = sigild::client::unix_channel(&state.path().join("sigild.sock")).await?;
     let keys = pb::key_service_client::KeyServiceClient::new(channel.clone())
         .list_keys(pb::ListKeysRequest {})
         .await?
         .into_inner()
         .keys;
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(keys.len(), DEV_KEY_COUNT, "{keys:?}");
     for k in &keys {
         assert_eq!(k.versions.len(), 1, "{k:?}");
         assert_eq!(k.active_version, 1, "{k:?}");
@@ -672,7 +676,11 @@ async fn sigterm_during_dev_start_up_exits_0_and_leaves_a_consistent_token() -> 
     verify_all(&compacts, &jwks_over(channel).await?)?;
     let status = dev.stop("TERM")?;
     assert_eq!(status.code(), Some(0), "{status}\n{}", dev.log_text());
-    assert_eq!(dev_private_keys(state.path())?, 3, "orphan or missing keys");
+    assert_eq!(
+        dev_private_keys(state.path())?,
+        DEV_KEY_COUNT,
+        "orphan or missing keys"
+    );
     println!(
         "dev start-up stopped at once and after {made_before} key(s); the next start made {made_after}"
     );
