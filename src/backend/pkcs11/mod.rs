@@ -620,13 +620,43 @@ impl Worker {
     }
 
     fn sign(&mut self, key: &KeyId, kind: KeyKind, op: &SignOp) -> Result<Vec<u8>, BackendError> {
-        match self.sign_once(key, kind, op) {
-            // Callers only sign with keys the keyring has seen on this token, so an absent key
-            // means the module's view is stale or the token is recovering. Re-initialise
-            // (rate-limited) and retry once; if the key is really gone the retry says so.
+        fits(kind, op)?;
+        self.with_private_key(key, |session, _, handle| sign_on(session, handle, kind, op))
+    }
+
+    /// Run `f` with the private key `key` (its handle cached by `CKA_ID`) on this worker's
+    /// session, as an idempotent operation (retried once on a fresh session after a session
+    /// fault). A stale cached handle (key destroyed and re-created, token re-inserted) is
+    /// looked up once more. Callers only use keys the keyring has seen on this token, so an
+    /// absent key means the module's view is stale or the token is recovering: the module is
+    /// re-initialised (rate-limited) and `f` retried once; if the key is really gone the retry
+    /// says so.
+    fn with_private_key<T>(
+        &mut self,
+        key: &KeyId,
+        f: impl Fn(&Session, &Shared, ObjectHandle) -> Result<T, Fail>,
+    ) -> Result<T, BackendError> {
+        let once = |w: &mut Worker| {
+            w.run(Retry::Idempotent, |w| {
+                let (session, shared) = w.parts()?;
+                let handle = shared.private_handle(session, key)?;
+                match f(session, shared, handle) {
+                    Err(Failure::Device(CkError::Pkcs11(
+                        RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                        _,
+                    ))) => {
+                        shared.forget_handle(key);
+                        let handle = shared.private_handle(session, key)?;
+                        f(session, shared, handle)
+                    }
+                    other => other,
+                }
+            })
+        };
+        match once(self) {
             Err(BackendError::KeyNotFound(_)) if self.shared.force_reinit() => {
                 self.session = None;
-                self.sign_once(key, kind, op)
+                once(self)
             }
             other => other,
         }
@@ -646,51 +676,7 @@ impl Worker {
         self.sign(key, kind, op)
     }
 
-    fn sign_once(
-        &mut self,
-        key: &KeyId,
-        kind: KeyKind,
-        op: &SignOp,
-    ) -> Result<Vec<u8>, BackendError> {
-        fits(kind, op)?;
-        self.run(Retry::Idempotent, |w| {
-            let (session, shared) = w.parts()?;
-            let handle = shared.private_handle(session, key)?;
-            match sign_on(session, handle, kind, op) {
-                Err(Failure::Device(CkError::Pkcs11(
-                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
-                    _,
-                ))) => {
-                    // Stale cache (key destroyed and re-created, token re-inserted): look
-                    // it up once more.
-                    shared.forget_handle(key);
-                    let handle = shared.private_handle(session, key)?;
-                    sign_on(session, handle, kind, op)
-                }
-                other => other,
-            }
-        })
-    }
-}
-
-impl Worker {
     fn decrypt(
-        &mut self,
-        key: &KeyId,
-        kind: KeyKind,
-        op: &DecryptOp,
-    ) -> Result<SecretBytes, BackendError> {
-        match self.decrypt_once(key, kind, op) {
-            // As for signing: an absent key means a stale view of the token; look once more.
-            Err(BackendError::KeyNotFound(_)) if self.shared.force_reinit() => {
-                self.session = None;
-                self.decrypt_once(key, kind, op)
-            }
-            other => other,
-        }
-    }
-
-    fn decrypt_once(
         &mut self,
         key: &KeyId,
         kind: KeyKind,
@@ -698,23 +684,10 @@ impl Worker {
     ) -> Result<SecretBytes, BackendError> {
         fits_decrypt(kind, op)?;
         let scratch = caps::Decisions::default();
-        self.run(Retry::Idempotent, |w| {
-            let (session, shared) = w.parts()?;
+        self.with_private_key(key, |session, shared, handle| {
             let caps = shared.caps_now()?;
             let view = decrypt::TokenView::of(caps.as_deref(), &scratch);
-            let handle = shared.private_handle(session, key)?;
-            match decrypt::decrypt_on(session, &view, handle, key, kind, op) {
-                Err(Failure::Device(CkError::Pkcs11(
-                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
-                    _,
-                ))) => {
-                    // Stale cache: find the key by its CKA_ID once more.
-                    shared.forget_handle(key);
-                    let handle = shared.private_handle(session, key)?;
-                    decrypt::decrypt_on(session, &view, handle, key, kind, op)
-                }
-                other => other,
-            }
+            decrypt::decrypt_on(session, &view, handle, key, kind, op)
         })
     }
 }

@@ -444,15 +444,10 @@ async fn service_decrypt_row(
                     Err(_) => errors += 1,
                 }
             }
-            (lat, errors)
+            Ok((lat, errors))
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (lat, e) = t.await.map_err(|e| e.to_string())?;
-        all.extend(lat);
-        errors += e;
-    }
+    let (all, errors) = pooled(tasks).await?;
     Ok(summarise_path(
         &dec.alg,
         clients,
@@ -534,11 +529,31 @@ fn summarise_path(
     }
 }
 
+/// What one measuring task found: the latencies (ns) of the calls that succeeded, and the
+/// number that failed; or why it could not measure.
+type Tally = Result<(Vec<u64>, u64), String>;
+
+/// Await every measuring task, all of them before any failure is reported (a direct caller
+/// still inside the module when the daemon shuts down would race the module's finalisation),
+/// and pool their latencies and error counts.
+async fn pooled(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.await.map_err(|e| e.to_string()));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for r in results {
+        let (lat, e) = r??;
+        all.extend(lat);
+        errors += e;
+    }
+    Ok((all, errors))
+}
+
 /// `clients` blocking threads, each making its own caller with `setup` (its own session) and
 /// calling it back to back for `duration` after `warmup` untimed calls: the latencies (ns) of
 /// the calls that succeeded, and the number that failed. Every thread is awaited before any
-/// failure is reported: a caller still inside the module when the daemon shuts down would race
-/// the module's finalisation.
+/// failure is reported (see [`pooled`]).
 async fn direct_threads<S, F, E>(
     clients: usize,
     duration: Duration,
@@ -571,17 +586,7 @@ where
             },
         ));
     }
-    let mut results = Vec::new();
-    for h in handles {
-        results.push(h.await.map_err(|e| e.to_string()));
-    }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for r in results {
-        let (lat, e) = r??;
-        all.extend(lat);
-        errors += e;
-    }
-    Ok((all, errors))
+    pooled(handles).await
 }
 
 /// `clients` threads, each with its own logged-in session, calling `C_Sign` in a loop (hashing
@@ -624,15 +629,10 @@ async fn service_row(service: &Arc<Service>, m: &Measure) -> Result<Row, String>
                     Err(_) => errors += 1,
                 }
             }
-            (lat, errors)
+            Ok((lat, errors))
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (lat, e) = t.await.map_err(|e| e.to_string())?;
-        all.extend(lat);
-        errors += e;
-    }
+    let (all, errors) = pooled(tasks).await?;
     Ok(summarise(m, "service in-process", all, errors))
 }
 
@@ -686,12 +686,7 @@ async fn grpc_decrypt_row(
             },
         ));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in threads {
-        let (lat, e) = t.await.map_err(|e| e.to_string())??;
-        all.extend(lat);
-        errors += e;
-    }
+    let (all, errors) = pooled(threads).await?;
     Ok(summarise_path(
         &dec.alg, clients, duration, "gRPC TCP", all, errors,
     ))
@@ -762,12 +757,7 @@ async fn daemon_row(transport: Transport, m: &Measure, path: &'static str) -> Re
             },
         ));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in threads {
-        let (lat, e) = t.await.map_err(|e| e.to_string())??;
-        all.extend(lat);
-        errors += e;
-    }
+    let (all, errors) = pooled(threads).await?;
     Ok(summarise(m, path, all, errors))
 }
 
