@@ -333,6 +333,7 @@ fn key_to_pb(k: KeyInfo) -> pb::Key {
         active_version: k.active().map(|v| v.version).unwrap_or_default(),
         name: k.name.to_string(),
         fapi2: k.fapi2,
+        serves: Vec::new(),
         versions: k
             .versions
             .iter()
@@ -740,6 +741,75 @@ impl SigningService for Api {
             .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed(s)))
     }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_tls_handshake(
+        &self,
+        _req: Request<pb::SignTlsHandshakeRequest>,
+    ) -> Result<pb::SignRawResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_jarm(&self, _req: Request<pb::SignJarmRequest>) -> Result<pb::SignJwsResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_introspection(
+        &self,
+        _req: Request<pb::SignIntrospectionRequest>,
+    ) -> Result<pb::SignJwsResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_access_token(
+        &self,
+        _req: Request<pb::SignAccessTokenRequest>,
+    ) -> Result<pb::SignJwsResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_logout_token(
+        &self,
+        _req: Request<pb::SignLogoutTokenRequest>,
+    ) -> Result<pb::SignJwsResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_userinfo(
+        &self,
+        _req: Request<pb::SignUserinfoRequest>,
+    ) -> Result<pb::SignJwsResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_ciba_request(
+        &self,
+        _req: Request<pb::SignCibaRequestRequest>,
+    ) -> Result<pb::SignJwsResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_http_request(
+        &self,
+        _req: Request<pb::SignHttpRequestRequest>,
+    ) -> Result<pb::SignHttpMessageResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    // PLACEHOLDER(lead): replaced by a helper branch before merge.
+    async fn sign_http_response(
+        &self,
+        _req: Request<pb::SignHttpResponseRequest>,
+    ) -> Result<pb::SignHttpMessageResponse> {
+        Err(Status::unimplemented("not yet"))
+    }
 }
 
 #[cfg(feature = "server")]
@@ -821,6 +891,7 @@ mod tests {
             alg: "ES256".into(),
             pkcs8_der: vec![0x42; 40],
             fapi2: false,
+            serves: Vec::new(),
         };
         let s = format!("{r:?}");
         assert!(s.contains("40 bytes redacted"));
@@ -835,6 +906,8 @@ mod tests {
             lifetime_seconds: 60,
             access_token: "at-secret-value".into(),
             code: "code-secret-value".into(),
+            state: String::new(),
+            typ: String::new(),
         };
         let dpop = pb::SignDpopProofRequest {
             key: "dpop".into(),

@@ -1660,7 +1660,7 @@ pub fn kind_for(alg: KeyAlg, size: KeySize) -> Result<KeyKind, KeyringError> {
         KeyAlg::Sign(Alg::Es256) => fixed(Curve::P256),
         KeyAlg::Sign(Alg::Es384) => fixed(Curve::P384),
         KeyAlg::Sign(Alg::EdDsa | Alg::Ed25519) => no_curve(KeyKind::Ed25519),
-        KeyAlg::Sign(Alg::Ps256 | Alg::Ps384 | Alg::Rs256) => rsa(),
+        KeyAlg::Sign(Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256) => rsa(),
         KeyAlg::Decrypt(JweAlg::RsaOaep | JweAlg::RsaOaep256) => rsa(),
         KeyAlg::Decrypt(JweAlg::EcdhEs | JweAlg::EcdhEsA128Kw | JweAlg::EcdhEsA256Kw) => {
             Ok(KeyKind::Ec(size.curve.unwrap_or(Curve::P256)))

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::{self, Audit, Record};
 use crate::backend::PrivateKeyMaterial;
-use crate::jose::{self, Alg, KeyAlg};
+use crate::jose::{self, Alg, KeyAlg, TokenType};
 use crate::keyring::{KeyInfo, KeySize, Keyring, VersionInfo};
 use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
 
@@ -632,19 +632,25 @@ impl Service {
         header: &[u8],
         payload: &[u8],
     ) -> Result<SignedJws, Error> {
-        self.run(origin, Operation::Jws, "jws", key, async |call| {
-            self.authorize(call)?;
-            self.check_size("header and payload", header.len() + payload.len())?;
-            let (version, _) = self.keyring.signing(key)?;
-            let alg = jose::check_header(header, version.kind, &version.kid)?;
-            jose::check_alg(alg, version.kind, version.fapi2)?;
-            let parts = jose::JwsParts {
-                alg,
-                header: header.to_vec(),
-                payload: payload.to_vec(),
-            };
-            self.sign_parts(call, &version, parts).await
-        })
+        self.run(
+            origin,
+            Operation::Sign(TokenType::Jws),
+            "jws",
+            key,
+            async |call| {
+                self.authorize(call)?;
+                self.check_size("header and payload", header.len() + payload.len())?;
+                let (version, _) = self.keyring.signing(key)?;
+                let alg = jose::check_header(header, version.kind, &version.kid)?;
+                jose::check_alg(alg, version.kind, version.fapi2)?;
+                let parts = jose::JwsParts {
+                    alg,
+                    header: header.to_vec(),
+                    payload: payload.to_vec(),
+                };
+                self.sign_parts(call, &version, parts).await
+            },
+        )
         .await
     }
 
@@ -659,22 +665,28 @@ impl Service {
         data: &[u8],
         alg: Option<Alg>,
     ) -> Result<RawSignature, Error> {
-        self.run(origin, Operation::Raw, "raw", key, async |call| {
-            self.authorize(call)?;
-            self.check_size("data", data.len())?;
-            let (version, alg) = self.resolve(key, alg)?;
-            note_version(call, &version, alg);
-            self.authorize_content(call, &None)?;
-            let signature = self
-                .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
-                .await?;
-            Ok(RawSignature {
-                signature,
-                kid: version.kid.clone(),
-                alg,
-                version: version.version,
-            })
-        })
+        self.run(
+            origin,
+            Operation::Sign(TokenType::Raw),
+            "raw",
+            key,
+            async |call| {
+                self.authorize(call)?;
+                self.check_size("data", data.len())?;
+                let (version, alg) = self.resolve(key, alg)?;
+                note_version(call, &version, alg);
+                self.authorize_content(call, &None)?;
+                let signature = self
+                    .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
+                    .await?;
+                Ok(RawSignature {
+                    signature,
+                    kid: version.kid.clone(),
+                    alg,
+                    version: version.version,
+                })
+            },
+        )
         .await
     }
 
@@ -688,21 +700,27 @@ impl Service {
         key: &str,
         input: IdTokenInput,
     ) -> Result<SignedJws, Error> {
-        self.run(origin, Operation::IdToken, "id-token", key, async |call| {
-            self.authorize(call)?;
-            self.check_size("claims", input.claims_json.len())?;
-            let (version, alg) = self.resolve(key, None)?;
-            let req = jose::IdTokenRequest {
-                claims: parse_object("claims_json", &input.claims_json)?,
-                now: self.clock.now(),
-                lifetime: or_default(input.lifetime, 300),
-                access_token: input.access_token,
-                code: input.code,
-                typ: None,
-            };
-            let parts = jose::id_token(key_ref(&version, alg), &req)?;
-            self.sign_parts(call, &version, parts).await
-        })
+        self.run(
+            origin,
+            Operation::Sign(TokenType::IdToken),
+            "id-token",
+            key,
+            async |call| {
+                self.authorize(call)?;
+                self.check_size("claims", input.claims_json.len())?;
+                let (version, alg) = self.resolve(key, None)?;
+                let req = jose::IdTokenRequest {
+                    claims: parse_object("claims_json", &input.claims_json)?,
+                    now: self.clock.now(),
+                    lifetime: or_default(input.lifetime, 300),
+                    access_token: input.access_token,
+                    code: input.code,
+                    typ: None,
+                };
+                let parts = jose::id_token(key_ref(&version, alg), &req)?;
+                self.sign_parts(call, &version, parts).await
+            },
+        )
         .await
     }
 
@@ -716,25 +734,31 @@ impl Service {
         key: &str,
         input: RequestObjectInput,
     ) -> Result<SignedJws, Error> {
-        self.run(origin, Operation::Jar, "jar", key, async |call| {
-            self.authorize(call)?;
-            self.check_size("claims", input.claims_json.len())?;
-            let (version, alg) = self.resolve(key, None)?;
-            let req = jose::JarRequest {
-                client_id: input.client_id,
-                audience: input.audience,
-                claims: if input.claims_json.trim().is_empty() {
-                    Map::new()
-                } else {
-                    parse_object("claims_json", &input.claims_json)?
-                },
-                now: self.clock.now(),
-                lifetime: or_default(input.lifetime, 300),
-                jti: new_jti()?,
-            };
-            let parts = jose::jar_request_object(key_ref(&version, alg), &req)?;
-            self.sign_parts(call, &version, parts).await
-        })
+        self.run(
+            origin,
+            Operation::Sign(TokenType::Jar),
+            "jar",
+            key,
+            async |call| {
+                self.authorize(call)?;
+                self.check_size("claims", input.claims_json.len())?;
+                let (version, alg) = self.resolve(key, None)?;
+                let req = jose::JarRequest {
+                    client_id: input.client_id,
+                    audience: input.audience,
+                    claims: if input.claims_json.trim().is_empty() {
+                        Map::new()
+                    } else {
+                        parse_object("claims_json", &input.claims_json)?
+                    },
+                    now: self.clock.now(),
+                    lifetime: or_default(input.lifetime, 300),
+                    jti: new_jti()?,
+                };
+                let parts = jose::jar_request_object(key_ref(&version, alg), &req)?;
+                self.sign_parts(call, &version, parts).await
+            },
+        )
         .await
     }
 
@@ -748,7 +772,7 @@ impl Service {
         key: &str,
         input: ClientAssertionInput,
     ) -> Result<SignedJws, Error> {
-        let op = Operation::ClientAssertion;
+        let op = Operation::Sign(TokenType::ClientAssertion);
         self.run(origin, op, "client-assertion", key, async |call| {
             self.authorize(call)?;
             let (version, alg) = self.resolve(key, None)?;
@@ -776,24 +800,30 @@ impl Service {
         key: &str,
         input: DpopInput,
     ) -> Result<SignedJws, Error> {
-        self.run(origin, Operation::Dpop, "dpop", key, async |call| {
-            self.authorize(call)?;
-            self.check_size(
-                "access token",
-                input.access_token.as_ref().map_or(0, String::len),
-            )?;
-            let (version, alg) = self.resolve(key, None)?;
-            let req = jose::DpopRequest {
-                htm: input.htm,
-                htu: input.htu,
-                access_token: input.access_token,
-                nonce: input.nonce,
-                now: self.clock.now(),
-                jti: new_jti()?,
-            };
-            let parts = jose::dpop_proof(&version.public, alg, &req)?;
-            self.sign_parts(call, &version, parts).await
-        })
+        self.run(
+            origin,
+            Operation::Sign(TokenType::Dpop),
+            "dpop",
+            key,
+            async |call| {
+                self.authorize(call)?;
+                self.check_size(
+                    "access token",
+                    input.access_token.as_ref().map_or(0, String::len),
+                )?;
+                let (version, alg) = self.resolve(key, None)?;
+                let req = jose::DpopRequest {
+                    htm: input.htm,
+                    htu: input.htu,
+                    access_token: input.access_token,
+                    nonce: input.nonce,
+                    now: self.clock.now(),
+                    jti: new_jti()?,
+                };
+                let parts = jose::dpop_proof(&version.public, alg, &req)?;
+                self.sign_parts(call, &version, parts).await
+            },
+        )
         .await
     }
 

@@ -188,6 +188,8 @@ async fn tls_callers_get_exactly_the_status_their_certificate_earns() -> TestRes
     let mut signer =
         pb::signing_service_client::SigningServiceClient::new(d.channel_as(&reader).await?);
     let id_token = |iss: &str| pb::SignIdTokenRequest {
+        state: String::new(),
+        typ: String::new(),
         key: "idp-signing".into(),
         claims_json: json!({"iss": iss, "sub": "alice", "aud": "client-1"}).to_string(),
         lifetime_seconds: 60,
@@ -419,6 +421,8 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
     let claims = json!({"iss": "https://op.example.com", "sub": "alice-secret-subject", "aud": ["c1", "c2"]});
     let response = signer
         .sign_id_token(pb::SignIdTokenRequest {
+            state: String::new(),
+            typ: String::new(),
             key: "idp-a".into(),
             claims_json: claims.to_string(),
             lifetime_seconds: 60,

@@ -222,7 +222,7 @@ mod checks {
             // ID token: at_hash / c_hash = left half of the alg's hash of the value.
             let now = now()?;
             let r = s
-                .sign_id_token(pb::SignIdTokenRequest {
+                .sign_id_token(pb::SignIdTokenRequest { state: String::new(), typ: String::new(),
                     key: c.key.into(),
                     claims_json: json!({"iss": "https://op.example.com", "sub": "248289761001", "aud": "s6BhdRkqt3", "nonce": "n-0S6_WzA2Mj"}).to_string(),
                     lifetime_seconds: 600,
@@ -278,6 +278,8 @@ mod checks {
 
             // Client assertion: aud is one string, iss = sub, a fresh jti each time.
             let assertion = || pb::SignClientAssertionRequest {
+                explicit_typ: false,
+                nbf: false,
                 key: c.key.into(),
                 client_id: "client-a".into(),
                 audience: "https://as.example.com".into(),
@@ -460,6 +462,7 @@ mod checks {
         let mut k = d.keys().await?;
         let (code, msg) = code_of(
             k.adopt_key(pb::AdoptKeyRequest {
+                serves: Vec::new(),
                 name: "x".into(),
                 alg: foreign.wrong_alg.into(),
                 uri: foreign.uri.clone(),
@@ -472,6 +475,7 @@ mod checks {
 
         let adopted = k
             .adopt_key(pb::AdoptKeyRequest {
+                serves: Vec::new(),
                 name: "legacy".into(),
                 alg: foreign.alg.into(),
                 uri: foreign.uri.clone(),
@@ -499,6 +503,7 @@ mod checks {
 
         let (code, msg) = code_of(
             k.adopt_key(pb::AdoptKeyRequest {
+                serves: Vec::new(),
                 name: "again".into(),
                 alg: foreign.alg.into(),
                 uri: foreign.alias.clone(),
@@ -512,6 +517,7 @@ mod checks {
         if let Some(uri) = dev.extractable_key()? {
             let (code, msg) = code_of(
                 k.adopt_key(pb::AdoptKeyRequest {
+                    serves: Vec::new(),
                     name: "leaky".into(),
                     alg: foreign.alg.into(),
                     uri,
@@ -537,6 +543,7 @@ mod checks {
         let d = dev.daemon("")?;
         let mut k = d.keys().await?;
         let import = |name: &str, alg: &str, der: Vec<u8>| pb::ImportKeyRequest {
+            serves: Vec::new(),
             name: name.into(),
             alg: alg.into(),
             pkcs8_der: der,
@@ -695,6 +702,7 @@ mod checks {
         )?;
         assert_eq!(code, Code::NotFound, "{msg}");
         let adopt = |uri: String| pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: "a".into(),
             alg: c.alg.into(),
             uri,
@@ -939,6 +947,7 @@ mod checks {
                 .keys()
                 .await?
                 .create_key(pb::CreateKeyRequest {
+                    serves: Vec::new(),
                     name: c.key.into(),
                     alg: c.alg.into(),
                     rsa_bits: c.rsa_bits,

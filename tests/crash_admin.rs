@@ -191,6 +191,7 @@ impl Op {
             Op::Destroy => c.destroy_key_version(version(2)).await?,
             Op::Import => {
                 c.import_key(pb::ImportKeyRequest {
+                    serves: Vec::new(),
                     name: "imp".into(),
                     alg: "ES256".into(),
                     pkcs8_der: pkcs8.to_vec(),

@@ -151,6 +151,8 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
     assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
     let (code, msg) = code_of(
         s.sign_client_assertion(pb::SignClientAssertionRequest {
+            explicit_typ: false,
+            nbf: false,
             key: "es".into(),
             client_id: "c".into(),
             audience: "https://as".into(),
@@ -202,6 +204,7 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
     }
     let (code, msg) = code_of(
         k.import_key(pb::ImportKeyRequest {
+            serves: Vec::new(),
             name: "imp".into(),
             alg: "ES256".into(),
             pkcs8_der: b"garbage".to_vec(),
@@ -221,6 +224,7 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
     assert_eq!(code, tonic::Code::NotFound);
     let (code, _) = code_of(
         k.adopt_key(pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: "a".into(),
             alg: "ES256".into(),
             uri: "pkcs11:token=other;object=x".into(),

@@ -355,6 +355,8 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::SignIdToken => pb::SignIdTokenRequest {
+            state: String::new(),
+            typ: String::new(),
             key,
             claims_json: json!({
                 "iss": "https://op.example", "sub": format!("user{}", rng.below(100)),
@@ -387,6 +389,8 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::SignClientAssertion => pb::SignClientAssertionRequest {
+            explicit_typ: false,
+            nbf: false,
             key,
             client_id: "client-a".into(),
             audience: "https://as.example".into(),
@@ -416,6 +420,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::CreateKey => pb::CreateKeyRequest {
+            serves: Vec::new(),
             name: admin_key(rng),
             alg: alg_for_create(rng),
             rsa_bits: 0,
@@ -426,6 +431,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
         Rpc::ImportKey => {
             let (der, alg) = rng.pick(&fx.pkcs8).clone();
             pb::ImportKeyRequest {
+                serves: Vec::new(),
                 name: admin_key(rng),
                 alg: alg.into(),
                 pkcs8_der: der,
@@ -434,6 +440,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             .encode_to_vec()
         }
         Rpc::AdoptKey => pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: admin_key(rng),
             alg: "ES256".into(),
             uri: rng
@@ -546,6 +553,8 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::SignIdToken => pb::SignIdTokenRequest {
+            state: String::new(),
+            typ: String::new(),
             key: signing_key(rng).0,
             claims_json: rng.text(),
             lifetime_seconds: n(rng),
@@ -562,6 +571,8 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::SignClientAssertion => pb::SignClientAssertionRequest {
+            explicit_typ: false,
+            nbf: false,
             key: signing_key(rng).0,
             client_id: rng.text(),
             audience: rng.text(),
@@ -577,6 +588,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::CreateKey => pb::CreateKeyRequest {
+            serves: Vec::new(),
             name: rng.text(),
             alg: rng.text(),
             // Any size, but never an RSA generation: the alg is random text, rarely an RSA alg.
@@ -586,6 +598,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::ImportKey => pb::ImportKeyRequest {
+            serves: Vec::new(),
             name: rng.text(),
             alg: rng.text(),
             pkcs8_der: rng.bytes_upto(300),
@@ -593,6 +606,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::AdoptKey => pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: admin_key(rng),
             alg: rng.text(),
             uri: format!("pkcs11:{}", rng.text()),

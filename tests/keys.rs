@@ -79,6 +79,7 @@ async fn pkcs11_tool_interop_both_ways() -> TestResult {
     // An alg that does not fit the key is refused before anything is recorded.
     let (code, _) = code_of(
         k.adopt_key(pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: "x".into(),
             alg: "RS256".into(),
             uri: "pkcs11:object=legacy-ed".into(),
@@ -89,6 +90,7 @@ async fn pkcs11_tool_interop_both_ways() -> TestResult {
     assert_eq!(code, tonic::Code::InvalidArgument);
     let ed = k
         .adopt_key(pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: "legacy-ed".into(),
             alg: "EdDSA".into(),
             uri: "pkcs11:object=legacy-ed".into(),

@@ -81,6 +81,8 @@ async fn exchange(
             .signer()
             .await?
             .sign_client_assertion(pb::SignClientAssertionRequest {
+                explicit_typ: false,
+                nbf: false,
                 key: signer(rp.client_id),
                 client_id: rp.client_id.into(),
                 audience: op.issuer.clone(),

@@ -88,6 +88,7 @@ async fn ec_and_eddsa_are_refused_naming_the_algorithm_and_the_missing_mechanism
         d.keys()
             .await?
             .import_key(pb::ImportKeyRequest {
+                serves: Vec::new(),
                 name: "imported".into(),
                 alg: "ES256".into(),
                 pkcs8_der: der.stdout,

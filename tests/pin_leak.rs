@@ -24,6 +24,8 @@ async fn the_pin_appears_in_no_log_line_record_or_message() -> TestResult {
         let mut signer = d.signer().await?;
         let r = signer
             .sign_id_token(pb::SignIdTokenRequest {
+                state: String::new(),
+                typ: String::new(),
                 key: "pk".into(),
                 claims_json: json!({"iss": "https://op", "sub": "s", "aud": "c"}).to_string(),
                 lifetime_seconds: 60,

@@ -550,6 +550,7 @@ async fn fw_5_7_1_decrypt_jwe_adopted_9d_and_pin_always() -> TestResult {
 
     let r = keys
         .adopt_key(pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: "ecdh-9a".into(),
             alg: "ECDH-ES".into(),
             uri: format!("yubikey:serial={SERIAL};slot=9a"),
@@ -562,6 +563,7 @@ async fn fw_5_7_1_decrypt_jwe_adopted_9d_and_pin_always() -> TestResult {
 
     let adopted = keys
         .adopt_key(pb::AdoptKeyRequest {
+            serves: Vec::new(),
             name: "rsa-9d".into(),
             alg: "RSA-OAEP-256".into(),
             uri: format!("yubikey:serial={SERIAL};slot=9d"),

@@ -88,6 +88,8 @@ impl Client {
                 client_id: client_id.into(),
                 audience: issuer.into(),
                 lifetime_seconds: 0,
+                explicit_typ: false,
+                nbf: false,
             })
             .await?;
         Ok(r.compact)

@@ -48,7 +48,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::jose::{JweAlg, JweEnc};
+use crate::jose::{JweAlg, JweEnc, TokenType};
 use crate::policy::{Operation, Rate};
 use crate::tls::IdentityKind;
 
@@ -271,9 +271,12 @@ pub fn validate(
         let content =
             c.iss.is_some() || c.aud.is_some() || c.client_id.is_some() || c.htu_prefix.is_some();
         if content
-            && ops
-                .iter()
-                .any(|o| matches!(o, Operation::Raw | Operation::Tls))
+            && ops.iter().any(|o| {
+                matches!(
+                    o,
+                    Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls)
+                )
+            })
         {
             out.push(problem(
                 f("operations"),

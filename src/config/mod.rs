@@ -623,6 +623,7 @@ fail_closed = true
         let c = Config::parse(Path::new("x.toml"), &text)?;
         assert_eq!(c.callers.len(), 3);
         let p = crate::app::policy(&c);
+        use crate::jose::TokenType;
         use crate::policy::{Caller, Operation, Request};
         let r = |op, key| Request {
             op,
@@ -632,13 +633,16 @@ fail_closed = true
         assert!(
             p.evaluate(
                 &Caller::tls("idp.example.org"),
-                &r(Operation::IdToken, "idp-1")
+                &r(Operation::Sign(TokenType::IdToken), "idp-1")
             )
             .is_ok()
         );
         assert!(
-            p.evaluate(&Caller::unix(1000, 5), &r(Operation::Dpop, "client-a-dpop"))
-                .is_ok()
+            p.evaluate(
+                &Caller::unix(1000, 5),
+                &r(Operation::Sign(TokenType::Dpop), "client-a-dpop")
+            )
+            .is_ok()
         );
         assert!(
             p.evaluate(
@@ -648,8 +652,11 @@ fail_closed = true
             .is_ok()
         );
         assert!(
-            p.evaluate(&Caller::tls("admin.example.org"), &r(Operation::Jws, "any"))
-                .is_err()
+            p.evaluate(
+                &Caller::tls("admin.example.org"),
+                &r(Operation::Sign(TokenType::Jws), "any")
+            )
+            .is_err()
         );
         Ok(())
     }
@@ -679,7 +686,7 @@ per_key = "1/d"
             .unwrap_or_default();
         let lines: Vec<&str> = err.lines().collect();
         assert!(
-            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, id-token, jar, client-assertion, dpop, tls, decrypt (key administration is admin = true)"),
+            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, tls, id-token, jar, client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba, http-request, http-response, decrypt (key administration is admin = true)"),
             "{err}"
         );
         assert!(err.contains("p.toml:20: field `caller[1].rate`"), "{err}");

@@ -23,6 +23,9 @@ pub enum Alg {
     Ps256,
     /// RSASSA-PSS with SHA-384, MGF1-SHA-384, 48-byte salt.
     Ps384,
+    /// RSASSA-PSS with SHA-512, MGF1-SHA-512, 64-byte salt: also RFC 9421's `rsa-pss-sha512`,
+    /// the RSA algorithm of HTTP message signatures.
+    Ps512,
     /// RSASSA-PKCS1-v1_5 with SHA-256 (kept for relying parties that know nothing else).
     Rs256,
     /// `EdDSA` as in RFC 8037, here always with Ed25519; the name FAPI 2.0 uses.
@@ -34,11 +37,12 @@ pub enum Alg {
 
 impl Alg {
     /// Every supported algorithm, in the order error messages list them.
-    pub const ALL: [Alg; 7] = [
+    pub const ALL: [Alg; 8] = [
         Alg::Es256,
         Alg::Es384,
         Alg::Ps256,
         Alg::Ps384,
+        Alg::Ps512,
         Alg::Rs256,
         Alg::EdDsa,
         Alg::Ed25519,
@@ -67,6 +71,7 @@ impl Alg {
             Alg::Es384 => "ES384",
             Alg::Ps256 => "PS256",
             Alg::Ps384 => "PS384",
+            Alg::Ps512 => "PS512",
             Alg::Rs256 => "RS256",
             Alg::EdDsa => "EdDSA",
             Alg::Ed25519 => "Ed25519",
@@ -80,7 +85,10 @@ impl Alg {
             (self, kind),
             (Alg::Es256, KeyKind::Ec(Curve::P256))
                 | (Alg::Es384, KeyKind::Ec(Curve::P384))
-                | (Alg::Ps256 | Alg::Ps384 | Alg::Rs256, KeyKind::Rsa { .. })
+                | (
+                    Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256,
+                    KeyKind::Rsa { .. }
+                )
                 | (Alg::EdDsa | Alg::Ed25519, KeyKind::Ed25519)
         )
     }
@@ -115,6 +123,10 @@ impl Alg {
                 hash: HashAlg::Sha384,
                 digest: HashAlg::Sha384.digest(signing_input),
             },
+            Alg::Ps512 => SignOp::RsaPss {
+                hash: HashAlg::Sha512,
+                digest: HashAlg::Sha512.digest(signing_input),
+            },
             Alg::Rs256 => SignOp::RsaPkcs1v15 {
                 hash: HashAlg::Sha256,
                 digest: HashAlg::Sha256.digest(signing_input),
@@ -131,7 +143,7 @@ impl Alg {
         match self {
             Alg::Es256 | Alg::Ps256 | Alg::Rs256 => HashAlg::Sha256,
             Alg::Es384 | Alg::Ps384 => HashAlg::Sha384,
-            Alg::EdDsa | Alg::Ed25519 => HashAlg::Sha512,
+            Alg::Ps512 | Alg::EdDsa | Alg::Ed25519 => HashAlg::Sha512,
         }
     }
 
@@ -357,7 +369,7 @@ mod tests {
             match self {
                 Alg::Es256 => KeyKind::Ec(Curve::P256),
                 Alg::Es384 => KeyKind::Ec(Curve::P384),
-                Alg::Ps256 | Alg::Ps384 | Alg::Rs256 => KeyKind::Rsa { bits: 3072 },
+                Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 => KeyKind::Rsa { bits: 3072 },
                 Alg::EdDsa | Alg::Ed25519 => KeyKind::Ed25519,
             }
         }
@@ -367,6 +379,7 @@ mod tests {
     fn token_hash_algs() {
         assert_eq!(Alg::Es256.token_hash_alg(), HashAlg::Sha256);
         assert_eq!(Alg::Ps384.token_hash_alg(), HashAlg::Sha384);
+        assert_eq!(Alg::Ps512.token_hash_alg(), HashAlg::Sha512);
         assert_eq!(Alg::EdDsa.token_hash_alg(), HashAlg::Sha512);
     }
 

@@ -58,13 +58,15 @@ pub fn check_key_alg(alg: KeyAlg, kind: KeyKind, fapi2: bool) -> Result<(), Jose
 ///
 /// # Errors
 ///
-/// [`JoseError::FapiAlgNotAllowed`] for ES384, PS384 and RS256; [`JoseError::AlgKeyMismatch`]
+/// [`JoseError::FapiAlgNotAllowed`] for ES384, PS384, PS512 and RS256; [`JoseError::AlgKeyMismatch`]
 /// if the algorithm does not fit the key; [`JoseError::FapiKeyTooSmall`] for RSA below 2048
 /// bits.
 pub fn check_fapi2(alg: Alg, kind: KeyKind) -> Result<(), JoseError> {
     match alg {
         Alg::Ps256 | Alg::Es256 | Alg::EdDsa | Alg::Ed25519 => {}
-        Alg::Es384 | Alg::Ps384 | Alg::Rs256 => return Err(JoseError::FapiAlgNotAllowed { alg }),
+        Alg::Es384 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256 => {
+            return Err(JoseError::FapiAlgNotAllowed { alg });
+        }
     }
     if !alg.fits(kind) {
         return Err(JoseError::AlgKeyMismatch { alg, key: kind });

@@ -16,6 +16,7 @@ mod header;
 mod jwe;
 mod jwk;
 mod profiles;
+mod token_type;
 mod verify;
 
 pub use alg::{Alg, KeyAlg};
@@ -27,6 +28,7 @@ pub use profiles::{
     ClientAssertionRequest, DpopRequest, IdTokenRequest, JarRequest, JwsParts, KeyRef,
     client_assertion, dpop_jkt, dpop_proof, id_token, jar_request_object, x5t_s256,
 };
+pub use token_type::TokenType;
 pub use verify::verify;
 
 use base64::Engine as _;
@@ -45,7 +47,7 @@ use crate::crypto::KeyKind;
 pub enum JoseError {
     /// The `alg` is not one sigild signs with.
     #[error(
-        "unsupported JWS alg {alg:?}; supported algs are ES256, ES384, PS256, PS384, RS256, EdDSA and Ed25519"
+        "unsupported JWS alg {alg:?}; supported algs are ES256, ES384, PS256, PS384, PS512, RS256, EdDSA and Ed25519"
     )]
     UnsupportedAlg {
         /// The name the caller sent, shortened.
@@ -54,7 +56,7 @@ pub enum JoseError {
     /// The alg named for a new key is neither a JWS alg nor a JWE key-management alg sigild
     /// serves.
     #[error(
-        "unsupported key alg {alg:?}; signing keys: ES256, ES384, PS256, PS384, RS256, EdDSA, Ed25519; decryption keys: RSA-OAEP-256, RSA-OAEP, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW (RSA1_5 is never offered)"
+        "unsupported key alg {alg:?}; signing keys: ES256, ES384, PS256, PS384, PS512, RS256, EdDSA, Ed25519; decryption keys: RSA-OAEP-256, RSA-OAEP, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW (RSA1_5 is never offered)"
     )]
     UnsupportedKeyAlg {
         /// The name the caller sent, shortened.

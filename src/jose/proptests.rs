@@ -73,7 +73,7 @@ fn member_name() -> impl Strategy<Value = String> {
 fn member_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         2 => proptest::sample::select(vec![
-            "ES256", "ES384", "PS256", "PS384", "RS256", "EdDSA", "Ed25519", "none", "HS256",
+            "ES256", "ES384", "PS256", "PS384", "PS512", "RS256", "EdDSA", "Ed25519", "none", "HS256",
             "es256", KID, "JWT",
         ])
         .prop_map(Value::from),

@@ -24,10 +24,11 @@ pub fn verify(public: &PublicKey, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
                 .verify(input, sig)
                 .is_ok()
         }
-        (PublicKey::Rsa { n, e }, Alg::Ps256 | Alg::Ps384 | Alg::Rs256) => {
+        (PublicKey::Rsa { n, e }, Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::Rs256) => {
             let params = match alg {
                 Alg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
                 Alg::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
+                Alg::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
                 _ => &signature::RSA_PKCS1_2048_8192_SHA256,
             };
             RsaPublicKeyComponents { n, e }

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::jose::{JweAlg, JweEnc};
+use crate::jose::{JweAlg, JweEnc, TokenType};
 
 pub use rate::{Rate, RateLimiter};
 
@@ -90,21 +90,9 @@ impl fmt::Display for Caller {
 /// What a request wants to do. Config names them in kebab case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Operation {
-    /// Generic JWS over caller-supplied header and payload.
-    Jws,
-    /// Raw signature over arbitrary bytes.
-    Raw,
-    /// OpenID Connect ID token.
-    IdToken,
-    /// JAR request object.
-    Jar,
-    /// `private_key_jwt` client assertion.
-    ClientAssertion,
-    /// DPoP proof.
-    Dpop,
-    /// A TLS handshake signature; served by the raw signing call, so a rule naming `tls`
-    /// allows raw signing.
-    Tls,
+    /// Signing for one use: a token profile, an RFC 9421 HTTP message, or a generic path
+    /// (`jws`, `raw`, `tls`). Each is granted on its own: allowing `tls` does not allow `raw`.
+    Sign(TokenType),
     /// Decrypting a compact JWE with an encryption key (the rule's `jwe_algs` / `jwe_encs`
     /// narrow which ones).
     Decrypt,
@@ -115,28 +103,22 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// Every operation a `[[caller]]` rule may list in `operations`.
-    pub const CONFIGURABLE: [Operation; 8] = [
-        Operation::Jws,
-        Operation::Raw,
-        Operation::IdToken,
-        Operation::Jar,
-        Operation::ClientAssertion,
-        Operation::Dpop,
-        Operation::Tls,
-        Operation::Decrypt,
-    ];
+    /// Every operation a `[[caller]]` rule may list in `operations`: every signing use, then
+    /// `decrypt`.
+    pub const CONFIGURABLE: [Operation; 16] = {
+        let mut all = [Operation::Decrypt; 16];
+        let mut i = 0;
+        while i < TokenType::ALL.len() {
+            all[i] = Operation::Sign(TokenType::ALL[i]);
+            i += 1;
+        }
+        all
+    };
 
     /// The config / audit name.
     pub fn name(self) -> &'static str {
         match self {
-            Operation::Jws => "jws",
-            Operation::Raw => "raw",
-            Operation::IdToken => "id-token",
-            Operation::Jar => "jar",
-            Operation::ClientAssertion => "client-assertion",
-            Operation::Dpop => "dpop",
-            Operation::Tls => "tls",
+            Operation::Sign(t) => t.name(),
             Operation::Decrypt => "decrypt",
             Operation::Admin => "admin",
             Operation::Read => "read",
@@ -148,29 +130,33 @@ impl Operation {
         Operation::CONFIGURABLE.into_iter().find(|o| o.name() == s)
     }
 
+    /// The signing use, for signing operations.
+    pub fn token_type(self) -> Option<TokenType> {
+        match self {
+            Operation::Sign(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// Whether tokens of this operation carry `claim` (`iss`, `aud`, `client_id`, `htu`), so
     /// that a rule restricting it applies. Generic JWS may carry anything — including a
     /// hand-made DPoP proof or ID token — so every restriction applies to it.
     pub fn carries(self, claim: &str) -> bool {
-        use Operation as O;
+        use TokenType as T;
+        let Operation::Sign(t) = self else {
+            return false;
+        };
         match claim {
-            "iss" | "aud" => matches!(self, O::Jws | O::IdToken | O::Jar | O::ClientAssertion),
-            "client_id" => matches!(self, O::Jws | O::Jar | O::ClientAssertion),
-            "htu" => matches!(self, O::Jws | O::Dpop),
+            "iss" | "aud" => matches!(t, T::Jws | T::IdToken | T::Jar | T::ClientAssertion),
+            "client_id" => matches!(t, T::Jws | T::Jar | T::ClientAssertion),
+            "htu" => matches!(t, T::Jws | T::Dpop),
             _ => false,
         }
     }
 
     /// Whether the signed content is a JSON claims set that content rules can check.
     fn has_claims(self) -> bool {
-        !matches!(
-            self,
-            Operation::Raw
-                | Operation::Tls
-                | Operation::Decrypt
-                | Operation::Admin
-                | Operation::Read
-        )
+        matches!(self, Operation::Sign(t) if !matches!(t, TokenType::Raw | TokenType::Tls))
     }
 }
 
@@ -283,9 +269,9 @@ impl Rule {
         let op_ok = match op {
             Operation::Admin => self.admin,
             Operation::Read => true,
-            Operation::Raw | Operation::Tls => {
-                self.operations.contains(&Operation::Raw)
-                    || self.operations.contains(&Operation::Tls)
+            Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls) => {
+                self.operations.contains(&Operation::Sign(TokenType::Raw))
+                    || self.operations.contains(&Operation::Sign(TokenType::Tls))
             }
             other => self.operations.contains(&other),
         };
@@ -376,7 +362,7 @@ impl Claims {
             _ => Vec::new(),
         };
         let client_id = match op {
-            Operation::ClientAssertion => s("sub"),
+            Operation::Sign(TokenType::ClientAssertion) => s("sub"),
             _ => s("client_id"),
         };
         Some(Claims {
@@ -723,14 +709,14 @@ mod tests {
             vec![rule(
                 Who::Identity("spiffe://x/idp".into()),
                 &["idp-*"],
-                &[Operation::IdToken],
+                &[Operation::Sign(TokenType::IdToken)],
             )],
             None,
         );
         let e = p
             .evaluate(
                 &Caller::tls("spiffe://x/other"),
-                &req(Operation::IdToken, "idp-1", None),
+                &req(Operation::Sign(TokenType::IdToken), "idp-1", None),
             )
             .err();
         let msg = e.map(|e| e.to_string()).unwrap_or_default();
@@ -741,7 +727,10 @@ mod tests {
         );
         assert!(
             Policy::deny_all()
-                .evaluate(&Caller::unix(0, 0), &req(Operation::Jws, "k", None))
+                .evaluate(
+                    &Caller::unix(0, 0),
+                    &req(Operation::Sign(TokenType::Jws), "k", None)
+                )
                 .is_err()
         );
     }
@@ -752,22 +741,25 @@ mod tests {
             vec![rule(
                 Who::Identity("a".into()),
                 &["idp-*"],
-                &[Operation::IdToken, Operation::Jws],
+                &[
+                    Operation::Sign(TokenType::IdToken),
+                    Operation::Sign(TokenType::Jws),
+                ],
             )],
             None,
         );
         let a = Caller::tls("a");
         assert!(
-            p.evaluate(&a, &req(Operation::IdToken, "idp-1", None))
+            p.evaluate(&a, &req(Operation::Sign(TokenType::IdToken), "idp-1", None))
                 .is_ok()
         );
-        let e = p.evaluate(&a, &req(Operation::Dpop, "idp-1", None));
+        let e = p.evaluate(&a, &req(Operation::Sign(TokenType::Dpop), "idp-1", None));
         assert_eq!(
             e.err().map(|e| e.to_string()).unwrap_or_default(),
             "caller a is not allowed to dpop with key idp-1"
         );
         assert!(matches!(
-            p.evaluate(&a, &req(Operation::IdToken, "other", None)),
+            p.evaluate(&a, &req(Operation::Sign(TokenType::IdToken), "other", None)),
             Err(PolicyError::OperationNotAllowed { .. })
         ));
         assert!(matches!(
@@ -788,48 +780,79 @@ mod tests {
     fn identity_kinds_do_not_cross() {
         let p = Policy::new(
             vec![
-                rule(Who::Identity("uid:1000".into()), &["*"], &[Operation::Jws]),
-                rule(Who::Gid(50), &["g"], &[Operation::Jws]),
+                rule(
+                    Who::Identity("uid:1000".into()),
+                    &["*"],
+                    &[Operation::Sign(TokenType::Jws)],
+                ),
+                rule(Who::Gid(50), &["g"], &[Operation::Sign(TokenType::Jws)]),
             ],
             None,
         );
         // A certificate named "uid:1000" is not the Unix user 1000, and vice versa.
         assert!(
-            p.evaluate(&Caller::unix(1000, 1000), &req(Operation::Jws, "k", None))
-                .is_err()
+            p.evaluate(
+                &Caller::unix(1000, 1000),
+                &req(Operation::Sign(TokenType::Jws), "k", None)
+            )
+            .is_err()
         );
         assert!(
-            p.evaluate(&Caller::tls("uid:1000"), &req(Operation::Jws, "k", None))
-                .is_ok()
+            p.evaluate(
+                &Caller::tls("uid:1000"),
+                &req(Operation::Sign(TokenType::Jws), "k", None)
+            )
+            .is_ok()
         );
         assert!(
-            p.evaluate(&Caller::unix(7, 50), &req(Operation::Jws, "g", None))
-                .is_ok()
+            p.evaluate(
+                &Caller::unix(7, 50),
+                &req(Operation::Sign(TokenType::Jws), "g", None)
+            )
+            .is_ok()
         );
         assert!(
-            p.evaluate(&Caller::plaintext(), &req(Operation::Jws, "k", None))
-                .is_err()
+            p.evaluate(
+                &Caller::plaintext(),
+                &req(Operation::Sign(TokenType::Jws), "k", None)
+            )
+            .is_err()
         );
     }
 
     #[test]
     fn content_rules_check_the_signed_claims() {
-        let mut r = rule(Who::Identity("idp".into()), &["*"], &[Operation::IdToken]);
+        let mut r = rule(
+            Who::Identity("idp".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::IdToken)],
+        );
         r.iss = Some(vec!["https://op.example.com".into()]);
         r.aud = Some(vec!["c1".into(), "c2".into()]);
-        let mut d = rule(Who::Uid(1000), &["dpop"], &[Operation::Dpop]);
+        let mut d = rule(
+            Who::Uid(1000),
+            &["dpop"],
+            &[Operation::Sign(TokenType::Dpop)],
+        );
         d.htu_prefix = Some(vec!["https://as.example.com/".into()]);
         let p = Policy::new(vec![r, d], None);
         let idp = Caller::tls("idp");
-        let claims = |json: &str| Claims::from_payload(Operation::IdToken, json.as_bytes());
+        let claims =
+            |json: &str| Claims::from_payload(Operation::Sign(TokenType::IdToken), json.as_bytes());
         let ok = claims(r#"{"iss":"https://op.example.com","aud":["c1","c2"],"sub":"s"}"#);
         assert!(
-            p.evaluate(&idp, &req(Operation::IdToken, "k", Some(&ok)))
-                .is_ok()
+            p.evaluate(
+                &idp,
+                &req(Operation::Sign(TokenType::IdToken), "k", Some(&ok))
+            )
+            .is_ok()
         );
         let bad_iss = claims(r#"{"iss":"https://evil","aud":"c1"}"#);
         let e = p
-            .evaluate(&idp, &req(Operation::IdToken, "k", Some(&bad_iss)))
+            .evaluate(
+                &idp,
+                &req(Operation::Sign(TokenType::IdToken), "k", Some(&bad_iss)),
+            )
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -839,33 +862,42 @@ mod tests {
         );
         let bad_aud = claims(r#"{"iss":"https://op.example.com","aud":["c1","c3"]}"#);
         assert!(matches!(
-            p.evaluate(&idp, &req(Operation::IdToken, "k", Some(&bad_aud))),
+            p.evaluate(
+                &idp,
+                &req(Operation::Sign(TokenType::IdToken), "k", Some(&bad_aud))
+            ),
             Err(PolicyError::ClaimNotAllowed { claim: "aud", .. })
         ));
         let no_aud = claims(r#"{"iss":"https://op.example.com"}"#);
         assert!(matches!(
-            p.evaluate(&idp, &req(Operation::IdToken, "k", Some(&no_aud))),
+            p.evaluate(
+                &idp,
+                &req(Operation::Sign(TokenType::IdToken), "k", Some(&no_aud))
+            ),
             Err(PolicyError::ClaimMissing { claim: "aud", .. })
         ));
         assert!(matches!(
-            p.evaluate(&idp, &req(Operation::IdToken, "k", Some(&None))),
+            p.evaluate(
+                &idp,
+                &req(Operation::Sign(TokenType::IdToken), "k", Some(&None))
+            ),
             Err(PolicyError::NotClaims { .. })
         ));
         let u = Caller::unix(1000, 1000);
         let h = Claims::from_payload(
-            Operation::Dpop,
+            Operation::Sign(TokenType::Dpop),
             br#"{"htu":"https://as.example.com/token","htm":"POST"}"#,
         );
         assert!(
-            p.evaluate(&u, &req(Operation::Dpop, "dpop", Some(&h)))
+            p.evaluate(&u, &req(Operation::Sign(TokenType::Dpop), "dpop", Some(&h)))
                 .is_ok()
         );
         let h = Claims::from_payload(
-            Operation::Dpop,
+            Operation::Sign(TokenType::Dpop),
             br#"{"htu":"https://as.example.com.evil/"}"#,
         );
         assert!(
-            p.evaluate(&u, &req(Operation::Dpop, "dpop", Some(&h)))
+            p.evaluate(&u, &req(Operation::Sign(TokenType::Dpop), "dpop", Some(&h)))
                 .is_err()
         );
     }
@@ -875,30 +907,40 @@ mod tests {
         let mut r = rule(
             Who::Identity("c".into()),
             &["*"],
-            &[Operation::Dpop, Operation::ClientAssertion, Operation::Jws],
+            &[
+                Operation::Sign(TokenType::Dpop),
+                Operation::Sign(TokenType::ClientAssertion),
+                Operation::Sign(TokenType::Jws),
+            ],
         );
         r.aud = Some(vec!["https://as".into()]);
         r.htu_prefix = Some(vec!["https://as/".into()]);
         let p = Policy::new(vec![r], None);
         let c = Caller::tls("c");
         // A DPoP proof has no aud: only htu is checked.
-        let dpop = Claims::from_payload(Operation::Dpop, br#"{"htu":"https://as/token"}"#);
+        let dpop = Claims::from_payload(
+            Operation::Sign(TokenType::Dpop),
+            br#"{"htu":"https://as/token"}"#,
+        );
         assert!(
-            p.evaluate(&c, &req(Operation::Dpop, "k", Some(&dpop)))
+            p.evaluate(&c, &req(Operation::Sign(TokenType::Dpop), "k", Some(&dpop)))
                 .is_ok()
         );
         // A client assertion has no htu: only aud is checked.
         let ca = Claims::from_payload(
-            Operation::ClientAssertion,
+            Operation::Sign(TokenType::ClientAssertion),
             br#"{"iss":"x","sub":"x","aud":"https://as"}"#,
         );
         assert!(
-            p.evaluate(&c, &req(Operation::ClientAssertion, "k", Some(&ca)))
-                .is_ok()
+            p.evaluate(
+                &c,
+                &req(Operation::Sign(TokenType::ClientAssertion), "k", Some(&ca))
+            )
+            .is_ok()
         );
         // Generic JWS is held to every restriction.
         assert!(matches!(
-            p.evaluate(&c, &req(Operation::Jws, "k", Some(&ca))),
+            p.evaluate(&c, &req(Operation::Sign(TokenType::Jws), "k", Some(&ca))),
             Err(PolicyError::ClaimMissing { claim: "htu", .. })
         ));
     }
@@ -906,7 +948,7 @@ mod tests {
     #[test]
     fn client_assertion_client_id_is_its_sub() {
         let c = Claims::from_payload(
-            Operation::ClientAssertion,
+            Operation::Sign(TokenType::ClientAssertion),
             br#"{"iss":"c1","sub":"c1","aud":"https://as"}"#,
         );
         assert_eq!(c.and_then(|c| c.client_id), Some("c1".into()));
@@ -914,34 +956,56 @@ mod tests {
 
     #[test]
     fn any_covering_rule_may_allow() {
-        let mut strict = rule(Who::Identity("a".into()), &["*"], &[Operation::Jws]);
+        let mut strict = rule(
+            Who::Identity("a".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
         strict.iss = Some(vec!["x".into()]);
-        let open = rule(Who::Identity("a".into()), &["open-*"], &[Operation::Jws]);
+        let open = rule(
+            Who::Identity("a".into()),
+            &["open-*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
         let p = Policy::new(vec![strict, open], None);
-        let c = Claims::from_payload(Operation::Jws, br#"{"iss":"y"}"#);
+        let c = Claims::from_payload(Operation::Sign(TokenType::Jws), br#"{"iss":"y"}"#);
         let a = Caller::tls("a");
         assert!(
-            p.evaluate(&a, &req(Operation::Jws, "open-1", Some(&c)))
-                .is_ok()
+            p.evaluate(
+                &a,
+                &req(Operation::Sign(TokenType::Jws), "open-1", Some(&c))
+            )
+            .is_ok()
         );
         assert!(
-            p.evaluate(&a, &req(Operation::Jws, "closed", Some(&c)))
-                .is_err()
+            p.evaluate(
+                &a,
+                &req(Operation::Sign(TokenType::Jws), "closed", Some(&c))
+            )
+            .is_err()
         );
     }
 
     #[test]
     fn rate_limits_per_rule_and_per_key() -> Result<(), String> {
-        let mut r = rule(Who::Identity("a".into()), &["*"], &[Operation::Jws]);
+        let mut r = rule(
+            Who::Identity("a".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
         r.rate = Some(Rate::parse("2/s")?);
-        let b = rule(Who::Identity("b".into()), &["*"], &[Operation::Jws]);
+        let b = rule(
+            Who::Identity("b".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
         let p = Policy::new(vec![r, b], Some(Rate::parse("3/s")?));
         let (a, b) = (Caller::tls("a"), Caller::tls("b"));
         let ga = p
-            .evaluate(&a, &req(Operation::Jws, "k", None))
+            .evaluate(&a, &req(Operation::Sign(TokenType::Jws), "k", None))
             .map_err(|e| e.to_string())?;
         let gb = p
-            .evaluate(&b, &req(Operation::Jws, "k", None))
+            .evaluate(&b, &req(Operation::Sign(TokenType::Jws), "k", None))
             .map_err(|e| e.to_string())?;
         let t0 = Duration::from_secs(100);
         assert!(p.admit(&a, ga, "k", t0).is_ok());
@@ -971,16 +1035,24 @@ mod tests {
 
     #[test]
     fn default_per_caller_limit_applies_to_rules_without_their_own() -> Result<(), String> {
-        let mut own = rule(Who::Identity("a".into()), &["*"], &[Operation::Jws]);
+        let mut own = rule(
+            Who::Identity("a".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
         own.rate = Some(Rate::parse("3/s")?);
-        let plain = rule(Who::Identity("b".into()), &["*"], &[Operation::Jws]);
+        let plain = rule(
+            Who::Identity("b".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
         let p = Policy::new(vec![own, plain], None).with_per_caller(Some(Rate::parse("1/s")?));
         let (a, b) = (Caller::tls("a"), Caller::tls("b"));
         let ga = p
-            .evaluate(&a, &req(Operation::Jws, "k", None))
+            .evaluate(&a, &req(Operation::Sign(TokenType::Jws), "k", None))
             .map_err(|e| e.to_string())?;
         let gb = p
-            .evaluate(&b, &req(Operation::Jws, "k", None))
+            .evaluate(&b, &req(Operation::Sign(TokenType::Jws), "k", None))
             .map_err(|e| e.to_string())?;
         let t = Duration::from_secs(1);
         assert!(p.admit(&b, gb, "k", t).is_ok());
@@ -989,12 +1061,12 @@ mod tests {
             assert!(p.admit(&a, ga, "k", t).is_ok());
         }
         // Each caller has its own bucket, even under one rule.
-        let mut g = rule(Who::Gid(7), &["*"], &[Operation::Jws]);
+        let mut g = rule(Who::Gid(7), &["*"], &[Operation::Sign(TokenType::Jws)]);
         g.rate = None;
         let p = Policy::new(vec![g], None).with_per_caller(Some(Rate::parse("1/s")?));
         let (u1, u2) = (Caller::unix(1, 7), Caller::unix(2, 7));
         let g1 = p
-            .evaluate(&u1, &req(Operation::Jws, "k", None))
+            .evaluate(&u1, &req(Operation::Sign(TokenType::Jws), "k", None))
             .map_err(|e| e.to_string())?;
         assert!(p.admit(&u1, g1, "k", t).is_ok());
         assert!(p.admit(&u2, g1, "k", t).is_ok());

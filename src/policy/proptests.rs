@@ -47,13 +47,13 @@ fn who() -> impl Strategy<Value = Who> {
 
 fn operation() -> impl Strategy<Value = Operation> {
     proptest::sample::select(vec![
-        Operation::Jws,
-        Operation::Raw,
-        Operation::IdToken,
-        Operation::Jar,
-        Operation::ClientAssertion,
-        Operation::Dpop,
-        Operation::Tls,
+        Operation::Sign(TokenType::Jws),
+        Operation::Sign(TokenType::Raw),
+        Operation::Sign(TokenType::IdToken),
+        Operation::Sign(TokenType::Jar),
+        Operation::Sign(TokenType::ClientAssertion),
+        Operation::Sign(TokenType::Dpop),
+        Operation::Sign(TokenType::Tls),
         Operation::Decrypt,
         Operation::Admin,
         Operation::Read,
@@ -151,8 +151,9 @@ fn covers(r: &Rule, op: Operation, key: &str) -> bool {
     let op_ok = match op {
         Operation::Admin => r.admin,
         Operation::Read => true,
-        Operation::Raw | Operation::Tls => {
-            r.operations.contains(&Operation::Raw) || r.operations.contains(&Operation::Tls)
+        Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls) => {
+            r.operations.contains(&Operation::Sign(TokenType::Raw))
+                || r.operations.contains(&Operation::Sign(TokenType::Tls))
         }
         other => r.operations.contains(&other),
     };
@@ -263,7 +264,7 @@ proptest! {
             if let Some(aud) = v.get("aud").and_then(|a| a.as_str()) {
                 prop_assert_eq!(claims.aud, vec![aud.to_owned()]);
             }
-            let id = if op == Operation::ClientAssertion { "sub" } else { "client_id" };
+            let id = if op == Operation::Sign(TokenType::ClientAssertion) { "sub" } else { "client_id" };
             prop_assert_eq!(claims.client_id.as_deref(), v.get(id).and_then(|x| x.as_str()));
         }
     }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::audit::Audit;
 use crate::backend::memory::MemoryBackend;
+use crate::jose::TokenType;
 use crate::keyring::{KeySize, Keyring};
 use crate::policy::{Caller, KeyPattern, Policy, Rate, Rule, Who};
 use crate::service::{ErrorKind, Origin, ServiceOptions, SystemClock, UNDECRYPTABLE};
@@ -36,9 +37,9 @@ async fn fixture() -> Fixture {
     let rules = vec![
         Rule {
             jwe_encs: Some(vec![JweEnc::A256Gcm, JweEnc::A128Gcm]),
-            ..rule("rp", &[Operation::Decrypt, Operation::Raw])
+            ..rule("rp", &[Operation::Decrypt, Operation::Sign(TokenType::Raw)])
         },
-        rule("other", &[Operation::Jws]),
+        rule("other", &[Operation::Sign(TokenType::Jws)]),
         Rule {
             rate: Some(Rate::parse("1/m").unwrap()),
             ..rule("slow", &[Operation::Decrypt])

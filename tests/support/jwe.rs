@@ -226,6 +226,7 @@ pub async fn create_enc(
     curve: &str,
 ) -> TestResult<pb::Key> {
     let req = pb::CreateKeyRequest {
+        serves: Vec::new(),
         name: name.into(),
         alg: alg.into(),
         rsa_bits,

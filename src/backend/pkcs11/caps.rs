@@ -38,7 +38,7 @@ const USED: [MechanismType; 10] = [
 
 /// The signature schemes sigild signs with, by registered name, each with the key kind it is
 /// generated as and the operation it performs (the digest is empty: only its shape matters).
-fn schemes() -> [(&'static str, KeyKind, SignOp); 6] {
+fn schemes() -> [(&'static str, KeyKind, SignOp); 7] {
     let rsa = KeyKind::Rsa { bits: 2048 };
     [
         (
@@ -64,6 +64,14 @@ fn schemes() -> [(&'static str, KeyKind, SignOp); 6] {
             rsa,
             SignOp::RsaPss {
                 hash: HashAlg::Sha384,
+                digest: Vec::new(),
+            },
+        ),
+        (
+            "PS512",
+            rsa,
+            SignOp::RsaPss {
+                hash: HashAlg::Sha512,
                 digest: Vec::new(),
             },
         ),
@@ -553,7 +561,7 @@ mod tests {
             .filter(|x| x.missing.is_empty())
             .map(|x| x.name)
             .collect();
-        assert_eq!(served, ["PS256", "PS384", "RS256"]);
+        assert_eq!(served, ["PS256", "PS384", "PS512", "RS256"]);
         let eddsa = s.iter().find(|x| x.name == "EdDSA");
         assert_eq!(
             eddsa.map(|x| x.missing.clone()),

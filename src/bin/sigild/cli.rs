@@ -296,7 +296,7 @@ pub enum KeyCommand {
     Create {
         /// Key name.
         name: String,
-        /// The alg fixes the key's purpose for life. Signing: ES256, ES384, PS256, PS384,
+        /// The alg fixes the key's purpose for life. Signing: ES256, ES384, PS256, PS384, PS512,
         /// RS256, EdDSA. Decryption: RSA-OAEP-256, RSA-OAEP, ECDH-ES, ECDH-ES+A128KW,
         /// ECDH-ES+A256KW.
         #[arg(long)]
@@ -631,6 +631,7 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
         } => {
             let k = c
                 .create_key(pb::CreateKeyRequest {
+                    serves: Vec::new(),
                     name,
                     alg,
                     rsa_bits,
@@ -716,6 +717,7 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
         } => {
             let der = sigild::client::read_pkcs8(&pkcs8_file)?;
             let mut req = pb::ImportKeyRequest {
+                serves: Vec::new(),
                 name,
                 alg,
                 pkcs8_der: der.to_vec(),
@@ -739,6 +741,7 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             fapi2,
         } => print_key(
             &c.adopt_key(pb::AdoptKeyRequest {
+                serves: Vec::new(),
                 name,
                 alg,
                 uri,
@@ -809,6 +812,8 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             let access_token = opt_secret(&access_token_file)?;
             let code = opt_secret(&code_file)?;
             let req = pb::SignIdTokenRequest {
+                state: String::new(),
+                typ: String::new(),
                 key,
                 claims_json,
                 lifetime_seconds: lifetime,
@@ -840,6 +845,8 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             lifetime,
         } => {
             let req = pb::SignClientAssertionRequest {
+                explicit_typ: false,
+                nbf: false,
                 key,
                 client_id,
                 audience,
