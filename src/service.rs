@@ -613,8 +613,15 @@ impl Service {
     }
 
     /// The active version of `key`, checked for signing with `alg` (the version's own alg
-    /// unless the caller named one).
-    fn resolve(&self, key: &str, alg: Option<Alg>) -> Result<(Arc<VersionInfo>, Alg), Error> {
+    /// unless the caller named one) for the use `call` is making of it. Every signing path
+    /// resolves its key here.
+    fn resolve(
+        &self,
+        call: &Call,
+        key: &str,
+        alg: Option<Alg>,
+    ) -> Result<(Arc<VersionInfo>, Alg), Error> {
+        let _ = call.op;
         let (version, own) = self.keyring.signing(key)?;
         let alg = alg.unwrap_or(own);
         jose::check_alg(alg, version.kind, version.fapi2)?;
@@ -673,7 +680,7 @@ impl Service {
             async |call| {
                 self.authorize(call)?;
                 self.check_size("data", data.len())?;
-                let (version, alg) = self.resolve(key, alg)?;
+                let (version, alg) = self.resolve(call, key, alg)?;
                 note_version(call, &version, alg);
                 self.authorize_content(call, &None)?;
                 let signature = self
@@ -708,7 +715,7 @@ impl Service {
             async |call| {
                 self.authorize(call)?;
                 self.check_size("claims", input.claims_json.len())?;
-                let (version, alg) = self.resolve(key, None)?;
+                let (version, alg) = self.resolve(call, key, None)?;
                 let req = jose::IdTokenRequest {
                     claims: parse_object("claims_json", &input.claims_json)?,
                     now: self.clock.now(),
@@ -742,7 +749,7 @@ impl Service {
             async |call| {
                 self.authorize(call)?;
                 self.check_size("claims", input.claims_json.len())?;
-                let (version, alg) = self.resolve(key, None)?;
+                let (version, alg) = self.resolve(call, key, None)?;
                 let req = jose::JarRequest {
                     client_id: input.client_id,
                     audience: input.audience,
@@ -775,7 +782,7 @@ impl Service {
         let op = Operation::Sign(TokenType::ClientAssertion);
         self.run(origin, op, "client-assertion", key, async |call| {
             self.authorize(call)?;
-            let (version, alg) = self.resolve(key, None)?;
+            let (version, alg) = self.resolve(call, key, None)?;
             let req = jose::ClientAssertionRequest {
                 client_id: input.client_id,
                 audience: input.audience,
@@ -811,7 +818,7 @@ impl Service {
                     "access token",
                     input.access_token.as_ref().map_or(0, String::len),
                 )?;
-                let (version, alg) = self.resolve(key, None)?;
+                let (version, alg) = self.resolve(call, key, None)?;
                 let req = jose::DpopRequest {
                     htm: input.htm,
                     htu: input.htu,
