@@ -227,6 +227,10 @@ fn http_signatures(d: &Daemon, dir: &tempfile::TempDir) -> TestResult {
     let jwk: Value = serde_json::from_str(&ok(&d.cli(&["key", "jwk", "web"], None)?)?)?;
     let body = dir.path().join("body.json");
     std::fs::write(&body, br#"{"amount": 10}"#)?;
+    // The bearer token comes from a file, never from argv.
+    let auth = dir.path().join("auth.txt");
+    std::fs::write(&auth, "Authorization: DPoP at-value\r\n\n")?;
+    let auth = auth.to_str().ok_or("path")?;
     let uri = "https://rs.example.com/payments";
     let out = ok(&d.cli(
         &[
@@ -239,9 +243,9 @@ fn http_signatures(d: &Daemon, dir: &tempfile::TempDir) -> TestResult {
             "--target-uri",
             uri,
             "--header",
-            "Authorization: DPoP at-value",
-            "--header",
             "Content-Type: application/json",
+            "--header-file",
+            auth,
             "--body-file",
             body.to_str().ok_or("path")?,
         ],
@@ -272,8 +276,8 @@ fn http_signatures(d: &Daemon, dir: &tempfile::TempDir) -> TestResult {
         "{out}"
     );
     let mut fields = Fields::new();
-    fields.push_line("Authorization: DPoP at-value")?;
     fields.push_line("Content-Type: application/json")?;
+    fields.push_line("Authorization: DPoP at-value")?;
     for l in &lines {
         fields.push_line(l)?;
     }
@@ -304,8 +308,8 @@ fn http_signatures(d: &Daemon, dir: &tempfile::TempDir) -> TestResult {
         "POST",
         "--request-target-uri",
         uri,
-        "--request-header",
-        "Authorization: DPoP at-value",
+        "--request-header-file",
+        auth,
     ];
     for l in &lines {
         args.extend(["--request-header", l]);

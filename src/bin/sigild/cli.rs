@@ -509,6 +509,10 @@ pub enum SignCommand {
         /// covered when present).
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// A file of request fields, one "Name: value" per line, after the --header ones:
+        /// for bearer tokens and DPoP proofs, which do not belong on a command line.
+        #[arg(long)]
+        header_file: Option<PathBuf>,
         /// File holding the body (its Content-Digest is computed and covered).
         #[arg(long)]
         body_file: Option<PathBuf>,
@@ -528,6 +532,9 @@ pub enum SignCommand {
         /// A response field, "Name: value" (repeat for each).
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// A file of response fields, one "Name: value" per line, after the --header ones.
+        #[arg(long)]
+        header_file: Option<PathBuf>,
         /// File holding the body (its Content-Digest is computed and covered).
         #[arg(long)]
         body_file: Option<PathBuf>,
@@ -541,6 +548,10 @@ pub enum SignCommand {
         /// Signature-Input, Signature and Content-Digest among them).
         #[arg(long = "request-header")]
         request_headers: Vec<String>,
+        /// A file of the request's fields, one "Name: value" per line, after the
+        /// --request-header ones (for its Authorization and DPoP values).
+        #[arg(long)]
+        request_header_file: Option<PathBuf>,
         /// The label of the request signature to bind (default: the one tagged
         /// fapi-2-request, or the only one).
         #[arg(long, default_value = "")]
@@ -551,10 +562,17 @@ pub enum SignCommand {
     },
 }
 
-/// `Name: value` arguments as proto fields (the value's surrounding whitespace trimmed).
-fn http_fields(lines: &[String]) -> Result<Vec<pb::HttpField>, CliError> {
-    lines
-        .iter()
+/// `Name: value` arguments, then the lines of `file` (blank lines skipped), as proto fields
+/// (the value's surrounding whitespace trimmed).
+fn http_fields(args: &[String], file: &Option<PathBuf>) -> Result<Vec<pb::HttpField>, CliError> {
+    let from_file = match file {
+        None => Zeroizing::new(String::new()),
+        Some(p) => read_file_secret(p)?,
+    };
+    args.iter()
+        .map(String::as_str)
+        .chain(from_file.lines().map(|l| l.trim_end_matches('\r')))
+        .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let (name, value) = l.split_once(':').ok_or_else(|| {
                 CliError::Local(format!(
@@ -969,6 +987,7 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             method,
             target_uri,
             headers,
+            header_file,
             body_file,
             label,
         } => {
@@ -976,7 +995,7 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
                 key,
                 method,
                 target_uri,
-                headers: http_fields(&headers)?,
+                headers: http_fields(&headers, &header_file)?,
                 body: body(&body_file)?,
                 label,
             };
@@ -986,21 +1005,23 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             key,
             status,
             headers,
+            header_file,
             body_file,
             request_method,
             request_target_uri,
             request_headers,
+            request_header_file,
             request_label,
             label,
         } => {
             let req = pb::SignHttpResponseRequest {
                 key,
                 status,
-                headers: http_fields(&headers)?,
+                headers: http_fields(&headers, &header_file)?,
                 body: body(&body_file)?,
                 request_method,
                 request_target_uri,
-                request_headers: http_fields(&request_headers)?,
+                request_headers: http_fields(&request_headers, &request_header_file)?,
                 request_label,
                 label,
             };
