@@ -11,10 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sigil.v1.ImportKeyRequest",
             "sigil.v1.SignIdTokenRequest",
             "sigil.v1.SignDpopProofRequest",
-            // HTTP message signing: field values (Authorization, DPoP), target URIs, bodies
+            // HTTP message signing: field values (Authorization, DPoP), target URIs, bodies,
+            // and the signature base that repeats the covered values
             "sigil.v1.HttpField",
             "sigil.v1.SignHttpRequestRequest",
             "sigil.v1.SignHttpResponseRequest",
+            "sigil.v1.SignHttpMessageResponse",
             "sigil.v1.DecryptJweResponse",
         ])
         .compile_protos(

@@ -122,6 +122,23 @@ pub mod pb {
         }
     }
 
+    impl std::fmt::Debug for SignHttpMessageResponse {
+        // Hand-written: the signature base holds the covered field values (Authorization,
+        // DPoP); only its size is shown.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignHttpMessageResponse")
+                .field("headers", &self.headers)
+                .field(
+                    "signature_base",
+                    &format_args!("<{} bytes>", self.signature_base.len()),
+                )
+                .field("kid", &self.kid)
+                .field("alg", &self.alg)
+                .field("key_version", &self.key_version)
+                .finish()
+        }
+    }
+
     impl std::fmt::Debug for DecryptJweResponse {
         // Hand-written: the plaintext is the secret sigild exists to protect.
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1044,6 +1061,44 @@ mod tests {
             }
         }
         assert!(format!("{dpop:?}").contains("https://rs.example/api"));
+    }
+
+    #[test]
+    fn http_signing_messages_debug_hides_field_values_uris_bodies_and_bases() {
+        let field = |n: &str, v: &str| pb::HttpField {
+            name: n.into(),
+            value: v.into(),
+        };
+        let req = pb::SignHttpRequestRequest {
+            key: "rs".into(),
+            method: "POST".into(),
+            target_uri: "https://rs.example/pay?token=uri-secret".into(),
+            headers: vec![field("Authorization", "DPoP at-secret-value")],
+            body: b"body-secret".to_vec(),
+            label: String::new(),
+        };
+        let resp = pb::SignHttpResponseRequest {
+            key: "rs".into(),
+            status: 200,
+            headers: vec![field("Set-Cookie", "cookie-secret")],
+            body: b"body-secret".to_vec(),
+            request_method: "POST".into(),
+            request_target_uri: "https://rs.example/?code=uri-secret".into(),
+            request_headers: vec![field("DPoP", "proof-secret")],
+            request_label: String::new(),
+            label: String::new(),
+        };
+        let out = pb::SignHttpMessageResponse {
+            headers: vec![field("Signature", "sig=:AAAA:")],
+            signature_base: "\"authorization\": DPoP at-secret-value".into(),
+            kid: "k".into(),
+            alg: "ed25519".into(),
+            key_version: 1,
+        };
+        for text in [format!("{req:?}"), format!("{resp:?}"), format!("{out:?}")] {
+            assert!(!text.contains("secret"), "{text}");
+        }
+        assert!(format!("{req:?}").contains("Authorization"));
     }
 
     #[test]

@@ -1263,7 +1263,7 @@ pub fn fapi_response_input(
 
 /// A signature that verified: what it covers and with which algorithm. The caller still
 /// decides whether that is enough (the tag, the components, `created` within its window).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Verified {
     /// The label it was found under.
     pub label: String,
@@ -1273,6 +1273,18 @@ pub struct Verified {
     pub alg: Algorithm,
     /// The signature base it was verified over.
     pub base: String,
+}
+
+impl fmt::Debug for Verified {
+    /// The base holds covered field values (bearer tokens): only its size is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified")
+            .field("label", &self.label)
+            .field("input", &self.input)
+            .field("alg", &self.alg)
+            .field("base", &format_args!("<{} bytes>", self.base.len()))
+            .finish()
+    }
 }
 
 /// Verify the signature labelled `label` in `msg` (a request, or a response with the request

@@ -551,6 +551,7 @@ fn fapi_request_selection() -> R {
     );
     let v = verify(Message::Request(&req), DEFAULT_LABEL, &b14_jwk())?;
     assert_eq!(v.input.tag_value(), Some(FAPI_REQUEST_TAG));
+    assert!(!format!("{v:?}").contains("at-value"), "{v:?}");
     assert!(v.base.starts_with(
         "\"@method\": POST\n\"@target-uri\": https://rs.example.com/payments?x=1\n\"authorization\": DPoP at-value\n\"dpop\": proof-value\n\"content-digest\": sha-256=:"
     ));

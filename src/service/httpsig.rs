@@ -98,7 +98,7 @@ impl std::fmt::Debug for HttpResponseInput {
 }
 
 /// A signed HTTP message: the fields to add to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SignedHttpMessage {
     /// `Content-Digest` (when there is a body), `Signature-Input`, `Signature`, in that order.
     pub headers: Vec<(String, String)>,
@@ -110,6 +110,23 @@ pub struct SignedHttpMessage {
     pub alg: Algorithm,
     /// Version that signed.
     pub version: u32,
+}
+
+impl std::fmt::Debug for SignedHttpMessage {
+    /// The signature base holds the covered field values (a bearer token in `authorization`):
+    /// only its size is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedHttpMessage")
+            .field("headers", &self.headers)
+            .field(
+                "signature_base",
+                &format_args!("<{} bytes>", self.signature_base.len()),
+            )
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 /// The message's fields with `Content-Digest` replaced by sigild's own (from `body`; none

@@ -174,6 +174,7 @@ async fn a_request_is_signed_as_fapi_2_requires() {
         )
     );
     python_verifies(&m, &jwk(&f.service, "h-ed"));
+    assert!(!format!("{m:?}").contains("at-value"), "{m:?}");
     let record = f.audit.lines().pop().unwrap();
     assert!(
         record.contains("\"operation\":\"http-request\""),
