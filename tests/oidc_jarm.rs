@@ -1,0 +1,270 @@
+//! End to end with a real OpenID Provider whose JARM responses (JWT Secured Authorization
+//! Response Mode, `response_mode=jwt`) sigild signs through its JARM profile: node-oidc-provider
+//! hands each authorization response to `sigild sign jarm` under its own client certificate
+//! (a caller allowed `jarm` only), publishes sigild's public keys in its JWKS, and the relying
+//! party checks the response with node jose against that JWKS (signature, `iss`, `aud`, `exp`)
+//! and python jwcrypto (signature), then takes `state` and `code` from it. The flows are FAPI
+//! 2.0's: pushed authorization requests, PKCE, private_key_jwt with sigild-signed assertions,
+//! and one JARM key per FAPI 2.0 algorithm (ES256, PS256, EdDSA).
+
+mod support;
+
+use serde_json::{Value, json};
+use sigild::api::pb;
+use sigild::tls::ClientNames;
+use support::op::{Authorization, ClientAuth, JarmSigner, Op};
+use support::*;
+
+/// The OP's identity at sigild.
+const OP_IDENTITY: &str = "spiffe://sigild.test/op";
+
+const REDIRECT_URI: &str = "https://rp.example/cb";
+
+/// The key that signs every client's private_key_jwt assertions.
+const CLIENT_SIGNER: &str = "rp-signer";
+
+/// One relying party: the JARM alg it registers, the sigild key that signs its responses (and
+/// how that key is made), the response mode it asks for.
+struct Rp {
+    client_id: &'static str,
+    alg: &'static str,
+    key: &'static str,
+    rsa_bits: u32,
+    response_mode: &'static str,
+}
+
+const RPS: [Rp; 3] = [
+    Rp {
+        client_id: "rp-es256",
+        alg: "ES256",
+        key: "jarm-es256",
+        rsa_bits: 0,
+        response_mode: "jwt",
+    },
+    Rp {
+        client_id: "rp-ps256",
+        alg: "PS256",
+        key: "jarm-ps256",
+        rsa_bits: 2048,
+        response_mode: "jwt",
+    },
+    Rp {
+        client_id: "rp-eddsa",
+        alg: "EdDSA",
+        key: "jarm-eddsa",
+        rsa_bits: 0,
+        response_mode: "query.jwt",
+    },
+];
+
+/// A fresh private_key_jwt assertion for `client_id` at `op` (each one is single use).
+async fn assertion(d: &Daemon, op: &Op, client_id: &str) -> TestResult<String> {
+    Ok(d.signer()
+        .await?
+        .sign_client_assertion(pb::SignClientAssertionRequest {
+            key: CLIENT_SIGNER.into(),
+            client_id: client_id.into(),
+            audience: op.issuer.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .compact)
+}
+
+/// The one JARM response of an authorization answer: `params` hold `response` and nothing else
+/// (the code and state travel only inside the signed JWT).
+fn jarm_response<'a>(rp: &Rp, auth: &'a Value) -> TestResult<&'a str> {
+    let params = auth["params"].as_object().ok_or("no params")?;
+    assert_eq!(
+        params.keys().collect::<Vec<_>>(),
+        ["response"],
+        "{}: only the JARM response in the redirect: {auth}",
+        rp.client_id
+    );
+    Ok(params["response"].as_str().ok_or("response")?)
+}
+
+/// Check a JARM response both ways (node jose as the relying party, with iss/aud/exp; jwcrypto
+/// on the signature) against the OP's JWKS; it must carry sigild's kid, and `exp` must be
+/// sigild's default JARM lifetime after `iat`. The claims.
+fn check_jarm(op: &Op, op_jwks: &Value, rp: &Rp, kid: &str, response: &str) -> TestResult<Value> {
+    let ctx = rp.client_id;
+    assert_eq!(response.split('.').count(), 3, "{ctx}: a compact JWS");
+    let v = op
+        .verify_jarm(rp.client_id, response, &[rp.alg])
+        .map_err(|e| format!("{ctx}: node jose: {e}"))?;
+    let (header, claims) = (&v["header"], &v["payload"]);
+    assert_eq!(header["alg"], rp.alg, "{ctx}: {header}");
+    assert_eq!(
+        header["kid"], kid,
+        "{ctx}: signed by the sigild key: {header}"
+    );
+    assert_eq!(claims["iss"], json!(op.issuer), "{ctx}: {claims}");
+    assert_eq!(claims["aud"], json!(rp.client_id), "{ctx}: {claims}");
+    let (iat, exp) = (
+        claims["iat"].as_i64().ok_or("iat")?,
+        claims["exp"].as_i64().ok_or("exp")?,
+    );
+    assert_eq!(
+        exp - iat,
+        60,
+        "{ctx}: sigild's default JARM lifetime: {claims}"
+    );
+    assert!((iat - now()?).abs() <= 30, "{ctx}: iat from sigild's clock");
+    let jwcrypto = verify_jws(response, op_jwks).map_err(|e| format!("{ctx}: jwcrypto: {e}"))?;
+    assert_eq!(&jwcrypto["payload"], claims, "{ctx}");
+    Ok(claims.clone())
+}
+
+#[tokio::test]
+async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_party() -> TestResult
+{
+    let token = Token::new()?;
+    let d = Daemon::start_with(
+        &token,
+        &format!(
+            "\n[[caller]]\nidentity = \"{OP_IDENTITY}\"\nkeys = [\"jarm-*\"]\noperations = [\"jarm\"]\n"
+        ),
+    )?;
+    let op_client = token.pki.client(
+        "op",
+        &ClientNames {
+            spiffe: Some(OP_IDENTITY.into()),
+            ..ClientNames::default()
+        },
+    )?;
+    let signer = d.create(CLIENT_SIGNER, "ES256", 0).await?;
+    let signer_jwk = active_jwk(&signer)?;
+
+    // One FAPI 2.0 JARM key per algorithm in sigild; the OP learns their public keys.
+    let (mut keys, mut jwks, mut kids, mut clients) = (Vec::new(), Vec::new(), Vec::new(), vec![]);
+    for rp in &RPS {
+        let key = d
+            .keys()
+            .await?
+            .create_key(pb::CreateKeyRequest {
+                name: rp.key.into(),
+                alg: rp.alg.into(),
+                rsa_bits: rp.rsa_bits,
+                fapi2: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let jwk = active_jwk(&key)?;
+        kids.push(jwk["kid"].as_str().ok_or("kid")?.to_owned());
+        keys.push((rp.alg, rp.key.to_owned()));
+        jwks.push(jwk);
+        clients.push(json!({
+            "client_id": rp.client_id,
+            "redirect_uris": [REDIRECT_URI],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": "ES256",
+            "require_pushed_authorization_requests": true,
+            "id_token_signed_response_alg": "ES256",
+            "authorization_signed_response_alg": rp.alg,
+            "jwks": {"keys": [signer_jwk]},
+        }));
+    }
+    let op = Op::start_with(
+        &Value::Array(clients),
+        Some(&JarmSigner {
+            endpoint: &d.endpoint,
+            client: &op_client,
+            keys,
+            jwks: jwks.clone(),
+        }),
+    )?;
+    let op_jwks = op.jwks()?;
+    for jwk in &jwks {
+        assert!(
+            op_jwks["keys"].as_array().ok_or("keys")?.contains(jwk),
+            "the OP publishes sigild's {jwk} in {op_jwks}"
+        );
+    }
+
+    for (rp, kid) in RPS.iter().zip(&kids) {
+        let ctx = rp.client_id;
+        // A whole login: the request pushed, the answer a JARM response signed by sigild.
+        let state = format!("state-{ctx}");
+        let nonce = format!("nonce-{ctx}");
+        let par = assertion(&d, &op, ctx).await?;
+        let auth = op.authorize_with(&Authorization {
+            client_id: ctx,
+            redirect_uri: REDIRECT_URI,
+            nonce: &nonce,
+            state: &state,
+            response_mode: Some(rp.response_mode),
+            par_assertion: Some(&par),
+            ..Default::default()
+        })?;
+        let response = jarm_response(rp, &auth)?;
+        let claims = check_jarm(&op, &op_jwks, rp, kid, response)
+            .map_err(|e| format!("{e}\nOP log:\n{}", op.log_text()))?;
+        assert_eq!(claims["state"], json!(state), "{ctx}: {claims}");
+        let code = claims["code"].as_str().ok_or("no code in the response")?;
+
+        // The code from the signed response is the one the token endpoint takes.
+        let verifier = auth["code_verifier"].as_str().ok_or("no verifier")?;
+        let at_token = assertion(&d, &op, ctx).await?;
+        let tokens = op.token(
+            ctx,
+            ClientAuth::Assertion(&at_token),
+            REDIRECT_URI,
+            code,
+            verifier,
+        )?;
+        let id_token = tokens["id_token"].as_str().ok_or("no id_token")?;
+        let id = verify_jws(id_token, &op_jwks)?;
+        assert_eq!(id["payload"]["nonce"], json!(nonce), "{ctx}");
+        assert_eq!(id["payload"]["aud"], json!(ctx), "{ctx}");
+        assert!(
+            !kids.contains(&id["header"]["kid"].as_str().unwrap_or("").to_owned()),
+            "{ctx}: the ID token is the OP's own, not a JARM key's"
+        );
+
+        // A refusal travels the same way: login_required, signed by sigild, with the state and
+        // no code.
+        let state = format!("none-{ctx}");
+        let par = assertion(&d, &op, ctx).await?;
+        let auth = op.authorize_with(&Authorization {
+            client_id: ctx,
+            redirect_uri: REDIRECT_URI,
+            nonce: &nonce,
+            state: &state,
+            response_mode: Some(rp.response_mode),
+            prompt: Some("none"),
+            par_assertion: Some(&par),
+        })?;
+        let claims = check_jarm(&op, &op_jwks, rp, kid, jarm_response(rp, &auth)?)?;
+        assert_eq!(claims["error"], "login_required", "{ctx}: {claims}");
+        assert_eq!(claims["state"], json!(state), "{ctx}: {claims}");
+        assert!(claims.get("code").is_none(), "{ctx}: {claims}");
+
+        // The relying party's checks can fail: another client's response, a changed payload.
+        let other = if rp.client_id == RPS[0].client_id {
+            RPS[1].client_id
+        } else {
+            RPS[0].client_id
+        };
+        let e = op
+            .verify_jarm(other, response, &[rp.alg])
+            .expect_err("accepted with another audience");
+        assert!(e.to_string().contains("aud"), "{ctx}: {e}");
+        let mut parts: Vec<String> = response.split('.').map(str::to_owned).collect();
+        let mut tampered = claims_of(response)?;
+        tampered["state"] = json!("forged");
+        parts[1] = b64(tampered.to_string().as_bytes());
+        let e = op
+            .verify_jarm(ctx, &parts.join("."), &[rp.alg])
+            .expect_err("accepted a changed payload");
+        assert!(e.to_string().contains("signature"), "{ctx}: {e}");
+    }
+    Ok(())
+}
+
+/// The payload of a compact JWS, undecoded by any verifier.
+fn claims_of(compact: &str) -> TestResult<Value> {
+    Ok(decode(compact)?.1)
+}
