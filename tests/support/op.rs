@@ -234,23 +234,6 @@ impl Op {
         self.login("authorize", args)
     }
 
-    /// The relying party's check of a JARM response with node jose: the signature against the
-    /// OP's published JWKS with one of `algorithms`, `iss` = this OP, `aud` = `client_id`, `exp`
-    /// present and in the future. `{header, payload}`, or an error saying why it does not verify.
-    pub fn verify_jarm(
-        &self,
-        client_id: &str,
-        response: &str,
-        algorithms: &[&str],
-    ) -> TestResult<Value> {
-        self.login(
-            "verify-jarm",
-            serde_json::json!({
-                "client_id": client_id, "response": response, "algorithms": algorithms,
-            }),
-        )
-    }
-
     /// Exchange a code at the token endpoint: the token response.
     pub fn token(
         &self,
@@ -274,6 +257,41 @@ impl Op {
     /// The OP's published JWKS (its jwks_uri, found through discovery).
     pub fn jwks(&self) -> TestResult<Value> {
         self.login("jwks", serde_json::json!({}))
+    }
+
+    /// The relying party's check of JARM responses with node jose (one process for them all):
+    /// for each `(client_id, response, alg)`, the signature against the OP's published JWKS with
+    /// `alg`, `iss` = this OP, `aud` = `client_id`, `exp` present and in
+    /// the future. Per case, in order: `{header, payload}`, or why it does not verify.
+    pub fn verify_jarm(
+        &self,
+        cases: &[(&str, &str, &str)],
+    ) -> TestResult<Vec<Result<Value, String>>> {
+        let cases: Vec<Value> = cases
+            .iter()
+            .map(|(client_id, response, alg)| {
+                serde_json::json!({
+                    "client_id": client_id, "response": response, "algorithms": [alg],
+                })
+            })
+            .collect();
+        let results = self.login("verify-jarm", serde_json::json!({ "cases": cases }))?;
+        let results = results.as_array().ok_or("verify-jarm: not an array")?;
+        if results.len() != cases.len() {
+            return Err(format!(
+                "verify-jarm: {} results for {} cases",
+                results.len(),
+                cases.len()
+            )
+            .into());
+        }
+        Ok(results
+            .iter()
+            .map(|r| match r["error"].as_str() {
+                Some(why) => Err(why.to_owned()),
+                None => Ok(r.clone()),
+            })
+            .collect())
     }
 }
 

@@ -9,11 +9,12 @@
 //       "code_verifier": V}. With response_mode "jwt" the params hold `response` (the JARM JWT,
 //       encrypted when the client asks for it), which this command does not open. With prompt
 //       "none" (and no session) the OP answers login_required at once.
-//   node login.mjs verify-jarm '{"issuer","client_id","response","algorithms"}'
-//       The relying party's check of a signed JARM response (JARM §2.4) with node jose: the
-//       signature against the OP's published JWKS (found through discovery), an alg among
-//       `algorithms`, iss = issuer, aud = client_id, exp in the future. Prints {"header",
-//       "payload"}; the caller checks state and code.
+//   node login.mjs verify-jarm '{"issuer","cases":[{"client_id","response","algorithms"}, ...]}'
+//       The relying party's check of signed JARM responses (JARM §2.4) with node jose: the
+//       signature against the OP's published JWKS (found through discovery, fetched once), an
+//       alg among `algorithms`, iss = issuer, aud = client_id, exp present and in the future.
+//       Prints one result per case, in order: {"header","payload"} or {"error": why it does
+//       not verify}; the caller checks state and code.
 //   node login.mjs token '{"issuer","client_id","client_secret"|"client_assertion",
 //                          "redirect_uri","code","code_verifier"}'
 //       POST /token, the client authenticated with client_secret_basic or, given a
@@ -172,17 +173,21 @@ async function jwks() {
 
 async function verifyJarm() {
   const keys = createRemoteJWKSet(new URL(await jwksUri()));
-  try {
-    const { payload, protectedHeader } = await jwtVerify(args.response, keys, {
-      issuer: args.issuer,
-      audience: args.client_id,
-      algorithms: args.algorithms,
-      requiredClaims: ['exp'],
-    });
-    return { header: protectedHeader, payload };
-  } catch (e) {
-    return fail(`the JARM response does not verify: ${e.code ?? ''} ${e.message}`);
+  const results = [];
+  for (const { client_id: audience, response, algorithms } of args.cases) {
+    try {
+      const { payload, protectedHeader } = await jwtVerify(response, keys, {
+        issuer: args.issuer,
+        audience,
+        algorithms,
+        requiredClaims: ['exp'],
+      });
+      results.push({ header: protectedHeader, payload });
+    } catch (e) {
+      results.push({ error: `${e.code ?? 'ERR'}: ${e.message}` });
+    }
   }
+  return results;
 }
 
 const commands = { authorize, token, jwks, 'verify-jarm': verifyJarm };

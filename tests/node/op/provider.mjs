@@ -18,15 +18,18 @@
 // authorization_signed_response_alg. JARM.json is {"sigild": PATH of the sigild binary, "keys":
 // {ALG: sigild key name, ...}, "jwks": {"keys": [the public JWKs of those keys]}}; the CLI finds
 // the daemon through this process's SIGILD_ENDPOINT, SIGILD_CA, SIGILD_CERT and SIGILD_KEY. The
-// OP publishes those public keys at /jwks next to its own. Clients that ask for encrypted JARM
-// responses are refused in that mode (their responses are the OP's own, see above).
+// OP holds those public keys as external signing keys (after its own ES256 key), so it
+// publishes them at /jwks next to its own and accepts their algs. Clients that ask for
+// encrypted JARM responses are refused in that mode.
+//
 // Logins go through the OP's development interactions (see login.mjs).
 import { execFile } from 'node:child_process';
+import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
 import { exportJWK, generateKeyPair } from 'jose';
-import Provider from 'oidc-provider';
+import Provider, { ExternalSigningKey } from 'oidc-provider';
 
 // stdout carries the one issuer line; the OP's notices (console.info) go to stderr with the rest.
 console.info = console.error;
@@ -51,6 +54,28 @@ function sigildSignJarm(key, clientId, response) {
     });
     child.stdin.end(JSON.stringify(response));
   });
+}
+
+// A sigild JARM key in the OP's keystore: its public key, so that the OP publishes it at /jwks
+// and accepts clients registering its alg. The OP never signs with it itself (sign refuses):
+// its responses reach sigild through the JARM profile below, whole.
+class SigildJarmKey extends ExternalSigningKey {
+  #jwk;
+
+  constructor(jwk) {
+    super();
+    this.#jwk = jwk;
+    this.kid = jwk.kid;
+    this.alg = jwk.alg;
+  }
+
+  keyObject() {
+    return createPublicKey({ key: this.#jwk, format: 'jwk' });
+  }
+
+  async sign() {
+    throw new Error('a sigild JARM key signs only through sigild sign jarm');
+  }
 }
 
 // The provider whose JARM responses sigild signs: its ID token model (which issues JARM
@@ -102,12 +127,14 @@ const encryptionEncs = ['A128GCM', 'A256GCM', 'A128CBC-HS256', 'A256CBC-HS512'];
 const OpClass = jarm ? SigildJarmProvider : Provider;
 const provider = new OpClass(issuer, {
   clients,
-  jwks: { keys: [await signingJwk('ES256')] },
+  // the OP's own key first: it, not a sigild key of the same alg, signs ID tokens
+  jwks: { keys: [await signingJwk('ES256'), ...(jarm?.jwks.keys ?? []).map((k) => new SigildJarmKey(k))] },
   cookies: { keys: ['sigild-test-op-cookie-key'] },
   features: {
     devInteractions: { enabled: true },
     encryption: { enabled: true },
     jwtResponseModes: { enabled: true },
+    externalSigningSupport: { enabled: !!jarm, ack: 'experimental-01' },
   },
   enabledJWA: {
     idTokenSigningAlgValues: ['ES256'],
@@ -122,15 +149,6 @@ const provider = new OpClass(issuer, {
   findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
-if (jarm) {
-  // The JWKS names sigild's JARM keys as well as the OP's own.
-  provider.use(async (ctx, next) => {
-    await next();
-    if (ctx.path === '/jwks' && ctx.status === 200 && Array.isArray(ctx.body?.keys)) {
-      ctx.body = { keys: [...ctx.body.keys, ...jarm.jwks.keys] };
-    }
-  });
-}
 
 server.on('request', provider.callback());
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);
