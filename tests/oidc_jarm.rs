@@ -129,7 +129,7 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
     let d = Daemon::start_with(
         &token,
         &format!(
-            "\n[[caller]]\nidentity = \"{OP_IDENTITY}\"\nkeys = [\"jarm-*\"]\noperations = [\"jarm\"]\n"
+            "\n[[caller]]\nidentity = \"{OP_IDENTITY}\"\nkeys = [\"jarm-*\"]\noperations = [\"jarm\"]\n\n[audit]\nstdout = true\n"
         ),
     )?;
     let op_client = token.pki.client(
@@ -243,6 +243,7 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
         cases.push((rp.client_id, forged.as_str(), rp.alg));
     }
     let mut results = op.verify_jarm(&cases)?.into_iter();
+    let mut codes = Vec::new();
 
     for ((rp, kid), answers) in RPS.iter().zip(&kids).zip(&logins) {
         let ctx = rp.client_id;
@@ -251,6 +252,7 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
         assert_eq!(claims["state"], json!(state), "{ctx}: {claims}");
         assert!(claims.get("error").is_none(), "{ctx}: {claims}");
         let code = claims["code"].as_str().ok_or("no code in the response")?;
+        codes.push(code.to_owned());
         // the verifiers agree: jwcrypto on the same response against the same JWKS
         let jwcrypto = verify_jws(response, &op_jwks).map_err(|e| format!("{ctx}: {e}"))?;
         assert_eq!(jwcrypto["payload"], claims, "{ctx}");
@@ -298,5 +300,31 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
         assert!(e.contains("signature"), "{} tampered: {e}", rp.client_id);
     }
     assert!(results.next().is_none(), "one result per case");
+
+    // sigild's audit trail: every response signed as a JARM response for the OP's identity,
+    // with the key of the client's alg; the codes appear neither there nor in its log.
+    let lines = d.stdout_lines();
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    for (rp, kid) in RPS.iter().zip(&kids) {
+        let signed: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["caller"] == OP_IDENTITY && r["key"] == rp.key)
+            .collect();
+        assert_eq!(signed.len(), 2, "{}: {signed:?}", rp.client_id);
+        for r in signed {
+            assert_eq!(r["operation"], "jarm", "{r}");
+            assert_eq!(r["outcome"], "ok", "{r}");
+            assert_eq!(r["kid"], json!(kid), "{r}");
+            assert_eq!(r["alg"], rp.alg, "{r}");
+        }
+    }
+    let (audit, log) = (lines.join("\n"), d.log_text());
+    for code in &codes {
+        assert!(!audit.contains(code.as_str()), "a code in the audit trail");
+        assert!(!log.contains(code.as_str()), "a code in the log");
+    }
     Ok(())
 }
