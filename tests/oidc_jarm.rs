@@ -5,7 +5,8 @@
 //! party checks the response with node jose against that JWKS (signature, `iss`, `aud`, `exp`)
 //! and python jwcrypto (signature), then takes `state` and `code` from it. The flows are FAPI
 //! 2.0's: pushed authorization requests, PKCE, private_key_jwt with sigild-signed assertions,
-//! and one JARM key per FAPI 2.0 algorithm (ES256, PS256, EdDSA).
+//! and one JARM key per FAPI 2.0 algorithm (ES256, PS256, EdDSA); one client has its responses
+//! encrypted by the OP to its own key in sigild, which decrypts them.
 
 mod support;
 
@@ -31,6 +32,9 @@ struct Rp {
     key: &'static str,
     rsa_bits: u32,
     response_mode: &'static str,
+    /// `(alg, enc)` of JARM responses encrypted to the client's decryption key in sigild (its
+    /// name is the client id; a P-256 ECDH-ES key) after sigild signed them.
+    encrypted: Option<(&'static str, &'static str)>,
 }
 
 const RPS: [Rp; 3] = [
@@ -40,6 +44,7 @@ const RPS: [Rp; 3] = [
         key: "jarm-es256",
         rsa_bits: 0,
         response_mode: "jwt",
+        encrypted: None,
     },
     Rp {
         client_id: "rp-ps256",
@@ -47,6 +52,7 @@ const RPS: [Rp; 3] = [
         key: "jarm-ps256",
         rsa_bits: 2048,
         response_mode: "jwt",
+        encrypted: None,
     },
     Rp {
         client_id: "rp-eddsa",
@@ -54,6 +60,7 @@ const RPS: [Rp; 3] = [
         key: "jarm-eddsa",
         rsa_bits: 0,
         response_mode: "query.jwt",
+        encrypted: Some(("ECDH-ES+A256KW", "A256GCM")),
     },
 ];
 
@@ -83,6 +90,32 @@ fn jarm_response<'a>(rp: &Rp, auth: &'a Value) -> TestResult<&'a str> {
         rp.client_id
     );
     Ok(params["response"].as_str().ok_or("response")?)
+}
+
+/// The signed JARM response in `response`: itself, or, for a client that asked for encryption,
+/// what sigild decrypts it to with the client's key (a nested JWT, checked to be one).
+async fn opened(d: &Daemon, rp: &Rp, response: &str) -> TestResult<String> {
+    let Some((alg, enc)) = rp.encrypted else {
+        return Ok(response.to_owned());
+    };
+    let ctx = rp.client_id;
+    assert_eq!(response.split('.').count(), 5, "{ctx}: a compact JWE");
+    let r = d
+        .decrypter()
+        .await?
+        .decrypt_jwe(pb::DecryptJweRequest {
+            key: rp.client_id.into(),
+            jwe: response.as_bytes().to_vec(),
+            allowed_algs: vec![alg.into()],
+            allowed_encs: vec![enc.into()],
+        })
+        .await
+        .map_err(|e| format!("{ctx}: DecryptJwe: {e}"))?
+        .into_inner();
+    assert_eq!((r.alg.as_str(), r.enc.as_str()), (alg, enc), "{ctx}");
+    let header: Value = serde_json::from_str(&r.protected_header_json)?;
+    assert_eq!(header["cty"], "JWT", "{ctx}: a nested JWT: {header}");
+    Ok(String::from_utf8(r.plaintext)?)
 }
 
 /// Check a JARM response as node jose verified it for `rp` (signature, `iss`, `aud`, `exp`):
@@ -161,7 +194,7 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
         kids.push(jwk["kid"].as_str().ok_or("kid")?.to_owned());
         keys.push((rp.alg, rp.key.to_owned()));
         jwks.push(jwk);
-        clients.push(json!({
+        let mut client = json!({
             "client_id": rp.client_id,
             "redirect_uris": [REDIRECT_URI],
             "token_endpoint_auth_method": "private_key_jwt",
@@ -170,7 +203,24 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
             "id_token_signed_response_alg": "ES256",
             "authorization_signed_response_alg": rp.alg,
             "jwks": {"keys": [signer_jwk]},
-        }));
+        });
+        if let Some((alg, enc)) = rp.encrypted {
+            let key = d
+                .keys()
+                .await?
+                .create_key(pb::CreateKeyRequest {
+                    name: rp.client_id.into(),
+                    alg: alg.into(),
+                    curve: "P-256".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            client["jwks"]["keys"] = json!([signer_jwk, active_jwk(&key)?]);
+            client["authorization_encrypted_response_alg"] = alg.into();
+            client["authorization_encrypted_response_enc"] = enc.into();
+        }
+        clients.push(client);
     }
     let op = Op::start_with(
         &Value::Array(clients),
@@ -218,7 +268,7 @@ async fn fapi2_flows_with_jarm_responses_signed_by_sigild_verify_at_the_relying_
                 prompt,
                 par_assertion: Some(&par),
             })?;
-            let response = jarm_response(rp, &auth)?.to_owned();
+            let response = opened(&d, rp, jarm_response(rp, &auth)?).await?;
             answers.push((state, nonce, response, auth));
         }
         logins.push(answers);

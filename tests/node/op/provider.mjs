@@ -20,7 +20,7 @@
 // the daemon through this process's SIGILD_ENDPOINT, SIGILD_CA, SIGILD_CERT and SIGILD_KEY. The
 // OP holds those public keys as external signing keys (after its own ES256 key), so it
 // publishes them at /jwks next to its own and accepts their algs. Clients that ask for
-// encrypted JARM responses are refused in that mode.
+// encrypted JARM responses get sigild's JWS encrypted to their public key by the OP.
 //
 // Logins go through the OP's development interactions (see login.mjs).
 import { execFile } from 'node:child_process';
@@ -28,7 +28,7 @@ import { createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
-import { exportJWK, generateKeyPair } from 'jose';
+import { CompactEncrypt, exportJWK, generateKeyPair } from 'jose';
 import Provider, { ExternalSigningKey } from 'oidc-provider';
 
 // stdout carries the one issuer line; the OP's notices (console.info) go to stderr with the rest.
@@ -91,13 +91,24 @@ class SigildJarmProvider extends Provider {
         async issue(options) {
           if (options?.use !== 'authorization') return super.issue(options);
           const { client } = this;
-          if (client.authorizationEncryptedResponseAlg) {
-            throw new Error(`${client.clientId}: encrypted JARM responses are not signed by sigild`);
-          }
           const alg = client.authorizationSignedResponseAlg;
           const key = jarm.keys[alg];
           if (!key) throw new Error(`${client.clientId}: no sigild JARM key for ${alg}`);
-          return sigildSignJarm(key, client.clientId, this.extra);
+          const signed = await sigildSignJarm(key, client.clientId, this.extra);
+          const enc = client.authorizationEncryptedResponseEnc;
+          if (!enc) return signed;
+          // Encrypted to the client's public key as the OP encrypts its own (a nested JWT);
+          // only to asymmetric keys, which is all these tests register.
+          const encAlg = client.authorizationEncryptedResponseAlg;
+          if (/^(A|dir$)/.test(encAlg)) {
+            throw new Error(`${client.clientId}: ${encAlg}: only public-key encryption here`);
+          }
+          await client.asymmetricKeyStore.refresh();
+          const [jwk] = client.asymmetricKeyStore.selectForEncrypt({ alg: encAlg, use: 'enc' });
+          if (!jwk) throw new Error(`${client.clientId}: no key to encrypt to (${encAlg})`);
+          return new CompactEncrypt(Buffer.from(signed))
+            .setProtectedHeader({ alg: encAlg, enc, cty: 'JWT', kid: jwk.kid })
+            .encrypt(client.asymmetricKeyStore.getKeyObject(jwk, true));
         }
       };
       // the model's name selects its ttl configuration
