@@ -15,6 +15,8 @@
 
 mod support;
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 use sigild::api::pb;
 use sigild::tls::ClientNames;
@@ -72,22 +74,63 @@ fn userinfo(key: &str, claims: Value) -> pb::SignUserinfoRequest {
     }
 }
 
-/// Verify `compact` with jwcrypto against `jwks`; the verified header and claims, with the
-/// header's `alg` and `kid` checked against what the daemon said it signed with.
-fn verified(
-    compact: &str,
+/// What the daemon signed, to be verified in one batch: a label, the compact JWS, and the
+/// alg and kid it said it signed with.
+struct Signed {
+    what: String,
+    compact: String,
+    alg: String,
+    kid: String,
+}
+
+/// The verified header and claims of each token, by label: all verified by jwcrypto against
+/// `jwks` in one Python process (with the `half_hashes` asked for computed by hashlib, also
+/// by label), the header's `alg` and `kid` checked against what the daemon answered.
+type Verified = BTreeMap<String, (Value, serde_json::Map<String, Value>)>;
+
+/// hashlib's half hashes, by (hash, value).
+type HalfHashes = BTreeMap<(String, String), String>;
+
+/// A daemon's answer to a signing call.
+type Answer = Result<tonic::Response<pb::SignJwsResponse>, tonic::Status>;
+
+fn verify_all(
+    signed: &[Signed],
     jwks: &Value,
-    alg: &str,
-    kid: &str,
-) -> TestResult<(Value, serde_json::Map<String, Value>)> {
-    let v = verify_jws(compact, jwks)?;
-    assert_eq!(v["header"]["alg"], alg, "{compact}");
-    assert_eq!(v["header"]["kid"], kid, "{compact}");
-    let claims = v["payload"]
-        .as_object()
-        .cloned()
-        .ok_or("payload is not a JSON object")?;
-    Ok((v["header"].clone(), claims))
+    half_hashes: &[(&str, &str)],
+) -> TestResult<(Verified, HalfHashes)> {
+    let mut requests: Vec<Value> = signed
+        .iter()
+        .map(|t| json!({"op": "jws", "jws": t.compact, "jwks": jwks}))
+        .collect();
+    requests.extend(
+        half_hashes
+            .iter()
+            .map(|(hash, value)| json!({"op": "half_hash", "hash": hash, "value": value})),
+    );
+    let answers = python_batch(&requests)?;
+    assert_eq!(answers.len(), requests.len(), "one answer per request");
+    let mut verified = Verified::new();
+    for (t, v) in signed.iter().zip(&answers) {
+        assert_eq!(v["header"]["alg"], json!(t.alg), "{}", t.what);
+        assert_eq!(v["header"]["kid"], json!(t.kid), "{}", t.what);
+        let claims = v["payload"]
+            .as_object()
+            .cloned()
+            .ok_or_else(|| format!("{}: payload is not a JSON object", t.what))?;
+        verified.insert(t.what.clone(), (v["header"].clone(), claims));
+    }
+    let hashes = half_hashes
+        .iter()
+        .zip(answers.get(signed.len()..).unwrap_or_default())
+        .map(|((hash, value), a)| {
+            (
+                (hash.to_string(), value.to_string()),
+                a["half_hash"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    Ok((verified, hashes))
 }
 
 /// `iat` between the start of the test and now (a loaded machine may take seconds between
@@ -129,110 +172,58 @@ async fn op_responses_verify_with_jwcrypto_and_refuse_what_they_must() -> TestRe
     let jwks = d.jwks().await?;
     let op = token.pki.client("op", &names(OP))?;
     let mut s = pb::signing_service_client::SigningServiceClient::new(d.channel_as(&op).await?);
+    let idp = token.pki.client("idp", &names(IDP))?;
+    let mut idp_signer =
+        pb::signing_service_client::SigningServiceClient::new(d.channel_as(&idp).await?);
 
-    for ((key, alg, _, hash), kid) in KEYS.into_iter().zip(&kids) {
-        // JARM: iss, aud = client_id, iat now, exp 60 s later by default; no typ (JARM has
-        // none); the response parameters as given.
-        let r = s
-            .sign_jarm(jarm(key, json!({"code": CODE, "state": STATE}), 0))
-            .await?
-            .into_inner();
-        assert_eq!((r.alg.as_str(), &r.kid), (alg, kid));
-        let (h, c) = verified(&r.compact, &jwks, alg, kid)?;
-        assert!(h.get("typ").is_none(), "{h}");
-        assert_eq!(keys_of(&c), ["aud", "code", "exp", "iat", "iss", "state"]);
-        assert_eq!(
-            (c["iss"].clone(), c["aud"].clone()),
-            (json!(ISSUER), json!(CLIENT))
+    // Sign everything first; one Python process verifies it all below.
+    let introspected = json!({
+        "active": true, "iss": ISSUER, "client_id": CLIENT, "sub": "Z5O3upPC88QrAjx00dis",
+        "scope": "read write", "exp": 1_900_000_000u64, "iat": 1_899_999_000u64,
+        "token_type": "Bearer", "extension_field": "twenty-seven"
+    });
+    let mut signed = Vec::new();
+    for ((key, alg, _, _), kid) in KEYS.into_iter().zip(&kids) {
+        let mut push = |what: &str, r: pb::SignJwsResponse| {
+            assert_eq!((r.alg.as_str(), &r.kid), (alg, kid), "{key} {what}");
+            signed.push(Signed {
+                what: format!("{key} {what}"),
+                compact: r.compact,
+                alg: r.alg,
+                kid: r.kid,
+            });
+        };
+        let r = s.sign_jarm(jarm(key, json!({"code": CODE, "state": STATE}), 0));
+        push("jarm", r.await?.into_inner());
+        let error =
+            json!({"error": "access_denied", "error_description": "denied", "state": STATE});
+        push(
+            "jarm error",
+            s.sign_jarm(jarm(key, error, 600)).await?.into_inner(),
         );
-        assert_eq!(
-            (c["code"].clone(), c["state"].clone()),
-            (json!(CODE), json!(STATE))
+        let r = s.sign_introspection(introspection(key, introspected.clone()));
+        push("introspection", r.await?.into_inner());
+        let r = s.sign_introspection(introspection(key, json!({"active": false})));
+        push("introspection inactive", r.await?.into_inner());
+        let claims =
+            json!({"sub": "248289761001", "name": "Jane Doe", "email": "janedoe@example.com"});
+        push(
+            "userinfo",
+            s.sign_userinfo(userinfo(key, claims)).await?.into_inner(),
         );
-        let iat = stamped_now(&c)?;
-        assert_eq!(c["exp"], iat + 60);
-        // An error response, with the longest lifetime.
-        let r = s
-            .sign_jarm(jarm(
-                key,
-                json!({"error": "access_denied", "error_description": "denied", "state": STATE}),
-                600,
-            ))
-            .await?
-            .into_inner();
-        let (_, c) = verified(&r.compact, &jwks, alg, kid)?;
-        assert_eq!(c["error"], "access_denied");
-        assert_eq!(c["exp"], stamped_now(&c)? + 600);
-
-        // Introspection: typ token-introspection+jwt, exactly iss, aud, iat at the top level,
-        // the result (whose own iss, sub, exp describe the introspected token) nested.
-        let result = json!({
-            "active": true, "iss": ISSUER, "client_id": CLIENT, "sub": "Z5O3upPC88QrAjx00dis",
-            "scope": "read write", "exp": 1_900_000_000u64, "iat": 1_899_999_000u64,
-            "token_type": "Bearer", "extension_field": "twenty-seven"
+        // The ID token, by the caller allowed id-token.
+        let r = idp_signer.sign_id_token(pb::SignIdTokenRequest {
+            key: key.into(),
+            claims_json:
+                json!({"iss": ISSUER, "sub": "248289761001", "aud": CLIENT, "nonce": "n-0S6"})
+                    .to_string(),
+            lifetime_seconds: 300,
+            access_token: String::new(),
+            code: CODE.into(),
+            state: STATE.into(),
+            typ: "JWT".into(),
         });
-        let r = s
-            .sign_introspection(introspection(key, result.clone()))
-            .await?
-            .into_inner();
-        let (h, c) = verified(&r.compact, &jwks, alg, kid)?;
-        assert_eq!(h["typ"], "token-introspection+jwt");
-        assert_eq!(keys_of(&c), ["aud", "iat", "iss", "token_introspection"]);
-        assert_eq!(
-            (c["iss"].clone(), c["aud"].clone()),
-            (json!(ISSUER), json!(RS))
-        );
-        stamped_now(&c)?;
-        assert_eq!(c["token_introspection"], result);
-        let r = s
-            .sign_introspection(introspection(key, json!({"active": false})))
-            .await?
-            .into_inner();
-        let (_, c) = verified(&r.compact, &jwks, alg, kid)?;
-        assert_eq!(c["token_introspection"], json!({"active": false}));
-
-        // UserInfo: iss, aud, iat added, the claims as given, no exp and no typ.
-        let r = s
-            .sign_userinfo(userinfo(
-                key,
-                json!({"sub": "248289761001", "name": "Jane Doe", "email": "janedoe@example.com"}),
-            ))
-            .await?
-            .into_inner();
-        let (h, c) = verified(&r.compact, &jwks, alg, kid)?;
-        assert!(h.get("typ").is_none(), "{h}");
-        assert_eq!(keys_of(&c), ["aud", "email", "iat", "iss", "name", "sub"]);
-        assert_eq!(
-            (c["iss"].clone(), c["aud"].clone()),
-            (json!(ISSUER), json!(CLIENT))
-        );
-        assert_eq!(c["email"], "janedoe@example.com");
-        stamped_now(&c)?;
-
-        // ID token with state and typ, signed by the caller allowed id-token: s_hash as
-        // hashlib computes it for this alg.
-        let idp = token.pki.client("idp", &names(IDP))?;
-        let mut idp_signer =
-            pb::signing_service_client::SigningServiceClient::new(d.channel_as(&idp).await?);
-        let r = idp_signer
-            .sign_id_token(pb::SignIdTokenRequest {
-                key: key.into(),
-                claims_json:
-                    json!({"iss": ISSUER, "sub": "248289761001", "aud": CLIENT, "nonce": "n-0S6"})
-                        .to_string(),
-                lifetime_seconds: 300,
-                access_token: String::new(),
-                code: CODE.into(),
-                state: STATE.into(),
-                typ: "JWT".into(),
-            })
-            .await?
-            .into_inner();
-        let (h, c) = verified(&r.compact, &jwks, alg, kid)?;
-        assert_eq!(h["typ"], "JWT");
-        assert_eq!(c["s_hash"], half_hash(hash, STATE)?);
-        assert_eq!(c["c_hash"], half_hash(hash, CODE)?);
-        assert_eq!(c["exp"], stamped_now(&c)? + 300);
+        push("id-token", r.await?.into_inner());
         // ... who may not sign a JARM response with the same key.
         let (code, msg) = code_of(
             idp_signer
@@ -246,13 +237,161 @@ async fn op_responses_verify_with_jwcrypto_and_refuse_what_they_must() -> TestRe
         );
     }
 
-    // Refusals, each INVALID_ARGUMENT naming what to fix, none echoing the code.
+    // The CLI: JARM from stdin (never an argument), introspection from an argument, UserInfo
+    // from a file, the ID token's --state and --typ.
     let k = "op-es";
-    let refused: Vec<(
-        &str,
-        Result<tonic::Response<pb::SignJwsResponse>, tonic::Status>,
-        &str,
-    )> = vec![
+    let es_kid = kids.first().ok_or("kid")?.clone();
+    let claims_file = token.dir.path().join("userinfo.json");
+    std::fs::write(
+        &claims_file,
+        r#"{"sub":"248289761001","email":"j@example.com"}"#,
+    )?;
+    let id_claims = json!({"iss": ISSUER, "sub": "a", "aud": CLIENT}).to_string();
+    let jarm_stdin = json!({"code": CODE, "state": STATE}).to_string();
+    let cli_runs = [
+        (
+            "cli jarm",
+            vec![
+                "jarm",
+                "--client-id",
+                CLIENT,
+                "--response-file",
+                "-",
+                "--lifetime",
+                "120",
+            ],
+            Some(jarm_stdin.as_bytes()),
+        ),
+        (
+            "cli introspection",
+            vec![
+                "introspection",
+                "--audience",
+                RS,
+                "--introspection-json",
+                r#"{"active":true,"scope":"read"}"#,
+            ],
+            None,
+        ),
+        (
+            "cli userinfo",
+            vec![
+                "userinfo",
+                "--audience",
+                CLIENT,
+                "--claims-file",
+                claims_file.to_str().ok_or("path")?,
+            ],
+            None,
+        ),
+        (
+            "cli id-token",
+            vec![
+                "id-token",
+                "--claims-json",
+                &id_claims,
+                "--state",
+                STATE,
+                "--typ",
+                "JWT",
+            ],
+            None,
+        ),
+    ];
+    for (what, args, stdin) in cli_runs {
+        let mut argv = vec!["sign", args[0], "--key", k];
+        if what != "cli id-token" {
+            argv.extend(["--issuer", ISSUER]);
+        }
+        argv.extend(&args[1..]);
+        let out = d.cli(&argv, stdin)?;
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        signed.push(Signed {
+            what: what.into(),
+            compact: String::from_utf8(out.stdout)?.trim().to_owned(),
+            alg: "ES256".into(),
+            kid: es_kid.clone(),
+        });
+    }
+
+    let (v, hashes) = verify_all(
+        &signed,
+        &jwks,
+        &[
+            ("sha256", STATE),
+            ("sha256", CODE),
+            ("sha512", STATE),
+            ("sha512", CODE),
+        ],
+    )?;
+    let half = |hash: &str, value: &str| hashes[&(hash.to_owned(), value.to_owned())].clone();
+    for (key, _, _, hash) in KEYS {
+        let get = |what: &str| v[&format!("{key} {what}")].clone();
+        // JARM: iss, aud = client_id, iat now, exp 60 s later by default; no typ (JARM has
+        // none); the response parameters as given.
+        let (h, c) = get("jarm");
+        assert!(h.get("typ").is_none(), "{h}");
+        assert_eq!(keys_of(&c), ["aud", "code", "exp", "iat", "iss", "state"]);
+        assert_eq!((&c["iss"], &c["aud"]), (&json!(ISSUER), &json!(CLIENT)));
+        assert_eq!((&c["code"], &c["state"]), (&json!(CODE), &json!(STATE)));
+        assert_eq!(c["exp"], stamped_now(&c)? + 60);
+        // The error response, with the longest lifetime.
+        let (_, c) = get("jarm error");
+        assert_eq!(c["error"], "access_denied");
+        assert!(!c.contains_key("code"));
+        assert_eq!(c["exp"], stamped_now(&c)? + 600);
+
+        // Introspection: typ token-introspection+jwt, exactly iss, aud, iat at the top level,
+        // the result (whose own iss, sub, exp describe the introspected token) nested.
+        let (h, c) = get("introspection");
+        assert_eq!(h["typ"], "token-introspection+jwt");
+        assert_eq!(keys_of(&c), ["aud", "iat", "iss", "token_introspection"]);
+        assert_eq!((&c["iss"], &c["aud"]), (&json!(ISSUER), &json!(RS)));
+        stamped_now(&c)?;
+        assert_eq!(c["token_introspection"], introspected);
+        let (h, c) = get("introspection inactive");
+        assert_eq!(h["typ"], "token-introspection+jwt");
+        assert_eq!(c["token_introspection"], json!({"active": false}));
+
+        // UserInfo: iss, aud, iat added, the claims as given, no exp and no typ.
+        let (h, c) = get("userinfo");
+        assert!(h.get("typ").is_none(), "{h}");
+        assert_eq!(keys_of(&c), ["aud", "email", "iat", "iss", "name", "sub"]);
+        assert_eq!((&c["iss"], &c["aud"]), (&json!(ISSUER), &json!(CLIENT)));
+        assert_eq!(c["email"], "janedoe@example.com");
+        stamped_now(&c)?;
+
+        // The ID token: s_hash and c_hash as hashlib computes them for this alg.
+        let (h, c) = get("id-token");
+        assert_eq!(h["typ"], "JWT");
+        assert_eq!(c["s_hash"], half(hash, STATE));
+        assert_eq!(c["c_hash"], half(hash, CODE));
+        assert_eq!(c["exp"], stamped_now(&c)? + 300);
+    }
+    let (_, c) = &v["cli jarm"];
+    assert_eq!((&c["code"], &c["aud"]), (&json!(CODE), &json!(CLIENT)));
+    assert_eq!(c["exp"], stamped_now(c)? + 120);
+    let (h, c) = &v["cli introspection"];
+    assert_eq!(h["typ"], "token-introspection+jwt");
+    assert_eq!(
+        c["token_introspection"],
+        json!({"active": true, "scope": "read"})
+    );
+    let (_, c) = &v["cli userinfo"];
+    assert_eq!(
+        (&c["sub"], &c["iss"]),
+        (&json!("248289761001"), &json!(ISSUER))
+    );
+    let (h, c) = &v["cli id-token"];
+    assert_eq!(h["typ"], "JWT");
+    assert_eq!(c["s_hash"], half("sha256", STATE));
+
+    // Refusals, each INVALID_ARGUMENT naming what to fix, none echoing the code.
+    let refused: Vec<(&str, Answer, &str)> = vec![
         (
             "an introspection result already nested",
             s.sign_introspection(introspection(
@@ -357,153 +496,21 @@ async fn op_responses_verify_with_jwcrypto_and_refuse_what_they_must() -> TestRe
         assert!(msg.contains(names_it), "{what}: {msg}");
         assert!(!msg.contains(CODE), "{what} echoes the code: {msg}");
     }
-    let mut admin = d.signer().await?;
-    for (typ, want) in [
-        ("at+jwt", Code::InvalidArgument),
-        ("logout+jwt", Code::InvalidArgument),
-    ] {
+    for typ in ["at+jwt", "application/logout+jwt"] {
         let (code, msg) = code_of(
-            admin
+            idp_signer
                 .sign_id_token(pb::SignIdTokenRequest {
                     key: k.into(),
-                    claims_json: json!({"iss": ISSUER, "sub": "a", "aud": CLIENT}).to_string(),
+                    claims_json: id_claims.clone(),
                     lifetime_seconds: 60,
                     typ: typ.into(),
                     ..Default::default()
                 })
                 .await,
         )?;
-        assert_eq!(code, want, "typ {typ}: {msg}");
+        assert_eq!(code, Code::InvalidArgument, "typ {typ}: {msg}");
         assert!(msg.contains("typ"), "{msg}");
     }
-
-    // The CLI: JARM from stdin (never an argument), introspection from an argument, UserInfo
-    // from a file, the ID token's --state and --typ.
-    let es_kid = kids.first().ok_or("kid")?;
-    let out = d.cli(
-        &[
-            "sign",
-            "jarm",
-            "--key",
-            k,
-            "--issuer",
-            ISSUER,
-            "--client-id",
-            CLIENT,
-            "--response-file",
-            "-",
-            "--lifetime",
-            "120",
-        ],
-        Some(json!({"code": CODE, "state": STATE}).to_string().as_bytes()),
-    )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, c) = verified(
-        String::from_utf8(out.stdout)?.trim(),
-        &jwks,
-        "ES256",
-        es_kid,
-    )?;
-    assert_eq!(c["code"], CODE);
-    assert_eq!(c["exp"], stamped_now(&c)? + 120);
-    let out = d.cli(
-        &[
-            "sign",
-            "introspection",
-            "--key",
-            k,
-            "--issuer",
-            ISSUER,
-            "--audience",
-            RS,
-            "--introspection-json",
-            r#"{"active":true,"scope":"read"}"#,
-        ],
-        None,
-    )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (h, c) = verified(
-        String::from_utf8(out.stdout)?.trim(),
-        &jwks,
-        "ES256",
-        es_kid,
-    )?;
-    assert_eq!(h["typ"], "token-introspection+jwt");
-    assert_eq!(
-        c["token_introspection"],
-        json!({"active": true, "scope": "read"})
-    );
-    let claims_file = token.dir.path().join("userinfo.json");
-    std::fs::write(
-        &claims_file,
-        r#"{"sub":"248289761001","email":"j@example.com"}"#,
-    )?;
-    let out = d.cli(
-        &[
-            "sign",
-            "userinfo",
-            "--key",
-            k,
-            "--issuer",
-            ISSUER,
-            "--audience",
-            CLIENT,
-            "--claims-file",
-            claims_file.to_str().ok_or("path")?,
-        ],
-        None,
-    )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, c) = verified(
-        String::from_utf8(out.stdout)?.trim(),
-        &jwks,
-        "ES256",
-        es_kid,
-    )?;
-    assert_eq!(
-        (c["sub"].clone(), c["aud"].clone()),
-        (json!("248289761001"), json!(CLIENT))
-    );
-    let out = d.cli(
-        &[
-            "sign",
-            "id-token",
-            "--key",
-            k,
-            "--claims-json",
-            &json!({"iss": ISSUER, "sub": "a", "aud": CLIENT}).to_string(),
-            "--state",
-            STATE,
-            "--typ",
-            "JWT",
-        ],
-        None,
-    )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (h, c) = verified(
-        String::from_utf8(out.stdout)?.trim(),
-        &jwks,
-        "ES256",
-        es_kid,
-    )?;
-    assert_eq!(h["typ"], "JWT");
-    assert_eq!(c["s_hash"], half_hash("sha256", STATE)?);
     // A refusal through the CLI: the status code and the daemon's message, exit 1.
     let out = d.cli(
         &[
