@@ -10,7 +10,7 @@ Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a 
       (e.g. "@method", '"signature";req;key="sig"') must be covered; a body in MESSAGE must
       match a covered Content-Digest.
       -> {"ok": true, "label": L, "covered": {COMPONENT: VALUE, ...}, "params": {...},
-          "body_verified": BOOL}
+          "body_verified": BOOL, "base": THE_SIGNATURE_BASE_IT_VERIFIED}
   {"op": "batch", "items": [VERIFY, ...]}
       many at once: {"ok": true, "results": [{"ok": true, ...} | {"ok": false, "error": E}]}
   {"op": "base", "message": MESSAGE, "components": [COMPONENT, ...], "params": {...}}
@@ -124,6 +124,7 @@ def verify(req):
         "covered": dict(r.covered_components),
         "params": {k: v for k, v in r.parameters.items()},
         "body_verified": r.body is not None,
+        "base": "\n".join(f"{k}: {v}" for k, v in r.covered_components.items()),
     }
 
 
