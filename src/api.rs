@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 #[cfg(feature = "server")]
 use crate::backend::parse_pkcs8;
 #[cfg(feature = "server")]
-use crate::jose::Alg;
+use crate::jose::{Alg, TokenType};
 #[cfg(feature = "server")]
 use crate::keyring::{KeyInfo, KeySize, KeyState, Leftover};
 #[cfg(feature = "server")]
@@ -327,13 +327,19 @@ fn key_size(rsa_bits: u32, curve: &str, origin: &Origin) -> std::result::Result<
     Ok(KeySize { rsa_bits, curve })
 }
 
+/// The `serves` field of a create, import or adopt request.
+#[cfg(feature = "server")]
+fn serves(names: &[String], origin: &Origin) -> std::result::Result<Vec<TokenType>, Status> {
+    service::parse_serves(names).map_err(|e| status_for(&e, &origin.request_id))
+}
+
 #[cfg(feature = "server")]
 fn key_to_pb(k: KeyInfo) -> pb::Key {
     pb::Key {
         active_version: k.active().map(|v| v.version).unwrap_or_default(),
         name: k.name.to_string(),
         fapi2: k.fapi2,
-        serves: Vec::new(),
+        serves: k.serves.iter().map(|t| t.name().to_owned()).collect(),
         versions: k
             .versions
             .iter()
@@ -396,6 +402,7 @@ impl KeyService for Api {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<pb::Key> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let serves = serves(&r.serves, &origin)?;
         let k = self
             .service
             .create_key(
@@ -404,6 +411,7 @@ impl KeyService for Api {
                 &r.alg,
                 key_size(r.rsa_bits, &r.curve, &origin)?,
                 r.fapi2,
+                &serves,
             )
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
@@ -418,9 +426,10 @@ impl KeyService for Api {
         let der = SecretBytes::new(std::mem::take(&mut r.pkcs8_der));
         let material = parse_pkcs8(&der).map_err(|e| status_for(&e.into(), &origin.request_id))?;
         drop(der);
+        let serves = serves(&r.serves, &origin)?;
         let k = self
             .service
-            .import_key(&origin, &r.name, &r.alg, r.fapi2, material)
+            .import_key(&origin, &r.name, &r.alg, r.fapi2, material, &serves)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key imported");
@@ -430,9 +439,10 @@ impl KeyService for Api {
     async fn adopt_key(&self, req: Request<pb::AdoptKeyRequest>) -> Result<pb::Key> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let serves = serves(&r.serves, &origin)?;
         let k = self
             .service
-            .adopt_key(&origin, &r.name, &r.alg, r.fapi2, &r.uri)
+            .adopt_key(&origin, &r.name, &r.alg, r.fapi2, &r.uri, &serves)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, uri = %r.uri, "key adopted");
@@ -742,12 +752,30 @@ impl SigningService for Api {
         Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_tls_handshake(
         &self,
-        _req: Request<pb::SignTlsHandshakeRequest>,
+        req: Request<pb::SignTlsHandshakeRequest>,
     ) -> Result<pb::SignRawResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let alg = match opt(r.alg) {
+            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
+            None => None,
+        };
+        let s = self
+            .service
+            .sign_tls_handshake(&origin, &r.key, &r.message, alg)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::SignRawResponse {
+                signature: s.signature,
+                kid: s.kid,
+                alg: s.alg.name().to_owned(),
+                key_version: s.version,
+            },
+        ))
     }
 
     // PLACEHOLDER(lead): replaced by a helper branch before merge.

@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::audit::AuditError;
 use crate::backend::BackendError;
-use crate::jose::{JoseError, JweAlg, JweEnc, KeyAlg};
+use crate::jose::{JoseError, JweAlg, JweEnc, KeyAlg, TokenType};
 use crate::keyring::KeyringError;
 use crate::policy::PolicyError;
 
@@ -177,6 +177,12 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// A name in a key's `serves` list that is no token type.
+    #[error("serves: unknown token type {name:?}")]
+    UnknownTokenType {
+        /// The name given.
+        name: String,
+    },
     /// The system random number generator failed (jti values). `getrandom::Error` is not a
     /// `std::error::Error` without the crate's `std` feature, so it is shown, not chained.
     #[error("the system random number generator failed: {0}")]
@@ -197,7 +203,8 @@ impl Error {
             | Error::NotAnObject { .. }
             | Error::InvalidJson { .. }
             | Error::Undecryptable { .. }
-            | Error::UnknownJweName { .. } => ErrorKind::InvalidArgument,
+            | Error::UnknownJweName { .. }
+            | Error::UnknownTokenType { .. } => ErrorKind::InvalidArgument,
             // A passed deadline is UNAVAILABLE like a device that missed it, so the one code
             // table keeps its kinds; the caller's own stack reports DEADLINE_EXCEEDED anyway.
             Error::Timeout { .. }
@@ -220,7 +227,8 @@ impl Error {
             | Error::NotAnObject { .. }
             | Error::InvalidJson { .. }
             | Error::Undecryptable { .. }
-            | Error::UnknownJweName { .. } => false,
+            | Error::UnknownJweName { .. }
+            | Error::UnknownTokenType { .. } => false,
             Error::Keyring(e) => keyring_fault(e),
             Error::Jose(e) => jose_fault(e),
             Error::Backend(e) => backend_fault(e),
@@ -287,6 +295,11 @@ impl Error {
                 };
                 format!("{field}: unknown name {name:?}; expected one of {known}")
             }
+            Error::UnknownTokenType { name } => format!(
+                "serves: unknown token type {:?}; expected one of {}",
+                name.chars().take(64).collect::<String>(),
+                TokenType::ALL.map(TokenType::name).join(", ")
+            ),
         }
     }
 
