@@ -29,7 +29,9 @@ pub fn pb_fields(l: &Lines) -> Vec<pb::HttpField> {
 
 /// The proto's `HttpField`s → field lines.
 pub fn from_pb(f: &[pb::HttpField]) -> Lines {
-    f.iter().map(|h| (h.name.clone(), h.value.clone())).collect()
+    f.iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
 }
 
 /// `Name: value` lines (what `sigild sign http-request|http-response` prints) → field lines.
