@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sigil.v1.ImportKeyRequest",
             "sigil.v1.SignIdTokenRequest",
             "sigil.v1.SignDpopProofRequest",
+            // HTTP message signing: field values (Authorization, DPoP), target URIs, bodies
+            "sigil.v1.HttpField",
+            "sigil.v1.SignHttpRequestRequest",
+            "sigil.v1.SignHttpResponseRequest",
             "sigil.v1.DecryptJweResponse",
         ])
         .compile_protos(

@@ -78,6 +78,50 @@ pub mod pb {
         }
     }
 
+    impl std::fmt::Debug for HttpField {
+        // Hand-written: Authorization and DPoP values are bearer tokens and proofs (build.rs
+        // skips the derived Debug); the name alone says what the field is.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("HttpField")
+                .field("name", &self.name)
+                .field("value", &redacted(&self.value))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignHttpRequestRequest {
+        // Hand-written: the target URI may carry secrets in its query, the body is the
+        // caller's data; field values are redacted by HttpField's Debug.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignHttpRequestRequest")
+                .field("key", &self.key)
+                .field("method", &self.method)
+                .field("target_uri", &redacted(&self.target_uri))
+                .field("headers", &self.headers)
+                .field("body", &format_args!("<{} bytes>", self.body.len()))
+                .field("label", &self.label)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignHttpResponseRequest {
+        // Hand-written, as SignHttpRequestRequest: the request's URI and fields carry the
+        // same secrets.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignHttpResponseRequest")
+                .field("key", &self.key)
+                .field("status", &self.status)
+                .field("headers", &self.headers)
+                .field("body", &format_args!("<{} bytes>", self.body.len()))
+                .field("request_method", &self.request_method)
+                .field("request_target_uri", &redacted(&self.request_target_uri))
+                .field("request_headers", &self.request_headers)
+                .field("request_label", &self.request_label)
+                .field("label", &self.label)
+                .finish()
+        }
+    }
+
     impl std::fmt::Debug for DecryptJweResponse {
         // Hand-written: the plaintext is the secret sigild exists to protect.
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -387,6 +431,26 @@ fn signed(s: service::SignedJws) -> pb::SignJwsResponse {
     pb::SignJwsResponse {
         compact: s.compact,
         signature: s.signature,
+        kid: s.kid,
+        alg: s.alg.name().to_owned(),
+        key_version: s.version,
+    }
+}
+
+#[cfg(feature = "server")]
+fn http_fields(fields: Vec<pb::HttpField>) -> Vec<(String, String)> {
+    fields.into_iter().map(|f| (f.name, f.value)).collect()
+}
+
+#[cfg(feature = "server")]
+fn signed_http(s: service::SignedHttpMessage) -> pb::SignHttpMessageResponse {
+    pb::SignHttpMessageResponse {
+        headers: s
+            .headers
+            .into_iter()
+            .map(|(name, value)| pb::HttpField { name, value })
+            .collect(),
+        signature_base: s.signature_base,
         kid: s.kid,
         alg: s.alg.name().to_owned(),
         key_version: s.version,
@@ -823,20 +887,49 @@ impl SigningService for Api {
         Err(Status::unimplemented("not yet"))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_http_request(
         &self,
-        _req: Request<pb::SignHttpRequestRequest>,
+        req: Request<pb::SignHttpRequestRequest>,
     ) -> Result<pb::SignHttpMessageResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::HttpRequestInput {
+            method: r.method,
+            target_uri: r.target_uri,
+            headers: http_fields(r.headers),
+            body: r.body,
+            label: opt(r.label),
+        };
+        let s = self
+            .service
+            .sign_http_request(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed_http(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_http_response(
         &self,
-        _req: Request<pb::SignHttpResponseRequest>,
+        req: Request<pb::SignHttpResponseRequest>,
     ) -> Result<pb::SignHttpMessageResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::HttpResponseInput {
+            status: r.status,
+            headers: http_fields(r.headers),
+            body: r.body,
+            request_method: r.request_method,
+            request_target_uri: r.request_target_uri,
+            request_headers: http_fields(r.request_headers),
+            request_label: opt(r.request_label),
+            label: opt(r.label),
+        };
+        let s = self
+            .service
+            .sign_http_response(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed_http(s)))
     }
 }
 

@@ -33,10 +33,12 @@ use crate::policy::{
 
 mod decrypt;
 mod error;
+mod httpsig;
 pub mod quarantine;
 
 pub use decrypt::Decrypted;
 pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
+pub use httpsig::{HttpRequestInput, HttpResponseInput, SignedHttpMessage};
 pub use quarantine::Quarantine;
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.

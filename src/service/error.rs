@@ -15,6 +15,7 @@ use std::fmt;
 
 use crate::audit::AuditError;
 use crate::backend::BackendError;
+use crate::httpsig::HttpSigError;
 use crate::jose::{JoseError, JweAlg, JweEnc, KeyAlg, TokenType};
 use crate::keyring::KeyringError;
 use crate::policy::PolicyError;
@@ -90,6 +91,9 @@ pub enum Error {
     /// The JOSE layer refused the request (header, claims, alg, FAPI rules).
     #[error("JOSE")]
     Jose(#[from] JoseError),
+    /// The HTTP message to sign (RFC 9421) is malformed, or the key cannot sign HTTP messages.
+    #[error("HTTP message signature")]
+    HttpSig(#[from] HttpSigError),
     /// The signing device failed or refused.
     #[error("signing device")]
     Backend(#[from] BackendError),
@@ -197,6 +201,8 @@ impl Error {
             Error::Policy(_) => ErrorKind::PermissionDenied,
             Error::Keyring(e) => keyring_kind(e),
             Error::Jose(e) => jose_kind(e),
+            Error::HttpSig(HttpSigError::UnsupportedKey { .. }) => ErrorKind::FailedPrecondition,
+            Error::HttpSig(_) => ErrorKind::InvalidArgument,
             Error::Backend(e) => backend_kind(e),
             Error::Unsupported { .. } => ErrorKind::FailedPrecondition,
             Error::TooLarge { .. }
@@ -222,6 +228,7 @@ impl Error {
     pub fn is_fault(&self) -> bool {
         match self {
             Error::Policy(_)
+            | Error::HttpSig(_)
             | Error::DeadlinePassed
             | Error::TooLarge { .. }
             | Error::NotAnObject { .. }
@@ -256,6 +263,8 @@ impl Error {
             Error::Policy(e) => e.to_string(),
             Error::Keyring(e) => keyring_message(e),
             Error::Jose(e) => jose_message(e),
+            // Names components, fields and parameters only, never their values.
+            Error::HttpSig(e) => e.to_string(),
             Error::Backend(e) => backend_message(e),
             Error::Unsupported { alg, doing, source } => match source {
                 BackendError::Unsupported(d) if caller_safe(d) => {
