@@ -136,13 +136,13 @@ fn assert_outcomes(expects: &[Expect], results: &[Result<Value, String>]) -> Tes
     for (e, r) in expects.iter().zip(results) {
         match (e.verifies, r) {
             (true, Ok(v)) => {
-                if let Some(base) = &e.base {
-                    if v["base"].as_str() != Some(base.as_str()) {
-                        wrong.push(format!(
-                            "{}: sigild signed\n{base}\nthe library verified\n{}",
-                            e.what, v["base"]
-                        ));
-                    }
+                if let Some(base) = &e.base
+                    && v["base"].as_str() != Some(base.as_str())
+                {
+                    wrong.push(format!(
+                        "{}: sigild signed\n{base}\nthe library verified\n{}",
+                        e.what, v["base"]
+                    ));
                 }
             }
             (true, Err(why)) => wrong.push(format!("{}: rejected: {why}", e.what)),
