@@ -256,3 +256,171 @@ pub fn verify_http_response<B: AsRef<[u8]>, C>(
         alg: verified.alg,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+    use serde_json::json;
+
+    use super::*;
+
+    const URI: &str = "https://rs.example.com/payments";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn key() -> (Ed25519KeyPair, Value) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519",
+                         "x": crate::jose::b64(pair.public_key().as_ref())});
+        (pair, jwk)
+    }
+
+    /// Sign `input` over `msg` with `pair` and add the fields under `label`.
+    fn add_signature(
+        headers: &mut http::HeaderMap,
+        msg: Message<'_>,
+        input: &httpsig::SignatureInput,
+        pair: &Ed25519KeyPair,
+        label: &str,
+    ) {
+        let base = httpsig::signature_base(msg, input).unwrap();
+        let sig = pair.sign(base.as_bytes());
+        let (si, s) = httpsig::signature_fields(label, input, sig.as_ref()).unwrap();
+        headers.append("signature-input", si.parse().unwrap());
+        headers.append("signature", s.parse().unwrap());
+    }
+
+    /// A request signed by `pair` as a FAPI client signs it, with a body.
+    fn signed_request(pair: &Ed25519KeyPair) -> http::Request<Vec<u8>> {
+        let body = b"{\"amount\":\"1\"}".to_vec();
+        let mut r = http::Request::builder()
+            .method("POST")
+            .uri(URI)
+            .header("authorization", "Bearer abc")
+            .header("content-digest", httpsig::content_digest(&body))
+            .body(body)
+            .unwrap();
+        let req = request_of(&r).unwrap();
+        let input = httpsig::fapi_request_input(&req, true, now(), "client").unwrap();
+        add_signature(r.headers_mut(), Message::Request(&req), &input, pair, "sig");
+        r
+    }
+
+    /// The response to `request`, signed by `pair` over `input(request, response)`.
+    fn signed_response(
+        pair: &Ed25519KeyPair,
+        request: &http::Request<Vec<u8>>,
+        body: &[u8],
+        input: impl Fn(&httpsig::Request, &httpsig::Response) -> httpsig::SignatureInput,
+    ) -> http::Response<Vec<u8>> {
+        let mut r = http::Response::builder()
+            .status(201)
+            .header("content-digest", httpsig::content_digest(body))
+            .body(body.to_vec())
+            .unwrap();
+        let req = request_of(request).unwrap();
+        let resp = httpsig::Response::new(201, fields_of(r.headers()).unwrap()).unwrap();
+        let input = input(&req, &resp);
+        let msg = Message::Response {
+            response: &resp,
+            request: Some(&req),
+        };
+        add_signature(r.headers_mut(), msg, &input, pair, "sig");
+        r
+    }
+
+    fn fapi(
+        created: u64,
+    ) -> impl Fn(&httpsig::Request, &httpsig::Response) -> httpsig::SignatureInput {
+        move |req, resp| {
+            httpsig::fapi_response_input(req, "sig", resp, true, created, "rs").unwrap()
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_fapi_response_signature_verifies() {
+        let (client, _) = key();
+        let (rs, rs_jwk) = key();
+        let request = signed_request(&client);
+        let response = signed_response(&rs, &request, b"{}", fapi(now()));
+        let v = verify_http_response(&request, &response, &rs_jwk, MINUTE).unwrap();
+        assert_eq!(v.label, "sig");
+        assert_eq!(v.keyid.as_deref(), Some("rs"));
+        assert_eq!(v.alg, httpsig::Algorithm::Ed25519);
+    }
+
+    #[test]
+    fn what_a_fapi_response_signature_must_have_is_required() {
+        let (client, _) = key();
+        let (rs, rs_jwk) = key();
+        let request = signed_request(&client);
+        let refused = |response: &http::Response<Vec<u8>>, what: &str| {
+            let r = verify_http_response(&request, response, &rs_jwk, MINUTE);
+            assert!(r.is_err(), "{what}: accepted");
+            r.unwrap_err().to_string()
+        };
+
+        // The response's body digest not covered.
+        let no_digest = signed_response(&rs, &request, b"{}", |req, resp| {
+            let mut components = fapi(now())(req, resp).components().to_vec();
+            components.retain(|c| c.serialize() != "\"content-digest\"");
+            httpsig::SignatureInput::new(components)
+                .unwrap()
+                .created(now())
+                .tag(httpsig::FAPI_RESPONSE_TAG)
+                .unwrap()
+        });
+        let msg = refused(&no_digest, "body digest not covered");
+        assert!(msg.contains("\"content-digest\""), "{msg}");
+
+        // The request's signature not bound.
+        let unbound = signed_response(&rs, &request, b"{}", |req, resp| {
+            let mut components = fapi(now())(req, resp).components().to_vec();
+            components.retain(|c| !c.serialize().starts_with("\"signature\""));
+            httpsig::SignatureInput::new(components)
+                .unwrap()
+                .created(now())
+                .tag(httpsig::FAPI_RESPONSE_TAG)
+                .unwrap()
+        });
+        let msg = refused(&unbound, "request signature not bound");
+        assert!(msg.contains("\"signature\";req"), "{msg}");
+
+        // Not tagged as a FAPI response signature.
+        let untagged = signed_response(&rs, &request, b"{}", |req, resp| {
+            httpsig::SignatureInput::new(fapi(now())(req, resp).components().to_vec())
+                .unwrap()
+                .created(now())
+        });
+        let msg = refused(&untagged, "untagged");
+        assert!(msg.contains("fapi-2-response"), "{msg}");
+
+        // Too old, from the future, no created.
+        let old = signed_response(&rs, &request, b"{}", fapi(now() - 600));
+        assert!(refused(&old, "old").contains("older than 60 s"));
+        let ahead = signed_response(&rs, &request, b"{}", fapi(now() + 3600));
+        assert!(refused(&ahead, "ahead").contains("future"));
+        let timeless = signed_response(&rs, &request, b"{}", |req, resp| {
+            httpsig::SignatureInput::new(fapi(now())(req, resp).components().to_vec())
+                .unwrap()
+                .tag(httpsig::FAPI_RESPONSE_TAG)
+                .unwrap()
+        });
+        assert!(refused(&timeless, "no created").contains("created"));
+
+        // A body that does not match its (covered) digest.
+        let mut swapped = signed_response(&rs, &request, b"{}", fapi(now()));
+        *swapped.body_mut() = b"[]".to_vec();
+        refused(&swapped, "body swapped");
+    }
+}
