@@ -311,55 +311,5 @@ impl Service {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_of_inputs_hides_field_values_uri_and_body() {
-        let r = HttpRequestInput {
-            method: "POST".into(),
-            target_uri: "https://rs.example/pay?access_token=query-secret".into(),
-            headers: vec![("Authorization".into(), "DPoP bearer-secret".into())],
-            body: b"body-secret".to_vec(),
-            label: None,
-        };
-        let s = HttpResponseInput {
-            status: 200,
-            headers: vec![("Set-Cookie".into(), "cookie-secret".into())],
-            body: b"body-secret".to_vec(),
-            request_method: "POST".into(),
-            request_target_uri: "https://rs.example/?code=query-secret".into(),
-            request_headers: vec![("DPoP".into(), "proof-secret".into())],
-            request_label: None,
-            label: None,
-        };
-        for d in [format!("{r:?}"), format!("{s:?}")] {
-            assert!(!d.contains("secret"), "{d}");
-        }
-        assert!(format!("{r:?}").contains("Authorization"));
-    }
-
-    #[test]
-    fn caller_digests_are_replaced_and_labels_checked() -> Result<(), HttpSigError> {
-        let headers = vec![
-            ("Content-Digest".to_owned(), "sha-256=:AAAA:".to_owned()),
-            ("Content-Type".to_owned(), "text/plain".to_owned()),
-        ];
-        let (fields, digest) = fields_with_digest(&headers, b"hello")?;
-        let want = httpsig::content_digest(b"hello");
-        assert_eq!(digest.as_deref(), Some(want.as_str()));
-        assert_eq!(fields.combined("content-digest"), Some(want));
-        let (fields, digest) = fields_with_digest(&headers, b"")?;
-        assert_eq!(digest, None);
-        assert!(!fields.contains("content-digest"));
-
-        assert_eq!(new_label(None, &fields)?, "sig");
-        assert_eq!(new_label(Some(""), &fields)?, "sig");
-        assert!(new_label(Some("Not A Key"), &fields).is_err());
-        let mut signed = Fields::new();
-        signed.push("Signature-Input", "sig=(\"@method\");created=1")?;
-        assert!(new_label(None, &signed).is_err());
-        assert_eq!(new_label(Some("sig2"), &signed)?, "sig2");
-        Ok(())
-    }
-}
+#[path = "httpsig_tests.rs"]
+mod tests;
