@@ -23,7 +23,7 @@ mod verify;
 
 pub use alg::{Alg, KeyAlg};
 pub use fapi::{check_alg, check_fapi2, check_key_alg};
-pub use header::check_header;
+pub use header::{check_header, header_typ};
 pub use jwe::{Jwe, JweAlg, JweEnc, JweError};
 pub use jwk::{jwks, jwks_entry, public_jwk, public_key_from_jwk, thumbprint};
 pub use profiles::{
