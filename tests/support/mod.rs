@@ -4,7 +4,8 @@
 //! (Python jwcrypto/cryptography, openssl, pkcs11-tool). Submodules: `device` (the conformance
 //! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
 //! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module), `jwe` (JWEs made by
-//! jwcrypto and node jose, for the decryption tests).
+//! jwcrypto and node jose, for the decryption tests), `httpsig` (RFC 9421 messages and their
+//! verification by `http-message-signatures`).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub mod device;
 pub mod faulty;
+pub mod httpsig;
 pub mod jwe;
 pub mod ock;
 pub mod op;
@@ -631,6 +633,20 @@ pub fn verify_jws_with_kid(compact: &str, kid: &str, jwks: &Value) -> TestResult
         .and_then(|k| k.iter().find(|k| k["kid"] == json!(kid)))
         .ok_or("kid not in JWKS")?;
     verify_jws(compact, &json!({"keys": [entry]}))
+}
+
+/// Run many verifier requests (any op of `jose_verify.py`) in one Python process: their
+/// answers in order; Err with the index of the first failed check.
+pub fn python_batch(requests: &[Value]) -> TestResult<Vec<Value>> {
+    let r = python(&json!({"op": "batch", "requests": requests}))?;
+    Ok(serde_json::from_value(r["results"].clone())?)
+}
+
+/// OIDC's left-half hash (`at_hash`, `c_hash`, `s_hash`) of `value` with `hash` (`sha256`,
+/// `sha384`, `sha512`), computed by Python's hashlib.
+pub fn half_hash(hash: &str, value: &str) -> TestResult<String> {
+    let r = python(&json!({"op": "half_hash", "hash": hash, "value": value}))?;
+    Ok(r["half_hash"].as_str().ok_or("half_hash")?.to_owned())
 }
 
 /// Sign `data` raw with `key` on `d` and check the signature with Python `cryptography` against
