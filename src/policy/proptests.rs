@@ -149,15 +149,12 @@ fn names(r: &Rule, c: &Caller) -> bool {
     }
 }
 
-/// The model of "rule `r` covers `op` on `key`" (raw and tls are one permission).
+/// The model of "rule `r` covers `op` on `key`" (every signing use, `raw` and `tls`
+/// included, is a permission of its own).
 fn covers(r: &Rule, op: Operation, key: &str) -> bool {
     let op_ok = match op {
         Operation::Admin => r.admin,
         Operation::Read => true,
-        Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls) => {
-            r.operations.contains(&Operation::Sign(TokenType::Raw))
-                || r.operations.contains(&Operation::Sign(TokenType::Tls))
-        }
         other => r.operations.contains(&other),
     };
     op_ok
