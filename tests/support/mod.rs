@@ -90,6 +90,17 @@ impl Pki {
         Ok(pki)
     }
 
+    /// Client files for the caller whose SPIFFE identity is `spiffe://sigild.test/<name>`.
+    pub fn caller(&self, name: &str) -> TestResult<ClientFiles> {
+        self.client(
+            name,
+            &sigild::tls::ClientNames {
+                spiffe: Some(format!("spiffe://sigild.test/{name}")),
+                ..Default::default()
+            },
+        )
+    }
+
     /// Issue a client certificate under this CA, written as `<name>.pem` / `<name>.key`.
     pub fn client(&self, name: &str, names: &sigild::tls::ClientNames) -> TestResult<ClientFiles> {
         let leaf = self.ca.client(names)?;
@@ -393,6 +404,17 @@ impl Daemon {
     ) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
         Ok(pb::signing_service_client::SigningServiceClient::new(
             self.channel().await?,
+        ))
+    }
+
+    /// A client of the signing service authenticated with `files` (a caller other than the
+    /// admin).
+    pub async fn signer_as(
+        &self,
+        files: &ClientFiles,
+    ) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
+        Ok(pb::signing_service_client::SigningServiceClient::new(
+            self.channel_as(files).await?,
         ))
     }
 
