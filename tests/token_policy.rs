@@ -113,7 +113,7 @@ async fn callers_are_held_to_their_token_types() -> TestResult {
             code_of(jws_as(&d, &op, "idp-signing", Some(typ), &access_token_claims()).await?)?;
         assert_eq!(code, Code::PermissionDenied, "{msg}");
         assert!(
-            msg.contains("that typ marks a access-token token")
+            msg.contains("that typ marks access-token tokens")
                 && msg.contains("spiffe://sigild.test/op"),
             "{msg}"
         );

@@ -554,7 +554,7 @@ pub enum PolicyError {
     /// A generic JWS whose `typ` belongs to a profile the caller may not use on this key: the
     /// profile's rules must not be bypassed through `jws`.
     #[error(
-        "caller {caller} may not sign a JWS of typ {typ} with key {key}: that typ marks a {token} token, which its policy does not let it mint with this key"
+        "caller {caller} may not sign a JWS of typ {typ} with key {key}: that typ marks {token} tokens, which its policy does not let it mint with this key"
     )]
     ProfiledTyp {
         /// The caller.
@@ -1246,7 +1246,7 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(
             msg,
-            "caller a may not sign a JWS of typ \"at+jwt\" with key k: that typ marks a access-token token, which its policy does not let it mint with this key"
+            "caller a may not sign a JWS of typ \"at+jwt\" with key k: that typ marks access-token tokens, which its policy does not let it mint with this key"
         );
         // With the grant on the key: allowed, and the access-token content rules apply too.
         assert!(p.evaluate(&a, &jws_req("as-1", &c, Some("at+jwt"))).is_ok());
