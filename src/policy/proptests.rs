@@ -273,14 +273,14 @@ proptest! {
         let policy = Policy::new(rules.clone(), None);
         let jws = Operation::Sign(TokenType::Jws);
         let got = policy.evaluate(&c, &Request { op: jws, key: &k, claims: Some(&cl), typ });
-        if got.is_ok() {
-            if let Some(t) = typ.and_then(TokenType::for_typ) {
-                let profile = policy.evaluate(
-                    &c,
-                    &Request { op: Operation::Sign(t), key: &k, claims: Some(&cl), typ: None },
-                );
-                prop_assert!(profile.is_ok(), "{:?}", profile);
-            }
+        if got.is_ok()
+            && let Some(t) = typ.and_then(TokenType::for_typ)
+        {
+            let profile = policy.evaluate(
+                &c,
+                &Request { op: Operation::Sign(t), key: &k, claims: Some(&cl), typ: None },
+            );
+            prop_assert!(profile.is_ok(), "{:?}", profile);
         }
         let open: Vec<Rule> = rules
             .into_iter()
