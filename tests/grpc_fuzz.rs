@@ -146,6 +146,9 @@ enum Rpc {
     SignRequestObject,
     SignClientAssertion,
     SignDpopProof,
+    SignJarm,
+    SignIntrospection,
+    SignUserinfo,
     CreateKey,
     ImportKey,
     AdoptKey,
@@ -164,7 +167,7 @@ enum Rpc {
     Unknown,
 }
 
-const RPCS: [Rpc; 22] = [
+const RPCS: [Rpc; 25] = [
     Rpc::SignJws,
     Rpc::SignRaw,
     Rpc::SignTlsHandshake,
@@ -172,6 +175,9 @@ const RPCS: [Rpc; 22] = [
     Rpc::SignRequestObject,
     Rpc::SignClientAssertion,
     Rpc::SignDpopProof,
+    Rpc::SignJarm,
+    Rpc::SignIntrospection,
+    Rpc::SignUserinfo,
     Rpc::CreateKey,
     Rpc::ImportKey,
     Rpc::AdoptKey,
@@ -199,6 +205,9 @@ impl Rpc {
             Rpc::SignRequestObject => ("sigil.v1.SigningService", "SignRequestObject"),
             Rpc::SignClientAssertion => ("sigil.v1.SigningService", "SignClientAssertion"),
             Rpc::SignDpopProof => ("sigil.v1.SigningService", "SignDpopProof"),
+            Rpc::SignJarm => ("sigil.v1.SigningService", "SignJarm"),
+            Rpc::SignIntrospection => ("sigil.v1.SigningService", "SignIntrospection"),
+            Rpc::SignUserinfo => ("sigil.v1.SigningService", "SignUserinfo"),
             Rpc::CreateKey => ("sigil.v1.KeyService", "CreateKey"),
             Rpc::ImportKey => ("sigil.v1.KeyService", "ImportKey"),
             Rpc::AdoptKey => ("sigil.v1.KeyService", "AdoptKey"),
@@ -239,6 +248,9 @@ impl Rpc {
             Rpc::SignRequestObject => pb::SignRequestObjectRequest::decode(bytes).is_ok(),
             Rpc::SignClientAssertion => pb::SignClientAssertionRequest::decode(bytes).is_ok(),
             Rpc::SignDpopProof => pb::SignDpopProofRequest::decode(bytes).is_ok(),
+            Rpc::SignJarm => pb::SignJarmRequest::decode(bytes).is_ok(),
+            Rpc::SignIntrospection => pb::SignIntrospectionRequest::decode(bytes).is_ok(),
+            Rpc::SignUserinfo => pb::SignUserinfoRequest::decode(bytes).is_ok(),
             Rpc::CreateKey => pb::CreateKeyRequest::decode(bytes).is_ok(),
             Rpc::ImportKey => pb::ImportKeyRequest::decode(bytes).is_ok(),
             Rpc::AdoptKey => pb::AdoptKeyRequest::decode(bytes).is_ok(),
@@ -445,6 +457,41 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             },
         }
         .encode_to_vec(),
+        Rpc::SignJarm => pb::SignJarmRequest {
+            key,
+            issuer: "https://as.example".into(),
+            client_id: "client-a".into(),
+            response_json: if rng.chance(70) {
+                json!({"code": format!("code-{}", rng.below(1000)), "state": "af0ifjsldkj"})
+            } else {
+                json!({"error": "access_denied", "state": "af0ifjsldkj"})
+            }
+            .to_string(),
+            lifetime_seconds: *rng.pick(&[0, 1, 60, 600]),
+        }
+        .encode_to_vec(),
+        Rpc::SignIntrospection => pb::SignIntrospectionRequest {
+            key,
+            issuer: "https://as.example".into(),
+            audience: "https://rs.example".into(),
+            introspection_json: if rng.chance(70) {
+                json!({"active": true, "client_id": "client-a", "scope": "read",
+                       "sub": format!("user{}", rng.below(100)), "exp": 1_700_000_300u64})
+            } else {
+                json!({"active": false})
+            }
+            .to_string(),
+        }
+        .encode_to_vec(),
+        Rpc::SignUserinfo => pb::SignUserinfoRequest {
+            key,
+            issuer: "https://op.example".into(),
+            audience: "client-a".into(),
+            claims_json: json!({"sub": format!("user{}", rng.below(100)),
+                                "email": "user@example.com", "email_verified": true})
+            .to_string(),
+        }
+        .encode_to_vec(),
         Rpc::CreateKey => pb::CreateKeyRequest {
             serves: Vec::new(),
             name: admin_key(rng),
@@ -617,6 +664,28 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
             htu: rng.text(),
             access_token: rng.text(),
             nonce: rng.text(),
+        }
+        .encode_to_vec(),
+        Rpc::SignJarm => pb::SignJarmRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            client_id: rng.text(),
+            response_json: rng.text(),
+            lifetime_seconds: n(rng),
+        }
+        .encode_to_vec(),
+        Rpc::SignIntrospection => pb::SignIntrospectionRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            audience: rng.text(),
+            introspection_json: rng.text(),
+        }
+        .encode_to_vec(),
+        Rpc::SignUserinfo => pb::SignUserinfoRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            audience: rng.text(),
+            claims_json: rng.text(),
         }
         .encode_to_vec(),
         Rpc::CreateKey => pb::CreateKeyRequest {
@@ -998,7 +1067,10 @@ fn verification(
         | Rpc::SignIdToken
         | Rpc::SignRequestObject
         | Rpc::SignClientAssertion
-        | Rpc::SignDpopProof => {
+        | Rpc::SignDpopProof
+        | Rpc::SignJarm
+        | Rpc::SignIntrospection
+        | Rpc::SignUserinfo => {
             let resp = pb::SignJwsResponse::decode(body.as_slice()).map_err(|e| e.to_string())?;
             if resp.signature.is_empty() || !resp.compact.ends_with(&resp.signature) {
                 return Err(format!("{:?}: signature field is not the compact's", o.rpc));
@@ -1253,7 +1325,7 @@ async fn daemon_survives_random_and_mutated_messages() -> TestResult {
             _ => String::new(),
         };
         let ok = if o.request.len() > 4 * 1024 * 1024
-            || (o.request.len() > 128 * 1024 && o.rpc <= Rpc::SignDpopProof)
+            || (o.request.len() > 128 * 1024 && o.rpc <= Rpc::SignUserinfo)
             || (o.request.len() > 2 * 1024 * 1024 && o.rpc == Rpc::DecryptJwe)
         {
             // Beyond the decoding limit tonic refuses the message before decoding it.
