@@ -77,16 +77,15 @@ fn access_token_claims() -> Value {
     })
 }
 
-/// The audit record of the request whose jti is `jti`.
-fn audit_of(d: &Daemon, jti: &str) -> TestResult<Value> {
-    for line in d.stdout_lines().iter().rev() {
-        if let Ok(v) = serde_json::from_str::<Value>(line)
-            && v["jti"] == json!(jti)
-        {
-            return Ok(v);
-        }
-    }
-    Err(format!("no audit record with jti {jti}").into())
+/// The last audit record of the request whose jti is `jti` and whose `key` is `value`.
+async fn audit_of(d: &Daemon, jti: &str, key: &str, value: &str) -> TestResult<Value> {
+    let matches = |r: &Value| r["jti"] == json!(jti) && r[key] == json!(value);
+    let records = audit_until(d, |rs| rs.iter().any(matches)).await?;
+    records
+        .into_iter()
+        .rev()
+        .find(matches)
+        .ok_or_else(|| format!("no audit record of {jti}").into())
 }
 
 /// The TLS 1.3 content a client's CertificateVerify signs, over a SHA-256 transcript hash.
@@ -118,7 +117,7 @@ async fn callers_are_held_to_their_token_types() -> TestResult {
             "{msg}"
         );
     }
-    let audit = audit_of(&d, "j1")?;
+    let audit = audit_of(&d, "j1", "typ", "application/AT+JWT").await?;
     assert_eq!(audit["decision"], "deny", "{audit}");
     assert_eq!(audit["operation"], "jws", "{audit}");
     assert_eq!(audit["token_type"], "access-token", "{audit}");
@@ -133,7 +132,10 @@ async fn callers_are_held_to_their_token_types() -> TestResult {
     let signed = jws_as(&d, &op, "idp-signing", Some("logout+jwt"), &logout).await??;
     let v = verify_jws(&signed.compact, &jwks)?;
     assert_eq!(v["header"]["typ"], "logout+jwt");
-    assert_eq!(audit_of(&d, "l1")?["token_type"], "logout");
+    assert_eq!(
+        audit_of(&d, "l1", "decision", "allow").await?["token_type"],
+        "logout"
+    );
 
     // The AS has access-token on as-* keys: its at+jwt verifies with jwcrypto.
     let mut claims = access_token_claims();
@@ -142,7 +144,7 @@ async fn callers_are_held_to_their_token_types() -> TestResult {
     let v = verify_jws(&at.compact, &jwks)?;
     assert_eq!(v["header"]["typ"], "at+jwt");
     assert_eq!(v["payload"]["client_id"], "client-a");
-    let audit = audit_of(&d, "j2")?;
+    let audit = audit_of(&d, "j2", "decision", "allow").await?;
     assert_eq!(
         (&audit["decision"], &audit["token_type"]),
         (&json!("allow"), &json!("access-token")),
@@ -259,12 +261,13 @@ async fn tls_signs_handshakes_and_never_a_jws_input() -> TestResult {
         .await?
         .into_inner();
     verify_raw(&sig.alg, &active_jwk(&key)?, data, &sig.signature)?;
-    let records: Vec<Value> = d
-        .stdout_lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &Value| v["operation"] == "tls")
-        .collect();
+    let tls_records = |rs: &[Value]| -> Vec<Value> {
+        rs.iter()
+            .filter(|v| v["operation"] == "tls")
+            .cloned()
+            .collect()
+    };
+    let records = tls_records(&audit_until(&d, |rs| tls_records(rs).len() >= 4).await?);
     let kinds: Vec<(&Value, &Value)> = records
         .iter()
         .map(|r| (&r["token_type"], &r["decision"]))
@@ -379,20 +382,20 @@ async fn bound_keys_sign_only_their_token_types_across_rotation_and_restart() ->
     .await?;
     verify_jws(&any.compact, &jwks)?;
     sign_raw_verified(&d, "idp-free", b"any bytes").await?;
-    let refused = d
-        .stdout_lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["reason"] == "key not bound to access-token")
+    let refusal = |v: &Value| v["reason"] == "key not bound to access-token";
+    let refused = audit_until(&d, |rs| rs.iter().any(refusal))
+        .await?
+        .into_iter()
+        .find(refusal)
         .ok_or("no audit record of the binding refusal")?;
     assert_eq!(refused["decision"], "deny", "{refused}");
     assert_eq!(refused["key"], "idp-bound", "{refused}");
     Ok(())
 }
 
-/// `key` (bound to id-token, logout, userinfo) signs ID tokens and logout-typed JWS for the
-/// admin, and refuses it an access token, a generic JWS and a raw signature. Returns the ID
-/// token.
+/// `key` (bound to id-token, logout, userinfo) signs ID tokens, UserInfo responses and
+/// logout-typed JWS for the admin, and refuses it a JARM response, an access token, a generic
+/// JWS, a raw signature and a TLS handshake. Returns the ID token.
 async fn check_binding(d: &Daemon, key: &str) -> TestResult<pb::SignJwsResponse> {
     let jwks = d.jwks().await?;
     let id = d
@@ -417,6 +420,33 @@ async fn check_binding(d: &Daemon, key: &str) -> TestResult<pb::SignJwsResponse>
     )
     .await?;
     verify_jws(&signed.compact, &jwks)?;
+    // Another profile the key serves; and one it does not.
+    let userinfo = d
+        .signer()
+        .await?
+        .sign_userinfo(pb::SignUserinfoRequest {
+            key: key.into(),
+            issuer: "https://op.example.com".into(),
+            audience: "client-a".into(),
+            claims_json: r#"{"sub":"alice","email":"alice@example.com"}"#.into(),
+        })
+        .await?
+        .into_inner();
+    verify_jws(&userinfo.compact, &jwks)?;
+    let (code, msg) = code_of(
+        d.signer()
+            .await?
+            .sign_jarm(pb::SignJarmRequest {
+                key: key.into(),
+                issuer: "https://op.example.com".into(),
+                client_id: "client-a".into(),
+                response_json: r#"{"code":"c","state":"s"}"#.into(),
+                lifetime_seconds: 0,
+            })
+            .await,
+    )?;
+    assert_eq!(code, Code::PermissionDenied, "{msg}");
+    assert!(msg.ends_with("it does not sign jarm"), "{msg}");
     for (typ, token) in [
         (Some("at+jwt"), "access-token"),
         (None, "jws"),

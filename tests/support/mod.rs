@@ -869,6 +869,24 @@ where
     }
 }
 
+/// The audit records on the daemon's stdout (`[audit] stdout = true`) once `want` holds for
+/// them: the lines arrive through a pipe, a moment after the answer they record.
+pub async fn audit_until(d: &Daemon, want: impl Fn(&[Value]) -> bool) -> TestResult<Vec<Value>> {
+    eventually(d, Duration::from_secs(5), || async {
+        let records: Vec<Value> = d
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if want(&records) {
+            Ok(records)
+        } else {
+            Err(format!("audit records so far: {records:?}").into())
+        }
+    })
+    .await
+}
+
 /// The code, message and request id (`x-request-id`) of a failed call.
 pub fn failure<T: std::fmt::Debug>(
     r: Result<T, tonic::Status>,
