@@ -992,3 +992,60 @@ fn kinds_for_decryption_algs_and_curves() {
         Err(KeyringError::UnknownCurve(_))
     ));
 }
+
+#[tokio::test]
+async fn bindings_are_recorded_carried_across_rotation_and_reloaded() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.refresh().await?;
+    let serves = [TokenType::Logout, TokenType::IdToken, TokenType::IdToken];
+    let bound = k
+        .create(
+            "idp",
+            Alg::Es256.into(),
+            KeySize::default(),
+            false,
+            &serves,
+            NOW,
+        )
+        .await?;
+    let want: BTreeSet<TokenType> = [TokenType::IdToken, TokenType::Logout].into();
+    assert_eq!(bound.serves, want);
+    k.create(
+        "free",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
+    let rotated = k.rotate("idp", None, KeySize::default(), NOW + 1).await?;
+    assert_eq!(rotated.serves, want);
+    assert!(rotated.versions.iter().all(|v| v.serves == want));
+    k.activate("idp", 2).await?;
+    assert_eq!(k.signing("idp")?.0.serves, want);
+    // A restart reads the same bindings back; the unbound key stays unbound.
+    let r = reloaded(&backend).await?;
+    assert_eq!(as_recorded(&r.list()?), as_recorded(&k.list()?));
+    assert_eq!(r.get("idp")?.serves, want);
+    assert!(r.get("free")?.serves.is_empty());
+    // Decryption keys sign nothing, so they cannot be bound.
+    let e = k
+        .create(
+            "enc",
+            JweAlg::EcdhEs.into(),
+            KeySize::default(),
+            false,
+            &[TokenType::IdToken],
+            NOW,
+        )
+        .await
+        .err();
+    assert!(
+        matches!(&e, Some(KeyringError::WrongPurpose { want, .. }) if want.contains("bound")),
+        "{e:?}"
+    );
+    assert!(matches!(k.get("enc"), Err(KeyringError::KeyNotFound(_))));
+    Ok(())
+}

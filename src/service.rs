@@ -1364,6 +1364,60 @@ mod tests {
     }
 
     #[test]
+    fn only_tls13_certificate_verify_content_is_a_handshake() {
+        let content = |context: &[u8], hash: usize| {
+            let mut m = vec![0x20; 64];
+            m.extend_from_slice(context);
+            m.extend(std::iter::repeat_n(0x5a, hash));
+            m
+        };
+        let client = b"TLS 1.3, client CertificateVerify\0";
+        let server = b"TLS 1.3, server CertificateVerify\0";
+        for (ctx, hash) in [(client, 32), (client, 48), (server, 32), (server, 48)] {
+            assert!(is_tls13_certificate_verify(&content(ctx, hash)));
+        }
+        // Wrong hash lengths, padding, context or terminator; a JWS signing input.
+        assert!(!is_tls13_certificate_verify(&content(client, 31)));
+        assert!(!is_tls13_certificate_verify(&content(client, 64)));
+        assert!(!is_tls13_certificate_verify(&content(client, 0)));
+        let short_pad = content(client, 32).split_off(1);
+        assert!(!is_tls13_certificate_verify(&short_pad));
+        assert!(!is_tls13_certificate_verify(&content(
+            b"TLS 1.2, client CertificateVerify\0",
+            32
+        )));
+        assert!(!is_tls13_certificate_verify(&content(
+            b"TLS 1.3, client CertificateVerify ",
+            32
+        )));
+        assert!(!is_tls13_certificate_verify(b"eyJhbGciOiJFUzI1NiJ9.e30"));
+        assert!(!is_tls13_certificate_verify(b""));
+    }
+
+    #[test]
+    fn serves_names_parse_or_name_the_bad_one() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(matches!(
+            parse_serves(&names(&["id-token", " logout"])).as_deref(),
+            Ok([TokenType::IdToken, TokenType::Logout])
+        ));
+        let e = parse_serves(&names(&["id-token", "idtoken"])).err();
+        assert!(
+            matches!(&e, Some(Error::UnknownTokenType { name }) if name == "idtoken"),
+            "{e:?}"
+        );
+        let msg = e.map(|e| e.message()).unwrap_or_default();
+        assert!(
+            msg.contains("expected one of jws, raw, tls, id-token"),
+            "{msg}"
+        );
+        assert_eq!(
+            parse_serves(&names(&["x"])).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::InvalidArgument)
+        );
+    }
+
+    #[test]
     fn jtis_are_distinct_and_long() -> Result<(), Error> {
         let (a, b) = (new_jti()?, new_jti()?);
         assert_ne!(a, b);

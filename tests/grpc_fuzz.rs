@@ -142,6 +142,7 @@ impl Rng {
 enum Rpc {
     SignJws,
     SignRaw,
+    SignTlsHandshake,
     SignIdToken,
     SignRequestObject,
     SignClientAssertion,
@@ -169,9 +170,10 @@ enum Rpc {
     Unknown,
 }
 
-const RPCS: [Rpc; 26] = [
+const RPCS: [Rpc; 27] = [
     Rpc::SignJws,
     Rpc::SignRaw,
+    Rpc::SignTlsHandshake,
     Rpc::SignIdToken,
     Rpc::SignRequestObject,
     Rpc::SignClientAssertion,
@@ -203,6 +205,7 @@ impl Rpc {
         let (service, method) = match self {
             Rpc::SignJws => ("sigil.v1.SigningService", "SignJws"),
             Rpc::SignRaw => ("sigil.v1.SigningService", "SignRaw"),
+            Rpc::SignTlsHandshake => ("sigil.v1.SigningService", "SignTlsHandshake"),
             Rpc::SignIdToken => ("sigil.v1.SigningService", "SignIdToken"),
             Rpc::SignRequestObject => ("sigil.v1.SigningService", "SignRequestObject"),
             Rpc::SignClientAssertion => ("sigil.v1.SigningService", "SignClientAssertion"),
@@ -247,6 +250,7 @@ impl Rpc {
         match self {
             Rpc::SignJws => pb::SignJwsRequest::decode(bytes).is_ok(),
             Rpc::SignRaw => pb::SignRawRequest::decode(bytes).is_ok(),
+            Rpc::SignTlsHandshake => pb::SignTlsHandshakeRequest::decode(bytes).is_ok(),
             Rpc::SignIdToken => pb::SignIdTokenRequest::decode(bytes).is_ok(),
             Rpc::SignRequestObject => pb::SignRequestObjectRequest::decode(bytes).is_ok(),
             Rpc::SignClientAssertion => pb::SignClientAssertionRequest::decode(bytes).is_ok(),
@@ -368,6 +372,28 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
         Rpc::SignRaw => pb::SignRawRequest {
             key,
             data: rng.bytes_upto(300),
+            alg: if rng.chance(50) {
+                alg.into()
+            } else {
+                String::new()
+            },
+        }
+        .encode_to_vec(),
+        Rpc::SignTlsHandshake => pb::SignTlsHandshakeRequest {
+            key,
+            // Half TLS 1.3 CertificateVerify content, half anything (signed as raw).
+            message: if rng.chance(50) {
+                let mut m = vec![0x20; 64];
+                m.extend_from_slice(if rng.chance(50) {
+                    b"TLS 1.3, client CertificateVerify\0"
+                } else {
+                    b"TLS 1.3, server CertificateVerify\0"
+                });
+                m.extend(std::iter::repeat_with(|| rng.next() as u8).take(32));
+                m
+            } else {
+                rng.bytes_upto(300)
+            },
             alg: if rng.chance(50) {
                 alg.into()
             } else {
@@ -648,6 +674,12 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         Rpc::SignRaw => pb::SignRawRequest {
             key: rng.text(),
             data: rng.text().into_bytes(),
+            alg: rng.text(),
+        }
+        .encode_to_vec(),
+        Rpc::SignTlsHandshake => pb::SignTlsHandshakeRequest {
+            key: rng.text(),
+            message: rng.text().into_bytes(),
             alg: rng.text(),
         }
         .encode_to_vec(),
@@ -939,7 +971,8 @@ fn mutate(rpc: Rpc, valid: Vec<u8>, rng: &mut Rng) -> (&'static str, Vec<u8>) {
             "huge length"
         }
         47..=51 => {
-            // A string field (1 is a string in every request but SignRaw's bytes `data`, 2)
+            // A string field (1 is a string in every request but the bytes of SignRaw's `data`
+            // and SignTlsHandshake's `message`, 2)
             // with bytes that are not UTF-8; proto3 requires valid UTF-8 in strings.
             let field = *rng.pick(&[1u32, 2, 3, 4, 5]);
             let mut bad = b"ok".to_vec();
@@ -1098,6 +1131,15 @@ fn verification(
             Ok(Some(json!({
                 "op": "raw", "alg": resp.alg, "jwk": jwk(&resp.kid)?,
                 "data_b64": b64(&req.data), "sig_b64": b64(&resp.signature),
+            })))
+        }
+        Rpc::SignTlsHandshake => {
+            let req = pb::SignTlsHandshakeRequest::decode(o.request.as_slice())
+                .map_err(|e| e.to_string())?;
+            let resp = pb::SignRawResponse::decode(body.as_slice()).map_err(|e| e.to_string())?;
+            Ok(Some(json!({
+                "op": "raw", "alg": resp.alg, "jwk": jwk(&resp.kid)?,
+                "data_b64": b64(&req.message), "sig_b64": b64(&resp.signature),
             })))
         }
         Rpc::SignJws

@@ -506,6 +506,31 @@ impl Client {
         Ok(self.signing.clone().sign_raw(req).await?.into_inner())
     }
 
+    /// `SignTlsHandshake`: a TLS handshake signature over `message` (what the TLS stack asks
+    /// the key to sign). A caller granted `tls` alone gets TLS 1.3 CertificateVerify content
+    /// signed; other input, TLS 1.2 handshakes included, also needs `raw`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_tls_handshake(
+        &self,
+        key: &str,
+        message: &[u8],
+        alg: Option<&str>,
+    ) -> Result<pb::SignRawResponse> {
+        let req = pb::SignTlsHandshakeRequest {
+            key: key.into(),
+            message: message.to_vec(),
+            alg: alg.unwrap_or_default().into(),
+        };
+        Ok(self
+            .signing
+            .clone()
+            .sign_tls_handshake(req)
+            .await?
+            .into_inner())
+    }
+
     /// `SignIdToken`.
     ///
     /// # Errors

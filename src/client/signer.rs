@@ -1,10 +1,13 @@
 //! A rustls client-authentication key whose private half stays behind sigild: rustls asks
 //! [`SigildSigningKey`] for a [`rustls::sign::Signer`], and the signer's `sign` is one
-//! `SignRaw` call with the JOSE alg matching the TLS signature scheme.
+//! `SignTlsHandshake` call with the JOSE alg matching the TLS signature scheme. A TLS 1.3
+//! handshake needs only the `tls` operation on the key; a TLS 1.2 one signs the transcript
+//! itself, which sigild cannot tell from other bytes, so a TLS 1.2 client key also needs `raw`
+//! (in the caller's rule, and in the key's binding when it has one).
 //!
 //! **Who hashes, what comes out.** rustls hands `sign` the whole message (the TLS 1.3
 //! CertificateVerify content or the TLS 1.2 handshake hash input) and expects the scheme's
-//! signature encoding. sigild's `SignRaw` hashes as the alg says and returns JOSE encodings, so
+//! signature encoding. sigild's `SignTlsHandshake` hashes as the alg says and returns JOSE encodings, so
 //! the mapping is: ECDSA P-256/SHA-256 → ES256, P-384/SHA-384 → ES384 (JOSE `r‖s` re-encoded as
 //! the DER `ECDSA-Sig-Value` TLS wants); RSA-PSS SHA-256/384 → PS256/PS384 (salt = hash length,
 //! as TLS 1.3 requires); RSA PKCS#1 v1.5 SHA-256 → RS256 (TLS 1.2 only; there is no RS384 in
@@ -46,7 +49,7 @@ impl Default for SignerOptions {
 }
 
 /// The TLS signature schemes a key kind can serve through sigild, in order of preference, with
-/// the JOSE alg `SignRaw` is asked for.
+/// the JOSE alg `SignTlsHandshake` is asked for.
 pub fn tls_schemes(kind: KeyKind) -> &'static [(SignatureScheme, &'static str)] {
     match kind {
         KeyKind::Ec(Curve::P256) => &[(SignatureScheme::ECDSA_NISTP256_SHA256, "ES256")],
@@ -60,13 +63,24 @@ pub fn tls_schemes(kind: KeyKind) -> &'static [(SignatureScheme, &'static str)] 
     }
 }
 
+/// Which RPC a signature goes through: what it is for decides what the caller must be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    /// `SignTlsHandshake`: a TLS handshake's CertificateVerify.
+    Handshake,
+    /// `SignRaw`: anything else (an X.509 structure such as a CSR).
+    Raw,
+}
+
 /// One signing job for the background thread.
 struct Job {
+    /// The RPC to use.
+    rpc: Rpc,
     /// Key name.
     key: String,
     /// The message rustls wants signed.
     data: Vec<u8>,
-    /// JOSE alg for `SignRaw`.
+    /// JOSE alg for `SignTlsHandshake`.
     alg: &'static str,
     /// Where the JOSE-encoded signature goes.
     reply: std::sync::mpsc::SyncSender<Result<Vec<u8>, ClientError>>,
@@ -84,6 +98,7 @@ struct Worker {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
+            .field("rpc", &self.rpc)
             .field("key", &self.key)
             .field("alg", &self.alg)
             .finish_non_exhaustive()
@@ -126,10 +141,14 @@ impl Worker {
                     while let Some(job) = rx.recv().await {
                         let c = client.clone();
                         tokio::spawn(async move {
-                            let r = c
-                                .sign_raw(&job.key, &job.data, Some(job.alg))
-                                .await
-                                .map(|r| r.signature);
+                            let r = match job.rpc {
+                                Rpc::Handshake => {
+                                    c.sign_tls_handshake(&job.key, &job.data, Some(job.alg))
+                                        .await
+                                }
+                                Rpc::Raw => c.sign_raw(&job.key, &job.data, Some(job.alg)).await,
+                            }
+                            .map(|r| r.signature);
                             let _ = job.reply.send(r);
                         });
                     }
@@ -152,6 +171,7 @@ impl Worker {
     /// this is safe on both runtime flavours).
     fn sign_blocking(
         &self,
+        rpc: Rpc,
         key: &str,
         data: &[u8],
         alg: &'static str,
@@ -159,6 +179,7 @@ impl Worker {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
         self.tx
             .send(Job {
+                rpc,
                 key: key.to_owned(),
                 data: data.to_vec(),
                 alg,
@@ -250,13 +271,27 @@ impl SigildSigningKey {
         &self.spki
     }
 
-    /// Sign `message` with `alg` on the background thread, blocking as described in the
-    /// module docs; JOSE-encoded result.
+    /// Sign the TLS handshake `message` with `alg` (`SignTlsHandshake`) on the background
+    /// thread, blocking as described in the module docs; JOSE-encoded result.
     ///
     /// # Errors
     /// The daemon's status, or [`ClientError::Signer`] on timeout.
     pub fn sign_blocking(&self, message: &[u8], alg: &'static str) -> Result<Vec<u8>, ClientError> {
-        self.worker.sign_blocking(&self.key, message, alg)
+        self.worker
+            .sign_blocking(Rpc::Handshake, &self.key, message, alg)
+    }
+
+    /// Sign arbitrary bytes (`SignRaw`: the caller needs `raw`), blocking like
+    /// [`SigildSigningKey::sign_blocking`].
+    ///
+    /// # Errors
+    /// As for [`SigildSigningKey::sign_blocking`].
+    pub fn sign_raw_blocking(
+        &self,
+        message: &[u8],
+        alg: &'static str,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.worker.sign_blocking(Rpc::Raw, &self.key, message, alg)
     }
 
     /// This key with its certificate chain (leaf first), checked to belong together.
@@ -377,7 +412,9 @@ impl rcgen::PublicKeyData for SigildSigningKey {
 }
 
 /// rcgen signs X.509 structures (a CSR) with the key behind sigild: X.509 wants DER ECDSA
-/// signatures and PKCS#1 v1.5 for `sha256WithRSAEncryption`.
+/// signatures and PKCS#1 v1.5 for `sha256WithRSAEncryption`. They are raw signatures
+/// (`SignRaw`), not handshakes: the caller needs `raw` on the key (and a bound key `raw` in its
+/// binding).
 impl rcgen::SigningKey for SigildSigningKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         let (alg, curve) = match &self.public {
@@ -392,7 +429,7 @@ impl rcgen::SigningKey for SigildSigningKey {
             PublicKey::Ed25519 { .. } => ("EdDSA", None),
         };
         let sig = self
-            .sign_blocking(msg, alg)
+            .sign_raw_blocking(msg, alg)
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
         match curve {
             Some(c) => ecdsa_der(&sig, c).map_err(|_| rcgen::Error::RemoteKeyError),

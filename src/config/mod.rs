@@ -701,6 +701,77 @@ per_key = "1/d"
     }
 
     #[test]
+    fn typ_lists_and_target_uri_prefixes_are_read_and_checked() -> Result<(), ConfigError> {
+        let good = GOOD.to_owned()
+            + r#"
+[[caller]]
+identity = "as"
+keys = ["as-*"]
+operations = ["access-token", "jws", "http-request"]
+jws_typs = ["", "JWT", "at+jwt"]
+target_uri_prefix = ["https://rs.example.com/"]
+"#;
+        let c = Config::parse(Path::new("t.toml"), &good)?;
+        let p = crate::app::policy(&c);
+        use crate::jose::TokenType;
+        use crate::policy::{Caller, Claims, Operation, Request};
+        let claims = Some(Claims::default());
+        let jws = |typ| Request {
+            op: Operation::Sign(TokenType::Jws),
+            key: "as-1",
+            claims: Some(&claims),
+            typ,
+        };
+        let a = Caller::tls("as");
+        assert!(p.evaluate(&a, &jws(Some("at+jwt"))).is_ok());
+        assert!(p.evaluate(&a, &jws(None)).is_ok());
+        assert!(p.evaluate(&a, &jws(Some("logout+jwt"))).is_err());
+        let http = Some(Claims {
+            target_uri: Some("https://rs.example.com/x".into()),
+            ..Claims::default()
+        });
+        let req = Request {
+            op: Operation::Sign(TokenType::HttpRequest),
+            key: "as-1",
+            claims: Some(&http),
+            typ: None,
+        };
+        assert!(p.evaluate(&a, &req).is_ok());
+
+        let bad = GOOD.to_owned()
+            + r#"
+[[caller]]
+identity = "a"
+keys = ["*"]
+operations = ["id-token", "tls"]
+jws_typs = ["logout+jwt", " JWT"]
+target_uri_prefix = ["https://rs/"]
+
+[[caller]]
+identity = "b"
+keys = ["*"]
+operations = ["jws"]
+jws_typs = []
+"#;
+        let err = Config::parse(Path::new("t.toml"), &bad)
+            .map(drop)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for want in [
+            "field `caller[0].jws_typs`: has no effect: the rule's operations do not include jws",
+            "field `caller[0].jws_typs[0]`: \"logout+jwt\" is the typ of logout tokens: a generic JWS with it also needs logout in operations",
+            "field `caller[0].jws_typs[1]`: \" JWT\" has surrounding spaces",
+            "field `caller[0].operations`: raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id, htu_prefix or target_uri_prefix",
+            "field `caller[0].target_uri_prefix`: has no effect: none of this rule's operations (id-token, tls) signs a target_uri claim",
+            "field `caller[1].jws_typs`: an empty list allows no generic JWS",
+        ] {
+            assert!(err.contains(want), "{want}\n{err}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn decryption_rules_and_limit_are_read_and_checked() -> Result<(), ConfigError> {
         let base = GOOD;
         let c = Config::parse(Path::new("d.toml"), base)?;

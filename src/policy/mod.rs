@@ -554,7 +554,7 @@ pub enum PolicyError {
     /// A generic JWS whose `typ` belongs to a profile the caller may not use on this key: the
     /// profile's rules must not be bypassed through `jws`.
     #[error(
-        "caller {caller} may not sign a JWS of typ {typ} with key {key}: that typ marks a {token} token, which its policy does not let it mint with this key"
+        "caller {caller} may not sign a JWS of typ {typ} with key {key}: that typ marks {token} tokens, which its policy does not let it mint with this key"
     )]
     ProfiledTyp {
         /// The caller.
@@ -1161,6 +1161,308 @@ mod tests {
             p.evaluate(&c, &req(Operation::Sign(TokenType::Jws), "k", Some(&ca))),
             Err(PolicyError::ClaimMissing { claim: "htu", .. })
         ));
+    }
+
+    fn jws_req<'a>(key: &'a str, claims: &'a Option<Claims>, typ: Option<&'a str>) -> Request<'a> {
+        Request {
+            op: Operation::Sign(TokenType::Jws),
+            key,
+            claims: Some(claims),
+            typ,
+        }
+    }
+
+    #[test]
+    fn raw_and_tls_are_granted_apart() {
+        let p = Policy::new(
+            vec![
+                rule(
+                    Who::Identity("t".into()),
+                    &["*"],
+                    &[Operation::Sign(TokenType::Tls)],
+                ),
+                rule(
+                    Who::Identity("r".into()),
+                    &["*"],
+                    &[Operation::Sign(TokenType::Raw)],
+                ),
+            ],
+            None,
+        );
+        let (t, r) = (Caller::tls("t"), Caller::tls("r"));
+        let raw = Operation::Sign(TokenType::Raw);
+        let tls = Operation::Sign(TokenType::Tls);
+        assert!(p.evaluate(&t, &req(tls, "k", None)).is_ok());
+        assert!(matches!(
+            p.evaluate(&t, &req(raw, "k", None)),
+            Err(PolicyError::OperationNotAllowed { .. })
+        ));
+        assert!(p.evaluate(&r, &req(raw, "k", None)).is_ok());
+        assert!(p.evaluate(&r, &req(tls, "k", None)).is_err());
+    }
+
+    #[test]
+    fn generic_jws_with_a_profiled_typ_needs_that_token_type() {
+        let mut jws = rule(
+            Who::Identity("a".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
+        jws.iss = Some(vec!["https://as".into()]);
+        let mut at = rule(
+            Who::Identity("a".into()),
+            &["as-*"],
+            &[Operation::Sign(TokenType::AccessToken)],
+        );
+        at.aud = Some(vec!["https://rs".into()]);
+        let p = Policy::new(vec![jws, at], None);
+        let a = Caller::tls("a");
+        let c = Claims::from_payload(
+            Operation::Sign(TokenType::AccessToken),
+            br#"{"iss":"https://as","aud":"https://rs","client_id":"c"}"#,
+        );
+        // Not a profiled typ: the jws rule alone decides.
+        assert!(p.evaluate(&a, &jws_req("k", &c, Some("JWT"))).is_ok());
+        assert!(p.evaluate(&a, &jws_req("k", &c, None)).is_ok());
+        // at+jwt on a key where the caller has no access-token grant: refused, whatever the
+        // spelling of the media type.
+        for typ in ["at+jwt", "application/AT+JWT"] {
+            let e = p.evaluate(&a, &jws_req("k", &c, Some(typ)));
+            assert!(
+                matches!(
+                    &e,
+                    Err(PolicyError::ProfiledTyp {
+                        token: TokenType::AccessToken,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+        }
+        let msg = p
+            .evaluate(&a, &jws_req("k", &c, Some("at+jwt")))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            msg,
+            "caller a may not sign a JWS of typ \"at+jwt\" with key k: that typ marks access-token tokens, which its policy does not let it mint with this key"
+        );
+        // With the grant on the key: allowed, and the access-token content rules apply too.
+        assert!(p.evaluate(&a, &jws_req("as-1", &c, Some("at+jwt"))).is_ok());
+        let other_aud = Claims::from_payload(
+            Operation::Sign(TokenType::AccessToken),
+            br#"{"iss":"https://as","aud":"https://evil"}"#,
+        );
+        assert!(matches!(
+            p.evaluate(&a, &jws_req("as-1", &other_aud, Some("at+jwt"))),
+            Err(PolicyError::ClaimNotAllowed { claim: "aud", .. })
+        ));
+        // The jws rule's own content rules still apply.
+        let other_iss = Claims::from_payload(
+            Operation::Sign(TokenType::AccessToken),
+            br#"{"iss":"https://evil","aud":"https://rs"}"#,
+        );
+        assert!(matches!(
+            p.evaluate(&a, &jws_req("as-1", &other_iss, Some("at+jwt"))),
+            Err(PolicyError::ClaimNotAllowed { claim: "iss", .. })
+        ));
+        // The early check (no claims yet) knows nothing of typ.
+        assert!(
+            p.evaluate(&a, &req(Operation::Sign(TokenType::Jws), "k", None))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn jws_typs_lists_the_typ_values_a_rule_allows() {
+        let mut r = rule(
+            Who::Identity("a".into()),
+            &["*"],
+            &[
+                Operation::Sign(TokenType::Jws),
+                Operation::Sign(TokenType::Logout),
+            ],
+        );
+        r.jws_typs = Some(vec!["".into(), "JWT".into(), "logout+jwt".into()]);
+        let p = Policy::new(vec![r], None);
+        let a = Caller::tls("a");
+        let c = Some(Claims::default());
+        for ok in [
+            None,
+            Some("JWT"),
+            Some("application/jwt"),
+            Some("Logout+JWT"),
+        ] {
+            assert!(p.evaluate(&a, &jws_req("k", &c, ok)).is_ok(), "{ok:?}");
+        }
+        for bad in [Some("secevent+jwt"), Some(""), Some("JWT ")] {
+            assert!(
+                matches!(
+                    p.evaluate(&a, &jws_req("k", &c, bad)),
+                    Err(PolicyError::TypNotAllowed { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // Listed, but a profiled typ still needs its grant.
+        assert!(matches!(
+            p.evaluate(&a, &jws_req("k", &c, Some("at+jwt"))),
+            Err(PolicyError::TypNotAllowed { .. })
+        ));
+        let mut only_none = rule(
+            Who::Identity("b".into()),
+            &["*"],
+            &[Operation::Sign(TokenType::Jws)],
+        );
+        only_none.jws_typs = Some(vec!["".into()]);
+        let p = Policy::new(vec![only_none], None);
+        let b = Caller::tls("b");
+        assert!(p.evaluate(&b, &jws_req("k", &c, None)).is_ok());
+        let msg = p
+            .evaluate(&b, &jws_req("k", &c, Some("JWT")))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            msg,
+            "caller b may not sign a generic JWS of typ \"JWT\" with key k"
+        );
+        // A non-JSON payload is still held to the typ list.
+        assert!(p.evaluate(&b, &jws_req("k", &None, Some("JWT"))).is_err());
+        assert!(p.evaluate(&b, &jws_req("k", &None, None)).is_ok());
+    }
+
+    #[test]
+    fn new_token_types_carry_their_content_rules() {
+        let mut r = rule(
+            Who::Identity("op".into()),
+            &["*"],
+            &[
+                Operation::Sign(TokenType::Jarm),
+                Operation::Sign(TokenType::Ciba),
+                Operation::Sign(TokenType::Logout),
+                Operation::Sign(TokenType::HttpRequest),
+                Operation::Sign(TokenType::HttpResponse),
+            ],
+        );
+        r.client_id = Some(vec!["c1".into()]);
+        r.target_uri_prefix = Some(vec!["https://rs.example/".into()]);
+        let p = Policy::new(vec![r], None);
+        let op = Caller::tls("op");
+        let eval = |t: TokenType, c: &Option<Claims>| {
+            p.evaluate(&op, &req(Operation::Sign(t), "k", Some(c)))
+        };
+        // JARM: the client is its one audience.
+        let jarm = |aud: &str| {
+            Claims::from_payload(
+                Operation::Sign(TokenType::Jarm),
+                format!(r#"{{"iss":"https://op","aud":{aud},"code":"x"}}"#).as_bytes(),
+            )
+        };
+        assert!(eval(TokenType::Jarm, &jarm("\"c1\"")).is_ok());
+        assert!(eval(TokenType::Jarm, &jarm("[\"c1\"]")).is_ok());
+        assert!(matches!(
+            eval(TokenType::Jarm, &jarm("\"c2\"")),
+            Err(PolicyError::ClaimNotAllowed {
+                claim: "client_id",
+                ..
+            })
+        ));
+        assert!(matches!(
+            eval(TokenType::Jarm, &jarm("[\"c1\",\"c2\"]")),
+            Err(PolicyError::ClaimMissing {
+                claim: "client_id",
+                ..
+            })
+        ));
+        // CIBA: the client is the issuer.
+        let ciba = Claims::from_payload(
+            Operation::Sign(TokenType::Ciba),
+            br#"{"iss":"c1","aud":"https://op"}"#,
+        );
+        assert!(eval(TokenType::Ciba, &ciba).is_ok());
+        // A logout token names no client: client_id does not apply to it.
+        assert!(!Operation::Sign(TokenType::Logout).carries("client_id"));
+        let logout = Claims::from_payload(
+            Operation::Sign(TokenType::Logout),
+            br#"{"iss":"https://op","aud":"rp","sid":"s"}"#,
+        );
+        assert!(eval(TokenType::Logout, &logout).is_ok());
+        // HTTP message signatures: the target URI prefix.
+        let http = |uri: Option<&str>| {
+            Some(Claims {
+                target_uri: uri.map(str::to_owned),
+                ..Claims::default()
+            })
+        };
+        for t in [TokenType::HttpRequest, TokenType::HttpResponse] {
+            assert!(eval(t, &http(Some("https://rs.example/accounts"))).is_ok());
+            assert!(matches!(
+                eval(t, &http(Some("https://rs.example.evil/"))),
+                Err(PolicyError::ClaimNotAllowed {
+                    claim: "target_uri",
+                    ..
+                })
+            ));
+            assert!(matches!(
+                eval(t, &http(None)),
+                Err(PolicyError::ClaimMissing {
+                    claim: "target_uri",
+                    ..
+                })
+            ));
+        }
+        // No JWT carries a target URI, generic JWS included.
+        assert!(!Operation::Sign(TokenType::Jws).carries("target_uri"));
+        for t in TokenType::ALL {
+            let op = Operation::Sign(t);
+            if matches!(t, TokenType::Raw | TokenType::Tls) {
+                assert!(
+                    !["iss", "aud", "client_id", "htu", "target_uri"]
+                        .iter()
+                        .any(|c| op.carries(c))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bindings_limit_a_key_to_its_token_types() {
+        let none = BTreeSet::new();
+        let idp: BTreeSet<TokenType> = [TokenType::IdToken, TokenType::Logout, TokenType::Userinfo]
+            .into_iter()
+            .collect();
+        // Unbound keys serve every use.
+        for t in TokenType::ALL {
+            assert!(check_binding("k", &none, t, false).is_ok());
+        }
+        assert!(check_binding("idp", &idp, TokenType::IdToken, false).is_ok());
+        assert!(check_binding("idp", &idp, TokenType::Logout, true).is_ok());
+        for t in [
+            TokenType::AccessToken,
+            TokenType::Raw,
+            TokenType::Tls,
+            TokenType::Jws,
+        ] {
+            assert!(
+                check_binding("idp", &idp, t, t == TokenType::Jws).is_err(),
+                "{t}"
+            );
+        }
+        assert_eq!(
+            check_binding("idp", &idp, TokenType::AccessToken, true)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            "key idp is bound to id-token, logout, userinfo; it does not sign access-token"
+        );
+        // A key bound to jws serves generic JWS of any typ, but no profile.
+        let jws: BTreeSet<TokenType> = [TokenType::Jws].into_iter().collect();
+        assert!(check_binding("g", &jws, TokenType::Jws, true).is_ok());
+        assert!(check_binding("g", &jws, TokenType::AccessToken, true).is_ok());
+        assert!(check_binding("g", &jws, TokenType::AccessToken, false).is_err());
+        assert!(check_binding("g", &jws, TokenType::Raw, false).is_err());
     }
 
     #[test]

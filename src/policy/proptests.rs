@@ -90,9 +90,14 @@ fn rule() -> impl Strategy<Value = Rule> {
             allowed_values(),
             allowed_values(),
         ),
+        proptest::option::of(prop::collection::vec(
+            proptest::sample::select(vec!["", "JWT", "at+jwt", "logout+jwt"])
+                .prop_map(str::to_owned),
+            0..3,
+        )),
     )
         .prop_map(
-            |(who, keys, operations, admin, (iss, aud, client_id, htu_prefix))| Rule {
+            |(who, keys, operations, admin, (iss, aud, client_id, htu_prefix), jws_typs)| Rule {
                 who,
                 keys,
                 operations,
@@ -102,7 +107,7 @@ fn rule() -> impl Strategy<Value = Rule> {
                 client_id,
                 htu_prefix,
                 target_uri_prefix: None,
-                jws_typs: None,
+                jws_typs,
                 jwe_algs: None,
                 jwe_encs: None,
                 rate: None,
@@ -149,15 +154,12 @@ fn names(r: &Rule, c: &Caller) -> bool {
     }
 }
 
-/// The model of "rule `r` covers `op` on `key`" (raw and tls are one permission).
+/// The model of "rule `r` covers `op` on `key`" (every signing use, `raw` and `tls`
+/// included, is a permission of its own).
 fn covers(r: &Rule, op: Operation, key: &str) -> bool {
     let op_ok = match op {
         Operation::Admin => r.admin,
         Operation::Read => true,
-        Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls) => {
-            r.operations.contains(&Operation::Sign(TokenType::Raw))
-                || r.operations.contains(&Operation::Sign(TokenType::Tls))
-        }
         other => r.operations.contains(&other),
     };
     op_ok
@@ -253,6 +255,42 @@ proptest! {
         }
         let daemon = policy.evaluate(&Caller::in_process(), &Request { op, key: &k, claims: Some(&cl), typ: None });
         prop_assert_eq!(daemon, Ok(Grant(None)));
+    }
+
+    /// A profile's rules cannot be bypassed through generic JWS: a JWS whose `typ` a profile
+    /// owns is allowed only when the profile itself would be, with the same claims; and a
+    /// `jws_typs` list only narrows what `jws` allows.
+    #[test]
+    fn a_profiled_typ_through_jws_needs_what_the_profile_needs(
+        rules in prop::collection::vec(rule(), 0..5),
+        c in caller(),
+        k in key(),
+        cl in claims(),
+        typ in proptest::option::of(proptest::sample::select(vec![
+            "at+jwt", "application/Logout+JWT", "dpop+jwt", "JWT", "",
+        ])),
+    ) {
+        let policy = Policy::new(rules.clone(), None);
+        let jws = Operation::Sign(TokenType::Jws);
+        let got = policy.evaluate(&c, &Request { op: jws, key: &k, claims: Some(&cl), typ });
+        if got.is_ok()
+            && let Some(t) = typ.and_then(TokenType::for_typ)
+        {
+            let profile = policy.evaluate(
+                &c,
+                &Request { op: Operation::Sign(t), key: &k, claims: Some(&cl), typ: None },
+            );
+            prop_assert!(profile.is_ok(), "{:?}", profile);
+        }
+        let open: Vec<Rule> = rules
+            .into_iter()
+            .map(|r| Rule { jws_typs: None, ..r })
+            .collect();
+        let without_lists = Policy::new(open, None)
+            .evaluate(&c, &Request { op: jws, key: &k, claims: Some(&cl), typ });
+        if got.is_ok() {
+            prop_assert!(without_lists.is_ok(), "{:?}", without_lists);
+        }
     }
 
     #[test]

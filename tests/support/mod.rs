@@ -92,6 +92,17 @@ impl Pki {
         Ok(pki)
     }
 
+    /// Client files for the caller whose SPIFFE identity is `spiffe://sigild.test/<name>`.
+    pub fn caller(&self, name: &str) -> TestResult<ClientFiles> {
+        self.client(
+            name,
+            &sigild::tls::ClientNames {
+                spiffe: Some(format!("spiffe://sigild.test/{name}")),
+                ..Default::default()
+            },
+        )
+    }
+
     /// Issue a client certificate under this CA, written as `<name>.pem` / `<name>.key`.
     pub fn client(&self, name: &str, names: &sigild::tls::ClientNames) -> TestResult<ClientFiles> {
         let leaf = self.ca.client(names)?;
@@ -395,6 +406,17 @@ impl Daemon {
     ) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
         Ok(pb::signing_service_client::SigningServiceClient::new(
             self.channel().await?,
+        ))
+    }
+
+    /// A client of the signing service authenticated with `files` (a caller other than the
+    /// admin).
+    pub async fn signer_as(
+        &self,
+        files: &ClientFiles,
+    ) -> TestResult<pb::signing_service_client::SigningServiceClient<Channel>> {
+        Ok(pb::signing_service_client::SigningServiceClient::new(
+            self.channel_as(files).await?,
         ))
     }
 
@@ -847,6 +869,24 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// The audit records on the daemon's stdout (`[audit] stdout = true`) once `want` holds for
+/// them: the lines arrive through a pipe, a moment after the answer they record.
+pub async fn audit_until(d: &Daemon, want: impl Fn(&[Value]) -> bool) -> TestResult<Vec<Value>> {
+    eventually(d, Duration::from_secs(5), || async {
+        let records: Vec<Value> = d
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if want(&records) {
+            Ok(records)
+        } else {
+            Err(format!("audit records so far: {records:?}").into())
+        }
+    })
+    .await
 }
 
 /// The code, message and request id (`x-request-id`) of a failed call.

@@ -310,6 +310,12 @@ pub enum KeyCommand {
         /// Restrict this key to what FAPI 2.0 allows.
         #[arg(long)]
         fapi2: bool,
+        /// Bind the key to these token types for life (comma-separated: id-token, jar,
+        /// client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba,
+        /// http-request, http-response, jws, raw, tls); it then signs nothing else, whatever a
+        /// caller's rules allow. Stored on the token and carried to every new version.
+        #[arg(long, value_delimiter = ',')]
+        serves: Vec<String>,
     },
     /// List keys and versions.
     List,
@@ -374,6 +380,12 @@ pub enum KeyCommand {
         /// FAPI 2.0 mode.
         #[arg(long)]
         fapi2: bool,
+        /// Bind the key to these token types for life (comma-separated: id-token, jar,
+        /// client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba,
+        /// http-request, http-response, jws, raw, tls); it then signs nothing else, whatever a
+        /// caller's rules allow. Stored on the token and carried to every new version.
+        #[arg(long, value_delimiter = ',')]
+        serves: Vec<String>,
     },
     /// Adopt a key pair made by another tool, by PKCS#11 URI.
     Adopt {
@@ -388,6 +400,12 @@ pub enum KeyCommand {
         /// FAPI 2.0 mode.
         #[arg(long)]
         fapi2: bool,
+        /// Bind the key to these token types for life (comma-separated: id-token, jar,
+        /// client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba,
+        /// http-request, http-response, jws, raw, tls); it then signs nothing else, whatever a
+        /// caller's rules allow. Stored on the token and carried to every new version.
+        #[arg(long, value_delimiter = ',')]
+        serves: Vec<String>,
     },
     /// Find what interrupted key operations (a crash, kill -9) left on the token and remove
     /// it: key pairs no record names, older record copies, a second active record, versions
@@ -787,7 +805,7 @@ fn key_json(k: &pb::Key) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "name": k.name, "fapi2": k.fapi2, "active_version": k.active_version, "versions": versions })
+    serde_json::json!({ "name": k.name, "fapi2": k.fapi2, "serves": k.serves, "active_version": k.active_version, "versions": versions })
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -817,10 +835,11 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             rsa_bits,
             curve,
             fapi2,
+            serves,
         } => {
             let k = c
                 .create_key(pb::CreateKeyRequest {
-                    serves: Vec::new(),
+                    serves,
                     name,
                     alg,
                     rsa_bits,
@@ -834,20 +853,27 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
         KeyCommand::List => {
             let keys = c.list_keys(pb::ListKeysRequest {}).await?.into_inner().keys;
             let mut lines = vec![format!(
-                "{:<24} {:>7} {:<9} {:<14} {:<3} {:<9} {}",
-                "NAME", "VERSION", "STATE", "ALG", "USE", "TYPE", "KID"
+                "{:<24} {:>7} {:<9} {:<14} {:<3} {:<9} {:<43} {}",
+                "NAME", "VERSION", "STATE", "ALG", "USE", "TYPE", "KID", "SERVES"
             )];
             for k in &keys {
+                // A key's binding: the token types it signs, or `*` for an unbound key.
+                let serves = if k.serves.is_empty() {
+                    "*".to_owned()
+                } else {
+                    k.serves.join(",")
+                };
                 for v in &k.versions {
                     lines.push(format!(
-                        "{:<24} {:>7} {:<9} {:<14} {:<3} {:<9} {}",
+                        "{:<24} {:>7} {:<9} {:<14} {:<3} {:<9} {:<43} {}",
                         k.name,
                         v.version,
                         state_name(v.state),
                         v.alg,
                         v.r#use,
                         v.key_type,
-                        v.kid
+                        v.kid,
+                        serves
                     ));
                 }
             }
@@ -903,10 +929,11 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             alg,
             pkcs8_file,
             fapi2,
+            serves,
         } => {
             let der = sigild::client::read_pkcs8(&pkcs8_file)?;
             let mut req = pb::ImportKeyRequest {
-                serves: Vec::new(),
+                serves,
                 name,
                 alg,
                 pkcs8_der: der.to_vec(),
@@ -928,9 +955,10 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             alg,
             uri,
             fapi2,
+            serves,
         } => print_key(
             &c.adopt_key(pb::AdoptKeyRequest {
-                serves: Vec::new(),
+                serves,
                 name,
                 alg,
                 uri,
