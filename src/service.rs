@@ -31,10 +31,12 @@ use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via
 
 mod decrypt;
 mod error;
+mod issued;
 pub mod quarantine;
 
 pub use decrypt::Decrypted;
 pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
+pub use issued::{AccessTokenInput, CibaRequestInput, LogoutTokenInput};
 pub use quarantine::Quarantine;
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
@@ -167,6 +169,10 @@ pub struct ClientAssertionInput {
     pub audience: String,
     /// Seconds; 0 = 60.
     pub lifetime: u64,
+    /// Set `typ: client-authentication+jwt`.
+    pub explicit_typ: bool,
+    /// Also set `nbf = iat`.
+    pub nbf: bool,
 }
 
 /// Inputs of a DPoP proof.
@@ -789,7 +795,8 @@ impl Service {
                 now: self.clock.now(),
                 lifetime: or_default(input.lifetime, 60),
                 jti: new_jti()?,
-                nbf: false,
+                nbf: input.nbf,
+                explicit_typ: input.explicit_typ,
             };
             let parts = jose::client_assertion(key_ref(&version, alg), &req)?;
             self.sign_parts(call, &version, parts).await

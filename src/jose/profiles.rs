@@ -52,7 +52,7 @@ impl JwsParts {
 }
 
 /// Refuse an algorithm the key cannot produce.
-fn check_key(alg: Alg, kind: KeyKind) -> Result<(), JoseError> {
+pub(super) fn check_key(alg: Alg, kind: KeyKind) -> Result<(), JoseError> {
     if alg.fits(kind) {
         Ok(())
     } else {
@@ -61,7 +61,7 @@ fn check_key(alg: Alg, kind: KeyKind) -> Result<(), JoseError> {
 }
 
 /// Check that a required text input is present.
-fn non_empty(claim: &'static str, v: &str) -> Result<(), JoseError> {
+pub(super) fn non_empty(claim: &'static str, v: &str) -> Result<(), JoseError> {
     if v.is_empty() {
         Err(JoseError::MissingClaim { claim })
     } else {
@@ -71,7 +71,7 @@ fn non_empty(claim: &'static str, v: &str) -> Result<(), JoseError> {
 
 /// Check a lifetime against a profile's bounds and return `(now, now + lifetime)`, both safe
 /// JSON integers.
-fn stamp(
+pub(super) fn stamp(
     now: u64,
     lifetime: u64,
     max: u64,
@@ -92,12 +92,12 @@ fn stamp(
 }
 
 /// Compact JSON bytes of an object.
-fn to_bytes(m: Map<String, Value>) -> Result<Vec<u8>, JoseError> {
+pub(super) fn to_bytes(m: Map<String, Value>) -> Result<Vec<u8>, JoseError> {
     serde_json::to_vec(&Value::Object(m)).map_err(|_| JoseError::Serialize)
 }
 
 /// The `{alg, kid}` header most profiles share, with an optional `typ`.
-fn header(alg: Alg, kid: Option<&str>, typ: Option<&str>) -> Map<String, Value> {
+pub(super) fn header(alg: Alg, kid: Option<&str>, typ: Option<&str>) -> Map<String, Value> {
     let mut h = Map::new();
     h.insert("alg".into(), alg.name().into());
     if let Some(kid) = kid {
@@ -110,7 +110,7 @@ fn header(alg: Alg, kid: Option<&str>, typ: Option<&str>) -> Map<String, Value> 
 }
 
 /// Refuse claims the signer stamps itself.
-fn refuse_reserved(
+pub(super) fn refuse_reserved(
     claims: &Map<String, Value>,
     reserved: &[&'static str],
 ) -> Result<(), JoseError> {
@@ -121,7 +121,7 @@ fn refuse_reserved(
 }
 
 /// If `claim` is present it must be a string; returns it.
-fn opt_str<'m>(
+pub(super) fn opt_str<'m>(
     claims: &'m Map<String, Value>,
     claim: &'static str,
 ) -> Result<Option<&'m str>, JoseError> {
@@ -137,7 +137,7 @@ fn opt_str<'m>(
 
 /// If `claim` is present it must equal `expected` (identities sigild sets; repeating the same
 /// value is harmless, a different one is a contradiction).
-fn same_or_absent(
+pub(super) fn same_or_absent(
     claims: &Map<String, Value>,
     claim: &'static str,
     expected: &str,
@@ -429,13 +429,21 @@ pub struct ClientAssertionRequest {
     pub jti: String,
     /// Also set `nbf = now`, for servers that want it.
     pub nbf: bool,
+    /// Set the explicit `typ: client-authentication+jwt` (draft-ietf-oauth-rfc7523bis), which
+    /// keeps the assertion from being mistaken for any other JWT; only for servers that accept
+    /// it, as older ones refuse an unexpected `typ`.
+    pub explicit_typ: bool,
 }
+
+/// The explicit `typ` of a client assertion (draft-ietf-oauth-rfc7523bis).
+const CLIENT_ASSERTION_TYP: &str = "client-authentication+jwt";
 
 /// The longest client assertion lifetime sigild signs.
 const ASSERTION_MAX_LIFETIME: u64 = 300;
 
-/// Build a client assertion for `key`: header `{alg, kid}`, claims `iss = sub = client_id`,
-/// `aud`, `jti`, `iat = now`, `exp = now + lifetime`, and `nbf = now` if asked.
+/// Build a client assertion for `key`: header `{alg, kid}` (plus
+/// `typ: client-authentication+jwt` if asked), claims `iss = sub = client_id`, `aud`, `jti`,
+/// `iat = now`, `exp = now + lifetime`, and `nbf = now` if asked.
 ///
 /// # Errors
 ///
@@ -467,7 +475,11 @@ pub fn client_assertion(
     claims.insert("sub".into(), req.client_id.as_str().into());
     Ok(JwsParts {
         alg: key.alg,
-        header: to_bytes(header(key.alg, Some(key.kid), None))?,
+        header: to_bytes(header(
+            key.alg,
+            Some(key.kid),
+            req.explicit_typ.then_some(CLIENT_ASSERTION_TYP),
+        ))?,
         payload: to_bytes(claims)?,
     })
 }
@@ -956,6 +968,7 @@ mod tests {
             lifetime: 60,
             jti: "jti-2".into(),
             nbf: false,
+            explicit_typ: false,
         }
     }
 
@@ -977,6 +990,16 @@ mod tests {
         let c = parse(&client_assertion(key(Alg::Ps256, RSA), &req)?.payload)?;
         assert!(c["aud"].is_string());
         assert_eq!(c["nbf"], NOW);
+        req.explicit_typ = true;
+        let parts = client_assertion(key(Alg::Ps256, RSA), &req)?;
+        assert_eq!(
+            Value::Object(parse(&parts.header)?),
+            json!({"alg": "PS256", "kid": "kid-1", "typ": "client-authentication+jwt"})
+        );
+        assert_eq!(
+            crate::jose::TokenType::for_typ("client-authentication+jwt"),
+            Some(crate::jose::TokenType::ClientAssertion)
+        );
         Ok(())
     }
 
