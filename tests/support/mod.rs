@@ -624,6 +624,18 @@ pub fn verify_jws(compact: &str, jwks: &Value) -> TestResult<Value> {
     python(&json!({"op": "jws", "jws": compact, "jwks": jwks}))
 }
 
+/// The RFC 8705 `x5t#S256` of a PEM certificate, computed by Python `cryptography`.
+pub fn x5t_s256_of_pem(pem: &str) -> TestResult<String> {
+    let v = python(&json!({"op": "x5t_s256", "pem": pem}))?;
+    Ok(v["x5t_s256"].as_str().ok_or("no x5t_s256")?.to_owned())
+}
+
+/// The RFC 7638 thumbprint of a JWK, computed by jwcrypto.
+pub fn thumbprint_of(jwk: &Value) -> TestResult<String> {
+    let v = python(&json!({"op": "thumbprint", "jwk": jwk}))?;
+    Ok(v["thumbprint"].as_str().ok_or("no thumbprint")?.to_owned())
+}
+
 /// Verify a compact JWS with the JWKS entry whose kid is `kid` (for headers that carry no kid).
 pub fn verify_jws_with_kid(compact: &str, kid: &str, jwks: &Value) -> TestResult<Value> {
     let entry = jwks["keys"]
