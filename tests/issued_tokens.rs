@@ -21,18 +21,17 @@ fn dpop_jwk() -> Value {
            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"})
 }
 
-/// Verify `compact` with jwcrypto against the daemon's JWKS; check its `typ` (None: no `typ`
-/// header), that it names the key's active kid, and that `exp − iat` is `lifetime` with `iat`
-/// from the daemon's clock. Returns the verified claims.
+/// Queue `compact` for jwcrypto's verification against the daemon's JWKS (all at the end of the
+/// test, in one batch) and check its `typ` (None: no `typ` header), that it names `kid`, and
+/// that `exp − iat` is `lifetime` with `iat` from the daemon's clock. Returns the claims.
 fn verified(
+    batch: &mut JwsBatch,
     compact: &str,
-    jwks: &Value,
     kid: &str,
     typ: Option<&str>,
     lifetime: i64,
 ) -> TestResult<Value> {
-    let v = verify_jws(compact, jwks)?;
-    let (header, claims) = (&v["header"], v["payload"].clone());
+    let (header, claims) = batch.push(compact, kid)?;
     assert_eq!(header["kid"], kid, "{header}");
     assert_eq!(header.get("typ").and_then(Value::as_str), typ, "{header}");
     let iat = claims["iat"].as_i64().ok_or("iat")?;
@@ -97,10 +96,11 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
     let (es_kid, ed_kid, ps_kid) = (kid(&es)?, kid(&ed)?, kid(&ps)?);
     let jwks = d.jwks().await?;
     let mut s = d.signer().await?;
+    let mut batch = JwsBatch::default();
 
     // --- RFC 9068 access token, not sender-constrained, one audience.
     let r = s.sign_access_token(at_request("as-es")).await?.into_inner();
-    let c = verified(&r.compact, &jwks, &es_kid, Some("at+jwt"), 300)?;
+    let c = verified(&mut batch, &r.compact, &es_kid, Some("at+jwt"), 300)?;
     assert_eq!(c["iss"], "https://as.example.com");
     assert_eq!(c["aud"], "https://rs.example.com");
     assert_eq!(c["sub"], "5ba552d67");
@@ -115,7 +115,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
     req.audience.push("https://rs2.example.com".into());
     req.lifetime_seconds = 3600;
     let r = s.sign_access_token(req).await?.into_inner();
-    let c = verified(&r.compact, &jwks, &es_kid, Some("at+jwt"), 3600)?;
+    let c = verified(&mut batch, &r.compact, &es_kid, Some("at+jwt"), 3600)?;
     let jkt = thumbprint_of(&dpop_jwk())?;
     assert_eq!(c["cnf"], json!({"jkt": jkt}));
     assert_eq!(
@@ -127,9 +127,9 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
     let mut req = at_request("op-ed");
     req.dpop_jkt = es_kid.clone();
     let r = s.sign_access_token(req).await?.into_inner();
-    let c = verified(&r.compact, &jwks, &ed_kid, Some("at+jwt"), 300)?;
+    let c = verified(&mut batch, &r.compact, &ed_kid, Some("at+jwt"), 300)?;
     assert_eq!(c["cnf"], json!({"jkt": es_kid}));
-    assert_eq!(thumbprint_of(&active_jwk(&es)?)?, es_kid);
+    assert_eq!(c["cnf"]["jkt"], thumbprint_of(&active_jwk(&es)?)?);
 
     // Certificate-bound: cnf.x5t#S256 is cryptography's SHA-256 fingerprint of the DER.
     let leaf = token.pki.ca.client(&sigild::tls::ClientNames {
@@ -139,21 +139,19 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
     let der = sigild::tls::pem_certificates(leaf.cert_pem.as_bytes())
         .pop()
         .ok_or("no certificate")?;
+    let x5t = x5t_s256_of_pem(&leaf.cert_pem)?;
     let mut req = at_request("client-ps");
     req.client_certificate = der.clone();
     let r = s.sign_access_token(req).await?.into_inner();
-    let c = verified(&r.compact, &jwks, &ps_kid, Some("at+jwt"), 300)?;
-    assert_eq!(
-        c["cnf"],
-        json!({"x5t#S256": x5t_s256_of_pem(&leaf.cert_pem)?})
-    );
+    let c = verified(&mut batch, &r.compact, &ps_kid, Some("at+jwt"), 300)?;
+    assert_eq!(c["cnf"], json!({"x5t#S256": x5t}));
 
     // --- Back-channel logout token.
     let r = s
         .sign_logout_token(logout_request("op-ed"))
         .await?
         .into_inner();
-    let c = verified(&r.compact, &jwks, &ed_kid, Some("logout+jwt"), 120)?;
+    let c = verified(&mut batch, &r.compact, &ed_kid, Some("logout+jwt"), 120)?;
     assert_eq!(c["iss"], "https://server.example.com");
     assert_eq!(c["aud"], "s6BhdRkqt3");
     assert_eq!(c["sub"], "248289761001");
@@ -167,7 +165,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
     req.subject.clear();
     req.lifetime_seconds = 600;
     let r = s.sign_logout_token(req).await?.into_inner();
-    let c = verified(&r.compact, &jwks, &ed_kid, Some("logout+jwt"), 600)?;
+    let c = verified(&mut batch, &r.compact, &ed_kid, Some("logout+jwt"), 600)?;
     assert!(c.get("sub").is_none() && c["sid"].is_string(), "{c}");
 
     // --- CIBA signed authentication request.
@@ -175,7 +173,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
         .sign_ciba_request(ciba_request("client-ps"))
         .await?
         .into_inner();
-    let c = verified(&r.compact, &jwks, &ps_kid, None, 300)?;
+    let c = verified(&mut batch, &r.compact, &ps_kid, None, 300)?;
     assert_eq!(c["iss"], "s6BhdRkqt3");
     assert_eq!(c["aud"], "https://server.example.com");
     assert_eq!(c["nbf"], c["iat"]);
@@ -196,8 +194,8 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
         .await?
         .into_inner();
     let c = verified(
+        &mut batch,
         &r.compact,
-        &jwks,
         &ps_kid,
         Some("client-authentication+jwt"),
         60,
@@ -208,7 +206,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
         .sign_client_assertion(assertion(false, false))
         .await?
         .into_inner();
-    let c = verified(&r.compact, &jwks, &ps_kid, None, 60)?;
+    let c = verified(&mut batch, &r.compact, &ps_kid, None, 60)?;
     assert!(c.get("nbf").is_none(), "{c}");
 
     // --- Refusals: INVALID_ARGUMENT, saying what to fix, never echoing the caller's values.
@@ -344,8 +342,8 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
             cert_file.to_str().ok_or("path")?,
         ],
     )?;
-    let c = verified(&out, &jwks, &es_kid, Some("at+jwt"), 600)?;
-    assert_eq!(c["cnf"]["x5t#S256"], x5t_s256_of_pem(&leaf.cert_pem)?);
+    let c = verified(&mut batch, &out, &es_kid, Some("at+jwt"), 600)?;
+    assert_eq!(c["cnf"]["x5t#S256"], x5t);
     assert_eq!(c["scope"], "read");
 
     let jwk_file = token.dir.path().join("dpop.jwk");
@@ -369,7 +367,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
             jwk_file.to_str().ok_or("path")?,
         ],
     )?;
-    let c = verified(&out, &jwks, &es_kid, Some("at+jwt"), 300)?;
+    let c = verified(&mut batch, &out, &es_kid, Some("at+jwt"), 300)?;
     assert_eq!(c["cnf"], json!({"jkt": jkt}));
 
     let out = cli_ok(
@@ -387,7 +385,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
             "248289761001",
         ],
     )?;
-    let c = verified(&out, &jwks, &ed_kid, Some("logout+jwt"), 120)?;
+    let c = verified(&mut batch, &out, &ed_kid, Some("logout+jwt"), 120)?;
     assert_eq!(c["sub"], "248289761001");
     assert!(c.get("sid").is_none());
 
@@ -410,7 +408,7 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
             "3600",
         ],
     )?;
-    let c = verified(&out, &jwks, &ps_kid, None, 3600)?;
+    let c = verified(&mut batch, &out, &ps_kid, None, 3600)?;
     assert_eq!(
         c["client_notification_token"],
         "8d67dc78-7faa-4d41-aabd-67707b374255"
@@ -431,7 +429,13 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
             "--nbf",
         ],
     )?;
-    let c = verified(&out, &jwks, &ps_kid, Some("client-authentication+jwt"), 60)?;
+    let c = verified(
+        &mut batch,
+        &out,
+        &ps_kid,
+        Some("client-authentication+jwt"),
+        60,
+    )?;
     assert_eq!(c["nbf"], c["iat"]);
 
     // The CLI's refusal: the daemon's code and message on stderr, a non-zero exit.
@@ -458,6 +462,9 @@ async fn issued_tokens_verify_and_refusals_are_clear() -> TestResult {
         stderr.contains("INVALID_ARGUMENT") && stderr.contains("\"nonce\" is not allowed"),
         "{stderr}"
     );
+
+    // Every token above, verified by jwcrypto against the daemon's published keys.
+    assert_eq!(batch.verify(&jwks)?, 14);
     Ok(())
 }
 

@@ -552,7 +552,11 @@ pub enum SignCommand {
         #[arg(long)]
         audience: String,
         /// Authentication request parameters as JSON (scope, login_hint, binding_message, ...).
-        #[arg(long, conflicts_with = "claims_file", required_unless_present = "claims_file")]
+        #[arg(
+            long,
+            conflicts_with = "claims_file",
+            required_unless_present = "claims_file"
+        )]
         claims_json: Option<String>,
         /// File holding the parameters as JSON: use it when they carry a
         /// client_notification_token, which must not appear on a command line.
