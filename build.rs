@@ -4,13 +4,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sigil_v1_descriptor.bin"))
         // Secrets must never reach a Debug print: key material (ImportKeyRequest), access
-        // tokens and authorization codes (SignIdTokenRequest, SignDpopProofRequest) and decrypted
-        // plaintext (DecryptJweResponse) get
-        // hand-written, redacting Debug impls in the `pb` module.
+        // tokens and authorization codes (SignIdTokenRequest, SignDpopProofRequest,
+        // SignJarmRequest), personal data (SignIntrospectionRequest, SignUserinfoRequest) and
+        // decrypted plaintext (DecryptJweResponse) get hand-written, redacting Debug impls in
+        // the `pb` module.
         .skip_debug([
             "sigil.v1.ImportKeyRequest",
             "sigil.v1.SignIdTokenRequest",
             "sigil.v1.SignDpopProofRequest",
+            "sigil.v1.SignJarmRequest",
+            "sigil.v1.SignIntrospectionRequest",
+            "sigil.v1.SignUserinfoRequest",
             "sigil.v1.DecryptJweResponse",
             // The subject and claims of access and logout tokens are personal data, a logout
             // token's sid names a live session, and a CIBA request's hints identify the user

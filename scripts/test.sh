@@ -44,6 +44,14 @@ if device_crates=$(grep -E '^(cryptoki|cryptoki-sys|yubikey|pcsc|pcsc-sys) ' <<<
     fail "the client build depends on device crates: $(sort -u <<<"$device_crates" | tr '\n' ' ')"
 fi
 
+echo "== virtual YubiKey emulator (release build)"
+# Built here, before the tests, rather than by the first YubiKey test through vyk-up.sh: the
+# YubiKey tests run one at a time (one pcscd per machine) and are the longest chain of the run, so
+# a build inside the first of them (about two minutes next to the other tests) lengthens the
+# whole run by as much. VYK_BIN tells vyk-up.sh not to run cargo again in every test.
+cargo build --release --quiet --manifest-path tests/virtual-yubikey/Cargo.toml
+export VYK_BIN="$PWD/tests/virtual-yubikey/target/release/virtual-yubikey"
+
 echo "== sigild tests"
 # nextest fails a run that executes no test (--no-tests=fail), e.g. when a filter or a feature
 # gate leaves nothing to run; install-deps.sh --test installs it.

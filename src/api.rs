@@ -61,6 +61,56 @@ pub mod pb {
                 .field("lifetime_seconds", &self.lifetime_seconds)
                 .field("access_token", &redacted(&self.access_token))
                 .field("code", &redacted(&self.code))
+                .field("state", &redacted(&self.state))
+                .field("typ", &self.typ)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignJarmRequest {
+        // Hand-written: the response parameters carry the authorization code (build.rs skips
+        // the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignJarmRequest")
+                .field("key", &self.key)
+                .field("issuer", &self.issuer)
+                .field("client_id", &self.client_id)
+                .field(
+                    "response_json",
+                    &format_args!("<{} bytes>", self.response_json.len()),
+                )
+                .field("lifetime_seconds", &self.lifetime_seconds)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignIntrospectionRequest {
+        // Hand-written: the introspection result names a subject and may hold personal data
+        // (build.rs skips the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignIntrospectionRequest")
+                .field("key", &self.key)
+                .field("issuer", &self.issuer)
+                .field("audience", &self.audience)
+                .field(
+                    "introspection_json",
+                    &format_args!("<{} bytes>", self.introspection_json.len()),
+                )
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignUserinfoRequest {
+        // Hand-written: UserInfo claims are personal data (build.rs skips the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignUserinfoRequest")
+                .field("key", &self.key)
+                .field("issuer", &self.issuer)
+                .field("audience", &self.audience)
+                .field(
+                    "claims_json",
+                    &format_args!("<{} bytes>", self.claims_json.len()),
+                )
                 .finish()
         }
     }
@@ -736,6 +786,8 @@ impl SigningService for Api {
             lifetime: r.lifetime_seconds.into(),
             access_token: opt(r.access_token),
             code: opt(r.code),
+            state: opt(r.state),
+            typ: opt(r.typ),
         };
         let s = self
             .service
@@ -814,17 +866,40 @@ impl SigningService for Api {
         Err(Status::unimplemented("not yet"))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
-    async fn sign_jarm(&self, _req: Request<pb::SignJarmRequest>) -> Result<pb::SignJwsResponse> {
-        Err(Status::unimplemented("not yet"))
+    async fn sign_jarm(&self, req: Request<pb::SignJarmRequest>) -> Result<pb::SignJwsResponse> {
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::JarmInput {
+            issuer: r.issuer,
+            client_id: r.client_id,
+            response_json: r.response_json,
+            lifetime: r.lifetime_seconds.into(),
+        };
+        let s = self
+            .service
+            .sign_jarm(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_introspection(
         &self,
-        _req: Request<pb::SignIntrospectionRequest>,
+        req: Request<pb::SignIntrospectionRequest>,
     ) -> Result<pb::SignJwsResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::IntrospectionInput {
+            issuer: r.issuer,
+            audience: r.audience,
+            introspection_json: r.introspection_json,
+        };
+        let s = self
+            .service
+            .sign_introspection(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_access_token(
@@ -875,12 +950,23 @@ impl SigningService for Api {
         Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_userinfo(
         &self,
-        _req: Request<pb::SignUserinfoRequest>,
+        req: Request<pb::SignUserinfoRequest>,
     ) -> Result<pb::SignJwsResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::UserinfoInput {
+            issuer: r.issuer,
+            audience: r.audience,
+            claims_json: r.claims_json,
+        };
+        let s = self
+            .service
+            .sign_userinfo(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_ciba_request(
@@ -1014,8 +1100,8 @@ mod tests {
             lifetime_seconds: 60,
             access_token: "at-secret-value".into(),
             code: "code-secret-value".into(),
-            state: String::new(),
-            typ: String::new(),
+            state: "state-secret-value".into(),
+            typ: "JWT".into(),
         };
         let dpop = pb::SignDpopProofRequest {
             key: "dpop".into(),
@@ -1026,11 +1112,52 @@ mod tests {
         };
         for text in [format!("{id:?}"), format!("{dpop:?}")] {
             assert!(text.contains("<redacted>"), "{text}");
-            for secret in ["at-secret-value", "code-secret-value", "alice-the-subject"] {
+            for secret in [
+                "at-secret-value",
+                "code-secret-value",
+                "state-secret-value",
+                "alice-the-subject",
+            ] {
                 assert!(!text.contains(secret), "{secret} in {text}");
             }
         }
         assert!(format!("{dpop:?}").contains("https://rs.example/api"));
+    }
+
+    #[test]
+    fn response_requests_debug_hides_codes_and_personal_data() {
+        let jarm = pb::SignJarmRequest {
+            key: "op".into(),
+            issuer: "https://as.example".into(),
+            client_id: "client-1".into(),
+            response_json: r#"{"code":"code-secret-value","state":"s"}"#.into(),
+            lifetime_seconds: 60,
+        };
+        let intro = pb::SignIntrospectionRequest {
+            key: "op".into(),
+            issuer: "https://as.example".into(),
+            audience: "https://rs.example".into(),
+            introspection_json: r#"{"active":true,"sub":"alice-the-subject"}"#.into(),
+        };
+        let info = pb::SignUserinfoRequest {
+            key: "op".into(),
+            issuer: "https://as.example".into(),
+            audience: "client-1".into(),
+            claims_json: r#"{"sub":"alice-the-subject"}"#.into(),
+        };
+        for text in [
+            format!("{jarm:?}"),
+            format!("{intro:?}"),
+            format!("{info:?}"),
+        ] {
+            assert!(
+                text.contains("bytes>") && text.contains("https://as.example"),
+                "{text}"
+            );
+            for secret in ["code-secret-value", "alice-the-subject"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
     }
 
     #[test]

@@ -33,11 +33,13 @@ mod decrypt;
 mod error;
 mod issued;
 pub mod quarantine;
+mod responses;
 
 pub use decrypt::Decrypted;
 pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
 pub use issued::{AccessTokenInput, CibaRequestInput, LogoutTokenInput};
 pub use quarantine::Quarantine;
+pub use responses::{IntrospectionInput, JARM_DEFAULT_LIFETIME, JarmInput, UserinfoInput};
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -130,6 +132,11 @@ pub struct IdTokenInput {
     pub access_token: Option<String>,
     /// For `c_hash`.
     pub code: Option<String>,
+    /// For `s_hash`: the authorization request's `state`, when the ID token is returned from
+    /// the authorization endpoint as a detached signature.
+    pub state: Option<String>,
+    /// An explicit `typ` header (e.g. `JWT`); `None` = none.
+    pub typ: Option<String>,
 }
 
 impl std::fmt::Debug for IdTokenInput {
@@ -143,6 +150,8 @@ impl std::fmt::Debug for IdTokenInput {
             .field("lifetime", &self.lifetime)
             .field("access_token", &redacted(&self.access_token))
             .field("code", &redacted(&self.code))
+            .field("state", &redacted(&self.state))
+            .field("typ", &self.typ)
             .finish()
     }
 }
@@ -728,7 +737,8 @@ impl Service {
                     lifetime: or_default(input.lifetime, 300),
                     access_token: input.access_token,
                     code: input.code,
-                    typ: None,
+                    state: input.state,
+                    typ: input.typ,
                 };
                 let parts = jose::id_token(key_ref(&version, alg), &req)?;
                 self.sign_parts(call, &version, parts).await
@@ -1244,6 +1254,8 @@ mod tests {
             lifetime: 60,
             access_token: Some("at-secret-value".into()),
             code: Some("code-secret-value".into()),
+            state: Some("state-secret-value".into()),
+            typ: None,
         };
         let dpop = DpopInput {
             htm: "POST".into(),
@@ -1253,7 +1265,12 @@ mod tests {
         };
         for text in [format!("{id:?}"), format!("{dpop:?}")] {
             assert!(text.contains("<redacted>"), "{text}");
-            for secret in ["at-secret-value", "code-secret-value", "alice-the-subject"] {
+            for secret in [
+                "at-secret-value",
+                "code-secret-value",
+                "state-secret-value",
+                "alice-the-subject",
+            ] {
                 assert!(!text.contains(secret), "{secret} in {text}");
             }
         }

@@ -148,6 +148,9 @@ enum Rpc {
     SignAccessToken,
     SignLogoutToken,
     SignCibaRequest,
+    SignJarm,
+    SignIntrospection,
+    SignUserinfo,
     CreateKey,
     ImportKey,
     AdoptKey,
@@ -166,7 +169,7 @@ enum Rpc {
     Unknown,
 }
 
-const RPCS: [Rpc; 24] = [
+const RPCS: [Rpc; 27] = [
     Rpc::SignJws,
     Rpc::SignRaw,
     Rpc::SignIdToken,
@@ -176,6 +179,9 @@ const RPCS: [Rpc; 24] = [
     Rpc::SignAccessToken,
     Rpc::SignLogoutToken,
     Rpc::SignCibaRequest,
+    Rpc::SignJarm,
+    Rpc::SignIntrospection,
+    Rpc::SignUserinfo,
     Rpc::CreateKey,
     Rpc::ImportKey,
     Rpc::AdoptKey,
@@ -205,6 +211,9 @@ impl Rpc {
             Rpc::SignAccessToken => ("sigil.v1.SigningService", "SignAccessToken"),
             Rpc::SignLogoutToken => ("sigil.v1.SigningService", "SignLogoutToken"),
             Rpc::SignCibaRequest => ("sigil.v1.SigningService", "SignCibaRequest"),
+            Rpc::SignJarm => ("sigil.v1.SigningService", "SignJarm"),
+            Rpc::SignIntrospection => ("sigil.v1.SigningService", "SignIntrospection"),
+            Rpc::SignUserinfo => ("sigil.v1.SigningService", "SignUserinfo"),
             Rpc::CreateKey => ("sigil.v1.KeyService", "CreateKey"),
             Rpc::ImportKey => ("sigil.v1.KeyService", "ImportKey"),
             Rpc::AdoptKey => ("sigil.v1.KeyService", "AdoptKey"),
@@ -247,6 +256,9 @@ impl Rpc {
             Rpc::SignAccessToken => pb::SignAccessTokenRequest::decode(bytes).is_ok(),
             Rpc::SignLogoutToken => pb::SignLogoutTokenRequest::decode(bytes).is_ok(),
             Rpc::SignCibaRequest => pb::SignCibaRequestRequest::decode(bytes).is_ok(),
+            Rpc::SignJarm => pb::SignJarmRequest::decode(bytes).is_ok(),
+            Rpc::SignIntrospection => pb::SignIntrospectionRequest::decode(bytes).is_ok(),
+            Rpc::SignUserinfo => pb::SignUserinfoRequest::decode(bytes).is_ok(),
             Rpc::CreateKey => pb::CreateKeyRequest::decode(bytes).is_ok(),
             Rpc::ImportKey => pb::ImportKeyRequest::decode(bytes).is_ok(),
             Rpc::AdoptKey => pb::AdoptKeyRequest::decode(bytes).is_ok(),
@@ -499,6 +511,41 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             lifetime_seconds: *rng.pick(&[0, 300, 3600, 3601]),
         }
         .encode_to_vec(),
+        Rpc::SignJarm => pb::SignJarmRequest {
+            key,
+            issuer: "https://as.example".into(),
+            client_id: "client-a".into(),
+            response_json: if rng.chance(70) {
+                json!({"code": format!("code-{}", rng.below(1000)), "state": "af0ifjsldkj"})
+            } else {
+                json!({"error": "access_denied", "state": "af0ifjsldkj"})
+            }
+            .to_string(),
+            lifetime_seconds: *rng.pick(&[0, 1, 60, 600]),
+        }
+        .encode_to_vec(),
+        Rpc::SignIntrospection => pb::SignIntrospectionRequest {
+            key,
+            issuer: "https://as.example".into(),
+            audience: "https://rs.example".into(),
+            introspection_json: if rng.chance(70) {
+                json!({"active": true, "client_id": "client-a", "scope": "read",
+                       "sub": format!("user{}", rng.below(100)), "exp": 1_700_000_300u64})
+            } else {
+                json!({"active": false})
+            }
+            .to_string(),
+        }
+        .encode_to_vec(),
+        Rpc::SignUserinfo => pb::SignUserinfoRequest {
+            key,
+            issuer: "https://op.example".into(),
+            audience: "client-a".into(),
+            claims_json: json!({"sub": format!("user{}", rng.below(100)),
+                                "email": "user@example.com", "email_verified": true})
+            .to_string(),
+        }
+        .encode_to_vec(),
         Rpc::CreateKey => pb::CreateKeyRequest {
             serves: Vec::new(),
             name: admin_key(rng),
@@ -697,6 +744,28 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
             audience: rng.text(),
             claims_json: rng.text(),
             lifetime_seconds: n(rng),
+        }
+        .encode_to_vec(),
+        Rpc::SignJarm => pb::SignJarmRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            client_id: rng.text(),
+            response_json: rng.text(),
+            lifetime_seconds: n(rng),
+        }
+        .encode_to_vec(),
+        Rpc::SignIntrospection => pb::SignIntrospectionRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            audience: rng.text(),
+            introspection_json: rng.text(),
+        }
+        .encode_to_vec(),
+        Rpc::SignUserinfo => pb::SignUserinfoRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            audience: rng.text(),
+            claims_json: rng.text(),
         }
         .encode_to_vec(),
         Rpc::CreateKey => pb::CreateKeyRequest {
@@ -1071,7 +1140,10 @@ fn verification(
         | Rpc::SignDpopProof
         | Rpc::SignAccessToken
         | Rpc::SignLogoutToken
-        | Rpc::SignCibaRequest => {
+        | Rpc::SignCibaRequest
+        | Rpc::SignJarm
+        | Rpc::SignIntrospection
+        | Rpc::SignUserinfo => {
             let resp = pb::SignJwsResponse::decode(body.as_slice()).map_err(|e| e.to_string())?;
             if resp.signature.is_empty() || !resp.compact.ends_with(&resp.signature) {
                 return Err(format!("{:?}: signature field is not the compact's", o.rpc));
@@ -1326,7 +1398,7 @@ async fn daemon_survives_random_and_mutated_messages() -> TestResult {
             _ => String::new(),
         };
         let ok = if o.request.len() > 4 * 1024 * 1024
-            || (o.request.len() > 128 * 1024 && o.rpc <= Rpc::SignCibaRequest)
+            || (o.request.len() > 128 * 1024 && o.rpc <= Rpc::SignUserinfo)
             || (o.request.len() > 2 * 1024 * 1024 && o.rpc == Rpc::DecryptJwe)
         {
             // Beyond the decoding limit tonic refuses the message before decoding it.

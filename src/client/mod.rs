@@ -604,6 +604,41 @@ impl Client {
             .into_inner())
     }
 
+    /// `SignJarm`: a JWT-secured authorization response (JARM) for the redirect to the client
+    /// (`response_mode=jwt`, `query.jwt`, `fragment.jwt` or `form_post.jwt`).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_jarm(&self, req: pb::SignJarmRequest) -> Result<pb::SignJwsResponse> {
+        Ok(self.signing.clone().sign_jarm(req).await?.into_inner())
+    }
+
+    /// `SignIntrospection`: a JWT introspection response (RFC 9701), the result nested under
+    /// `token_introspection`; serve it as `application/token-introspection+jwt`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_introspection(
+        &self,
+        req: pb::SignIntrospectionRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_introspection(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `SignUserinfo`: a signed UserInfo response (OIDC Core §5.3.2); serve it as
+    /// `application/jwt`.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_userinfo(&self, req: pb::SignUserinfoRequest) -> Result<pb::SignJwsResponse> {
+        Ok(self.signing.clone().sign_userinfo(req).await?.into_inner())
+    }
+
     /// `DecryptJwe`: decrypt a compact JWE with `key` (the version is chosen by the JWE's
     /// `kid`). `allowed_algs` / `allowed_encs` narrow what this call accepts (empty: whatever
     /// the key and the caller's rule allow).

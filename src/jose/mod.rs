@@ -4,7 +4,8 @@
 //! (which operation a backend performs for each `alg` and what comes back), JWKs and RFC 7638
 //! thumbprints (the kid), the generic header check for caller-built JWS, the profiles (ID token,
 //! JAR request object, `private_key_jwt` client assertion, DPoP proof; RFC 9068 access token,
-//! back-channel logout token, CIBA signed authentication request) and the FAPI 2.0 rules.
+//! back-channel logout token, CIBA signed authentication request), the signed responses (JARM,
+//! RFC 9701 introspection, UserInfo) and the FAPI 2.0 rules.
 //!
 //! It depends only on [`crate::crypto`] and on serde_json, base64 and sha2. It must never touch
 //! I/O, a clock, randomness, a backend, gRPC or configuration: times (`now`) and `jti` values are
@@ -18,6 +19,7 @@ mod issued;
 mod jwe;
 mod jwk;
 mod profiles;
+mod responses;
 mod token_type;
 mod verify;
 
@@ -33,6 +35,10 @@ pub use jwk::{jwks, jwks_entry, public_jwk, public_key_from_jwk, thumbprint};
 pub use profiles::{
     ClientAssertionRequest, DpopRequest, IdTokenRequest, JarRequest, JwsParts, KeyRef,
     client_assertion, dpop_jkt, dpop_proof, id_token, jar_request_object, x5t_s256,
+};
+pub use responses::{
+    IntrospectionRequest, JARM_MAX_LIFETIME, JarmRequest, UserinfoRequest, introspection_response,
+    jarm_response, userinfo_response,
 };
 pub use token_type::TokenType;
 pub use verify::verify;

@@ -13,7 +13,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::{Alg, JoseError, b64, public_jwk, signing_input, thumbprint};
+use super::{Alg, JoseError, TokenType, b64, public_jwk, signing_input, thumbprint};
 use crate::crypto::{KeyKind, PublicKey};
 
 /// The largest integer every JSON implementation reads exactly (2^53 − 1); later times would be
@@ -192,7 +192,14 @@ pub struct IdTokenRequest {
     pub access_token: Option<String>,
     /// The authorization code issued alongside, if any; only its hash (`c_hash`) is signed.
     pub code: Option<String>,
+    /// The `state` of the authorization request, if any; only its hash (`s_hash`) is signed.
+    /// An ID token returned from the authorization endpoint as a detached signature carries
+    /// it (FAPI 1.0 Advanced §5.2.2.1), so the client can tell the response's `state` was not
+    /// swapped.
+    pub state: Option<String>,
     /// A `typ` header, only for relying parties that ask for one (usually absent, or "JWT").
+    /// Never the `typ` of another profile (`at+jwt`, `logout+jwt`, …): an ID token that says it
+    /// is an access token is the cross-JWT confusion RFC 8725 §3.11 warns about.
     pub typ: Option<String>,
 }
 
@@ -208,6 +215,7 @@ impl fmt::Debug for IdTokenRequest {
                 &self.access_token.as_ref().map(|_| "<redacted>"),
             )
             .field("code", &self.code.as_ref().map(|_| "<redacted>"))
+            .field("state", &self.state.as_ref().map(|_| "<redacted>"))
             .field("typ", &self.typ)
             .finish()
     }
@@ -234,7 +242,7 @@ const ID_TOKEN_MAX_LIFETIME: u64 = 86_400;
 pub fn id_token(key: KeyRef<'_>, req: &IdTokenRequest) -> Result<JwsParts, JoseError> {
     check_key(key.alg, key.kind)?;
     let c = &req.claims;
-    refuse_reserved(c, &["iat", "exp", "nbf", "at_hash", "c_hash"])?;
+    refuse_reserved(c, &["iat", "exp", "nbf", "at_hash", "c_hash", "s_hash"])?;
 
     let iss = opt_str(c, "iss")?.ok_or(JoseError::MissingClaim { claim: "iss" })?;
     non_empty("iss", iss)?;
@@ -279,6 +287,12 @@ pub fn id_token(key: KeyRef<'_>, req: &IdTokenRequest) -> Result<JwsParts, JoseE
     }
     if let Some(typ) = &req.typ {
         non_empty("typ", typ)?;
+        if TokenType::for_typ(typ).is_some() {
+            return Err(JoseError::InvalidClaim {
+                claim: "typ",
+                reason: "names another token type; an ID token's typ may only be a generic one such as JWT",
+            });
+        }
     }
 
     let (iat, exp) = stamp(req.now, req.lifetime, ID_TOKEN_MAX_LIFETIME, "an ID token")?;
@@ -292,6 +306,10 @@ pub fn id_token(key: KeyRef<'_>, req: &IdTokenRequest) -> Result<JwsParts, JoseE
     if let Some(code) = &req.code {
         let code = ascii_secret("code", code)?;
         claims.insert("c_hash".into(), half_hash(key.alg, code).into());
+    }
+    if let Some(state) = &req.state {
+        let state = ascii_secret("state", state)?;
+        claims.insert("s_hash".into(), half_hash(key.alg, state).into());
     }
 
     Ok(JwsParts {
@@ -723,6 +741,7 @@ mod tests {
             lifetime: 300,
             access_token: None,
             code: None,
+            state: None,
             typ: None,
         }
     }
@@ -838,6 +857,47 @@ mod tests {
         let mut req = id_req(base_claims());
         req.now = u64::MAX;
         assert_eq!(id_token(k, &req), Err(JoseError::TimeOutOfRange));
+    }
+
+    #[test]
+    fn id_token_s_hash_and_typ() -> R {
+        let state = "S8NJ7uqk5fY4EjNvP_G_FtyJu6pUsvH9jsYni9dMAJw";
+        let mut req = id_req(base_claims());
+        req.state = Some(state.into());
+        req.typ = Some("JWT".into());
+        let parts = id_token(key(Alg::Es256, KeyKind::Ec(Curve::P256)), &req)?;
+        let c = parse(&parts.payload)?;
+        assert_eq!(c["s_hash"], b64(&Sha256::digest(state.as_bytes())[..16]));
+        assert_eq!(parse(&parts.header)?["typ"], "JWT");
+        // Without a state there is no s_hash; a caller's own s_hash is refused.
+        let c = parse(&id_token(key(Alg::Ps256, RSA), &id_req(base_claims()))?.payload)?;
+        assert!(!c.contains_key("s_hash"));
+        let mut claims = base_claims();
+        claims["s_hash"] = json!("x");
+        assert_eq!(
+            id_token(key(Alg::Ps256, RSA), &id_req(claims)),
+            Err(JoseError::ReservedClaim { claim: "s_hash" })
+        );
+        // The typ of another profile, an empty state, a non-ASCII one.
+        for typ in [
+            "at+jwt",
+            "application/logout+jwt",
+            "token-introspection+jwt",
+            "",
+        ] {
+            let mut req = id_req(base_claims());
+            req.typ = Some(typ.into());
+            assert!(id_token(key(Alg::Ps256, RSA), &req).is_err(), "{typ}");
+        }
+        for state in ["", "é"] {
+            let mut req = id_req(base_claims());
+            req.state = Some(state.into());
+            assert!(id_token(key(Alg::Ps256, RSA), &req).is_err(), "{state}");
+        }
+        let mut req = id_req(base_claims());
+        req.state = Some("state-secret-value".into());
+        assert!(!format!("{req:?}").contains("state-secret-value"));
+        Ok(())
     }
 
     #[test]

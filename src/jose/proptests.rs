@@ -203,6 +203,7 @@ fn float_claims_are_signed_as_sent() -> Result<(), JoseError> {
         lifetime: 1,
         access_token: None,
         code: None,
+        state: None,
         typ: None,
     };
     let payload = String::from_utf8_lossy(&id_token(key, &req)?.payload).into_owned();
@@ -433,6 +434,7 @@ proptest! {
             lifetime,
             access_token,
             code: None,
+            state: None,
             typ,
         };
         let key = KeyRef { kid: KID, kind, alg: a };

@@ -672,6 +672,20 @@ pub fn verify_jws_with_kid(compact: &str, kid: &str, jwks: &Value) -> TestResult
     verify_jws(compact, &json!({"keys": [entry]}))
 }
 
+/// Run many verifier requests (any op of `jose_verify.py`) in one Python process: their
+/// answers in order; Err with the index of the first failed check.
+pub fn python_batch(requests: &[Value]) -> TestResult<Vec<Value>> {
+    let r = python(&json!({"op": "batch", "requests": requests}))?;
+    Ok(serde_json::from_value(r["results"].clone())?)
+}
+
+/// OIDC's left-half hash (`at_hash`, `c_hash`, `s_hash`) of `value` with `hash` (`sha256`,
+/// `sha384`, `sha512`), computed by Python's hashlib.
+pub fn half_hash(hash: &str, value: &str) -> TestResult<String> {
+    let r = python(&json!({"op": "half_hash", "hash": hash, "value": value}))?;
+    Ok(r["half_hash"].as_str().ok_or("half_hash")?.to_owned())
+}
+
 /// Sign `data` raw with `key` on `d` and check the signature with Python `cryptography` against
 /// the key's active public JWK.
 pub async fn sign_raw_verified(

@@ -1,7 +1,8 @@
 //! A real OpenID Provider for end-to-end tests: node-oidc-provider (`tests/node/op/provider.mjs`)
-//! started on a port the kernel picks and killed on drop, the headless relying party that logs
-//! in through it (`tests/node/op/login.mjs`). The Node modules come from `scripts/install-deps.sh --test`;
-//! npm never runs at test time.
+//! started on a port the kernel picks and killed on drop, optionally with its JARM responses
+//! signed by sigild (`sigild sign jarm`), and the headless relying party that logs in through it
+//! and checks JARM responses with node jose (`tests/node/op/login.mjs`). The Node modules come
+//! from `scripts/install-deps.sh --test`; npm never runs at test time.
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::TestResult;
+use super::{ClientFiles, TestResult};
 
 /// `tests/node`, checked to hold the installed modules.
 pub fn node_dir() -> TestResult<PathBuf> {
@@ -61,6 +62,36 @@ pub enum ClientAuth<'a> {
     Assertion(&'a str),
 }
 
+/// How the OP reaches sigild to have its JARM responses signed through the JARM profile.
+pub struct JarmSigner<'a> {
+    /// The daemon's endpoint (`SIGILD_ENDPOINT` of the OP's `sigild sign jarm`).
+    pub endpoint: &'a str,
+    /// The OP's client certificate at sigild.
+    pub client: &'a ClientFiles,
+    /// `(JWS alg, sigild key name)`: the key that signs for clients whose
+    /// `authorization_signed_response_alg` is that alg.
+    pub keys: Vec<(&'a str, String)>,
+    /// The public JWKs of those keys, published in the OP's JWKS.
+    pub jwks: Vec<Value>,
+}
+
+/// One authorization request of [`Op::authorize_with`].
+#[derive(Default)]
+pub struct Authorization<'a> {
+    pub client_id: &'a str,
+    pub redirect_uri: &'a str,
+    pub nonce: &'a str,
+    pub state: &'a str,
+    /// `jwt`, `query.jwt`, … for a JARM response; the OP's default otherwise.
+    pub response_mode: Option<&'a str>,
+    /// `none` for an answer without interaction (`login_required` without a session).
+    pub prompt: Option<&'a str>,
+    /// Push the request first (RFC 9126, as FAPI 2.0 requires), the client authenticated with
+    /// this private_key_jwt assertion, and send only its `request_uri` to the authorization
+    /// endpoint.
+    pub par_assertion: Option<&'a str>,
+}
+
 /// A running node-oidc-provider with the given clients.
 pub struct Op {
     /// `http://127.0.0.1:PORT`.
@@ -75,13 +106,40 @@ pub struct Op {
 impl Op {
     /// Start an OP whose static clients are `clients` (an array of client metadata).
     pub fn start(clients: &Value) -> TestResult<Op> {
+        Self::start_with(clients, None)
+    }
+
+    /// [`Op::start`], with JARM responses signed by sigild when `jarm` is given.
+    pub fn start_with(clients: &Value, jarm: Option<&JarmSigner<'_>>) -> TestResult<Op> {
         let dir = node_dir()?;
         let tmp = tempfile::tempdir()?;
         let clients_file = tmp.path().join("clients.json");
         std::fs::write(&clients_file, clients.to_string())?;
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(dir.join("op").join("provider.mjs"))
-            .arg(&clients_file)
+            .arg(&clients_file);
+        if let Some(jarm) = jarm {
+            let jarm_file = tmp.path().join("jarm.json");
+            let keys: serde_json::Map<String, Value> = jarm
+                .keys
+                .iter()
+                .map(|(alg, key)| ((*alg).to_owned(), key.as_str().into()))
+                .collect();
+            let config = serde_json::json!({
+                "sigild": super::sigild_bin(),
+                "keys": keys,
+                "jwks": {"keys": jarm.jwks},
+            });
+            std::fs::write(&jarm_file, config.to_string())?;
+            command
+                .arg(&jarm_file)
+                .env("SIGILD_ENDPOINT", jarm.endpoint)
+                .env("SIGILD_CA", &jarm.client.ca)
+                .env("SIGILD_CERT", &jarm.client.cert)
+                .env("SIGILD_KEY", &jarm.client.key);
+        }
+        let mut child = command
             .current_dir(&dir)
             // the OP exits when this pipe closes: with the test process, however it ends
             .stdin(Stdio::piped())
@@ -148,12 +206,30 @@ impl Op {
         state: &str,
         response_mode: Option<&str>,
     ) -> TestResult<Value> {
+        self.authorize_with(&Authorization {
+            client_id,
+            redirect_uri,
+            nonce,
+            state,
+            response_mode,
+            ..Default::default()
+        })
+    }
+
+    /// [`Op::authorize`] with every option of [`Authorization`].
+    pub fn authorize_with(&self, a: &Authorization<'_>) -> TestResult<Value> {
         let mut args = serde_json::json!({
-            "client_id": client_id, "redirect_uri": redirect_uri, "nonce": nonce,
-            "state": state, "login": "alice",
+            "client_id": a.client_id, "redirect_uri": a.redirect_uri, "nonce": a.nonce,
+            "state": a.state, "login": "alice",
         });
-        if let Some(mode) = response_mode {
-            args["response_mode"] = mode.into();
+        for (name, value) in [
+            ("response_mode", a.response_mode),
+            ("prompt", a.prompt),
+            ("client_assertion", a.par_assertion),
+        ] {
+            if let Some(value) = value {
+                args[name] = value.into();
+            }
         }
         self.login("authorize", args)
     }
@@ -181,6 +257,41 @@ impl Op {
     /// The OP's published JWKS (its jwks_uri, found through discovery).
     pub fn jwks(&self) -> TestResult<Value> {
         self.login("jwks", serde_json::json!({}))
+    }
+
+    /// The relying party's check of JARM responses with node jose (one process for them all):
+    /// for each `(client_id, response, alg)`, the signature against the OP's published JWKS with
+    /// `alg`, `iss` = this OP, `aud` = `client_id`, `exp` present and in
+    /// the future. Per case, in order: `{header, payload}`, or why it does not verify.
+    pub fn verify_jarm(
+        &self,
+        cases: &[(&str, &str, &str)],
+    ) -> TestResult<Vec<Result<Value, String>>> {
+        let cases: Vec<Value> = cases
+            .iter()
+            .map(|(client_id, response, alg)| {
+                serde_json::json!({
+                    "client_id": client_id, "response": response, "algorithms": [alg],
+                })
+            })
+            .collect();
+        let results = self.login("verify-jarm", serde_json::json!({ "cases": cases }))?;
+        let results = results.as_array().ok_or("verify-jarm: not an array")?;
+        if results.len() != cases.len() {
+            return Err(format!(
+                "verify-jarm: {} results for {} cases",
+                results.len(),
+                cases.len()
+            )
+            .into());
+        }
+        Ok(results
+            .iter()
+            .map(|r| match r["error"].as_str() {
+                Some(why) => Err(why.to_owned()),
+                None => Ok(r.clone()),
+            })
+            .collect())
     }
 }
 

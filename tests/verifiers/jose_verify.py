@@ -22,6 +22,9 @@ Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a 
                                                       does (zip DEF compresses); any alg jwcrypto
                                                       has is allowed, RSA1_5 included
   {"op": "encrypt_batch", "items": [ENCRYPT, ...]}    many at once: {"jwe": [COMPACT, ...]}
+  {"op": "batch", "requests": [REQUEST, ...]}         any requests above in one process:
+                                                      {"results": [ANSWER, ...]}, or the first
+                                                      failure with its index
 """
 import base64
 import hashlib
@@ -158,36 +161,57 @@ def encrypt(req):
     return {"ok": True, "jwe": token.serialize(compact=True)}
 
 
+def run(req):
+    """One request: its answer, or an exception for a failed check."""
+    op = req["op"]
+    if op == "jws":
+        return verify_jws(req)
+    if op == "jws_batch":
+        return verify_jws_batch(req)
+    if op == "encrypt":
+        return encrypt(req)
+    if op == "encrypt_batch":
+        return {"ok": True, "jwe": [encrypt(item)["jwe"] for item in req["items"]]}
+    if op == "raw":
+        return verify_raw(req)
+    if op == "thumbprint":
+        return {"ok": True, "thumbprint": jwk.JWK(**req["jwk"]).thumbprint()}
+    if op == "spki_thumbprint":
+        return spki_thumbprint(req)
+    if op == "half_hash":
+        return half_hash(req)
+    if op == "x5t_s256":
+        return x5t_s256(req)
+    if op == "pkcs8":
+        pem = to_pkcs8(req["jwk"])
+        der = serialization.load_pem_private_key(pem, password=None).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return {"ok": True, "pem": pem.decode(), "der_b64": base64.urlsafe_b64encode(der).decode().rstrip("=")}
+    if op == "batch":
+        return batch(req)
+    raise ValueError("unknown op " + op)
+
+
+def batch(req):
+    """Many requests of any op in one process (a Python start costs more than a check):
+    {"results": [ANSWER, ...]} in order, or the first failure with its index."""
+    results = []
+    for i, item in enumerate(req["requests"]):
+        try:
+            out = run(item)
+        except Exception as e:  # noqa: BLE001 - reported with the request's index
+            raise ValueError(f"request {i} ({item.get('op')}): {type(e).__name__}: {e}") from e
+        if not out.get("ok"):
+            raise ValueError(f"request {i} ({item.get('op')}): {out.get('error')}")
+        results.append(out)
+    return {"ok": True, "results": results}
+
+
 def main():
     req = json.load(sys.stdin)
-    op = req["op"]
     try:
-        if op == "jws":
-            out = verify_jws(req)
-        elif op == "jws_batch":
-            out = verify_jws_batch(req)
-        elif op == "encrypt":
-            out = encrypt(req)
-        elif op == "encrypt_batch":
-            out = {"ok": True, "jwe": [encrypt(item)["jwe"] for item in req["items"]]}
-        elif op == "raw":
-            out = verify_raw(req)
-        elif op == "thumbprint":
-            out = {"ok": True, "thumbprint": jwk.JWK(**req["jwk"]).thumbprint()}
-        elif op == "spki_thumbprint":
-            out = spki_thumbprint(req)
-        elif op == "half_hash":
-            out = half_hash(req)
-        elif op == "x5t_s256":
-            out = x5t_s256(req)
-        elif op == "pkcs8":
-            pem = to_pkcs8(req["jwk"])
-            der = serialization.load_pem_private_key(pem, password=None).private_bytes(
-                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            out = {"ok": True, "pem": pem.decode(), "der_b64": base64.urlsafe_b64encode(der).decode().rstrip("=")}
-        else:
-            raise ValueError("unknown op " + op)
+        out = run(req)
     except Exception as e:  # noqa: BLE001 - report every failure as a failed check
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
         sys.exit(1)

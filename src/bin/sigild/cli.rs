@@ -440,6 +440,68 @@ pub enum SignCommand {
         /// File holding the authorization code (for c_hash).
         #[arg(long)]
         code_file: Option<PathBuf>,
+        /// The authorization request's state (for s_hash, when the ID token is a detached
+        /// signature of an authorization response).
+        #[arg(long)]
+        state: Option<String>,
+        /// An explicit typ header, e.g. JWT (never another token type's, such as at+jwt).
+        #[arg(long)]
+        typ: Option<String>,
+    },
+    /// A JWT-secured authorization response (JARM): iss, aud, iat and exp are set by sigild.
+    Jarm {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The authorization server's issuer identifier (iss).
+        #[arg(long)]
+        issuer: String,
+        /// The client the response is for (aud).
+        #[arg(long)]
+        client_id: String,
+        /// File holding the response parameters as a JSON object (code, state, or error ...),
+        /// `-` for stdin: the code is a secret, so it is never an argument.
+        #[arg(long)]
+        response_file: PathBuf,
+        /// Lifetime, seconds (default 60, at most 600).
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+    },
+    /// A JWT introspection response (RFC 9701): the result nested under token_introspection.
+    Introspection {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The authorization server's issuer identifier (iss).
+        #[arg(long)]
+        issuer: String,
+        /// The resource server that asked (aud).
+        #[arg(long)]
+        audience: String,
+        /// The RFC 7662 introspection result as a JSON object (active, scope, sub, ...).
+        #[arg(long, required_unless_present = "introspection_file")]
+        introspection_json: Option<String>,
+        /// File holding the introspection result, `-` for stdin.
+        #[arg(long, conflicts_with = "introspection_json")]
+        introspection_file: Option<PathBuf>,
+    },
+    /// A signed UserInfo response (OIDC Core 5.3.2): iss, aud and iat are set by sigild.
+    Userinfo {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// The OP's issuer identifier (iss).
+        #[arg(long)]
+        issuer: String,
+        /// The client's client_id (aud).
+        #[arg(long)]
+        audience: String,
+        /// The UserInfo claims as a JSON object, with sub.
+        #[arg(long, required_unless_present = "claims_file")]
+        claims_json: Option<String>,
+        /// File holding the claims, `-` for stdin.
+        #[arg(long, conflicts_with = "claims_json")]
+        claims_file: Option<PathBuf>,
     },
     /// A JAR request object (RFC 9101).
     Jar {
@@ -558,7 +620,7 @@ pub enum SignCommand {
             required_unless_present = "claims_file"
         )]
         claims_json: Option<String>,
-        /// File holding the parameters as JSON: use it when they carry a
+        /// File holding the parameters as JSON (`-`: stdin): use it when they carry a
         /// client_notification_token, which must not appear on a command line.
         #[arg(long)]
         claims_file: Option<PathBuf>,
@@ -659,6 +721,22 @@ fn read_one_certificate(path: &Path) -> Result<Vec<u8>, CliError> {
             "{}: expected exactly one PEM CERTIFICATE",
             path.display()
         ))),
+    }
+}
+
+/// A JSON input given as an argument, or in a file (`-`: stdin), whitespace-trimmed.
+fn json_input(json: Option<String>, file: Option<&Path>) -> Result<Zeroizing<String>, CliError> {
+    match (json, file) {
+        (Some(json), _) => Ok(Zeroizing::new(json)),
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut text = Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| CliError::Local(format!("stdin: {e}")))?;
+            Ok(Zeroizing::new(text.trim().to_owned()))
+        }
+        (None, Some(path)) => read_file_secret(path),
+        (None, None) => Err(CliError::Local("no JSON input given".into())),
     }
 }
 
@@ -921,12 +999,14 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             lifetime,
             access_token_file,
             code_file,
+            state,
+            typ,
         } => {
             let access_token = opt_secret(&access_token_file)?;
             let code = opt_secret(&code_file)?;
             let req = pb::SignIdTokenRequest {
-                state: String::new(),
-                typ: String::new(),
+                state: state.unwrap_or_default(),
+                typ: typ.unwrap_or_default(),
                 key,
                 claims_json,
                 lifetime_seconds: lifetime,
@@ -934,6 +1014,55 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
                 code: code.to_string(),
             };
             c.sign_id_token(req).await?.into_inner().compact
+        }
+        SignCommand::Jarm {
+            key,
+            issuer,
+            client_id,
+            response_file,
+            lifetime,
+        } => {
+            let response = json_input(None, Some(&response_file))?;
+            let req = pb::SignJarmRequest {
+                key,
+                issuer,
+                client_id,
+                response_json: response.to_string(),
+                lifetime_seconds: lifetime,
+            };
+            c.sign_jarm(req).await?.into_inner().compact
+        }
+        SignCommand::Introspection {
+            key,
+            issuer,
+            audience,
+            introspection_json,
+            introspection_file,
+        } => {
+            let result = json_input(introspection_json, introspection_file.as_deref())?;
+            let req = pb::SignIntrospectionRequest {
+                key,
+                issuer,
+                audience,
+                introspection_json: result.to_string(),
+            };
+            c.sign_introspection(req).await?.into_inner().compact
+        }
+        SignCommand::Userinfo {
+            key,
+            issuer,
+            audience,
+            claims_json,
+            claims_file,
+        } => {
+            let claims = json_input(claims_json, claims_file.as_deref())?;
+            let req = pb::SignUserinfoRequest {
+                key,
+                issuer,
+                audience,
+                claims_json: claims.to_string(),
+            };
+            c.sign_userinfo(req).await?.into_inner().compact
         }
         SignCommand::Jar {
             key,
@@ -1033,15 +1162,7 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             claims_file,
             lifetime,
         } => {
-            let claims = match (&claims_json, &claims_file) {
-                (Some(json), _) => Zeroizing::new(json.clone()),
-                (None, Some(p)) => read_file_secret(p)?,
-                (None, None) => {
-                    return Err(CliError::Local(
-                        "give the request parameters with --claims-json or --claims-file".into(),
-                    ));
-                }
-            };
+            let claims = json_input(claims_json, claims_file.as_deref())?;
             let req = pb::SignCibaRequestRequest {
                 key,
                 client_id,
@@ -1234,5 +1355,59 @@ mod tests {
             .is_ok()
         );
         assert!(Cli::try_parse_from(["sigild", "serve"]).is_err());
+        let sign = |args: &[&str]| {
+            let mut argv = vec!["sigild", "sign", "--endpoint", "http://x:1"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).is_ok()
+        };
+        let intro = [
+            "introspection",
+            "--key",
+            "k",
+            "--issuer",
+            "i",
+            "--audience",
+            "a",
+        ];
+        assert!(sign(
+            &[&intro[..], &["--introspection-json", "{}"]].concat()
+        ));
+        assert!(sign(&[&intro[..], &["--introspection-file", "-"]].concat()));
+        // Exactly one of the two.
+        assert!(!sign(&intro));
+        assert!(!sign(
+            &[
+                &intro[..],
+                &["--introspection-json", "{}", "--introspection-file", "-"]
+            ]
+            .concat()
+        ));
+        let jarm = ["jarm", "--key", "k", "--issuer", "i", "--client-id", "c"];
+        assert!(sign(&[&jarm[..], &["--response-file", "-"]].concat()));
+        // The code is a secret: there is no argument that takes the response itself.
+        assert!(!sign(&jarm));
+        assert!(!sign(&[&jarm[..], &["--response-json", "{}"]].concat()));
+        assert!(sign(&[
+            "userinfo",
+            "--key",
+            "k",
+            "--issuer",
+            "i",
+            "--audience",
+            "a",
+            "--claims-json",
+            "{}"
+        ]));
+        assert!(sign(&[
+            "id-token",
+            "--key",
+            "k",
+            "--claims-json",
+            "{}",
+            "--state",
+            "s",
+            "--typ",
+            "JWT"
+        ]));
     }
 }
