@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sigil.v1.SignJarmRequest",
             "sigil.v1.SignIntrospectionRequest",
             "sigil.v1.SignUserinfoRequest",
+            // HTTP message signing: field values (Authorization, DPoP), target URIs, bodies
+            "sigil.v1.HttpField",
+            "sigil.v1.SignHttpRequestRequest",
+            "sigil.v1.SignHttpResponseRequest",
             "sigil.v1.DecryptJweResponse",
             // The subject and claims of access and logout tokens are personal data, a logout
             // token's sid names a live session, and a CIBA request's hints identify the user

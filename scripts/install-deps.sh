@@ -42,7 +42,7 @@ fi
 if [ $want_test = 1 ]; then
     # Pinned, so that a new release cannot change what the independent verifiers and JWE
     # producers accept (wheels exist for Python 3.11 on glibc >= 2.28, i.e. Debian 12).
-    py_pins=(jwcrypto==1.6.1 cryptography==50.0.2 PyKCS11==1.5.20)
+    py_pins=(jwcrypto==1.6.1 cryptography==50.0.2 PyKCS11==1.5.20 http-message-signatures==3.0.0 http-sf==1.5.0)
     if ! python3 - "${py_pins[@]}" 2>/dev/null <<'PY'
 import sys
 from importlib.metadata import version

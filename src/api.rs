@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 #[cfg(feature = "server")]
 use crate::backend::parse_pkcs8;
 #[cfg(feature = "server")]
-use crate::jose::Alg;
+use crate::jose::{Alg, TokenType};
 #[cfg(feature = "server")]
 use crate::keyring::{KeyInfo, KeySize, KeyState, Leftover};
 #[cfg(feature = "server")]
@@ -154,6 +154,17 @@ pub mod pb {
         }
     }
 
+    impl std::fmt::Debug for HttpField {
+        // Hand-written: Authorization and DPoP values are bearer tokens and proofs (build.rs
+        // skips the derived Debug); the name alone says what the field is.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("HttpField")
+                .field("name", &self.name)
+                .field("value", &redacted(&self.value))
+                .finish()
+        }
+    }
+
     impl std::fmt::Debug for SignLogoutTokenRequest {
         // Hand-written: the subject is personal data, the sid names a live session, the
         // claims may hold either (build.rs skips the derived Debug).
@@ -173,6 +184,21 @@ pub mod pb {
         }
     }
 
+    impl std::fmt::Debug for SignHttpRequestRequest {
+        // Hand-written: the target URI may carry secrets in its query, the body is the
+        // caller's data; field values are redacted by HttpField's Debug.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignHttpRequestRequest")
+                .field("key", &self.key)
+                .field("method", &self.method)
+                .field("target_uri", &redacted(&self.target_uri))
+                .field("headers", &self.headers)
+                .field("body", &format_args!("<{} bytes>", self.body.len()))
+                .field("label", &self.label)
+                .finish()
+        }
+    }
+
     impl std::fmt::Debug for SignCibaRequestRequest {
         // Hand-written: the claims hold the user's hints and the client_notification_token,
         // a bearer token (build.rs skips the derived Debug).
@@ -186,6 +212,24 @@ pub mod pb {
                     &format_args!("<{} bytes>", self.claims_json.len()),
                 )
                 .field("lifetime_seconds", &self.lifetime_seconds)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignHttpResponseRequest {
+        // Hand-written, as SignHttpRequestRequest: the request's URI and fields carry the
+        // same secrets.
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignHttpResponseRequest")
+                .field("key", &self.key)
+                .field("status", &self.status)
+                .field("headers", &self.headers)
+                .field("body", &format_args!("<{} bytes>", self.body.len()))
+                .field("request_method", &self.request_method)
+                .field("request_target_uri", &redacted(&self.request_target_uri))
+                .field("request_headers", &self.request_headers)
+                .field("request_label", &self.request_label)
+                .field("label", &self.label)
                 .finish()
         }
     }
@@ -439,13 +483,19 @@ fn key_size(rsa_bits: u32, curve: &str, origin: &Origin) -> std::result::Result<
     Ok(KeySize { rsa_bits, curve })
 }
 
+/// The `serves` field of a create, import or adopt request.
+#[cfg(feature = "server")]
+fn serves(names: &[String], origin: &Origin) -> std::result::Result<Vec<TokenType>, Status> {
+    service::parse_serves(names).map_err(|e| status_for(&e, &origin.request_id))
+}
+
 #[cfg(feature = "server")]
 fn key_to_pb(k: KeyInfo) -> pb::Key {
     pb::Key {
         active_version: k.active().map(|v| v.version).unwrap_or_default(),
         name: k.name.to_string(),
         fapi2: k.fapi2,
-        serves: Vec::new(),
+        serves: k.serves.iter().map(|t| t.name().to_owned()).collect(),
         versions: k
             .versions
             .iter()
@@ -500,6 +550,26 @@ fn signed(s: service::SignedJws) -> pb::SignJwsResponse {
 }
 
 #[cfg(feature = "server")]
+fn http_fields(fields: Vec<pb::HttpField>) -> Vec<(String, String)> {
+    fields.into_iter().map(|f| (f.name, f.value)).collect()
+}
+
+#[cfg(feature = "server")]
+fn signed_http(s: service::SignedHttpMessage) -> pb::SignHttpMessageResponse {
+    pb::SignHttpMessageResponse {
+        headers: s
+            .headers
+            .into_iter()
+            .map(|(name, value)| pb::HttpField { name, value })
+            .collect(),
+        signature_base: s.signature_base,
+        kid: s.kid,
+        alg: s.alg.name().to_owned(),
+        key_version: s.version,
+    }
+}
+
+#[cfg(feature = "server")]
 type Result<T> = std::result::Result<Response<T>, Status>;
 
 #[cfg(feature = "server")]
@@ -508,6 +578,7 @@ impl KeyService for Api {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<pb::Key> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let serves = serves(&r.serves, &origin)?;
         let k = self
             .service
             .create_key(
@@ -516,6 +587,7 @@ impl KeyService for Api {
                 &r.alg,
                 key_size(r.rsa_bits, &r.curve, &origin)?,
                 r.fapi2,
+                &serves,
             )
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
@@ -530,9 +602,10 @@ impl KeyService for Api {
         let der = SecretBytes::new(std::mem::take(&mut r.pkcs8_der));
         let material = parse_pkcs8(&der).map_err(|e| status_for(&e.into(), &origin.request_id))?;
         drop(der);
+        let serves = serves(&r.serves, &origin)?;
         let k = self
             .service
-            .import_key(&origin, &r.name, &r.alg, r.fapi2, material)
+            .import_key(&origin, &r.name, &r.alg, r.fapi2, material, &serves)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, alg = %r.alg, "key imported");
@@ -542,9 +615,10 @@ impl KeyService for Api {
     async fn adopt_key(&self, req: Request<pb::AdoptKeyRequest>) -> Result<pb::Key> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let serves = serves(&r.serves, &origin)?;
         let k = self
             .service
-            .adopt_key(&origin, &r.name, &r.alg, r.fapi2, &r.uri)
+            .adopt_key(&origin, &r.name, &r.alg, r.fapi2, &r.uri, &serves)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
         tracing::info!(key = %r.name, uri = %r.uri, "key adopted");
@@ -858,12 +932,30 @@ impl SigningService for Api {
         Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_tls_handshake(
         &self,
-        _req: Request<pb::SignTlsHandshakeRequest>,
+        req: Request<pb::SignTlsHandshakeRequest>,
     ) -> Result<pb::SignRawResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let alg = match opt(r.alg) {
+            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
+            None => None,
+        };
+        let s = self
+            .service
+            .sign_tls_handshake(&origin, &r.key, &r.message, alg)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::SignRawResponse {
+                signature: s.signature,
+                kid: s.kid,
+                alg: s.alg.name().to_owned(),
+                key_version: s.version,
+            },
+        ))
     }
 
     async fn sign_jarm(&self, req: Request<pb::SignJarmRequest>) -> Result<pb::SignJwsResponse> {
@@ -989,20 +1081,49 @@ impl SigningService for Api {
         Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_http_request(
         &self,
-        _req: Request<pb::SignHttpRequestRequest>,
+        req: Request<pb::SignHttpRequestRequest>,
     ) -> Result<pb::SignHttpMessageResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::HttpRequestInput {
+            method: r.method,
+            target_uri: r.target_uri,
+            headers: http_fields(r.headers),
+            body: r.body,
+            label: opt(r.label),
+        };
+        let s = self
+            .service
+            .sign_http_request(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed_http(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_http_response(
         &self,
-        _req: Request<pb::SignHttpResponseRequest>,
+        req: Request<pb::SignHttpResponseRequest>,
     ) -> Result<pb::SignHttpMessageResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::HttpResponseInput {
+            status: r.status,
+            headers: http_fields(r.headers),
+            body: r.body,
+            request_method: r.request_method,
+            request_target_uri: r.request_target_uri,
+            request_headers: http_fields(r.request_headers),
+            request_label: opt(r.request_label),
+            label: opt(r.label),
+        };
+        let s = self
+            .service
+            .sign_http_response(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed_http(s)))
     }
 }
 

@@ -495,6 +495,8 @@ fn policy_of(callers: &[CallerConfig], limits: &LimitsConfig) -> Policy {
             aud: c.aud.clone(),
             client_id: c.client_id.clone(),
             htu_prefix: c.htu_prefix.clone(),
+            target_uri_prefix: c.target_uri_prefix.clone(),
+            jws_typs: c.jws_typs.clone(),
             jwe_algs: c
                 .jwe_algs
                 .as_ref()

@@ -97,6 +97,11 @@ pub struct Record {
     pub via: &'static str,
     /// Operation (`id-token`, `dpop`, `admin:create`, `read:jwks`, …).
     pub operation: String,
+    /// The token type a signature makes (`id-token`, `access-token`, `raw`, …): the
+    /// operation's, except that a generic `jws` whose `typ` a profile owns is recorded as that
+    /// profile's type, and a `tls` request whose input is no TLS 1.3 handshake as `raw`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
     /// Key name.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub key: String,

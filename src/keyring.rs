@@ -55,7 +55,7 @@
 //! Depends on the backend contract and the pure JOSE layer (algorithms, thumbprints, JWKS);
 //! never on gRPC or config files.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -65,7 +65,7 @@ use crate::backend::{
     Backend, BackendError, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record, StoredKeyPair,
 };
 use crate::crypto::{Curve, KeyKind, KeyPurpose, PublicKey};
-use crate::jose::{self, Alg, JoseError, KeyAlg};
+use crate::jose::{self, Alg, JoseError, KeyAlg, TokenType};
 
 /// Prefix of the device labels of sigild's records and keys.
 const LABEL_PREFIX: &str = "sigild";
@@ -189,6 +189,45 @@ struct VersionRecord {
     /// known. 0 in records of releases before it existed.
     #[serde(default)]
     generation: u64,
+    /// The token types the key is bound to ([`VersionInfo::serves`]); empty: unbound. Left
+    /// out of the record when empty, so the records of unbound keys stay readable by releases
+    /// before bindings; such a release refuses (skips) a bound key's record as having an
+    /// unknown field, and so never signs with it unbound. A name this release does not know
+    /// makes the record unreadable for the same reason.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeSet::is_empty",
+        with = "serves_names"
+    )]
+    serves: BTreeSet<TokenType>,
+}
+
+/// `serves` as the token types' names ([`TokenType::name`]) in a JSON array.
+mod serves_names {
+    use std::collections::BTreeSet;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::jose::TokenType;
+
+    pub(super) fn serialize<S: Serializer>(
+        serves: &BTreeSet<TokenType>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(serves.iter().map(|t| t.name()))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeSet<TokenType>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|n| {
+                TokenType::parse(n)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown token type {n:?}")))
+            })
+            .collect()
+    }
 }
 
 impl VersionRecord {
@@ -205,6 +244,7 @@ impl VersionRecord {
             origin: v.origin,
             created_at: v.created_at,
             generation: 0,
+            serves: v.serves.clone(),
         }
     }
 }
@@ -239,6 +279,10 @@ pub struct VersionInfo {
     pub created_at: i64,
     /// The device's attestation chain for the key pair (DER, leaf first); empty when none.
     pub attestation: Vec<Vec<u8>>,
+    /// The token types this version may sign ([`crate::policy::check_binding`]); empty: any.
+    /// Set when the key is made and carried to every new version, so a key made for ID tokens
+    /// cannot mint access tokens whatever a caller's rules allow.
+    pub serves: BTreeSet<TokenType>,
 }
 
 impl VersionInfo {
@@ -284,6 +328,8 @@ pub struct KeyInfo {
     pub name: KeyName,
     /// FAPI 2.0 mode (from the newest version).
     pub fapi2: bool,
+    /// The token types the key is bound to (from the newest version); empty: unbound.
+    pub serves: BTreeSet<TokenType>,
     /// Versions by number, oldest first.
     pub versions: Vec<Arc<VersionInfo>>,
 }
@@ -900,11 +946,13 @@ impl Keyring {
                 }
             }
             let fapi2 = infos.last().is_some_and(|v| v.fapi2);
+            let serves = infos.last().map(|v| v.serves.clone()).unwrap_or_default();
             map.insert(
                 name.clone(),
                 KeyInfo {
                     name,
                     fapi2,
+                    serves,
                     versions: infos,
                 },
             );
@@ -1074,6 +1122,7 @@ impl Keyring {
             origin: rec.origin,
             created_at: rec.created_at,
             attestation,
+            serves: rec.serves.clone(),
         }))
     }
 
@@ -1168,9 +1217,11 @@ impl Keyring {
         alg: KeyAlg,
         size: KeySize,
         fapi2: bool,
+        serves: &[TokenType],
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
+        let serves = binding(&name, alg, serves)?;
         let kind = kind_for(alg, size)?;
         jose::check_key_alg(alg, kind, fapi2)?;
         let _guard = self.admin.lock().await;
@@ -1192,6 +1243,7 @@ impl Keyring {
             fapi2,
             Origin::Generated,
             obj,
+            serves,
             now,
         )
         .await
@@ -1207,9 +1259,11 @@ impl Keyring {
         alg: KeyAlg,
         fapi2: bool,
         material: PrivateKeyMaterial,
+        serves: &[TokenType],
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
+        let serves = binding(&name, alg, serves)?;
         jose::check_key_alg(alg, material.public().kind(), fapi2)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
@@ -1226,6 +1280,7 @@ impl Keyring {
             fapi2,
             Origin::Imported,
             obj,
+            serves,
             now,
         )
         .await
@@ -1241,9 +1296,11 @@ impl Keyring {
         alg: KeyAlg,
         fapi2: bool,
         uri: &str,
+        serves: &[TokenType],
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let name = KeyName::new(name)?;
+        let serves = binding(&name, alg, serves)?;
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         self.ensure_absent(&name)?;
@@ -1269,6 +1326,7 @@ impl Keyring {
             fapi2,
             Origin::Adopted,
             obj,
+            serves,
             now,
         )
         .await
@@ -1332,6 +1390,7 @@ impl Keyring {
             key.fapi2,
             Origin::Generated,
             obj,
+            key.serves.clone(),
             now,
         )
         .await
@@ -1443,6 +1502,7 @@ impl Keyring {
         fapi2: bool,
         origin: Origin,
         obj: KeyObject,
+        serves: BTreeSet<TokenType>,
         now: i64,
     ) -> Result<KeyInfo, KeyringError> {
         let rec = VersionRecord {
@@ -1456,6 +1516,7 @@ impl Keyring {
             origin,
             created_at: now,
             generation: 0,
+            serves,
         };
         if let Err(e) = self.put(&rec).await {
             // No record, no key: do not leave an unreachable key pair behind.
@@ -1580,6 +1641,23 @@ impl Keyring {
             .await?;
         Ok(())
     }
+}
+
+/// The binding of a new key: the token types it will serve, for a signing key only (a
+/// decryption key signs nothing).
+fn binding(
+    name: &KeyName,
+    alg: KeyAlg,
+    serves: &[TokenType],
+) -> Result<BTreeSet<TokenType>, KeyringError> {
+    if !serves.is_empty() && alg.purpose() != KeyPurpose::Sign {
+        return Err(KeyringError::WrongPurpose {
+            name: name.to_string(),
+            purpose: alg.purpose(),
+            want: "be bound to signing uses",
+        });
+    }
+    Ok(serves.iter().copied().collect())
 }
 
 /// Refuse a state change unless `v` is in one of the `allowed` states.
@@ -1728,11 +1806,41 @@ mod tests {
             origin: Origin::Generated,
             created_at: 1_700_000_000,
             generation: 3,
+            serves: BTreeSet::new(),
         };
         let json = serde_json::to_string(&rec)?;
         assert!(json.contains("\"state\":\"next\""));
+        // Unbound keys write no `serves`: releases before bindings read their records.
+        assert!(!json.contains("serves"), "{json}");
         assert_eq!(serde_json::from_str::<VersionRecord>(&json)?, rec);
+        let bound = VersionRecord {
+            serves: [TokenType::IdToken, TokenType::Logout]
+                .into_iter()
+                .collect(),
+            ..rec
+        };
+        let json = serde_json::to_string(&bound)?;
+        assert!(
+            json.contains("\"serves\":[\"id-token\",\"logout\"]"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<VersionRecord>(&json)?, bound);
         Ok(())
+    }
+
+    #[test]
+    fn records_without_serves_load_unbound_and_unknown_uses_are_refused() {
+        // A record as releases before bindings wrote it.
+        let old = r#"{"format":1,"name":"idp","version":1,"state":"active","alg":"ES256","fapi2":false,"key_id":"00ff","origin":"generated","created_at":1700000000,"generation":2}"#;
+        let rec = serde_json::from_str::<VersionRecord>(old);
+        assert!(rec.is_ok_and(|r| r.serves.is_empty()));
+        // A use this release does not know: the record is unreadable (the version is
+        // skipped), never read as unbound.
+        let newer = old.replace(
+            "\"generation\":2",
+            "\"generation\":2,\"serves\":[\"sd-jwt\"]",
+        );
+        assert!(serde_json::from_str::<VersionRecord>(&newer).is_err());
     }
 
     #[test]

@@ -112,7 +112,14 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
     let k = keyring(&backend);
     k.refresh().await?;
     let key = k
-        .create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+        .create(
+            "idp",
+            Alg::EdDsa.into(),
+            KeySize::default(),
+            false,
+            &[],
+            NOW,
+        )
         .await?;
     assert_eq!(states(&key), [Active]);
     assert_invariants(&k)?;
@@ -174,11 +181,11 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
 async fn kids_are_distinct_across_keys_and_versions() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("a", Alg::EdDsa.into(), KeySize::default(), false, NOW)
+    k.create("a", Alg::EdDsa.into(), KeySize::default(), false, &[], NOW)
         .await?;
-    k.create("b", Alg::Es256.into(), KeySize::default(), false, NOW)
+    k.create("b", Alg::Es256.into(), KeySize::default(), false, &[], NOW)
         .await?;
-    k.create("c", Alg::Es384.into(), KeySize::default(), false, NOW)
+    k.create("c", Alg::Es384.into(), KeySize::default(), false, &[], NOW)
         .await?;
     for _ in 0..3 {
         k.rotate("a", None, KeySize::default(), NOW).await?;
@@ -201,8 +208,15 @@ async fn kids_are_distinct_across_keys_and_versions() -> TestResult {
 async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     let before = k.list()?;
     let jwks = k.jwks()?;
 
@@ -224,9 +238,16 @@ async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> Te
     // Creation: the same, and the name stays free.
     backend.crash_after_generate()?;
     assert!(
-        k.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
-            .await
-            .is_err()
+        k.create(
+            "new",
+            Alg::Es256.into(),
+            KeySize::default(),
+            false,
+            &[],
+            NOW
+        )
+        .await
+        .is_err()
     );
     assert!(matches!(k.get("new"), Err(KeyringError::KeyNotFound(_))));
 
@@ -239,8 +260,15 @@ async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> Te
     // Both operations work afterwards, and the orphan never becomes a version.
     let key = r.rotate("idp", None, KeySize::default(), NOW).await?;
     assert_eq!(key.versions.len(), 2);
-    r.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
-        .await?;
+    r.create(
+        "new",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     let versions: Vec<_> = r.list()?.into_iter().flat_map(|k| k.versions).collect();
     let orphans = backend
         .key_ids()?
@@ -256,8 +284,15 @@ async fn a_crash_between_generate_and_record_leaves_no_half_made_version() -> Te
 async fn a_failed_record_write_takes_the_new_key_pair_with_it() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     let before = k.list()?;
     backend.fail_put_record_after(0)?;
     assert!(
@@ -275,8 +310,15 @@ async fn a_failed_record_write_takes_the_new_key_pair_with_it() -> TestResult {
 async fn a_crash_half_way_through_activation_leaves_the_newest_active() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     // The first write (v2 active) lands, the second (v1 retired) does not.
     backend.fail_put_record_after(1)?;
@@ -296,8 +338,15 @@ async fn a_crash_half_way_through_activation_leaves_the_newest_active() -> TestR
 async fn a_crash_between_destroy_record_and_key_destroy_unpublishes_the_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     k.activate("idp", 0).await?;
     let v1 = k.get("idp")?.versions[0].clone();
@@ -317,8 +366,15 @@ async fn a_crash_between_destroy_record_and_key_destroy_unpublishes_the_version(
 async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW + 10).await?;
     k.activate("idp", 0).await?;
     k.rotate("idp", None, KeySize::default(), NOW + 20).await?;
@@ -328,6 +384,7 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
         Alg::Es256.into(),
         KeySize::default(),
         true,
+        &[],
         NOW + 30,
     )
     .await?;
@@ -337,14 +394,15 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
         Alg::Ed25519.into(),
         KeySize::default(),
         false,
+        &[],
         NOW + 40,
     )
     .await?;
     let uri = backend.add_foreign_ed25519("made elsewhere")?;
-    k.adopt("legacy", Alg::EdDsa.into(), false, &uri, NOW + 50)
+    k.adopt("legacy", Alg::EdDsa.into(), false, &uri, &[], NOW + 50)
         .await?;
     assert!(
-        k.adopt("again", Alg::EdDsa.into(), false, &uri, NOW)
+        k.adopt("again", Alg::EdDsa.into(), false, &uri, &[], NOW)
             .await
             .is_err(),
         "one key pair adopted twice"
@@ -360,8 +418,15 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
                 .to_vec(),
         },
     };
-    k.import("migrated", Alg::EdDsa.into(), false, material, NOW + 60)
-        .await?;
+    k.import(
+        "migrated",
+        Alg::EdDsa.into(),
+        false,
+        material,
+        &[],
+        NOW + 60,
+    )
+    .await?;
     assert_invariants(&k)?;
 
     let r = reloaded(&backend).await?;
@@ -398,8 +463,15 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
 async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     let jwks = k.jwks()?;
     backend.hide_records(true)?;
     assert!(k.refresh().await.is_err());
@@ -426,11 +498,25 @@ async fn records_that_vanish_keep_the_last_known_keyring() -> TestResult {
 async fn a_device_error_while_loading_never_drops_a_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
-    k.create("client", Alg::Es256.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "client",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     // A restarted process loads while the device briefly fails to read one public key (a
     // YubiKey still held by the process that just exited does this): the load may fail and be
     // retried, but a keyring with that version missing (its key without an active version, its
@@ -487,8 +573,15 @@ async fn repair_finds(
 async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     let kept = backend.key_ids()?;
     backend.crash_after_generate()?;
     assert!(
@@ -498,9 +591,16 @@ async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResu
     );
     backend.crash_after_generate()?;
     assert!(
-        k.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
-            .await
-            .is_err()
+        k.create(
+            "new",
+            Alg::Es256.into(),
+            KeySize::default(),
+            false,
+            &[],
+            NOW
+        )
+        .await
+        .is_err()
     );
     // Another tool's key pair is not sigild's to destroy, even though no record names it.
     backend.add_foreign_ed25519("made elsewhere")?;
@@ -515,8 +615,15 @@ async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResu
     assert_eq!(r.list()?, list);
     assert_eq!(r.jwks()?, jwks);
     // The name of the crashed creation is free, and rotation numbers on.
-    r.create("new", Alg::Es256.into(), KeySize::default(), false, NOW)
-        .await?;
+    r.create(
+        "new",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     assert_eq!(
         r.rotate("idp", None, KeySize::default(), NOW)
             .await?
@@ -531,8 +638,15 @@ async fn repair_destroys_the_key_pairs_that_crashed_creations_left() -> TestResu
 async fn an_activation_interrupted_in_its_first_record_replacement_is_repaired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     // v2's new record (active) is written, its old copy (next) stays; v1 is still active.
     backend.crash_in_record_replacement_after(0)?;
@@ -555,8 +669,15 @@ async fn an_activation_interrupted_in_its_first_record_replacement_is_repaired()
 async fn an_activation_interrupted_in_its_second_record_replacement_is_repaired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     backend.crash_in_record_replacement_after(1)?;
     assert!(k.activate("idp", 0).await.is_err());
@@ -572,8 +693,15 @@ async fn an_activation_interrupted_in_its_second_record_replacement_is_repaired(
 async fn the_later_of_two_activations_wins_even_for_an_older_version() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     k.activate("idp", 0).await?;
     // Roll back to v1: v1's record says active, the process dies before v2 is retired.
@@ -601,8 +729,15 @@ async fn the_later_of_two_activations_wins_even_for_an_older_version() -> TestRe
 async fn a_retirement_interrupted_in_its_record_replacement_is_repaired() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     backend.crash_in_record_replacement_after(0)?;
     assert!(k.retire("idp", 0).await.is_err());
     let r = reloaded(&backend).await?;
@@ -616,8 +751,15 @@ async fn a_destruction_interrupted_anywhere_is_repaired() -> TestResult {
     for crash in 0..2 {
         let backend = MemoryBackend::new();
         let k = keyring(&backend);
-        k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-            .await?;
+        k.create(
+            "idp",
+            Alg::EdDsa.into(),
+            KeySize::default(),
+            false,
+            &[],
+            NOW,
+        )
+        .await?;
         k.rotate("idp", None, KeySize::default(), NOW).await?;
         k.activate("idp", 0).await?;
         let v1 = k.get("idp")?.versions[0].clone();
@@ -644,8 +786,15 @@ async fn a_destruction_interrupted_anywhere_is_repaired() -> TestResult {
 async fn a_version_whose_key_pair_is_gone_is_reported_then_recorded_destroyed() -> TestResult {
     let backend = MemoryBackend::new();
     let k = keyring(&backend);
-    k.create("idp", Alg::EdDsa.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "idp",
+        Alg::EdDsa.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     let [v1, v2] = [0, 1].map(|i| k.get("idp").map(|key| key.versions[i].clone()));
     let (v1, v2) = (v1?, v2?);
@@ -694,10 +843,17 @@ async fn decryption_keys_publish_use_enc_and_never_sign() -> TestResult {
         rsa_bits: 0,
         curve: Some(Curve::P384),
     };
-    k.create("enc", JweAlg::EcdhEsA256Kw.into(), p384, true, NOW)
+    k.create("enc", JweAlg::EcdhEsA256Kw.into(), p384, true, &[], NOW)
         .await?;
-    k.create("sig", Alg::Es256.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "sig",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     let enc = k.active("enc")?;
     assert_eq!(enc.purpose(), KeyPurpose::Decrypt);
     assert_eq!(enc.kind, KeyKind::Ec(Curve::P384));
@@ -741,7 +897,7 @@ async fn a_key_keeps_its_purpose_and_curve_across_rotations() -> TestResult {
         rsa_bits: 0,
         curve: Some(Curve::P384),
     };
-    k.create("enc", JweAlg::EcdhEs.into(), p384, false, NOW)
+    k.create("enc", JweAlg::EcdhEs.into(), p384, false, &[], NOW)
         .await?;
     // Another purpose is refused, whatever the alg.
     for alg in [KeyAlg::Sign(Alg::Es384), KeyAlg::Sign(Alg::EdDsa)] {
@@ -750,8 +906,15 @@ async fn a_key_keeps_its_purpose_and_curve_across_rotations() -> TestResult {
             Err(KeyringError::PurposeChange { .. })
         ));
     }
-    k.create("sig", Alg::Es256.into(), KeySize::default(), false, NOW)
-        .await?;
+    k.create(
+        "sig",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
     assert!(matches!(
         k.rotate("sig", Some(JweAlg::EcdhEs.into()), KeySize::default(), NOW)
             .await,

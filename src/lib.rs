@@ -21,6 +21,7 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod crypto;
+pub mod httpsig;
 pub mod jose;
 #[cfg(feature = "server")]
 pub mod keyring;

@@ -27,16 +27,20 @@ use crate::audit::{self, Audit, Record};
 use crate::backend::PrivateKeyMaterial;
 use crate::jose::{self, Alg, KeyAlg, TokenType};
 use crate::keyring::{KeyInfo, KeySize, Keyring, VersionInfo};
-use crate::policy::{Caller, Claims, Operation, Policy, PolicyError, Request, Via};
+use crate::policy::{
+    self as policy_rules, Caller, Claims, Operation, Policy, PolicyError, Request, Via,
+};
 
 mod decrypt;
 mod error;
+mod httpsig;
 mod issued;
 pub mod quarantine;
 mod responses;
 
 pub use decrypt::Decrypted;
 pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
+pub use httpsig::{HttpRequestInput, HttpResponseInput, SignedHttpMessage};
 pub use issued::{AccessTokenInput, CibaRequestInput, LogoutTokenInput};
 pub use quarantine::Quarantine;
 pub use responses::{IntrospectionInput, JARM_DEFAULT_LIFETIME, JarmInput, UserinfoInput};
@@ -271,6 +275,30 @@ struct Call {
     grant: Option<crate::policy::Grant>,
     /// The caller's deadline ([`Origin::deadline`]).
     deadline: Option<std::time::Instant>,
+    /// A generic JWS's header `typ` (None: none, or not a generic JWS): policy and the key's
+    /// binding treat a JWS whose `typ` a profile owns as that profile's token.
+    typ: Option<String>,
+}
+
+impl Call {
+    /// The token type this request signs: its operation's, or for a generic JWS the profile
+    /// its `typ` claims to be (`None` for requests that sign nothing).
+    fn token(&self) -> Option<TokenType> {
+        match self.op {
+            Operation::Sign(TokenType::Jws) => Some(
+                self.typ
+                    .as_deref()
+                    .and_then(TokenType::for_typ)
+                    .unwrap_or(TokenType::Jws),
+            ),
+            op => op.token_type(),
+        }
+    }
+
+    /// Record the token type ([`Call::token`]) in the audit record.
+    fn note_token(&mut self) {
+        self.record.token_type = self.token().map(TokenType::name);
+    }
 }
 
 /// The signing and key-management service.
@@ -419,12 +447,14 @@ impl Service {
                     Via::InProcess => "in-process",
                 },
                 operation: name.to_owned(),
+                token_type: op.token_type().map(TokenType::name),
                 key: key.to_owned(),
                 decision: "allow",
                 ..Record::default()
             },
             grant: None,
             deadline: origin.deadline,
+            typ: None,
         }
     }
 
@@ -460,6 +490,7 @@ impl Service {
             op: call.op,
             key: &call.record.key,
             claims: None,
+            typ: None,
         };
         match self.policy.evaluate(&call.caller, &req) {
             Ok(g) => {
@@ -476,6 +507,7 @@ impl Service {
             op: call.op,
             key: &call.record.key,
             claims: Some(claims),
+            typ: call.typ.as_deref(),
         };
         let grant = match self.policy.evaluate(&call.caller, &req) {
             Ok(g) => g,
@@ -605,7 +637,12 @@ impl Service {
         parts: jose::JwsParts,
     ) -> Result<SignedJws, Error> {
         note_version(call, version, parts.alg);
-        let claims = Claims::from_payload(call.op, &parts.payload);
+        // Claims are read as the token type they make (a client assertion's client is its
+        // `sub`, also when it comes through generic `jws` with its `typ`).
+        let claims = Claims::from_payload(
+            call.token().map_or(call.op, Operation::Sign),
+            &parts.payload,
+        );
         note_claims(call, &claims, &parts.header);
         self.authorize_content(call, &claims)?;
         let input = parts.signing_input();
@@ -628,16 +665,21 @@ impl Service {
     }
 
     /// The active version of `key`, checked for signing with `alg` (the version's own alg
-    /// unless the caller named one) for the use `call` is making of it. Every signing path
-    /// resolves its key here.
+    /// unless the caller named one) for the use `call` is making of it: a key bound to token
+    /// types ([`VersionInfo::serves`]) signs only those, for every caller. Every signing path
+    /// resolves its key here, so none can get around the binding.
     fn resolve(
         &self,
-        call: &Call,
+        call: &mut Call,
         key: &str,
         alg: Option<Alg>,
     ) -> Result<(Arc<VersionInfo>, Alg), Error> {
-        let _ = call.op;
         let (version, own) = self.keyring.signing(key)?;
+        if let Some(token) = call.token() {
+            let via_jws = call.op == Operation::Sign(TokenType::Jws);
+            policy_rules::check_binding(key, &version.serves, token, via_jws)
+                .map_err(|e| Self::refused(call, e))?;
+        }
         let alg = alg.unwrap_or(own);
         jose::check_alg(alg, version.kind, version.fapi2)?;
         Ok((version, alg))
@@ -662,7 +704,9 @@ impl Service {
             async |call| {
                 self.authorize(call)?;
                 self.check_size("header and payload", header.len() + payload.len())?;
-                let (version, _) = self.keyring.signing(key)?;
+                call.typ = jose::header_typ(header)?;
+                call.note_token();
+                let (version, _) = self.resolve(call, key, None)?;
                 let alg = jose::check_header(header, version.kind, &version.kid)?;
                 jose::check_alg(alg, version.kind, version.fapi2)?;
                 let parts = jose::JwsParts {
@@ -700,6 +744,62 @@ impl Service {
                 self.authorize_content(call, &None)?;
                 let signature = self
                     .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
+                    .await?;
+                Ok(RawSignature {
+                    signature,
+                    kid: version.kid.clone(),
+                    alg,
+                    version: version.version,
+                })
+            },
+        )
+        .await
+    }
+
+    /// A TLS handshake signature: `message` is what the TLS stack asks the key to sign. A TLS
+    /// 1.3 CertificateVerify content ([`is_tls13_certificate_verify`]) needs only `tls`; any
+    /// other input — a TLS 1.2 handshake signs the transcript itself, which cannot be told
+    /// apart from other bytes such as a JWS signing input — is a raw signature and needs `raw`
+    /// from the caller's rules and the key's binding as well.
+    ///
+    /// # Errors
+    /// As for [`Service::sign_raw`].
+    pub async fn sign_tls_handshake(
+        &self,
+        origin: &Origin,
+        key: &str,
+        message: &[u8],
+        alg: Option<Alg>,
+    ) -> Result<RawSignature, Error> {
+        self.run(
+            origin,
+            Operation::Sign(TokenType::Tls),
+            "tls",
+            key,
+            async |call| {
+                self.authorize(call)?;
+                self.check_size("message", message.len())?;
+                if !is_tls13_certificate_verify(message) {
+                    call.op = Operation::Sign(TokenType::Raw);
+                    call.note_token();
+                    self.authorize(call).map_err(|e| match e {
+                        Error::Policy(PolicyError::OperationNotAllowed { caller, key, .. }) => {
+                            Error::Policy(PolicyError::NotTlsHandshake { caller, key })
+                        }
+                        e => e,
+                    })?;
+                }
+                let (version, alg) = self.resolve(call, key, alg)?;
+                note_version(call, &version, alg);
+                self.authorize_content(call, &None)?;
+                let signature = self
+                    .sign_input(
+                        &version,
+                        alg,
+                        message,
+                        &call.record.request_id,
+                        call.deadline,
+                    )
                     .await?;
                 Ok(RawSignature {
                     signature,
@@ -884,11 +984,12 @@ impl Service {
         alg: &str,
         size: KeySize,
         fapi2: bool,
+        serves: &[TokenType],
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:create", name, 0, async || {
             let alg = KeyAlg::parse(alg)?;
             self.keyring
-                .create(name, alg, size, fapi2, self.now())
+                .create(name, alg, size, fapi2, serves, self.now())
                 .await
                 .map_err(|e| Error::from(e).for_alg(alg, "make keys for"))
         })
@@ -906,11 +1007,12 @@ impl Service {
         alg: &str,
         fapi2: bool,
         material: PrivateKeyMaterial,
+        serves: &[TokenType],
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:import", name, 0, async || {
             let alg = KeyAlg::parse(alg)?;
             self.keyring
-                .import(name, alg, fapi2, material, self.now())
+                .import(name, alg, fapi2, material, serves, self.now())
                 .await
                 .map_err(|e| Error::from(e).for_alg(alg, "import keys for"))
         })
@@ -928,12 +1030,13 @@ impl Service {
         alg: &str,
         fapi2: bool,
         uri: &str,
+        serves: &[TokenType],
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:adopt", name, 0, async || {
             let alg = KeyAlg::parse(alg)?;
             Ok(self
                 .keyring
-                .adopt(name, alg, fapi2, uri, self.now())
+                .adopt(name, alg, fapi2, uri, serves, self.now())
                 .await?)
         })
         .await
@@ -1117,6 +1220,27 @@ fn sign_deadline(
     }
 }
 
+/// Whether `message` is the content a TLS 1.3 CertificateVerify signs (RFC 8446 §4.4.3): 64
+/// spaces, the client's or the server's context string, a zero byte, then the transcript hash
+/// (SHA-256 or SHA-384, the hashes of the TLS 1.3 cipher suites). Neither a JWS signing input
+/// (base64url and a dot) nor an RFC 9421 signature base (starting with a quoted component
+/// name) can start with a space, so a `tls` grant signs no token.
+pub fn is_tls13_certificate_verify(message: &[u8]) -> bool {
+    const PAD: [u8; 64] = [0x20; 64];
+    let Some(rest) = message.strip_prefix(&PAD[..]) else {
+        return false;
+    };
+    let Some(hash) = [
+        &b"TLS 1.3, client CertificateVerify\0"[..],
+        &b"TLS 1.3, server CertificateVerify\0"[..],
+    ]
+    .into_iter()
+    .find_map(|context| rest.strip_prefix(context)) else {
+        return false;
+    };
+    matches!(hash.len(), 32 | 48)
+}
+
 /// How many keys' active versions one quarantine probe tries at most.
 const PROBE_VERSIONS: usize = 3;
 
@@ -1171,6 +1295,10 @@ fn audit_reason(e: &PolicyError) -> String {
         PolicyError::ClaimMissing { claim, .. } => format!("{claim} missing"),
         PolicyError::ClaimNotAllowed { claim, .. } => format!("{claim} not allowed"),
         PolicyError::NotClaims { .. } => "payload is not a claims set".into(),
+        PolicyError::TypNotAllowed { .. } => "jws typ not allowed".into(),
+        PolicyError::ProfiledTyp { token, .. } => format!("jws typ of {token} without {token}"),
+        PolicyError::KeyNotBound { token, .. } => format!("key not bound to {token}"),
+        PolicyError::NotTlsHandshake { .. } => "not a TLS 1.3 handshake, and no raw".into(),
         PolicyError::RateLimited { scope, rate, .. } => format!("rate limit {rate} of {scope}"),
     }
 }
@@ -1193,6 +1321,20 @@ fn parse_object(field: &'static str, json: &str) -> Result<Map<String, Value>, E
             column: e.column(),
         }),
     }
+}
+
+/// The token types of a key binding, from their names ([`TokenType::name`]) as the API and
+/// CLI give them.
+///
+/// # Errors
+/// [`Error::UnknownTokenType`] for a name that is none.
+pub fn parse_serves(names: &[String]) -> Result<Vec<TokenType>, Error> {
+    names
+        .iter()
+        .map(|n| {
+            TokenType::parse(n.trim()).ok_or_else(|| Error::UnknownTokenType { name: n.clone() })
+        })
+        .collect()
 }
 
 /// 128 random bits, base64url: unique per token as RFC 7519/9449 require.

@@ -78,7 +78,8 @@ mod checks {
 
     /// Every algorithm sigild offers either makes keys that sign JWS and raw signatures which
     /// jwcrypto / cryptography accept, or — where the device lacks it — is refused with
-    /// FAILED_PRECONDITION naming it, with nothing created.
+    /// FAILED_PRECONDITION naming it, with nothing created. An RSA key also signs RS256 (TLS 1.2)
+    /// and PS512 (HTTP message signatures) on request.
     pub async fn every_offered_alg_signs_or_is_refused(dev: &Device) -> TestResult {
         for key in dev.caps.lacks {
             assert!(
@@ -187,6 +188,28 @@ mod checks {
                 .into_inner();
             let key = get_key(&d, "ps256").await?;
             verify_raw("RS256", &active_jwk(&key)?, &data, &raw.signature)?;
+
+            // PS512 (PSS, MGF1-SHA-512, 64-byte salt: RFC 9421 `rsa-pss-sha512`, which HTTP
+            // message signatures use on every RSA key) from the same key pair, raw and as a JWS:
+            // the device's PSS with SHA-512 (host-side encoding on a YubiKey), checked by
+            // cryptography and jwcrypto.
+            let data = b"@method: POST".to_vec();
+            let raw = d
+                .signer()
+                .await?
+                .sign_raw(pb::SignRawRequest {
+                    key: "ps256".into(),
+                    data: data.clone(),
+                    alg: "PS512".into(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(raw.alg, "PS512");
+            verify_raw("PS512", &active_jwk(&key)?, &data, &raw.signature)?;
+            let header = br#"{"alg":"PS512"}"#;
+            let r = sign_jws(&d, "ps256", header, b"ps512 payload").await?;
+            let v = verify_jws_with_kid(&r.compact, &r.kid, &jwks)?;
+            assert_eq!(v["header"]["alg"], "PS512");
         }
         Ok(())
     }

@@ -12,7 +12,8 @@
 //! and sign (RFC 8032, verifiable); EC P-256/P-384 keys are generated and imported, but `ring`
 //! signs messages, not the pre-hashed digests the contract hands a backend, so ECDSA signing is
 //! refused as [`BackendError::Unsupported`]; `ring` cannot generate RSA keys, so RSA exists only
-//! when imported (validated by `ring`) and does not sign either. Decryption: EC keys (made or
+//! when imported (validated by `ring`), and signs as a raw-RSA device does (PSS / PKCS#1 v1.5
+//! encoded on the host by [`super::emsa`], the private-key step by the `rsa` crate). Decryption: EC keys (made or
 //! imported) perform ECDH with the RustCrypto curve crates (`p256`, `p384`); imported RSA keys
 //! decrypt with raw RSA (`rsa` crate) and OAEP decoded on the host. Each key pair keeps its purpose: a decryption key refuses to sign and a
 //! signing key to decrypt, as a real token's attributes make it.
@@ -46,7 +47,7 @@ struct SoftKey {
     /// RustCrypto curve crates do the arithmetic).
     ec_d: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// An imported RSA private key, for raw RSA decryption (OAEP decoded on the host, as a
-    /// device without OAEP does it).
+    /// device without OAEP does it) and signing (PSS / PKCS#1 v1.5 encoded on the host).
     rsa: Option<rsa::RsaPrivateKey>,
     /// What the key pair may do: a signing key never decrypts, a decryption key never signs,
     /// as the token attributes of a real device say.
@@ -262,12 +263,23 @@ fn sign_with(
             "the key is a decryption key and does not sign".into(),
         ));
     }
-    let mut sig = match (op, &soft.ed25519) {
-        (SignOp::Ed25519 { message }, Some(pair)) => pair.sign(message).as_ref().to_vec(),
+    let mut sig = match (op, &soft.ed25519, &soft.rsa) {
+        (SignOp::Ed25519 { message }, Some(pair), _) => pair.sign(message).as_ref().to_vec(),
+        (SignOp::RsaPss { hash, digest }, _, Some(key)) => {
+            let mut salt = vec![0u8; hash.len()];
+            getrandom::fill(&mut salt).map_err(|e| BackendError::Device {
+                function: "getrandom".into(),
+                code: e.to_string(),
+            })?;
+            rsa_raw_sign(key, |bits| super::emsa::pss(*hash, digest, &salt, bits))?
+        }
+        (SignOp::RsaPkcs1v15 { hash, digest }, _, Some(key)) => {
+            rsa_raw_sign(key, |bits| super::emsa::pkcs1v15(*hash, digest, bits / 8))?
+        }
         _ => {
             return Err(BackendError::Unsupported(format!(
-                "the in-memory backend signs with Ed25519 keys only ({kind}: ring signs \
-                 messages, not pre-hashed digests)"
+                "the in-memory backend signs with Ed25519 and imported RSA keys only ({kind}: \
+                 ring signs messages, not pre-hashed digests)"
             )));
         }
     };
@@ -344,6 +356,36 @@ fn rsa_oaep(
     let em = zeroize::Zeroizing::new(raw.to_be_bytes());
     let em = em.get(em.len().saturating_sub(k)..).ok_or_else(refused)?;
     crate::crypto::oaep_decode(hash, k, em).map_err(|_| refused())
+}
+
+/// An RSA signature as a device that performs only the raw private-key operation makes it (the
+/// YubiKey PIV card does): `encode` builds the encoded message for a modulus of the given bit
+/// length on the host ([`super::emsa`]), the key raises it to `d` (with the CRT and the
+/// `rsa` crate's check of the result), and the signature comes out as long as the modulus.
+fn rsa_raw_sign(
+    key: &rsa::RsaPrivateKey,
+    encode: impl FnOnce(usize) -> Result<Vec<u8>, BackendError>,
+) -> Result<Vec<u8>, BackendError> {
+    use rsa::traits::PublicKeyParts as _;
+    let k = key.size();
+    let em = zeroize::Zeroizing::new(encode(k * 8)?);
+    let bits = u32::try_from(k * 8)
+        .map_err(|_| BackendError::InvalidRequest("RSA modulus too long".into()))?;
+    let m = rsa::BoxedUint::from_be_slice(&em, bits)
+        .map_err(|_| BackendError::InvalidRequest("encoded message too long".into()))?;
+    let raw = rsa::hazmat::rsa_decrypt_and_check(
+        key,
+        None::<&mut dyn rsa::rand_core::TryCryptoRng<Error = core::convert::Infallible>>,
+        &m,
+    )
+    .map_err(|e| BackendError::Device {
+        function: "rsa private operation".into(),
+        code: e.to_string(),
+    })?;
+    let raw = raw.to_be_bytes();
+    let mut sig = vec![0u8; k.saturating_sub(raw.len())];
+    sig.extend_from_slice(raw.get(raw.len().saturating_sub(k)..).unwrap_or_default());
+    Ok(sig)
 }
 
 /// ECDH of the private scalar `d` with `peer`: the x-coordinate of `d·peer`.
@@ -782,6 +824,78 @@ mod tests {
                 .verify(b"other", &sig)
                 .is_err()
         );
+        Ok(())
+    }
+
+    /// A fresh RSA-2048 key in PKCS#8 DER, made by python `cryptography` (ring makes none).
+    fn rsa_pkcs8() -> Result<Vec<u8>, BackendError> {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sys\nfrom cryptography.hazmat.primitives.asymmetric import rsa\n\
+                 from cryptography.hazmat.primitives import serialization as s\n\
+                 k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n\
+                 sys.stdout.buffer.write(k.private_bytes(s.Encoding.DER, \
+                 s.PrivateFormat.PKCS8, s.NoEncryption()))",
+            )
+            .output()
+            .map_err(|e| BackendError::Unavailable(format!("python3: {e}")))?;
+        if !out.status.success() {
+            return Err(BackendError::Unavailable(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        Ok(out.stdout)
+    }
+
+    #[test]
+    fn imported_rsa_signs_pss_and_pkcs1_as_a_raw_rsa_device() -> Result<(), BackendError> {
+        use crate::crypto::HashAlg;
+        let b = MemoryBackend::new();
+        let material = super::super::parse_pkcs8(&SecretBytes::new(rsa_pkcs8()?))?;
+        let obj = block_on(b.import("rsa".into(), material, KeyPurpose::Sign))?;
+        let PublicKey::Rsa { n, e } = &obj.public else {
+            return Err(BackendError::Malformed("not RSA".into()));
+        };
+        let kind = KeyKind::Rsa { bits: 2048 };
+        let public = ring::rsa::PublicKeyComponents { n, e };
+        let msg = b"@method: POST";
+        for (op, ring_alg) in [
+            (
+                SignOp::RsaPss {
+                    hash: HashAlg::Sha512,
+                    digest: HashAlg::Sha512.digest(msg),
+                },
+                &signature::RSA_PSS_2048_8192_SHA512,
+            ),
+            (
+                SignOp::RsaPss {
+                    hash: HashAlg::Sha256,
+                    digest: HashAlg::Sha256.digest(msg),
+                },
+                &signature::RSA_PSS_2048_8192_SHA256,
+            ),
+            (
+                SignOp::RsaPkcs1v15 {
+                    hash: HashAlg::Sha256,
+                    digest: HashAlg::Sha256.digest(msg),
+                },
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+            ),
+        ] {
+            let sig = block_on(b.sign(&obj.id, kind, op.clone(), Instant::now()))?;
+            assert_eq!(sig.len(), 256, "{op:?}");
+            assert!(public.verify(ring_alg, msg, &sig).is_ok(), "{op:?}");
+            assert!(public.verify(ring_alg, b"other", &sig).is_err(), "{op:?}");
+        }
+        // PSS with a fresh salt: two signatures of one digest differ, and both verify.
+        let pss = SignOp::RsaPss {
+            hash: HashAlg::Sha512,
+            digest: HashAlg::Sha512.digest(msg),
+        };
+        let one = block_on(b.sign(&obj.id, kind, pss.clone(), Instant::now()))?;
+        let two = block_on(b.sign(&obj.id, kind, pss, Instant::now()))?;
+        assert_ne!(one, two);
         Ok(())
     }
 

@@ -10,6 +10,8 @@
 //! reply, so the async runtime never blocks on hardware. A full work queue is reported at once
 //! as [`BackendError::Busy`].
 
+#[cfg(any(test, feature = "yubikey"))]
+pub mod emsa;
 pub mod import;
 #[cfg(test)]
 pub mod memory;

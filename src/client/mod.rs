@@ -2,7 +2,8 @@
 //! sigild daemon: how to reach the daemon ([`Connection`]: mutual TLS, Unix socket, or plaintext
 //! on loopback), a thin typed [`Client`] for every RPC, a rustls signer whose private-key
 //! operation is a `SignRaw` call ([`SigildSigningKey`]), the certificate and DPoP helpers
-//! a FAPI client needs, and JWE decryption with a check of nested tokens ([`verify_nested`]).
+//! a FAPI client needs, RFC 9421 HTTP message signatures (sign an `http::Request` through sigild,
+//! [`verify_http_response`]), and JWE decryption with a check of nested tokens ([`verify_nested`]).
 //!
 //! Built by the `client` feature, which pulls in neither `cryptoki` nor `yubikey`: this module
 //! may depend on the generated [`crate::api::pb`] types, on the pure [`crate::jose`] and
@@ -13,6 +14,7 @@
 mod cert;
 mod decrypt;
 mod dpop;
+mod httpsig;
 mod signer;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ type Result<T> = std::result::Result<T, ClientError>;
 pub use cert::{HandshakeReport, csr_pem, handshake_check, parse_subject};
 pub use decrypt::{Decrypted, NestedTokenError, VerifiedToken, verify_nested};
 pub use dpop::{DpopOutcome, DpopRequest, dpop_jkt, use_dpop_nonce, x5t_s256};
+pub use httpsig::{VerifiedResponse, verify_http_response};
 pub use signer::{SigildSigningKey, SignerOptions, client_config, tls_schemes};
 
 /// Everything that can go wrong talking to sigild.
@@ -65,6 +68,14 @@ pub enum ClientError {
     /// A decrypted nested token's inner JWS was not accepted.
     #[error(transparent)]
     NestedToken(#[from] NestedTokenError),
+    /// An HTTP message cannot be signed as given, or a response signature does not verify,
+    /// does not cover what it must, or its body does not match its digest (RFC 9421).
+    #[error("HTTP message signature: {0}")]
+    HttpSignature(#[from] crate::httpsig::HttpSigError),
+    /// A response signature that cannot be accepted: none (or several) tagged for FAPI 2.0
+    /// responses, or one without `created` or outside its time window.
+    #[error("response signature not accepted: {0}")]
+    ResponseSignature(String),
 }
 
 impl ClientError {

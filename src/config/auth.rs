@@ -26,6 +26,16 @@
 //! operations = ["dpop"]
 //! htu_prefix = ["https://as.example.com/"]
 //! [[caller]]
+//! identity = "spiffe://example.org/as"
+//! keys = ["as-*"]
+//! operations = ["access-token", "jws"]     # jws: generic JWS, here only without typ or "JWT"
+//! jws_typs = ["", "JWT"]                   # at+jwt through jws also needs access-token
+//! [[caller]]
+//! identity = "spiffe://example.org/rs"
+//! keys = ["rs-sig"]
+//! operations = ["http-request"]            # RFC 9421 request signatures
+//! target_uri_prefix = ["https://api.example.com/"]
+//! [[caller]]
 //! identity = "spiffe://example.org/rp"
 //! keys = ["rp-enc"]
 //! operations = ["decrypt"]                 # JWEs (encrypted ID tokens, JARM, userinfo)
@@ -113,7 +123,11 @@ pub struct CallerConfig {
     /// Key-name patterns (`*` wildcard).
     #[serde(default)]
     pub keys: Option<Vec<String>>,
-    /// Operations: jws, raw, id-token, jar, client-assertion, dpop, tls (signing), decrypt.
+    /// Operations: the signing uses (jws, raw, tls, id-token, jar, client-assertion, dpop,
+    /// jarm, introspection, access-token, logout, userinfo, ciba, http-request,
+    /// http-response) and decrypt. `raw` and `tls` are separate: `tls` signs TLS 1.3
+    /// handshakes only; a TLS 1.2 client key also needs `raw` (its handshake signature cannot be
+    /// told apart from other bytes).
     #[serde(default)]
     pub operations: Vec<String>,
     /// Key administration (create, import, adopt, rotate, activate, retire, destroy).
@@ -127,6 +141,13 @@ pub struct CallerConfig {
     pub client_id: Option<Vec<String>>,
     /// Allowed DPoP `htu` prefixes.
     pub htu_prefix: Option<Vec<String>>,
+    /// Allowed `@target-uri` prefixes of RFC 9421 HTTP message signatures (`http-request`, and
+    /// for `http-response` the request it answers).
+    pub target_uri_prefix: Option<Vec<String>>,
+    /// Allowed `typ` header values of a generic `jws` (`""`: no `typ`); absent: any. A `typ`
+    /// that a profile owns (`at+jwt`, `logout+jwt`, …) also needs that token type in
+    /// `operations`. Only with `jws`.
+    pub jws_typs: Option<Vec<String>>,
     /// JWE key-management algs the rule lets its callers decrypt (`RSA-OAEP-256`, …);
     /// absent: any the key serves. Only with `decrypt`.
     pub jwe_algs: Option<Vec<String>>,
@@ -268,8 +289,11 @@ pub fn validate(
                 out.push(problem(format!("caller[{i}].keys[{j}]"), "empty pattern"));
             }
         }
-        let content =
-            c.iss.is_some() || c.aud.is_some() || c.client_id.is_some() || c.htu_prefix.is_some();
+        let content = c.iss.is_some()
+            || c.aud.is_some()
+            || c.client_id.is_some()
+            || c.htu_prefix.is_some()
+            || c.target_uri_prefix.is_some();
         if content
             && ops.iter().any(|o| {
                 matches!(
@@ -280,7 +304,7 @@ pub fn validate(
         {
             out.push(problem(
                 f("operations"),
-                "raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id or htu_prefix; put them in a separate [[caller]] rule",
+                "raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id, htu_prefix or target_uri_prefix; put them in a separate [[caller]] rule",
             ));
         }
         for (name, claim, list) in [
@@ -288,6 +312,7 @@ pub fn validate(
             ("aud", "aud", &c.aud),
             ("client_id", "client_id", &c.client_id),
             ("htu_prefix", "htu", &c.htu_prefix),
+            ("target_uri_prefix", "target_uri", &c.target_uri_prefix),
         ] {
             if list.as_ref().is_some_and(Vec::is_empty) {
                 out.push(problem(
@@ -305,6 +330,7 @@ pub fn validate(
                 ));
             }
         }
+        jws_typs(c, &ops, &f, &mut out);
         jwe_lists(c, &ops, &f, &mut out);
         if let Some(r) = &c.rate
             && let Err(m) = Rate::parse(r)
@@ -341,6 +367,47 @@ pub fn validate(
         ));
     }
     out
+}
+
+/// Check a rule's `jws_typs`: not empty, no duplicates, only on a rule that signs generic JWS;
+/// a `typ` a profile owns is listed only with that token type (else it could never be used).
+fn jws_typs(
+    c: &CallerConfig,
+    ops: &[Operation],
+    f: &dyn Fn(&str) -> String,
+    out: &mut Vec<Problem>,
+) {
+    let Some(list) = &c.jws_typs else { return };
+    if list.is_empty() {
+        out.push(problem(
+            f("jws_typs"),
+            "an empty list allows no generic JWS; remove the field to allow any typ, or list \"\" for JWS without typ",
+        ));
+    }
+    if !ops.contains(&Operation::Sign(TokenType::Jws)) {
+        out.push(problem(
+            f("jws_typs"),
+            "has no effect: the rule's operations do not include jws",
+        ));
+    }
+    for (j, t) in list.iter().enumerate() {
+        if t.trim() != t {
+            out.push(problem(
+                format!("{}[{j}]", f("jws_typs")),
+                format!("{t:?} has surrounding spaces; a typ header never matches it"),
+            ));
+        }
+        if let Some(token) = TokenType::for_typ(t)
+            && !ops.contains(&Operation::Sign(token))
+        {
+            out.push(problem(
+                format!("{}[{j}]", f("jws_typs")),
+                format!(
+                    "{t:?} is the typ of {token} tokens: a generic JWS with it also needs {token} in operations (or use the {token} profile)"
+                ),
+            ));
+        }
+    }
 }
 
 /// Check a rule's `jwe_algs` and `jwe_encs`: known names, not empty, and only on a rule that

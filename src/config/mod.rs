@@ -629,6 +629,7 @@ fail_closed = true
             op,
             key,
             claims: None,
+            typ: None,
         };
         assert!(
             p.evaluate(

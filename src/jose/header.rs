@@ -133,10 +133,44 @@ pub fn check_header(header: &[u8], key_kind: KeyKind, kid: &str) -> Result<Alg, 
     Ok(alg)
 }
 
+/// The `typ` member of a caller-built protected header (`None` when it has none), read before
+/// the key is resolved: policy and the key's binding decide by it which token type a generic
+/// JWS is.
+///
+/// # Errors
+/// As [`check_header`] for a header that is not a JSON object with unique members;
+/// [`JoseError::InvalidHeaderMember`] for a `typ` that is not a string (a verifier could read
+/// such a header in ways policy cannot foresee).
+pub fn header_typ(header: &[u8]) -> Result<Option<String>, JoseError> {
+    match parse_object(header)?.get("typ") {
+        None => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(_) => Err(JoseError::InvalidHeaderMember {
+            member: "typ",
+            reason: "must be a string",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::Curve;
+
+    #[test]
+    fn typ_is_read_as_a_string() -> Result<(), JoseError> {
+        assert_eq!(header_typ(br#"{"alg":"ES256"}"#)?, None);
+        assert_eq!(
+            header_typ(br#"{"alg":"ES256","typ":"at+jwt"}"#)?.as_deref(),
+            Some("at+jwt")
+        );
+        assert!(matches!(
+            header_typ(br#"{"alg":"ES256","typ":["at+jwt"]}"#),
+            Err(JoseError::InvalidHeaderMember { member: "typ", .. })
+        ));
+        assert!(header_typ(br#"{"typ":"a","typ":"b"}"#).is_err());
+        Ok(())
+    }
 
     const KID: &str = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
     const RSA: KeyKind = KeyKind::Rsa { bits: 2048 };

@@ -138,18 +138,36 @@ impl Operation {
         }
     }
 
-    /// Whether tokens of this operation carry `claim` (`iss`, `aud`, `client_id`, `htu`), so
-    /// that a rule restricting it applies. Generic JWS may carry anything — including a
-    /// hand-made DPoP proof or ID token — so every restriction applies to it.
+    /// Whether tokens of this operation carry `claim` (`iss`, `aud`, `client_id`, `htu`,
+    /// `target_uri`), so that a rule restricting it applies. Generic JWS may carry any JWT —
+    /// including a hand-made DPoP proof or ID token — so every JWT restriction applies to it;
+    /// `target_uri` is the `@target-uri` of an RFC 9421 HTTP message signature (of the
+    /// request, or for a response of the request it answers), which no JWS carries.
     pub fn carries(self, claim: &str) -> bool {
         use TokenType as T;
         let Operation::Sign(t) = self else {
             return false;
         };
         match claim {
-            "iss" | "aud" => matches!(t, T::Jws | T::IdToken | T::Jar | T::ClientAssertion),
-            "client_id" => matches!(t, T::Jws | T::Jar | T::ClientAssertion),
+            "iss" | "aud" => matches!(
+                t,
+                T::Jws
+                    | T::IdToken
+                    | T::Jar
+                    | T::ClientAssertion
+                    | T::Jarm
+                    | T::Introspection
+                    | T::AccessToken
+                    | T::Logout
+                    | T::Userinfo
+                    | T::Ciba
+            ),
+            "client_id" => matches!(
+                t,
+                T::Jws | T::Jar | T::ClientAssertion | T::Jarm | T::AccessToken | T::Ciba
+            ),
             "htu" => matches!(t, T::Jws | T::Dpop),
+            "target_uri" => matches!(t, T::HttpRequest | T::HttpResponse),
             _ => false,
         }
     }
@@ -255,6 +273,13 @@ pub struct Rule {
     pub client_id: Option<Vec<String>>,
     /// Allowed prefixes of a DPoP proof's `htu` (None = any).
     pub htu_prefix: Option<Vec<String>>,
+    /// Allowed prefixes of an HTTP message signature's `@target-uri` ([`Claims::target_uri`])
+    /// (None = any).
+    pub target_uri_prefix: Option<Vec<String>>,
+    /// Allowed `typ` header values of a generic `jws`, compared as media types; `""` stands for
+    /// a header without `typ` (None = any). Whatever the list says, a `typ` that a profile
+    /// owns ([`TokenType::for_typ`]) also needs a grant of that token type on the key.
+    pub jws_typs: Option<Vec<String>>,
     /// JWE key-management algs this rule lets its callers decrypt (None = any the key
     /// serves; a key only ever decrypts its own alg).
     pub jwe_algs: Option<Vec<JweAlg>>,
@@ -269,10 +294,8 @@ impl Rule {
         let op_ok = match op {
             Operation::Admin => self.admin,
             Operation::Read => true,
-            Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls) => {
-                self.operations.contains(&Operation::Sign(TokenType::Raw))
-                    || self.operations.contains(&Operation::Sign(TokenType::Tls))
-            }
+            // `raw` and `tls` are separate grants: a TLS key may sign handshakes without
+            // being able to sign arbitrary bytes (such as a JWS signing input).
             other => self.operations.contains(&other),
         };
         // Reading the (public) key list needs no key match; everything else does.
@@ -291,6 +314,19 @@ impl Rule {
             || (self.aud.is_some() && op.carries("aud"))
             || (self.client_id.is_some() && op.carries("client_id"))
             || (self.htu_prefix.is_some() && op.carries("htu"))
+            || (self.target_uri_prefix.is_some() && op.carries("target_uri"))
+    }
+
+    /// Whether the rule lets its callers sign a generic JWS whose header has `typ` (`None`: no
+    /// `typ` member).
+    fn allows_typ(&self, typ: Option<&str>) -> bool {
+        let Some(list) = &self.jws_typs else {
+            return true;
+        };
+        match typ {
+            None => list.iter().any(String::is_empty),
+            Some(t) => list.iter().any(|a| !a.is_empty() && media_type_eq(a, t)),
+        }
     }
 
     fn check_claims(&self, op: Operation, claims: &Claims) -> Result<(), ClaimProblem> {
@@ -317,15 +353,64 @@ impl Rule {
                 return Err(ClaimProblem::NotAllowed("aud", bad.clone()));
             }
         }
-        if let Some(prefixes) = self.htu_prefix.as_ref().filter(|_| op.carries("htu")) {
-            match &claims.htu {
-                None => return Err(ClaimProblem::Missing("htu")),
-                Some(h) if prefixes.iter().any(|p| h.starts_with(p.as_str())) => {}
-                Some(h) => return Err(ClaimProblem::NotAllowed("htu", h.clone())),
+        let prefix = |name: &'static str,
+                      allowed: &Option<Vec<String>>,
+                      value: &Option<String>|
+         -> Result<(), ClaimProblem> {
+            let Some(prefixes) = allowed.as_ref().filter(|_| op.carries(name)) else {
+                return Ok(());
+            };
+            match value {
+                None => Err(ClaimProblem::Missing(name)),
+                Some(v) if prefixes.iter().any(|p| v.starts_with(p.as_str())) => Ok(()),
+                Some(v) => Err(ClaimProblem::NotAllowed(name, v.clone())),
             }
-        }
+        };
+        prefix("htu", &self.htu_prefix, &claims.htu)?;
+        prefix("target_uri", &self.target_uri_prefix, &claims.target_uri)?;
         Ok(())
     }
+}
+
+/// Whether two `typ` values name the same media type (RFC 7515 §4.1.9: case-insensitive, the
+/// `application/` prefix optional).
+fn media_type_eq(a: &str, b: &str) -> bool {
+    fn bare(t: &str) -> &str {
+        match t.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("application/") => t.get(12..).unwrap_or(""),
+            _ => t,
+        }
+    }
+    bare(a).eq_ignore_ascii_case(bare(b))
+}
+
+/// Whether a key bound to the token types `serves` may sign `token`: an unbound key (empty
+/// set) serves every use; a bound one only those listed. `via_jws`: the signature is a generic
+/// JWS (its `token` is the profile its `typ` claims, or `jws`), which a key bound to `jws`
+/// also serves. The binding is the key's, not the caller's: it holds for every caller,
+/// in-process ones and administrators included.
+///
+/// # Errors
+/// [`PolicyError::KeyNotBound`] naming the key's binding.
+pub fn check_binding(
+    key: &str,
+    serves: &BTreeSet<TokenType>,
+    token: TokenType,
+    via_jws: bool,
+) -> Result<(), PolicyError> {
+    if serves.is_empty() || serves.contains(&token) || (via_jws && serves.contains(&TokenType::Jws))
+    {
+        return Ok(());
+    }
+    Err(PolicyError::KeyNotBound {
+        key: key.to_owned(),
+        token,
+        serves: serves
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// The claims a content rule can look at, taken from the payload that is about to be signed
@@ -342,6 +427,10 @@ pub struct Claims {
     pub client_id: Option<String>,
     /// DPoP `htu`.
     pub htu: Option<String>,
+    /// The `@target-uri` of an RFC 9421 HTTP message signature: the signed request's, or for a
+    /// response the request's it answers. Never in a JWT payload: the HTTP signing path fills
+    /// it in from the message it signs.
+    pub target_uri: Option<String>,
     /// `jti`.
     pub jti: Option<String>,
 }
@@ -361,8 +450,16 @@ impl Claims {
                 .collect(),
             _ => Vec::new(),
         };
+        // Where each profile names the client: a client assertion is issued by and about the
+        // client (`sub`), a CIBA request is issued by it (`iss`), a JARM response is addressed
+        // to it (its one `aud`); the others say `client_id`.
         let client_id = match op {
             Operation::Sign(TokenType::ClientAssertion) => s("sub"),
+            Operation::Sign(TokenType::Ciba) => s("iss"),
+            Operation::Sign(TokenType::Jarm) => match aud.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
             _ => s("client_id"),
         };
         Some(Claims {
@@ -371,6 +468,7 @@ impl Claims {
             sub: s("sub"),
             client_id,
             htu: s("htu"),
+            target_uri: None,
             jti: s("jti"),
         })
     }
@@ -443,6 +541,52 @@ pub enum PolicyError {
         /// The key.
         key: String,
     },
+    /// A generic JWS whose `typ` the caller's `jws` rules do not list.
+    #[error("caller {caller} may not sign a generic JWS of typ {typ} with key {key}")]
+    TypNotAllowed {
+        /// The caller.
+        caller: String,
+        /// The key.
+        key: String,
+        /// The header's `typ` (quoted and shortened), or `(none)`.
+        typ: String,
+    },
+    /// A generic JWS whose `typ` belongs to a profile the caller may not use on this key: the
+    /// profile's rules must not be bypassed through `jws`.
+    #[error(
+        "caller {caller} may not sign a JWS of typ {typ} with key {key}: that typ marks a {token} token, which its policy does not let it mint with this key"
+    )]
+    ProfiledTyp {
+        /// The caller.
+        caller: String,
+        /// The key.
+        key: String,
+        /// The header's `typ` (quoted and shortened).
+        typ: String,
+        /// The token type the `typ` claims.
+        token: TokenType,
+    },
+    /// A `tls` request whose input is no TLS 1.3 CertificateVerify content, from a caller
+    /// without `raw` on the key.
+    #[error(
+        "caller {caller} may sign only TLS 1.3 handshakes (CertificateVerify) with key {key}; other input, TLS 1.2 handshakes included, needs the raw operation"
+    )]
+    NotTlsHandshake {
+        /// The caller.
+        caller: String,
+        /// The key.
+        key: String,
+    },
+    /// The key is bound to other token types than the one being signed.
+    #[error("key {key} is bound to {serves}; it does not sign {token}")]
+    KeyNotBound {
+        /// The key.
+        key: String,
+        /// The use that was refused.
+        token: TokenType,
+        /// The key's binding, comma-separated.
+        serves: String,
+    },
     /// A rate limit is exhausted.
     #[error("rate limit {rate} of {scope} exceeded; retry in {retry_ms} ms")]
     RateLimited {
@@ -473,6 +617,9 @@ pub struct Request<'a> {
     /// The claims about to be signed; `None` for the early check made before the key is
     /// resolved (content rules are then checked in a second call).
     pub claims: Option<&'a Option<Claims>>,
+    /// For a generic `jws`, the header's `typ` (`None`: no `typ` member); checked with the
+    /// claims. Ignored for other operations.
+    pub typ: Option<&'a str>,
 }
 
 /// Which rule allowed a request (its rate limit applies); `None` for in-process callers.
@@ -552,8 +699,74 @@ impl Policy {
         if !req.op.has_claims() {
             return Ok(Grant(Some(first)));
         }
+        if req.op == Operation::Sign(TokenType::Jws) {
+            return self.evaluate_jws(caller, req, claims, covering);
+        }
+        self.check_content(caller, req, claims, &covering)
+    }
+
+    /// The content check of a generic JWS: a rule that covers `jws` and lists its `typ` must
+    /// accept its claims, and a `typ` that a profile owns needs that token type's grant on the
+    /// key too, whose content rules then apply as well.
+    fn evaluate_jws(
+        &self,
+        caller: &Caller,
+        req: &Request<'_>,
+        claims: &Option<Claims>,
+        covering: Vec<(usize, &Rule)>,
+    ) -> Result<Grant, PolicyError> {
+        let shown = || {
+            req.typ.map_or_else(
+                || "(none)".to_owned(),
+                |t| format!("{:?}", t.chars().take(64).collect::<String>()),
+            )
+        };
+        let listed: Vec<(usize, &Rule)> = covering
+            .into_iter()
+            .filter(|(_, r)| r.allows_typ(req.typ))
+            .collect();
+        if listed.is_empty() {
+            return Err(PolicyError::TypNotAllowed {
+                caller: caller.identity.clone(),
+                key: req.key.to_owned(),
+                typ: shown(),
+            });
+        }
+        let grant = self.check_content(caller, req, claims, &listed)?;
+        if let Some(token) = req.typ.and_then(TokenType::for_typ) {
+            let profiled = Request {
+                op: Operation::Sign(token),
+                key: req.key,
+                claims: Some(claims),
+                typ: None,
+            };
+            match self.evaluate(caller, &profiled) {
+                Ok(_) => {}
+                Err(PolicyError::OperationNotAllowed { .. }) => {
+                    return Err(PolicyError::ProfiledTyp {
+                        caller: caller.identity.clone(),
+                        key: req.key.to_owned(),
+                        typ: shown(),
+                        token,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(grant)
+    }
+
+    /// The first of `covering` whose content rules accept `claims`; the first refusal
+    /// otherwise.
+    fn check_content(
+        &self,
+        caller: &Caller,
+        req: &Request<'_>,
+        claims: &Option<Claims>,
+        covering: &[(usize, &Rule)],
+    ) -> Result<Grant, PolicyError> {
         let mut problem = None;
-        for (i, r) in &covering {
+        for (i, r) in covering {
             if !r.restricts_content(req.op) {
                 return Ok(Grant(Some(*i)));
             }
@@ -687,7 +900,12 @@ mod tests {
     }
 
     fn req<'a>(op: Operation, key: &'a str, claims: Option<&'a Option<Claims>>) -> Request<'a> {
-        Request { op, key, claims }
+        Request {
+            op,
+            key,
+            claims,
+            typ: None,
+        }
     }
 
     #[test]

@@ -101,6 +101,8 @@ fn rule() -> impl Strategy<Value = Rule> {
                 aud,
                 client_id,
                 htu_prefix,
+                target_uri_prefix: None,
+                jws_typs: None,
                 jwe_algs: None,
                 jwe_encs: None,
                 rate: None,
@@ -130,6 +132,7 @@ fn claims() -> impl Strategy<Value = Option<Claims>> {
                 sub: None,
                 client_id,
                 htu,
+                target_uri: None,
                 jti: None,
             }),
     )
@@ -191,7 +194,7 @@ proptest! {
         k in key(),
     ) {
         let policy = Policy::new(rules.clone(), None);
-        let got = policy.evaluate(&c, &Request { op, key: &k, claims: None });
+        let got = policy.evaluate(&c, &Request { op, key: &k, claims: None, typ: None });
         let mine: Vec<&Rule> = rules.iter().filter(|r| names(r, &c)).collect();
         if mine.is_empty() {
             prop_assert!(
@@ -218,7 +221,7 @@ proptest! {
         cl in claims(),
     ) {
         let with_claims = Some(&cl);
-        let req = Request { op, key: &k, claims: with_claims };
+        let req = Request { op, key: &k, claims: with_claims, typ: None };
         let before = Policy::new(rules.clone(), None).evaluate(&c, &req);
         let mut more = rules.clone();
         more.extend(extra.iter().cloned());
@@ -243,12 +246,12 @@ proptest! {
         cl in claims(),
     ) {
         let policy = Policy::new(rules, None);
-        let with = policy.evaluate(&c, &Request { op, key: &k, claims: Some(&cl) });
-        let without = policy.evaluate(&c, &Request { op, key: &k, claims: None });
+        let with = policy.evaluate(&c, &Request { op, key: &k, claims: Some(&cl), typ: None });
+        let without = policy.evaluate(&c, &Request { op, key: &k, claims: None, typ: None });
         if with.is_ok() {
             prop_assert!(without.is_ok());
         }
-        let daemon = policy.evaluate(&Caller::in_process(), &Request { op, key: &k, claims: Some(&cl) });
+        let daemon = policy.evaluate(&Caller::in_process(), &Request { op, key: &k, claims: Some(&cl), typ: None });
         prop_assert_eq!(daemon, Ok(Grant(None)));
     }
 

@@ -54,7 +54,7 @@ async fn fixture() -> Fixture {
         .with_access(Arc::new(Policy::new(rules, None)), Arc::clone(&audit));
     let me = Origin::in_process();
     service
-        .create_key(&me, "enc", "ECDH-ES", KeySize::default(), false)
+        .create_key(&me, "enc", "ECDH-ES", KeySize::default(), false, &[])
         .await
         .unwrap();
     let p384 = KeySize {
@@ -62,11 +62,11 @@ async fn fixture() -> Fixture {
         ..KeySize::default()
     };
     service
-        .create_key(&me, "enc-kw", "ECDH-ES+A256KW", p384, false)
+        .create_key(&me, "enc-kw", "ECDH-ES+A256KW", p384, false, &[])
         .await
         .unwrap();
     service
-        .create_key(&me, "sig", "EdDSA", KeySize::default(), false)
+        .create_key(&me, "sig", "EdDSA", KeySize::default(), false, &[])
         .await
         .unwrap();
     Fixture { service, audit }
@@ -492,6 +492,7 @@ async fn rsa_oaep_decrypts_and_its_padding_failures_look_like_any_other() {
         "RSA-OAEP-256",
         false,
         material,
+        &[],
     )
     .await
     .unwrap();

@@ -15,7 +15,8 @@ use std::fmt;
 
 use crate::audit::AuditError;
 use crate::backend::BackendError;
-use crate::jose::{JoseError, JweAlg, JweEnc, KeyAlg};
+use crate::httpsig::HttpSigError;
+use crate::jose::{JoseError, JweAlg, JweEnc, KeyAlg, TokenType};
 use crate::keyring::KeyringError;
 use crate::policy::PolicyError;
 
@@ -90,6 +91,9 @@ pub enum Error {
     /// The JOSE layer refused the request (header, claims, alg, FAPI rules).
     #[error("JOSE")]
     Jose(#[from] JoseError),
+    /// The HTTP message to sign (RFC 9421) is malformed, or the key cannot sign HTTP messages.
+    #[error("HTTP message signature")]
+    HttpSig(#[from] HttpSigError),
     /// The signing device failed or refused.
     #[error("signing device")]
     Backend(#[from] BackendError),
@@ -177,6 +181,12 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// A name in a key's `serves` list that is no token type.
+    #[error("serves: unknown token type {name:?}")]
+    UnknownTokenType {
+        /// The name given.
+        name: String,
+    },
     /// The system random number generator failed (jti values). `getrandom::Error` is not a
     /// `std::error::Error` without the crate's `std` feature, so it is shown, not chained.
     #[error("the system random number generator failed: {0}")]
@@ -191,13 +201,16 @@ impl Error {
             Error::Policy(_) => ErrorKind::PermissionDenied,
             Error::Keyring(e) => keyring_kind(e),
             Error::Jose(e) => jose_kind(e),
+            Error::HttpSig(HttpSigError::UnsupportedKey { .. }) => ErrorKind::FailedPrecondition,
+            Error::HttpSig(_) => ErrorKind::InvalidArgument,
             Error::Backend(e) => backend_kind(e),
             Error::Unsupported { .. } => ErrorKind::FailedPrecondition,
             Error::TooLarge { .. }
             | Error::NotAnObject { .. }
             | Error::InvalidJson { .. }
             | Error::Undecryptable { .. }
-            | Error::UnknownJweName { .. } => ErrorKind::InvalidArgument,
+            | Error::UnknownJweName { .. }
+            | Error::UnknownTokenType { .. } => ErrorKind::InvalidArgument,
             // A passed deadline is UNAVAILABLE like a device that missed it, so the one code
             // table keeps its kinds; the caller's own stack reports DEADLINE_EXCEEDED anyway.
             Error::Timeout { .. }
@@ -215,12 +228,14 @@ impl Error {
     pub fn is_fault(&self) -> bool {
         match self {
             Error::Policy(_)
+            | Error::HttpSig(_)
             | Error::DeadlinePassed
             | Error::TooLarge { .. }
             | Error::NotAnObject { .. }
             | Error::InvalidJson { .. }
             | Error::Undecryptable { .. }
-            | Error::UnknownJweName { .. } => false,
+            | Error::UnknownJweName { .. }
+            | Error::UnknownTokenType { .. } => false,
             Error::Keyring(e) => keyring_fault(e),
             Error::Jose(e) => jose_fault(e),
             Error::Backend(e) => backend_fault(e),
@@ -248,6 +263,8 @@ impl Error {
             Error::Policy(e) => e.to_string(),
             Error::Keyring(e) => keyring_message(e),
             Error::Jose(e) => jose_message(e),
+            // Names components, fields and parameters only, never their values.
+            Error::HttpSig(e) => e.to_string(),
             Error::Backend(e) => backend_message(e),
             Error::Unsupported { alg, doing, source } => match source {
                 BackendError::Unsupported(d) if caller_safe(d) => {
@@ -287,6 +304,11 @@ impl Error {
                 };
                 format!("{field}: unknown name {name:?}; expected one of {known}")
             }
+            Error::UnknownTokenType { name } => format!(
+                "serves: unknown token type {:?}; expected one of {}",
+                name.chars().take(64).collect::<String>(),
+                TokenType::ALL.map(TokenType::name).join(", ")
+            ),
         }
     }
 

@@ -188,7 +188,14 @@ mod tests {
         let service = Service::new(keyring, Arc::new(SystemClock), options);
         for (name, alg) in [("a", "ES256"), ("k", "EdDSA")] {
             service
-                .create_key(&Origin::in_process(), name, alg, Default::default(), false)
+                .create_key(
+                    &Origin::in_process(),
+                    name,
+                    alg,
+                    Default::default(),
+                    false,
+                    &[],
+                )
                 .await
                 .unwrap();
         }

@@ -4,7 +4,8 @@
 //! (Python jwcrypto/cryptography, openssl, pkcs11-tool). Submodules: `device` (the conformance
 //! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
 //! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module), `jwe` (JWEs made by
-//! jwcrypto and node jose, for the decryption tests).
+//! jwcrypto and node jose, for the decryption tests), `httpsig` (RFC 9421 messages and their
+//! verification by `http-message-signatures`).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub mod device;
 pub mod faulty;
+pub mod httpsig;
 pub mod jwe;
 pub mod ock;
 pub mod op;

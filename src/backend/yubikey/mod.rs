@@ -390,7 +390,7 @@ impl Card {
         let input = Zeroizing::new(match (op, kind) {
             (SignOp::Ecdsa { digest }, _) => digest.clone(),
             (SignOp::RsaPkcs1v15 { hash, digest }, KeyKind::Rsa { bits }) => {
-                encode::pkcs1v15(*hash, digest, bits as usize / 8)?
+                super::emsa::pkcs1v15(*hash, digest, bits as usize / 8)?
             }
             (SignOp::RsaPss { hash, digest }, KeyKind::Rsa { bits }) => {
                 let mut salt = vec![0u8; hash.len()];
@@ -398,7 +398,7 @@ impl Card {
                     function: "getrandom".into(),
                     code: e.to_string(),
                 })?;
-                encode::pss(*hash, digest, &salt, bits as usize)?
+                super::emsa::pss(*hash, digest, &salt, bits as usize)?
             }
             (SignOp::Ed25519 { message }, _) => message.clone(),
             _ => {

@@ -123,6 +123,7 @@ pub(crate) async fn bench_key(service: &Service, alg: Alg) -> Result<String, Str
                 alg.name(),
                 sigild::keyring::KeySize::default(),
                 false,
+                &[],
             )
             .await
             .map_err(|e| e.chain().to_string())?;
@@ -156,6 +157,8 @@ pub(crate) fn for_benchmark(config: &mut Config) {
         aud: None,
         client_id: None,
         htu_prefix: None,
+        target_uri_prefix: None,
+        jws_typs: None,
         jwe_algs: None,
         jwe_encs: None,
         rate: None,
@@ -329,6 +332,7 @@ impl DecryptSetup {
                     jwe_alg.name(),
                     sigild::keyring::KeySize::default(),
                     false,
+                    &[],
                 )
                 .await
                 .map_err(|e| e.chain().to_string())?;

@@ -252,6 +252,7 @@ pub async fn ensure_default_keys(
                 alg,
                 sigild::keyring::KeySize::default(),
                 true,
+                &[],
             )
             .await?;
         created.push(name.to_owned());
