@@ -22,6 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sigil.v1.SignHttpResponseRequest",
             "sigil.v1.SignHttpMessageResponse",
             "sigil.v1.DecryptJweResponse",
+            // The subject and claims of access and logout tokens are personal data, a logout
+            // token's sid names a live session, and a CIBA request's hints identify the user
+            // while its client_notification_token is a bearer token.
+            "sigil.v1.SignAccessTokenRequest",
+            "sigil.v1.SignLogoutTokenRequest",
+            "sigil.v1.SignCibaRequestRequest",
         ])
         .compile_protos(
             &[

@@ -128,6 +128,32 @@ pub mod pb {
         }
     }
 
+    impl std::fmt::Debug for SignAccessTokenRequest {
+        // Hand-written: the subject and claims may be personal data (build.rs skips the
+        // derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignAccessTokenRequest")
+                .field("key", &self.key)
+                .field("issuer", &self.issuer)
+                .field("audience", &self.audience)
+                .field("subject", &redacted(&self.subject))
+                .field("client_id", &self.client_id)
+                .field("scope", &self.scope)
+                .field(
+                    "claims_json",
+                    &format_args!("<{} bytes>", self.claims_json.len()),
+                )
+                .field("lifetime_seconds", &self.lifetime_seconds)
+                .field("dpop_jwk_json", &!self.dpop_jwk_json.is_empty())
+                .field("dpop_jkt", &self.dpop_jkt)
+                .field(
+                    "client_certificate",
+                    &format_args!("<{} bytes>", self.client_certificate.len()),
+                )
+                .finish()
+        }
+    }
+
     impl std::fmt::Debug for HttpField {
         // Hand-written: Authorization and DPoP values are bearer tokens and proofs (build.rs
         // skips the derived Debug); the name alone says what the field is.
@@ -135,6 +161,25 @@ pub mod pb {
             f.debug_struct("HttpField")
                 .field("name", &self.name)
                 .field("value", &redacted(&self.value))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignLogoutTokenRequest {
+        // Hand-written: the subject is personal data, the sid names a live session, the
+        // claims may hold either (build.rs skips the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignLogoutTokenRequest")
+                .field("key", &self.key)
+                .field("issuer", &self.issuer)
+                .field("audience", &self.audience)
+                .field("subject", &redacted(&self.subject))
+                .field("sid", &redacted(&self.sid))
+                .field(
+                    "claims_json",
+                    &format_args!("<{} bytes>", self.claims_json.len()),
+                )
+                .field("lifetime_seconds", &self.lifetime_seconds)
                 .finish()
         }
     }
@@ -150,6 +195,23 @@ pub mod pb {
                 .field("headers", &self.headers)
                 .field("body", &format_args!("<{} bytes>", self.body.len()))
                 .field("label", &self.label)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SignCibaRequestRequest {
+        // Hand-written: the claims hold the user's hints and the client_notification_token,
+        // a bearer token (build.rs skips the derived Debug).
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SignCibaRequestRequest")
+                .field("key", &self.key)
+                .field("client_id", &self.client_id)
+                .field("audience", &self.audience)
+                .field(
+                    "claims_json",
+                    &format_args!("<{} bytes>", self.claims_json.len()),
+                )
+                .field("lifetime_seconds", &self.lifetime_seconds)
                 .finish()
         }
     }
@@ -856,6 +918,8 @@ impl SigningService for Api {
             client_id: r.client_id,
             audience: r.audience,
             lifetime: r.lifetime_seconds.into(),
+            explicit_typ: r.explicit_typ,
+            nbf: r.nbf,
         };
         let s = self
             .service
@@ -947,20 +1011,52 @@ impl SigningService for Api {
         Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_access_token(
         &self,
-        _req: Request<pb::SignAccessTokenRequest>,
+        req: Request<pb::SignAccessTokenRequest>,
     ) -> Result<pb::SignJwsResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::AccessTokenInput {
+            issuer: r.issuer,
+            audience: r.audience,
+            subject: r.subject,
+            client_id: r.client_id,
+            scope: r.scope,
+            claims_json: r.claims_json,
+            lifetime: r.lifetime_seconds.into(),
+            dpop_jwk_json: r.dpop_jwk_json,
+            dpop_jkt: r.dpop_jkt,
+            client_certificate: r.client_certificate,
+        };
+        let s = self
+            .service
+            .sign_access_token(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_logout_token(
         &self,
-        _req: Request<pb::SignLogoutTokenRequest>,
+        req: Request<pb::SignLogoutTokenRequest>,
     ) -> Result<pb::SignJwsResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::LogoutTokenInput {
+            issuer: r.issuer,
+            audience: r.audience,
+            subject: r.subject,
+            sid: r.sid,
+            claims_json: r.claims_json,
+            lifetime: r.lifetime_seconds.into(),
+        };
+        let s = self
+            .service
+            .sign_logout_token(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_userinfo(
@@ -982,12 +1078,24 @@ impl SigningService for Api {
         Ok(respond(&origin, signed(s)))
     }
 
-    // PLACEHOLDER(lead): replaced by a helper branch before merge.
     async fn sign_ciba_request(
         &self,
-        _req: Request<pb::SignCibaRequestRequest>,
+        req: Request<pb::SignCibaRequestRequest>,
     ) -> Result<pb::SignJwsResponse> {
-        Err(Status::unimplemented("not yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let input = service::CibaRequestInput {
+            client_id: r.client_id,
+            audience: r.audience,
+            claims_json: r.claims_json,
+            lifetime: r.lifetime_seconds.into(),
+        };
+        let s = self
+            .service
+            .sign_ciba_request(&origin, &r.key, input)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(&origin, signed(s)))
     }
 
     async fn sign_http_request(
@@ -1321,5 +1429,34 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "JWS alg \"none\" is never allowed");
         assert!(status.metadata().get(REQUEST_ID).is_some());
+    }
+
+    #[test]
+    fn issued_token_requests_debug_without_personal_data_or_tokens() {
+        let at = pb::SignAccessTokenRequest {
+            subject: "alice-248289761001".into(),
+            claims_json: r#"{"email":"alice@example.com"}"#.into(),
+            client_certificate: b"alice-cert".to_vec(),
+            ..Default::default()
+        };
+        let logout = pb::SignLogoutTokenRequest {
+            subject: "alice-248289761001".into(),
+            sid: "08a5019c-17e1".into(),
+            claims_json: r#"{"email":"alice@example.com"}"#.into(),
+            ..Default::default()
+        };
+        let ciba = pb::SignCibaRequestRequest {
+            claims_json: r#"{"login_hint":"alice","client_notification_token":"8d67dc78"}"#.into(),
+            ..Default::default()
+        };
+        for dbg in [
+            format!("{at:?}"),
+            format!("{logout:?}"),
+            format!("{ciba:?}"),
+        ] {
+            for secret in ["alice", "08a5019c", "8d67dc78"] {
+                assert!(!dbg.contains(secret), "{dbg}");
+            }
+        }
     }
 }

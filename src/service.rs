@@ -34,12 +34,14 @@ use crate::policy::{
 mod decrypt;
 mod error;
 mod httpsig;
+mod issued;
 pub mod quarantine;
 mod responses;
 
 pub use decrypt::Decrypted;
 pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
 pub use httpsig::{HttpRequestInput, HttpResponseInput, SignedHttpMessage};
+pub use issued::{AccessTokenInput, CibaRequestInput, LogoutTokenInput};
 pub use quarantine::Quarantine;
 pub use responses::{IntrospectionInput, JARM_DEFAULT_LIFETIME, JarmInput, UserinfoInput};
 
@@ -180,6 +182,10 @@ pub struct ClientAssertionInput {
     pub audience: String,
     /// Seconds; 0 = 60.
     pub lifetime: u64,
+    /// Set `typ: client-authentication+jwt`.
+    pub explicit_typ: bool,
+    /// Also set `nbf = iat`.
+    pub nbf: bool,
 }
 
 /// Inputs of a DPoP proof.
@@ -899,7 +905,8 @@ impl Service {
                 now: self.clock.now(),
                 lifetime: or_default(input.lifetime, 60),
                 jti: new_jti()?,
-                nbf: false,
+                nbf: input.nbf,
+                explicit_typ: input.explicit_typ,
             };
             let parts = jose::client_assertion(key_ref(&version, alg), &req)?;
             self.sign_parts(call, &version, parts).await

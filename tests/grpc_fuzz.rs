@@ -147,6 +147,9 @@ enum Rpc {
     SignRequestObject,
     SignClientAssertion,
     SignDpopProof,
+    SignAccessToken,
+    SignLogoutToken,
+    SignCibaRequest,
     SignJarm,
     SignIntrospection,
     SignUserinfo,
@@ -170,7 +173,7 @@ enum Rpc {
     Unknown,
 }
 
-const RPCS: [Rpc; 27] = [
+const RPCS: [Rpc; 30] = [
     Rpc::SignJws,
     Rpc::SignRaw,
     Rpc::SignTlsHandshake,
@@ -178,6 +181,9 @@ const RPCS: [Rpc; 27] = [
     Rpc::SignRequestObject,
     Rpc::SignClientAssertion,
     Rpc::SignDpopProof,
+    Rpc::SignAccessToken,
+    Rpc::SignLogoutToken,
+    Rpc::SignCibaRequest,
     Rpc::SignJarm,
     Rpc::SignIntrospection,
     Rpc::SignUserinfo,
@@ -210,6 +216,9 @@ impl Rpc {
             Rpc::SignRequestObject => ("sigil.v1.SigningService", "SignRequestObject"),
             Rpc::SignClientAssertion => ("sigil.v1.SigningService", "SignClientAssertion"),
             Rpc::SignDpopProof => ("sigil.v1.SigningService", "SignDpopProof"),
+            Rpc::SignAccessToken => ("sigil.v1.SigningService", "SignAccessToken"),
+            Rpc::SignLogoutToken => ("sigil.v1.SigningService", "SignLogoutToken"),
+            Rpc::SignCibaRequest => ("sigil.v1.SigningService", "SignCibaRequest"),
             Rpc::SignJarm => ("sigil.v1.SigningService", "SignJarm"),
             Rpc::SignIntrospection => ("sigil.v1.SigningService", "SignIntrospection"),
             Rpc::SignUserinfo => ("sigil.v1.SigningService", "SignUserinfo"),
@@ -255,6 +264,9 @@ impl Rpc {
             Rpc::SignRequestObject => pb::SignRequestObjectRequest::decode(bytes).is_ok(),
             Rpc::SignClientAssertion => pb::SignClientAssertionRequest::decode(bytes).is_ok(),
             Rpc::SignDpopProof => pb::SignDpopProofRequest::decode(bytes).is_ok(),
+            Rpc::SignAccessToken => pb::SignAccessTokenRequest::decode(bytes).is_ok(),
+            Rpc::SignLogoutToken => pb::SignLogoutTokenRequest::decode(bytes).is_ok(),
+            Rpc::SignCibaRequest => pb::SignCibaRequestRequest::decode(bytes).is_ok(),
             Rpc::SignJarm => pb::SignJarmRequest::decode(bytes).is_ok(),
             Rpc::SignIntrospection => pb::SignIntrospectionRequest::decode(bytes).is_ok(),
             Rpc::SignUserinfo => pb::SignUserinfoRequest::decode(bytes).is_ok(),
@@ -310,6 +322,9 @@ const SIGNING_KEYS: [(&str, &str); 4] = [
 
 /// Keys the admin calls create, rotate, retire and destroy.
 const ADMIN_KEYS: [&str; 4] = ["adm-a", "adm-b", "adm-c", "adm-d"];
+
+/// A client's DPoP public key (RFC 7638 §3.1's example), for sender-constrained access tokens.
+const DPOP_JWK: &str = r#"{"kty":"RSA","e":"AQAB","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}"#;
 
 /// The encryption key the decryption calls use (admin calls never name it).
 const ENC_KEY: (&str, &str) = ("fz-enc", "ECDH-ES+A256KW");
@@ -464,6 +479,71 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             } else {
                 String::new()
             },
+        }
+        .encode_to_vec(),
+        Rpc::SignAccessToken => {
+            // None, each, or two sender constraints (refused).
+            let jkt = fx.kids.get("fz-es").cloned().unwrap_or_default();
+            let (dpop_jwk_json, dpop_jkt, client_certificate) = match rng.below(5) {
+                0 => (DPOP_JWK.to_owned(), String::new(), Vec::new()),
+                1 => (String::new(), jkt, Vec::new()),
+                2 => (String::new(), String::new(), fx.cert_der.clone()),
+                3 => (String::new(), jkt, fx.cert_der.clone()),
+                _ => (String::new(), String::new(), Vec::new()),
+            };
+            pb::SignAccessTokenRequest {
+                key,
+                issuer: "https://as.example".into(),
+                audience: (0..=rng.below(3))
+                    .map(|i| format!("https://rs{i}.example"))
+                    .collect(),
+                subject: format!("user{}", rng.below(100)),
+                client_id: "client-a".into(),
+                scope: rng.pick(&["", "openid", "read write"]).to_string(),
+                claims_json: rng
+                    .pick(&[
+                        "",
+                        r#"{"auth_time":1700000000,"acr":"1"}"#,
+                        r#"{"cnf":{"jkt":"x"}}"#,
+                    ])
+                    .to_string(),
+                lifetime_seconds: *rng.pick(&[0, 60, 3600, 3601]),
+                dpop_jwk_json,
+                dpop_jkt,
+                client_certificate,
+            }
+            .encode_to_vec()
+        }
+        Rpc::SignLogoutToken => pb::SignLogoutTokenRequest {
+            key,
+            issuer: "https://op.example".into(),
+            audience: "client-a".into(),
+            subject: if rng.chance(70) {
+                format!("user{}", rng.below(100))
+            } else {
+                String::new()
+            },
+            sid: if rng.chance(70) {
+                "sid-1".into()
+            } else {
+                String::new()
+            },
+            claims_json: rng.pick(&["", "{}", r#"{"nonce":"n"}"#]).to_string(),
+            lifetime_seconds: *rng.pick(&[0, 120, 600, 601]),
+        }
+        .encode_to_vec(),
+        Rpc::SignCibaRequest => pb::SignCibaRequestRequest {
+            key,
+            client_id: "client-a".into(),
+            audience: "https://op.example".into(),
+            claims_json: rng
+                .pick(&[
+                    r#"{"scope":"openid","login_hint":"alice","binding_message":"W4SCT"}"#,
+                    r#"{"scope":"openid email","id_token_hint":"e30.e30.x"}"#,
+                    r#"{"scope":"openid"}"#,
+                ])
+                .to_string(),
+            lifetime_seconds: *rng.pick(&[0, 300, 3600, 3601]),
         }
         .encode_to_vec(),
         Rpc::SignJarm => pb::SignJarmRequest {
@@ -716,6 +796,38 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
             htu: rng.text(),
             access_token: rng.text(),
             nonce: rng.text(),
+        }
+        .encode_to_vec(),
+        Rpc::SignAccessToken => pb::SignAccessTokenRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            audience: (0..rng.below(3)).map(|_| rng.text()).collect(),
+            subject: rng.text(),
+            client_id: rng.text(),
+            scope: rng.text(),
+            claims_json: rng.text(),
+            lifetime_seconds: n(rng),
+            dpop_jwk_json: rng.text(),
+            dpop_jkt: rng.text(),
+            client_certificate: rng.bytes_upto(200),
+        }
+        .encode_to_vec(),
+        Rpc::SignLogoutToken => pb::SignLogoutTokenRequest {
+            key: signing_key(rng).0,
+            issuer: rng.text(),
+            audience: rng.text(),
+            subject: rng.text(),
+            sid: rng.text(),
+            claims_json: rng.text(),
+            lifetime_seconds: n(rng),
+        }
+        .encode_to_vec(),
+        Rpc::SignCibaRequest => pb::SignCibaRequestRequest {
+            key: signing_key(rng).0,
+            client_id: rng.text(),
+            audience: rng.text(),
+            claims_json: rng.text(),
+            lifetime_seconds: n(rng),
         }
         .encode_to_vec(),
         Rpc::SignJarm => pb::SignJarmRequest {
@@ -1147,6 +1259,9 @@ fn verification(
         | Rpc::SignRequestObject
         | Rpc::SignClientAssertion
         | Rpc::SignDpopProof
+        | Rpc::SignAccessToken
+        | Rpc::SignLogoutToken
+        | Rpc::SignCibaRequest
         | Rpc::SignJarm
         | Rpc::SignIntrospection
         | Rpc::SignUserinfo => {

@@ -572,6 +572,58 @@ impl Client {
             .into_inner())
     }
 
+    /// `SignAccessToken`: an RFC 9068 JWT access token (`typ: at+jwt`); sigild stamps `iat`,
+    /// `exp` and `jti`, and derives `cnf` from the DPoP JWK, its jkt, or the client
+    /// certificate (at most one of them).
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_access_token(
+        &self,
+        req: pb::SignAccessTokenRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_access_token(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `SignLogoutToken`: an OpenID Connect back-channel logout token (`typ: logout+jwt`) for
+    /// a user (`subject`), a session (`sid`) or both.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_logout_token(
+        &self,
+        req: pb::SignLogoutTokenRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_logout_token(req)
+            .await?
+            .into_inner())
+    }
+
+    /// `SignCibaRequest`: a CIBA signed authentication request (CIBA Core §7.1.1), for the
+    /// `request` parameter of a backchannel authentication request.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] with the daemon's code.
+    pub async fn sign_ciba_request(
+        &self,
+        req: pb::SignCibaRequestRequest,
+    ) -> Result<pb::SignJwsResponse> {
+        Ok(self
+            .signing
+            .clone()
+            .sign_ciba_request(req)
+            .await?
+            .into_inner())
+    }
+
     /// `SignDpopProof`: one DPoP proof (RFC 9449). See [`DpopRequest`] for the nonce retry.
     ///
     /// # Errors

@@ -3,8 +3,9 @@
 //! It owns the byte-exact JWS signing input and compact form, base64url, the algorithm table
 //! (which operation a backend performs for each `alg` and what comes back), JWKs and RFC 7638
 //! thumbprints (the kid), the generic header check for caller-built JWS, the profiles (ID token,
-//! JAR request object, `private_key_jwt` client assertion, DPoP proof), the signed responses
-//! (JARM, RFC 9701 introspection, UserInfo) and the FAPI 2.0 rules.
+//! JAR request object, `private_key_jwt` client assertion, DPoP proof; RFC 9068 access token,
+//! back-channel logout token, CIBA signed authentication request), the signed responses (JARM,
+//! RFC 9701 introspection, UserInfo) and the FAPI 2.0 rules.
 //!
 //! It depends only on [`crate::crypto`] and on serde_json, base64 and sha2. It must never touch
 //! I/O, a clock, randomness, a backend, gRPC or configuration: times (`now`) and `jti` values are
@@ -14,6 +15,7 @@
 mod alg;
 mod fapi;
 mod header;
+mod issued;
 mod jwe;
 mod jwk;
 mod profiles;
@@ -24,6 +26,10 @@ mod verify;
 pub use alg::{Alg, KeyAlg};
 pub use fapi::{check_alg, check_fapi2, check_key_alg};
 pub use header::{check_header, header_typ};
+pub use issued::{
+    AccessTokenRequest, BACKCHANNEL_LOGOUT_EVENT, CibaRequest, Confirmation, LogoutTokenRequest,
+    access_token, ciba_request, logout_token,
+};
 pub use jwe::{Jwe, JweAlg, JweEnc, JweError};
 pub use jwk::{jwks, jwks_entry, public_jwk, public_key_from_jwk, thumbprint};
 pub use profiles::{

@@ -447,13 +447,21 @@ pub struct ClientAssertionRequest {
     pub jti: String,
     /// Also set `nbf = now`, for servers that want it.
     pub nbf: bool,
+    /// Set the explicit `typ: client-authentication+jwt` (draft-ietf-oauth-rfc7523bis), which
+    /// keeps the assertion from being mistaken for any other JWT; only for servers that accept
+    /// it, as older ones refuse an unexpected `typ`.
+    pub explicit_typ: bool,
 }
+
+/// The explicit `typ` of a client assertion (draft-ietf-oauth-rfc7523bis).
+const CLIENT_ASSERTION_TYP: &str = "client-authentication+jwt";
 
 /// The longest client assertion lifetime sigild signs.
 const ASSERTION_MAX_LIFETIME: u64 = 300;
 
-/// Build a client assertion for `key`: header `{alg, kid}`, claims `iss = sub = client_id`,
-/// `aud`, `jti`, `iat = now`, `exp = now + lifetime`, and `nbf = now` if asked.
+/// Build a client assertion for `key`: header `{alg, kid}` (plus
+/// `typ: client-authentication+jwt` if asked), claims `iss = sub = client_id`, `aud`, `jti`,
+/// `iat = now`, `exp = now + lifetime`, and `nbf = now` if asked.
 ///
 /// # Errors
 ///
@@ -485,7 +493,11 @@ pub fn client_assertion(
     claims.insert("sub".into(), req.client_id.as_str().into());
     Ok(JwsParts {
         alg: key.alg,
-        header: to_bytes(header(key.alg, Some(key.kid), None))?,
+        header: to_bytes(header(
+            key.alg,
+            Some(key.kid),
+            req.explicit_typ.then_some(CLIENT_ASSERTION_TYP),
+        ))?,
         payload: to_bytes(claims)?,
     })
 }
@@ -1016,6 +1028,7 @@ mod tests {
             lifetime: 60,
             jti: "jti-2".into(),
             nbf: false,
+            explicit_typ: false,
         }
     }
 
@@ -1037,6 +1050,16 @@ mod tests {
         let c = parse(&client_assertion(key(Alg::Ps256, RSA), &req)?.payload)?;
         assert!(c["aud"].is_string());
         assert_eq!(c["nbf"], NOW);
+        req.explicit_typ = true;
+        let parts = client_assertion(key(Alg::Ps256, RSA), &req)?;
+        assert_eq!(
+            Value::Object(parse(&parts.header)?),
+            json!({"alg": "PS256", "kid": "kid-1", "typ": "client-authentication+jwt"})
+        );
+        assert_eq!(
+            crate::jose::TokenType::for_typ("client-authentication+jwt"),
+            Some(crate::jose::TokenType::ClientAssertion)
+        );
         Ok(())
     }
 

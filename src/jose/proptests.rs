@@ -494,8 +494,11 @@ proptest! {
         now in any::<u64>(),
         lifetime in any::<u64>(),
         nbf in any::<bool>(),
+        explicit_typ in any::<bool>(),
     ) {
-        let req = ClientAssertionRequest { client_id, audience, now, lifetime, jti: "j".into(), nbf };
+        let req = ClientAssertionRequest {
+            client_id, audience, now, lifetime, jti: "j".into(), nbf, explicit_typ,
+        };
         if let Ok(parts) = client_assertion(KeyRef { kid: KID, kind, alg: a }, &req) {
             prop_assert_eq!(check_header(&parts.header, kind, KID), Ok(a));
         }

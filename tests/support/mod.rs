@@ -648,6 +648,45 @@ pub fn verify_jws(compact: &str, jwks: &Value) -> TestResult<Value> {
     python(&json!({"op": "jws", "jws": compact, "jwks": jwks}))
 }
 
+/// Compact JWS collected during a test and verified by jwcrypto in one Python process at the
+/// end (each Python start costs about a second on a busy CI machine).
+#[derive(Debug, Default)]
+pub struct JwsBatch {
+    jws: Vec<Value>,
+}
+
+impl JwsBatch {
+    /// Queue `compact` for verification with the JWKS entry named by its header's kid (or by
+    /// `kid` when the header has none); returns its decoded header and payload, unverified
+    /// until [`JwsBatch::verify`] passes.
+    pub fn push(&mut self, compact: &str, kid: &str) -> TestResult<(Value, Value)> {
+        self.jws.push(json!({"jws": compact, "kid": kid}));
+        decode(compact)
+    }
+
+    /// Verify every queued JWS against `jwks`; Err names the ones jwcrypto refused.
+    pub fn verify(self, jwks: &Value) -> TestResult<usize> {
+        let n = self.jws.len();
+        let v = python(&json!({"op": "jws_batch", "jws": self.jws, "jwks": jwks}))?;
+        if v["verified"] != json!(n) {
+            return Err(format!("jwcrypto verified {} of {n}", v["verified"]).into());
+        }
+        Ok(n)
+    }
+}
+
+/// The RFC 8705 `x5t#S256` of a PEM certificate, computed by Python `cryptography`.
+pub fn x5t_s256_of_pem(pem: &str) -> TestResult<String> {
+    let v = python(&json!({"op": "x5t_s256", "pem": pem}))?;
+    Ok(v["x5t_s256"].as_str().ok_or("no x5t_s256")?.to_owned())
+}
+
+/// The RFC 7638 thumbprint of a JWK, computed by jwcrypto.
+pub fn thumbprint_of(jwk: &Value) -> TestResult<String> {
+    let v = python(&json!({"op": "thumbprint", "jwk": jwk}))?;
+    Ok(v["thumbprint"].as_str().ok_or("no thumbprint")?.to_owned())
+}
+
 /// Verify a compact JWS with the JWKS entry whose kid is `kid` (for headers that carry no kid).
 pub fn verify_jws_with_kid(compact: &str, kid: &str, jwks: &Value) -> TestResult<Value> {
     let entry = jwks["keys"]

@@ -9,6 +9,7 @@ Reads one JSON request on stdin, prints one JSON result on stdout, exits 1 on a 
   {"op": "spki_thumbprint", "der_b64": B64URL}        RFC 7638 thumbprint of a DER or PEM
   {"op": "spki_thumbprint", "pem": PEM}               public key read by a device's own tool
   {"op": "half_hash", "hash": "sha256", "value": S}   OIDC at_hash / c_hash of S
+  {"op": "x5t_s256", "pem": PEM}                      RFC 8705 cnf x5t#S256 of a certificate
   {"op": "pkcs8", "jwk": {...}}                       private JWK -> PKCS#8 PEM and DER (test vectors)
   {"op": "jws_batch", "jws": [{"jws": COMPACT, "kid": KID}, ...], "jwks": {...}}
                                                       many at once (kid: the header's, else the
@@ -30,6 +31,7 @@ import hashlib
 import json
 import sys
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from jwcrypto import jwe, jwk, jws
@@ -114,6 +116,13 @@ def half_hash(req):
     return {"ok": True, "half_hash": base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode().rstrip("=")}
 
 
+def x5t_s256(req):
+    """RFC 8705 3.1: base64url SHA-256 of the certificate's DER, read by cryptography."""
+    cert = x509.load_pem_x509_certificate(req["pem"].encode())
+    digest = cert.fingerprint(hashes.SHA256())
+    return {"ok": True, "x5t_s256": base64.urlsafe_b64encode(digest).decode().rstrip("=")}
+
+
 def verify_jws_batch(req):
     """Verify many compact JWS against one JWKS in one process (tests that collect thousands)."""
     keys = jwk.JWKSet.from_json(json.dumps(req["jwks"]))
@@ -171,6 +180,8 @@ def run(req):
         return spki_thumbprint(req)
     if op == "half_hash":
         return half_hash(req)
+    if op == "x5t_s256":
+        return x5t_s256(req)
     if op == "pkcs8":
         pem = to_pkcs8(req["jwk"])
         der = serialization.load_pem_private_key(pem, password=None).private_bytes(

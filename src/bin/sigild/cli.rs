@@ -553,6 +553,98 @@ pub enum SignCommand {
         /// Lifetime, seconds.
         #[arg(long, default_value_t = 0)]
         lifetime: u32,
+        /// Set the explicit typ "client-authentication+jwt" (only for servers that accept it).
+        #[arg(long)]
+        explicit_typ: bool,
+        /// Also set nbf (= iat).
+        #[arg(long)]
+        nbf: bool,
+    },
+    /// An RFC 9068 JWT access token (typ at+jwt), optionally sender-constrained.
+    AccessToken {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Authorization server issuer (iss).
+        #[arg(long)]
+        issuer: String,
+        /// Resource server (aud); repeat for several.
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        /// Resource owner, or the client for client credentials (sub).
+        #[arg(long)]
+        subject: String,
+        /// The client the token is issued to.
+        #[arg(long)]
+        client_id: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Further claims as JSON (auth_time, acr, amr, authorization_details, ...).
+        #[arg(long, default_value = "")]
+        claims_json: String,
+        /// Lifetime, seconds (default 300, at most 3600).
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+        /// Bind to this DPoP public key: a file holding its JWK (cnf.jkt).
+        #[arg(long, group = "sender")]
+        dpop_jwk_file: Option<PathBuf>,
+        /// Bind to the DPoP key with this RFC 7638 thumbprint (cnf.jkt).
+        #[arg(long, group = "sender")]
+        dpop_jkt: Option<String>,
+        /// Bind to this client certificate, PEM or DER (cnf.x5t#S256).
+        #[arg(long, group = "sender")]
+        client_cert: Option<PathBuf>,
+    },
+    /// An OpenID Connect back-channel logout token (typ logout+jwt).
+    Logout {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// OP issuer (iss).
+        #[arg(long)]
+        issuer: String,
+        /// The relying party's client_id (aud).
+        #[arg(long)]
+        audience: String,
+        /// The user (sub); at least one of --subject and --sid.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// The session (sid).
+        #[arg(long, default_value = "")]
+        sid: String,
+        /// Further claims as JSON (never nonce).
+        #[arg(long, default_value = "")]
+        claims_json: String,
+        /// Lifetime, seconds (default 120, at most 600).
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+    },
+    /// A CIBA signed authentication request (CIBA Core 7.1.1).
+    Ciba {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// client_id (iss).
+        #[arg(long)]
+        client_id: String,
+        /// OP issuer (aud).
+        #[arg(long)]
+        audience: String,
+        /// Authentication request parameters as JSON (scope, login_hint, binding_message, ...).
+        #[arg(
+            long,
+            conflicts_with = "claims_file",
+            required_unless_present = "claims_file"
+        )]
+        claims_json: Option<String>,
+        /// File holding the parameters as JSON (`-`: stdin): use it when they carry a
+        /// client_notification_token, which must not appear on a command line.
+        #[arg(long)]
+        claims_file: Option<PathBuf>,
+        /// Lifetime, seconds (default 300, at most 3600).
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
     },
     /// A DPoP proof (RFC 9449).
     Dpop {
@@ -738,6 +830,27 @@ fn read_file_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
     let s = std::str::from_utf8(&bytes)
         .map_err(|_| CliError::Local(format!("{}: not UTF-8", path.display())))?;
     Ok(Zeroizing::new(s.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+fn read_text(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))
+}
+
+/// One certificate from a PEM or DER file, as DER.
+fn read_one_certificate(path: &Path) -> Result<Vec<u8>, CliError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?;
+    if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Ok(bytes);
+    }
+    let mut ders = sigild::tls::pem_certificates(&bytes);
+    match (ders.pop(), ders.is_empty()) {
+        (Some(der), true) => Ok(der),
+        _ => Err(CliError::Local(format!(
+            "{}: expected exactly one PEM CERTIFICATE",
+            path.display()
+        ))),
+    }
 }
 
 /// A JSON input given as an argument, or in a file (`-`: stdin), whitespace-trimmed.
@@ -1111,16 +1224,92 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             client_id,
             audience,
             lifetime,
+            explicit_typ,
+            nbf,
         } => {
             let req = pb::SignClientAssertionRequest {
-                explicit_typ: false,
-                nbf: false,
+                explicit_typ,
+                nbf,
                 key,
                 client_id,
                 audience,
                 lifetime_seconds: lifetime,
             };
             c.sign_client_assertion(req).await?.into_inner().compact
+        }
+        SignCommand::AccessToken {
+            key,
+            issuer,
+            audience,
+            subject,
+            client_id,
+            scope,
+            claims_json,
+            lifetime,
+            dpop_jwk_file,
+            dpop_jkt,
+            client_cert,
+        } => {
+            let dpop_jwk_json = match &dpop_jwk_file {
+                Some(p) => read_text(p)?,
+                None => String::new(),
+            };
+            let client_certificate = match &client_cert {
+                Some(p) => read_one_certificate(p)?,
+                None => Vec::new(),
+            };
+            let req = pb::SignAccessTokenRequest {
+                key,
+                issuer,
+                audience,
+                subject,
+                client_id,
+                scope,
+                claims_json,
+                lifetime_seconds: lifetime,
+                dpop_jwk_json,
+                dpop_jkt: dpop_jkt.unwrap_or_default(),
+                client_certificate,
+            };
+            c.sign_access_token(req).await?.into_inner().compact
+        }
+        SignCommand::Logout {
+            key,
+            issuer,
+            audience,
+            subject,
+            sid,
+            claims_json,
+            lifetime,
+        } => {
+            let req = pb::SignLogoutTokenRequest {
+                key,
+                issuer,
+                audience,
+                subject,
+                sid,
+                claims_json,
+                lifetime_seconds: lifetime,
+            };
+            c.sign_logout_token(req).await?.into_inner().compact
+        }
+        SignCommand::Ciba {
+            key,
+            client_id,
+            audience,
+            claims_json,
+            claims_file,
+            lifetime,
+        } => {
+            let claims = json_input(claims_json, claims_file.as_deref())?;
+            let req = pb::SignCibaRequestRequest {
+                key,
+                client_id,
+                audience,
+                claims_json: claims.to_string(),
+                lifetime_seconds: lifetime,
+            };
+            c.sign_ciba_request(req).await?.into_inner().compact
         }
         SignCommand::Dpop {
             key,
