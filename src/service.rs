@@ -739,21 +739,33 @@ impl Service {
             async |call| {
                 self.authorize(call)?;
                 self.check_size("data", data.len())?;
-                let (version, alg) = self.resolve(call, key, alg)?;
-                note_version(call, &version, alg);
-                self.authorize_content(call, &None)?;
-                let signature = self
-                    .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
-                    .await?;
-                Ok(RawSignature {
-                    signature,
-                    kid: version.kid.clone(),
-                    alg,
-                    version: version.version,
-                })
+                self.sign_bytes(call, key, alg, data).await
             },
         )
         .await
+    }
+
+    /// Sign caller-given bytes (raw and TLS handshake signatures) with `key`, once the call is
+    /// authorized for the operation: resolve the version (binding checked), rate-limit, sign.
+    async fn sign_bytes(
+        &self,
+        call: &mut Call,
+        key: &str,
+        alg: Option<Alg>,
+        data: &[u8],
+    ) -> Result<RawSignature, Error> {
+        let (version, alg) = self.resolve(call, key, alg)?;
+        note_version(call, &version, alg);
+        self.authorize_content(call, &None)?;
+        let signature = self
+            .sign_input(&version, alg, data, &call.record.request_id, call.deadline)
+            .await?;
+        Ok(RawSignature {
+            signature,
+            kid: version.kid.clone(),
+            alg,
+            version: version.version,
+        })
     }
 
     /// A TLS handshake signature: `message` is what the TLS stack asks the key to sign. A TLS
@@ -789,24 +801,7 @@ impl Service {
                         e => e,
                     })?;
                 }
-                let (version, alg) = self.resolve(call, key, alg)?;
-                note_version(call, &version, alg);
-                self.authorize_content(call, &None)?;
-                let signature = self
-                    .sign_input(
-                        &version,
-                        alg,
-                        message,
-                        &call.record.request_id,
-                        call.deadline,
-                    )
-                    .await?;
-                Ok(RawSignature {
-                    signature,
-                    kid: version.kid.clone(),
-                    alg,
-                    version: version.version,
-                })
+                self.sign_bytes(call, key, alg, message).await
             },
         )
         .await

@@ -16,8 +16,8 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::profiles::{
-    JwsParts, KeyRef, check_key, header, non_empty, opt_str, refuse_reserved, same_or_absent,
-    stamp, to_bytes,
+    JarRequest, JwsParts, KeyRef, RequestObjectRules, check_auth_claims, check_key, header,
+    non_empty, opt_str, refuse_reserved, request_object_claims, same_or_absent, stamp, to_bytes,
 };
 use super::{JoseError, b64_decode, dpop_jkt, public_key_from_jwk, x5t_s256};
 
@@ -159,28 +159,6 @@ fn check_scope(scope: &str) -> Result<(), JoseError> {
             reason: "must be scope tokens (printable ASCII without quotes or backslashes) separated by single spaces",
         })
     }
-}
-
-/// Check the OIDC authentication claims an access token may carry (RFC 9068 §2.2.1).
-fn check_auth_claims(c: &Map<String, Value>) -> Result<(), JoseError> {
-    opt_str(c, "acr")?;
-    if c.get("auth_time").is_some_and(|v| !v.is_u64()) {
-        return Err(JoseError::InvalidClaim {
-            claim: "auth_time",
-            reason: "must be a non-negative integer (unix seconds)",
-        });
-    }
-    if let Some(amr) = c.get("amr")
-        && !amr
-            .as_array()
-            .is_some_and(|a| a.iter().all(Value::is_string))
-    {
-        return Err(JoseError::InvalidClaim {
-            claim: "amr",
-            reason: "must be an array of strings",
-        });
-    }
-    Ok(())
 }
 
 /// Build an RFC 9068 JWT access token for `key`.
@@ -389,40 +367,14 @@ pub fn logout_token(key: KeyRef<'_>, req: &LogoutTokenRequest) -> Result<JwsPart
 // ---------------------------------------------------------------------------------------------
 // CIBA signed authentication request (CIBA Core §7.1.1)
 
-/// What the caller asks for in a CIBA signed authentication request.
-#[derive(Clone)]
-pub struct CibaRequest {
-    /// The client's `client_id`; becomes `iss`.
-    pub client_id: String,
-    /// The OP's issuer identifier; becomes `aud`.
-    pub audience: String,
-    /// The authentication request parameters: `scope` (with `openid`), exactly one of
-    /// `login_hint`, `login_hint_token` and `id_token_hint`, and optionally
-    /// `binding_message`, `client_notification_token`, `acr_values`, `user_code`,
-    /// `requested_expiry`. Must not hold `exp`, `nbf`, `iat`, `jti`, `request` or
-    /// `request_uri`; `iss` and `aud` only if they repeat the values above.
-    pub claims: Map<String, Value>,
-    /// The current time in unix seconds; becomes `iat` and `nbf`.
-    pub now: u64,
-    /// Seconds until `exp`, 1..=3600 (FAPI-CIBA §5.2.2: `exp − nbf` at most 60 minutes).
-    pub lifetime: u64,
-    /// A fresh unique identifier from the service.
-    pub jti: String,
-}
-
-impl fmt::Debug for CibaRequest {
-    // Hand-written: hints identify the user, the notification token is a bearer credential.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CibaRequest")
-            .field("client_id", &self.client_id)
-            .field("audience", &self.audience)
-            .field("claims", &self.claims.keys().collect::<Vec<_>>())
-            .field("now", &self.now)
-            .field("lifetime", &self.lifetime)
-            .field("jti", &self.jti)
-            .finish()
-    }
-}
+/// What the caller asks for in a CIBA signed authentication request: the same shape as a JAR
+/// request object ([`JarRequest`]: `client_id` becomes `iss`, `audience` the OP's issuer as
+/// `aud`, `now` becomes `iat` and `nbf`, lifetime 1..=3600 — FAPI-CIBA §5.2.2: `exp − nbf` at
+/// most 60 minutes). Its `claims` are the authentication request parameters: `scope` (with
+/// `openid`), exactly one of `login_hint`, `login_hint_token` and `id_token_hint`, and
+/// optionally `binding_message`, `client_notification_token`, `acr_values`, `user_code`,
+/// `requested_expiry`.
+pub type CibaRequest = JarRequest;
 
 /// The longest CIBA request lifetime (FAPI-CIBA §5.2.2: at most 60 minutes).
 const CIBA_MAX_LIFETIME: u64 = 3_600;
@@ -453,24 +405,7 @@ const CIBA_STRING_PARAMS: [&str; 8] = [
 /// or [`JoseError::TimeOutOfRange`].
 pub fn ciba_request(key: KeyRef<'_>, req: &CibaRequest) -> Result<JwsParts, JoseError> {
     check_key(key.alg, key.kind)?;
-    non_empty("client_id", &req.client_id)?;
-    non_empty("audience", &req.audience)?;
-    non_empty("jti", &req.jti)?;
     let c = &req.claims;
-    refuse_reserved(c, &["exp", "nbf", "iat", "jti"])?;
-    for claim in ["request", "request_uri"] {
-        if c.contains_key(claim) {
-            return Err(JoseError::ForbiddenClaim {
-                claim,
-                profile: "a signed authentication request (CIBA Core §7.1.1)",
-            });
-        }
-    }
-    same_or_absent(c, "iss", &req.client_id)?;
-    same_or_absent(c, "aud", &req.audience)?;
-    for claim in CIBA_STRING_PARAMS {
-        opt_str(c, claim)?;
-    }
     let scope = opt_str(c, "scope")?.ok_or(JoseError::MissingClaim { claim: "scope" })?;
     check_scope(scope)?;
     if !scope.split(' ').any(|s| s == "openid") {
@@ -497,20 +432,16 @@ pub fn ciba_request(key: KeyRef<'_>, req: &CibaRequest) -> Result<JwsParts, Jose
             reason: "must be a positive integer of seconds",
         });
     }
-
-    let (now, exp) = stamp(
-        req.now,
-        req.lifetime,
-        CIBA_MAX_LIFETIME,
-        "a signed authentication request",
+    let claims = request_object_claims(
+        req,
+        RequestObjectRules {
+            profile: "a signed authentication request (CIBA Core §7.1.1)",
+            lifetime_profile: "a signed authentication request",
+            max_lifetime: CIBA_MAX_LIFETIME,
+            string_params: &CIBA_STRING_PARAMS,
+            client_id_claim: false,
+        },
     )?;
-    let mut claims = c.clone();
-    claims.insert("iss".into(), req.client_id.as_str().into());
-    claims.insert("aud".into(), req.audience.as_str().into());
-    claims.insert("iat".into(), now.into());
-    claims.insert("nbf".into(), now.into());
-    claims.insert("exp".into(), exp.into());
-    claims.insert("jti".into(), req.jti.as_str().into());
     Ok(JwsParts {
         alg: key.alg,
         header: to_bytes(header(key.alg, Some(key.kid), None))?,

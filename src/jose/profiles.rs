@@ -171,6 +171,29 @@ fn half_hash(alg: Alg, value: &[u8]) -> String {
     b64(digest.get(..digest.len() / 2).unwrap_or_default())
 }
 
+/// Check the OIDC authentication claims (`acr`, `auth_time`, `amr`) that ID tokens and access
+/// tokens (RFC 9068 §2.2.1) carry.
+pub(super) fn check_auth_claims(c: &Map<String, Value>) -> Result<(), JoseError> {
+    opt_str(c, "acr")?;
+    if c.get("auth_time").is_some_and(|v| !v.is_u64()) {
+        return Err(JoseError::InvalidClaim {
+            claim: "auth_time",
+            reason: "must be a non-negative integer (unix seconds)",
+        });
+    }
+    if let Some(amr) = c.get("amr")
+        && !amr
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string))
+    {
+        return Err(JoseError::InvalidClaim {
+            claim: "amr",
+            reason: "must be an array of strings",
+        });
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // ID token
 
@@ -266,25 +289,10 @@ pub fn id_token(key: KeyRef<'_>, req: &IdTokenRequest) -> Result<JwsParts, JoseE
             });
         }
     }
-    for claim in ["nonce", "azp", "acr"] {
+    for claim in ["nonce", "azp"] {
         opt_str(c, claim)?;
     }
-    if c.get("auth_time").is_some_and(|v| !v.is_u64()) {
-        return Err(JoseError::InvalidClaim {
-            claim: "auth_time",
-            reason: "must be a non-negative integer (unix seconds)",
-        });
-    }
-    if let Some(amr) = c.get("amr")
-        && !amr
-            .as_array()
-            .is_some_and(|a| a.iter().all(Value::is_string))
-    {
-        return Err(JoseError::InvalidClaim {
-            claim: "amr",
-            reason: "must be an array of strings",
-        });
-    }
+    check_auth_claims(c)?;
     if let Some(typ) = &req.typ {
         non_empty("typ", typ)?;
         if TokenType::for_typ(typ).is_some() {
@@ -385,6 +393,52 @@ const JAR_STRING_PARAMS: [&str; 7] = [
 /// or [`JoseError::TimeOutOfRange`].
 pub fn jar_request_object(key: KeyRef<'_>, req: &JarRequest) -> Result<JwsParts, JoseError> {
     check_key(key.alg, key.kind)?;
+    if opt_str(&req.claims, "code_challenge_method")?.is_some_and(|m| m != "S256") {
+        return Err(JoseError::InvalidClaim {
+            claim: "code_challenge_method",
+            reason: "must be S256",
+        });
+    }
+    let claims = request_object_claims(
+        req,
+        RequestObjectRules {
+            profile: "a request object (RFC 9101)",
+            lifetime_profile: "a request object",
+            max_lifetime: JAR_MAX_LIFETIME,
+            string_params: &JAR_STRING_PARAMS,
+            client_id_claim: true,
+        },
+    )?;
+    Ok(JwsParts {
+        alg: key.alg,
+        header: to_bytes(header(key.alg, Some(key.kid), Some("oauth-authz-req+jwt")))?,
+        payload: to_bytes(claims)?,
+    })
+}
+
+/// How one kind of client-signed request object differs from another.
+pub(super) struct RequestObjectRules {
+    /// The profile named when `request` / `request_uri` is refused.
+    pub(super) profile: &'static str,
+    /// The profile named when the lifetime is out of bounds.
+    pub(super) lifetime_profile: &'static str,
+    /// The longest lifetime.
+    pub(super) max_lifetime: u64,
+    /// Parameters that must be strings when present.
+    pub(super) string_params: &'static [&'static str],
+    /// Whether `client_id` is a claim too (JAR), not only `iss`.
+    pub(super) client_id_claim: bool,
+}
+
+/// The claims of a request object a client signs for the authorization server (a JAR request
+/// object, a CIBA signed authentication request): the caller's parameters, checked, plus
+/// `iss = client_id` (and `client_id` where the profile has it), `aud`, `iat = nbf = now`,
+/// `exp = now + lifetime` and `jti`. The times and `jti` are the signer's and refused from the
+/// caller; a request object never nests another (`request`, `request_uri`).
+pub(super) fn request_object_claims(
+    req: &JarRequest,
+    rules: RequestObjectRules,
+) -> Result<Map<String, Value>, JoseError> {
     non_empty("client_id", &req.client_id)?;
     non_empty("audience", &req.audience)?;
     non_empty("jti", &req.jti)?;
@@ -394,38 +448,36 @@ pub fn jar_request_object(key: KeyRef<'_>, req: &JarRequest) -> Result<JwsParts,
         if c.contains_key(claim) {
             return Err(JoseError::ForbiddenClaim {
                 claim,
-                profile: "a request object (RFC 9101)",
+                profile: rules.profile,
             });
         }
     }
     same_or_absent(c, "iss", &req.client_id)?;
-    same_or_absent(c, "client_id", &req.client_id)?;
+    if rules.client_id_claim {
+        same_or_absent(c, "client_id", &req.client_id)?;
+    }
     same_or_absent(c, "aud", &req.audience)?;
-    for claim in JAR_STRING_PARAMS {
+    for claim in rules.string_params {
         opt_str(c, claim)?;
     }
-    if opt_str(c, "code_challenge_method")?.is_some_and(|m| m != "S256") {
-        return Err(JoseError::InvalidClaim {
-            claim: "code_challenge_method",
-            reason: "must be S256",
-        });
-    }
 
-    let (now, exp) = stamp(req.now, req.lifetime, JAR_MAX_LIFETIME, "a request object")?;
+    let (now, exp) = stamp(
+        req.now,
+        req.lifetime,
+        rules.max_lifetime,
+        rules.lifetime_profile,
+    )?;
     let mut claims = c.clone();
     claims.insert("iss".into(), req.client_id.as_str().into());
-    claims.insert("client_id".into(), req.client_id.as_str().into());
+    if rules.client_id_claim {
+        claims.insert("client_id".into(), req.client_id.as_str().into());
+    }
     claims.insert("aud".into(), req.audience.as_str().into());
     claims.insert("iat".into(), now.into());
     claims.insert("nbf".into(), now.into());
     claims.insert("exp".into(), exp.into());
     claims.insert("jti".into(), req.jti.as_str().into());
-
-    Ok(JwsParts {
-        alg: key.alg,
-        header: to_bytes(header(key.alg, Some(key.kid), Some("oauth-authz-req+jwt")))?,
-        payload: to_bytes(claims)?,
-    })
+    Ok(claims)
 }
 
 // ---------------------------------------------------------------------------------------------
