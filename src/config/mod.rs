@@ -833,9 +833,14 @@ jws_typs = []
     fn the_example_config_parses() -> Result<(), ConfigError> {
         let text = include_str!("../../hsm-config/sigild.example.toml");
         let c = Config::parse(Path::new("sigild.example.toml"), text)?;
-        assert_eq!(c.callers.len(), 5);
+        assert_eq!(c.callers.len(), 7);
         assert_eq!(c.decryption.max_jwe_bytes, 1024 * 1024);
         assert!(c.callers.iter().any(|r| r.operations == ["decrypt"]));
+        assert!(
+            c.callers
+                .iter()
+                .any(|r| r.target_uri_prefix.is_some() && r.operations == ["http-response"])
+        );
         Ok(())
     }
 }
