@@ -131,7 +131,7 @@ fn check_config_names_the_token_and_its_algorithms_or_what_is_wrong() -> TestRes
     assert!(stdout.contains("libopencryptoki.so"), "{stdout}");
     assert!(stdout.contains("ignored: utcTime"), "{stdout}");
     assert!(
-        stdout.contains("algorithms: PS256 PS384 RS256\n"),
+        stdout.contains("algorithms: PS256 PS384 PS512 RS256\n"),
         "{stdout}"
     );
     assert!(
