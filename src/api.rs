@@ -798,6 +798,22 @@ impl KeyService for Api {
             .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, chain_to_pb(r.name, version, certs)))
     }
+
+    type WatchKeysStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = std::result::Result<pb::KeySet, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    // PLACEHOLDER(lead)
+    async fn watch_keys(
+        &self,
+        _req: Request<pb::WatchKeysRequest>,
+    ) -> Result<Self::WatchKeysStream> {
+        Err(Status::unimplemented("WatchKeys is not implemented yet"))
+    }
 }
 
 #[cfg(feature = "server")]
@@ -1142,6 +1158,30 @@ impl SigningService for Api {
             .map_err(|e| status_for(&e, &origin.request_id))?;
         Ok(respond(&origin, signed_http(s)))
     }
+
+    type SignStreamStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = std::result::Result<pb::SignStreamResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    // PLACEHOLDER(lead)
+    async fn sign_stream(
+        &self,
+        _req: Request<tonic::Streaming<pb::SignStreamRequest>>,
+    ) -> Result<Self::SignStreamStream> {
+        Err(Status::unimplemented("SignStream is not implemented yet"))
+    }
+
+    // PLACEHOLDER(lead)
+    async fn sign_digest(
+        &self,
+        _req: Request<pb::SignDigestRequest>,
+    ) -> Result<pb::SignRawResponse> {
+        Err(Status::unimplemented("SignDigest is not implemented yet"))
+    }
 }
 
 #[cfg(feature = "server")]
@@ -1233,6 +1273,7 @@ mod tests {
     #[test]
     fn id_token_and_dpop_requests_debug_hides_secrets() {
         let id = pb::SignIdTokenRequest {
+            version: 0,
             key: "idp".into(),
             claims_json: r#"{"sub":"alice-the-subject"}"#.into(),
             lifetime_seconds: 60,

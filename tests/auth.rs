@@ -188,6 +188,7 @@ async fn tls_callers_get_exactly_the_status_their_certificate_earns() -> TestRes
     let mut signer =
         pb::signing_service_client::SigningServiceClient::new(d.channel_as(&reader).await?);
     let id_token = |iss: &str| pb::SignIdTokenRequest {
+        version: 0,
         state: String::new(),
         typ: String::new(),
         key: "idp-signing".into(),
@@ -319,6 +320,7 @@ async fn unix_socket_callers_are_their_uid() -> TestResult {
     let mut signer = pb::signing_service_client::SigningServiceClient::new(channel.clone());
     let r = signer
         .sign_raw(pb::SignRawRequest {
+            version: 0,
             key: "uk".into(),
             data: b"over the socket".to_vec(),
             alg: String::new(),
@@ -384,6 +386,7 @@ async fn rate_limit_trips_and_recovers() -> TestResult {
     let mut signer =
         pb::signing_service_client::SigningServiceClient::new(d.channel_as(&idp).await?);
     let req = || pb::SignRawRequest {
+        version: 0,
         key: "rk".into(),
         data: b"x".to_vec(),
         alg: String::new(),
@@ -421,6 +424,7 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
     let claims = json!({"iss": "https://op.example.com", "sub": "alice-secret-subject", "aud": ["c1", "c2"]});
     let response = signer
         .sign_id_token(pb::SignIdTokenRequest {
+            version: 0,
             state: String::new(),
             typ: String::new(),
             key: "idp-a".into(),
@@ -440,6 +444,7 @@ async fn audit_records_every_request_completely_and_without_values() -> TestResu
     let (header, payload) = decode(&r.compact)?;
     let denied_status = signer
         .sign_raw(pb::SignRawRequest {
+            version: 0,
             key: "idp-a".into(),
             data: b"payload-bytes-never-logged".to_vec(),
             alg: String::new(),
@@ -520,6 +525,7 @@ async fn fail_closed_withholds_signatures_it_cannot_record() -> TestResult {
     // is returned (and the failure logged); fail-closed is about signatures.
     d.create("k", "ES256", 0).await?;
     let raw = || pb::SignRawRequest {
+        version: 0,
         key: "k".into(),
         data: b"x".to_vec(),
         alg: String::new(),
@@ -544,6 +550,7 @@ async fn fail_closed_withholds_signatures_it_cannot_record() -> TestResult {
 async fn fail_closed_with_fsync_withholds_signatures_it_cannot_make_durable() -> TestResult {
     // /dev/null takes every write and refuses fdatasync (EINVAL): only the sync fails.
     let raw = || pb::SignRawRequest {
+        version: 0,
         key: "k".into(),
         data: b"x".to_vec(),
         alg: String::new(),

@@ -25,6 +25,7 @@ async fn measure(d: &Daemon, clients: usize, secs: f64) -> TestResult<(f64, f64)
                 let t = Instant::now();
                 let r = signer
                     .sign_raw(pb::SignRawRequest {
+                        version: 0,
                         key: "ov".into(),
                         data: b"overhead".to_vec(),
                         alg: String::new(),

@@ -180,6 +180,7 @@ mod checks {
                 .signer()
                 .await?
                 .sign_raw(pb::SignRawRequest {
+                    version: 0,
                     key: "ps256".into(),
                     data: data.clone(),
                     alg: "RS256".into(),
@@ -198,6 +199,7 @@ mod checks {
                 .signer()
                 .await?
                 .sign_raw(pb::SignRawRequest {
+                    version: 0,
                     key: "ps256".into(),
                     data: data.clone(),
                     alg: "PS512".into(),
@@ -245,7 +247,7 @@ mod checks {
             // ID token: at_hash / c_hash = left half of the alg's hash of the value.
             let now = now()?;
             let r = s
-                .sign_id_token(pb::SignIdTokenRequest { state: String::new(), typ: String::new(),
+                .sign_id_token(pb::SignIdTokenRequest { version: 0, state: String::new(), typ: String::new(),
                     key: c.key.into(),
                     claims_json: json!({"iss": "https://op.example.com", "sub": "248289761001", "aud": "s6BhdRkqt3", "nonce": "n-0S6_WzA2Mj"}).to_string(),
                     lifetime_seconds: 600,

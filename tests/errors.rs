@@ -163,6 +163,7 @@ async fn bad_requests_get_clear_statuses() -> TestResult {
     assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
     let (code, msg) = code_of(
         s.sign_raw(pb::SignRawRequest {
+            version: 0,
             key: "fapi".into(),
             data: b"x".to_vec(),
             alg: "RS256".into(),
@@ -443,6 +444,7 @@ async fn full_queue_is_resource_exhausted_fast() -> TestResult {
             let t = Instant::now();
             let r = s
                 .sign_raw(pb::SignRawRequest {
+                    version: 0,
                     key: "big".into(),
                     data: b"x".to_vec(),
                     alg: String::new(),

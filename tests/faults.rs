@@ -56,6 +56,7 @@ impl Cell {
         let sign = |i: usize| {
             let mut signer = signer.clone();
             let req = pb::SignJwsRequest {
+                version: 0,
                 key: "a".into(),
                 protected_header: header.clone().into_bytes(),
                 payload: format!("{{\"cell\":\"{}\",\"i\":{i}}}", self.name).into_bytes(),

@@ -372,6 +372,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
                 _ => json!({"alg": alg, "b64": true, "cty": "x"}),
             };
             pb::SignJwsRequest {
+                version: 0,
                 key,
                 protected_header: header.to_string().into_bytes(),
                 payload: if rng.chance(50) {
@@ -385,6 +386,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
             .encode_to_vec()
         }
         Rpc::SignRaw => pb::SignRawRequest {
+            version: 0,
             key,
             data: rng.bytes_upto(300),
             alg: if rng.chance(50) {
@@ -417,6 +419,7 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::SignIdToken => pb::SignIdTokenRequest {
+            version: 0,
             state: String::new(),
             typ: String::new(),
             key,
@@ -746,12 +749,14 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
     };
     match rpc {
         Rpc::SignJws => pb::SignJwsRequest {
+            version: 0,
             key: rng.text(),
             protected_header: rng.text().into_bytes(),
             payload: rng.text().into_bytes(),
         }
         .encode_to_vec(),
         Rpc::SignRaw => pb::SignRawRequest {
+            version: 0,
             key: rng.text(),
             data: rng.text().into_bytes(),
             alg: rng.text(),
@@ -764,6 +769,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
         .encode_to_vec(),
         Rpc::SignIdToken => pb::SignIdTokenRequest {
+            version: 0,
             state: String::new(),
             typ: String::new(),
             key: signing_key(rng).0,
@@ -1165,6 +1171,7 @@ fn mutate(rpc: Rpc, valid: Vec<u8>, rng: &mut Rng) -> (&'static str, Vec<u8>) {
             // Far above any payload limit (the signing service allows about twice the
             // configured 64 KiB; tonic refuses bigger messages itself).
             let big = pb::SignRawRequest {
+                version: 0,
                 key: "fz-es".into(),
                 data: vec![b'x'; *rng.pick(&[70_000, 200_000, 1_100_000])],
                 alg: String::new(),

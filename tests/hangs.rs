@@ -30,6 +30,7 @@ async fn sign_by(
     n: usize,
 ) -> Result<pb::SignJwsResponse, tonic::Status> {
     let mut req = tonic::Request::new(pb::SignJwsRequest {
+        version: 0,
         key: "k".into(),
         protected_header: br#"{"alg":"ES256","typ":"JWT"}"#.to_vec(),
         payload: format!("{{\"sub\":\"hangs\",\"n\":{n}}}").into_bytes(),

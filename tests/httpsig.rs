@@ -537,6 +537,7 @@ async fn rfc9421_b26_reproduced_byte_for_byte() -> TestResult {
         .signer()
         .await?
         .sign_raw(pb::SignRawRequest {
+            version: 0,
             key: "test-key-ed25519".into(),
             data: base.as_bytes().to_vec(),
             alg: String::new(),

@@ -353,6 +353,7 @@ async fn connections_beyond_the_limit_are_refused_while_the_open_ones_keep_worki
     let data = b"signed while the listener was full".to_vec();
     let sig = signer
         .sign_raw(sigild::api::pb::SignRawRequest {
+            version: 0,
             key: "k".into(),
             data: data.clone(),
             alg: String::new(),

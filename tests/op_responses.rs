@@ -213,6 +213,7 @@ async fn op_responses_verify_with_jwcrypto_and_refuse_what_they_must() -> TestRe
         );
         // The ID token, by the caller allowed id-token.
         let r = idp_signer.sign_id_token(pb::SignIdTokenRequest {
+            version: 0,
             key: key.into(),
             claims_json:
                 json!({"iss": ISSUER, "sub": "248289761001", "aud": CLIENT, "nonce": "n-0S6"})

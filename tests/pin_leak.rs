@@ -24,6 +24,7 @@ async fn the_pin_appears_in_no_log_line_record_or_message() -> TestResult {
         let mut signer = d.signer().await?;
         let r = signer
             .sign_id_token(pb::SignIdTokenRequest {
+                version: 0,
                 state: String::new(),
                 typ: String::new(),
                 key: "pk".into(),
@@ -70,6 +71,7 @@ async fn the_pin_appears_in_no_log_line_record_or_message() -> TestResult {
             pb::signing_service_client::SigningServiceClient::new(d.channel_as(&stranger).await?);
         let (_, m) = code_of(
             s2.sign_raw(pb::SignRawRequest {
+                version: 0,
                 key: "pk".into(),
                 data: b"x".to_vec(),
                 alg: String::new(),
@@ -80,6 +82,7 @@ async fn the_pin_appears_in_no_log_line_record_or_message() -> TestResult {
         let (_, m) = code_of(
             signer
                 .sign_raw(pb::SignRawRequest {
+                    version: 0,
                     key: "pk".into(),
                     data: b"x".to_vec(),
                     alg: "RS256".into(),

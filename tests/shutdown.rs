@@ -109,6 +109,7 @@ async fn sign_until_error(
             ("sd-eddsa", "EdDSA")
         };
         let req = pb::SignJwsRequest {
+            version: 0,
             key: key.into(),
             protected_header: format!("{{\"alg\":\"{alg}\"}}").into_bytes(),
             payload: format!("{{\"client\":{id},\"n\":{n}}}").into_bytes(),
@@ -269,6 +270,7 @@ async fn requests_past_the_grace_period_get_unavailable() -> TestResult {
         signing.push(tokio::spawn(async move {
             let r = s
                 .sign_jws(pb::SignJwsRequest {
+                    version: 0,
                     key: "sd-es256".into(),
                     protected_header: br#"{"alg":"ES256"}"#.to_vec(),
                     payload: format!("{{\"n\":{n}}}").into_bytes(),
@@ -366,6 +368,7 @@ async fn slow_device_requests_past_the_grace_period_get_unavailable() -> TestRes
         signing.push(tokio::spawn(async move {
             let r = s
                 .sign_jws(pb::SignJwsRequest {
+                    version: 0,
                     key: "sd-es256".into(),
                     protected_header: br#"{"alg":"ES256"}"#.to_vec(),
                     payload: format!("{{\"n\":{n}}}").into_bytes(),
@@ -527,6 +530,7 @@ async fn sign_each_dev_key(channel: Channel) -> TestResult<Vec<Signed>> {
     for (key, alg) in DEV_KEYS {
         let r = s
             .sign_jws(pb::SignJwsRequest {
+                version: 0,
                 key: key.into(),
                 protected_header: format!("{{\"alg\":\"{alg}\"}}").into_bytes(),
                 payload: b"{}".to_vec(),

@@ -57,6 +57,7 @@ async fn jws_as(
     Ok(d.signer_as(who)
         .await?
         .sign_jws(pb::SignJwsRequest {
+            version: 0,
             key: key.into(),
             protected_header: header,
             payload: payload.to_string().into_bytes(),
@@ -165,6 +166,7 @@ async fn callers_are_held_to_their_token_types() -> TestResult {
         d.signer_as(&as_)
             .await?
             .sign_jws(pb::SignJwsRequest {
+                version: 0,
                 key: "as-signing".into(),
                 protected_header: br#"{"alg":"ES256","typ":["at+jwt"]}"#.to_vec(),
                 payload: b"{}".to_vec(),
@@ -229,6 +231,7 @@ async fn tls_signs_handshakes_and_never_a_jws_input() -> TestResult {
     );
     let (code, msg) = code_of(
         s.sign_raw(pb::SignRawRequest {
+            version: 0,
             key: "tls-client".into(),
             data: input.into_bytes(),
             alg: String::new(),
@@ -471,6 +474,7 @@ async fn check_binding(d: &Daemon, key: &str) -> TestResult<pb::SignJwsResponse>
         d.signer()
             .await?
             .sign_raw(pb::SignRawRequest {
+                version: 0,
                 key: key.into(),
                 data: b"eyJhbGciOiJFUzI1NiJ9.e30".to_vec(),
                 alg: String::new(),

@@ -67,6 +67,7 @@ async fn sign_status(d: &Daemon, name: &str, alg: &str) -> TestResult<(tonic::Co
         .signer()
         .await?
         .sign_jws(pb::SignJwsRequest {
+            version: 0,
             key: name.into(),
             protected_header: format!("{{\"alg\":\"{alg}\"}}").into_bytes(),
             payload: b"{}".to_vec(),

@@ -499,6 +499,7 @@ impl Client {
         alg: Option<&str>,
     ) -> Result<pb::SignRawResponse> {
         let req = pb::SignRawRequest {
+            version: 0,
             key: key.into(),
             data: data.to_vec(),
             alg: alg.unwrap_or_default().into(),

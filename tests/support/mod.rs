@@ -721,6 +721,7 @@ pub async fn sign_raw_verified(
         .signer()
         .await?
         .sign_raw(pb::SignRawRequest {
+            version: 0,
             key: key.into(),
             data: data.to_vec(),
             alg: String::new(),
@@ -813,6 +814,7 @@ pub async fn sign_active(d: &Daemon, key: &str) -> Result<pb::SignJwsResponse, t
     }
     .into_bytes();
     Ok(s.sign_jws(pb::SignJwsRequest {
+        version: 0,
         key: key.into(),
         protected_header: header,
         payload: b"{}".to_vec(),
@@ -833,6 +835,7 @@ pub async fn sign_jws(
         .await
         .map_err(|e| tonic::Status::unknown(e.to_string()))?;
     Ok(s.sign_jws(pb::SignJwsRequest {
+        version: 0,
         key: key.into(),
         protected_header: header.to_vec(),
         payload: payload.to_vec(),

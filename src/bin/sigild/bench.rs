@@ -777,6 +777,7 @@ where
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
     let req = || pb::SignRawRequest {
+        version: 0,
         key: m.key.clone(),
         data: m.input.to_vec(),
         alg: String::new(),

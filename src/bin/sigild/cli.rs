@@ -1114,6 +1114,7 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             payload_json,
         } => {
             let req = pb::SignJwsRequest {
+                version: 0,
                 key,
                 protected_header: header_json.into_bytes(),
                 payload: payload_json.into_bytes(),
@@ -1126,7 +1127,12 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
                 .read_to_end(&mut data)
                 .map_err(|e| CliError::Local(format!("stdin: {e}")))?;
             let sig = c
-                .sign_raw(pb::SignRawRequest { key, data, alg })
+                .sign_raw(pb::SignRawRequest {
+                    version: 0,
+                    key,
+                    data,
+                    alg,
+                })
                 .await?
                 .into_inner()
                 .signature;
@@ -1144,6 +1150,7 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             let access_token = opt_secret(&access_token_file)?;
             let code = opt_secret(&code_file)?;
             let req = pb::SignIdTokenRequest {
+                version: 0,
                 state: state.unwrap_or_default(),
                 typ: typ.unwrap_or_default(),
                 key,

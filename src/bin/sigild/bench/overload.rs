@@ -207,6 +207,7 @@ impl Outcomes {
         let t = Instant::now();
         let r = client
             .sign_raw(pb::SignRawRequest {
+                version: 0,
                 key: key.to_owned(),
                 data: data.to_vec(),
                 alg: String::new(),
