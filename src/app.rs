@@ -115,6 +115,18 @@ impl Running {
         self.serving.addr
     }
 
+    /// What reloads this daemon from `path` (SIGHUP): its TLS files and caller policy;
+    /// `config` is the configuration it was started with.
+    pub fn reloader(&self, config: &Config, path: &Path) -> crate::server::reload::Reloader {
+        crate::server::reload::Reloader::new(
+            path,
+            config.clone(),
+            Arc::clone(&self.service),
+            self.serving.tls.clone(),
+            policy,
+        )
+    }
+
     /// Run until the servers stop by themselves or `signal` completes, then shut down in
     /// order: health NOT_SERVING and no new connections, in-flight requests finished within
     /// `[server] shutdown_grace_seconds` and the rest answered UNAVAILABLE, then the device

@@ -26,6 +26,8 @@ use crate::config::ServerConfig;
 use crate::service::Service;
 
 mod listen;
+pub mod notify;
+pub mod reload;
 
 pub use listen::{ListenerCounters, ListenerCounts};
 
@@ -72,6 +74,9 @@ pub struct Serving {
     /// What the TCP listener accepted and refused (connections over the limit, failed and
     /// timed-out TLS handshakes), for an operations endpoint.
     pub counters: Arc<ListenerCounters>,
+    /// The TLS configuration new connections get, which a reload replaces; `None` with
+    /// `danger_plaintext`.
+    pub tls: Option<Arc<reload::CurrentTls>>,
     /// Dropping or sending tells the servers and tasks to stop accepting.
     stop: watch::Sender<bool>,
     /// Sent once the grace period is over: every request still in flight is answered
@@ -343,11 +348,12 @@ pub async fn serve(
     let stop_serving = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let tcp_server = match tls {
+    let tls = tls.map(|config| Arc::new(reload::CurrentTls::new(config)));
+    let tcp_server = match &tls {
         Some(config) => {
             let incoming = listen::tls(
                 listener,
-                config,
+                Arc::clone(config),
                 limits,
                 Arc::clone(&counters),
                 stop_accepting,
@@ -390,6 +396,7 @@ pub async fn serve(
     Ok(Serving {
         addr,
         counters,
+        tls,
         unix_path,
         stop,
         cancel,

@@ -309,8 +309,10 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Limits.
     options: ServiceOptions,
-    /// Who may do what; deny-all until [`Service::with_access`] sets one.
-    policy: Arc<Policy>,
+    /// Who may do what; deny-all until [`Service::with_access`] sets one. Behind a lock so
+    /// that a reload (SIGHUP) can replace it while requests run: each check takes the policy
+    /// in effect once ([`Service::policy`]) and uses that one to the end.
+    policy: std::sync::RwLock<Arc<Policy>>,
     /// Where each request is recorded.
     audit: Arc<Audit>,
     /// Origin of the monotonic time handed to the rate limiter.
@@ -328,7 +330,7 @@ impl Service {
             keyring,
             clock,
             options,
-            policy: Arc::new(Policy::deny_all()),
+            policy: std::sync::RwLock::new(Arc::new(Policy::deny_all())),
             audit: Arc::new(Audit::off()),
             epoch: std::time::Instant::now(),
             quarantine,
@@ -338,14 +340,30 @@ impl Service {
     /// Set the caller policy and the audit trail.
     #[must_use]
     pub fn with_access(mut self, policy: Arc<Policy>, audit: Arc<Audit>) -> Self {
-        self.policy = policy;
+        self.policy = std::sync::RwLock::new(policy);
         self.audit = audit;
         self
     }
 
-    /// The policy (shared by a second listener over the same keyring).
-    pub fn policy(&self) -> &Arc<Policy> {
-        &self.policy
+    /// The policy in effect now (shared by a second listener over the same keyring). A
+    /// request's checks use one such snapshot: a [`crate::policy::Grant`] names a rule of the
+    /// policy that made it.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(
+            &self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Put a new policy in effect (a reload): requests already past their checks finish
+    /// under the old one, every later check uses this one. Its rate-limit buckets start full.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
     }
 
     /// The audit writer.
@@ -492,7 +510,7 @@ impl Service {
             claims: None,
             typ: None,
         };
-        match self.policy.evaluate(&call.caller, &req) {
+        match self.policy().evaluate(&call.caller, &req) {
             Ok(g) => {
                 call.grant = Some(g);
                 Ok(())
@@ -509,12 +527,13 @@ impl Service {
             claims: Some(claims),
             typ: call.typ.as_deref(),
         };
-        let grant = match self.policy.evaluate(&call.caller, &req) {
+        let policy = self.policy();
+        let grant = match policy.evaluate(&call.caller, &req) {
             Ok(g) => g,
             Err(e) => return Err(Self::refused(call, e)),
         };
         call.grant = Some(grant);
-        self.policy
+        policy
             .admit(&call.caller, grant, &call.record.key, self.epoch.elapsed())
             .map_err(|e| Self::refused(call, e))
     }

@@ -196,16 +196,17 @@ pub type Incoming<S> = ReceiverStream<std::io::Result<Limited<S>>>;
 
 /// Accept TLS connections on `listener` until `stop` completes (or tonic stops reading):
 /// at most `limits.max_connections` open, each handshake within `limits.handshake_timeout`.
+/// Each handshake uses the TLS configuration in effect when its connection was accepted, so
+/// a reload ([`super::reload`]) reaches new connections and leaves established ones alone.
 pub fn tls(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    config: Arc<super::reload::CurrentTls>,
     limits: Limits,
     counters: Arc<ListenerCounters>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Incoming<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     accept(listener, limits, counters, stop, move |tcp| {
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.get());
         async move { acceptor.accept(tcp).await }
     })
 }
@@ -488,6 +489,7 @@ mod tests {
             handshake_timeout: Duration::from_millis(300),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let config = Arc::new(crate::server::reload::CurrentTls::new(config));
         let _incoming = tls(listener, config, limits, Arc::clone(&counters), async {
             let _ = stop_rx.await;
         });

@@ -219,14 +219,14 @@ impl Service {
                 "enc {enc} not in the request's allowed_encs"
             )));
         }
-        let grant = self
-            .policy
+        let policy = self.policy();
+        let grant = policy
             .evaluate_jwe(&call.caller, key, alg, enc)
             .ok_or_else(|| {
                 undecryptable(format!("no rule of the caller allows {alg} with {enc}"))
             })?;
         call.grant = Some(grant);
-        self.policy
+        policy
             .admit(&call.caller, grant, key, self.epoch.elapsed())
             .map_err(|e: PolicyError| Self::refused(call, e))?;
         let op = jwe

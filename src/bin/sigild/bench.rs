@@ -207,7 +207,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 ..service.options().clone()
             },
         )
-        .with_access(Arc::clone(service.policy()), Arc::clone(service.audit())),
+        .with_access(service.policy(), Arc::clone(service.audit())),
     );
     let uds = paths.dir.join("bench.sock");
     let uds_unverified = paths.dir.join("bench-unverified.sock");

@@ -47,18 +47,20 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => {
-                // Before any slow step: from here on SIGTERM/SIGINT stop the daemon in order.
-                let stop = stop_on_signals()?;
+                // Before any slow step: from here on SIGTERM/SIGINT stop the daemon in order,
+                // and a SIGHUP waits for the reload loop instead of ending the process.
+                let (stop, hangup) = stop_on_signals()?;
                 let c = Config::load(&config)?;
                 let Some(running) = unless_stopped(app::start(&c, &config, &stop).await)? else {
                     return Ok(());
                 };
+                serve_reloads(&running, &c, &config, hangup, &stop);
                 running.run_until(stop.wait()).await?;
             }
             Command::Dev { .. } => {
-                let stop = stop_on_signals()?;
+                let (stop, hangup) = stop_on_signals()?;
                 let paths = dev_paths.ok_or("dev paths missing")?;
-                dev_mode(&paths, &stop).await?;
+                dev_mode(&paths, &stop, hangup).await?;
             }
             Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {
@@ -125,13 +127,16 @@ fn init_logging() {
         .init();
 }
 
-/// Take over SIGTERM and SIGINT now (the handlers are installed before this returns, so no
-/// later step can be cut short by the default action) and turn the first of them into a stop
-/// request; a later one only says that the stop is under way.
-fn stop_on_signals() -> std::io::Result<app::Stop> {
+/// Take over SIGTERM, SIGINT and SIGHUP now (the handlers are installed before this returns,
+/// so no later step can be cut short by the default action) and turn the first SIGTERM or
+/// SIGINT into a stop request (telling systemd STOPPING=1); a later one only says that the
+/// stop is under way. SIGHUPs are returned for [`serve_reloads`]: one received during start-up
+/// waits there and reloads once the daemon serves.
+fn stop_on_signals() -> std::io::Result<(app::Stop, tokio::signal::unix::Signal)> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let hangup = signal(SignalKind::hangup())?;
     let (stopper, stop) = app::Stop::new();
     tokio::spawn(async move {
         let mut first = true;
@@ -143,6 +148,7 @@ fn stop_on_signals() -> std::io::Result<app::Stop> {
             };
             if first {
                 tracing::info!(signal = name, "shutting down");
+                sigild::server::notify::stopping();
                 stopper.stop();
                 first = false;
             } else {
@@ -150,7 +156,25 @@ fn stop_on_signals() -> std::io::Result<app::Stop> {
             }
         }
     });
-    Ok(stop)
+    Ok((stop, hangup))
+}
+
+/// The daemon serves: tell systemd (READY=1), and reload `config_path` at every SIGHUP until
+/// the stop (TLS files, caller rules and limits; a broken file is refused and logged).
+fn serve_reloads(
+    running: &app::Running,
+    config: &Config,
+    config_path: &std::path::Path,
+    hangup: tokio::signal::unix::Signal,
+    stop: &app::Stop,
+) {
+    sigild::server::notify::ready_serving(&format!("serving on {}", running.addr()));
+    let stop = stop.clone();
+    tokio::spawn(
+        running
+            .reloader(config, config_path)
+            .on_hangup(hangup, async move { stop.wait().await }),
+    );
 }
 
 /// `None` when start-up was stopped on request (the daemon exits 0), the started value
@@ -172,6 +196,7 @@ fn unless_stopped<T>(started: Result<T, app::StartError>) -> Result<Option<T>, a
 async fn dev_mode(
     paths: &dev::DevPaths,
     stop: &app::Stop,
+    hangup: tokio::signal::unix::Signal,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if stop.requested() {
         tracing::info!("stopped during start-up");
@@ -204,6 +229,7 @@ async fn dev_mode(
     let Some(running) = unless_stopped(prepared.serve(socket, stop).await)? else {
         return Ok(());
     };
+    serve_reloads(&running, &c, &paths.config, hangup, stop);
     let endpoint = format!("https://{}", running.addr());
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
