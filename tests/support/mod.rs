@@ -25,6 +25,7 @@ pub mod httpsig;
 pub mod jwe;
 pub mod ock;
 pub mod op;
+pub mod reload;
 pub mod tls;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
