@@ -11,7 +11,8 @@
 #                                    libp11-kit-dev (<p11-kit/pkcs11.h> for the tests'
 #                                    fault-injecting PKCS#11 module, built with cc),
 #                                    Node peers in tests/node (npm ci: jose, oidc-provider),
-#                                    cargo-nextest and cargo-deny
+#                                    cargo-nextest and cargo-deny,
+#                                    systemd (systemd-analyze for the unit file)
 set -euo pipefail
 
 SUDO=""
@@ -22,6 +23,11 @@ want_test=0
 pkgs=(softhsm2 protobuf-compiler pkg-config libpcsclite-dev ca-certificates)
 if [ $want_test = 1 ]; then
     pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager opencryptoki python3 libp11-kit-dev)
+fi
+
+if [ $want_test = 1 ]; then
+    # systemd-analyze: scripts/check-systemd-unit.sh checks hsm-config/sigild.service
+    pkgs+=(systemd)
 fi
 
 missing=()

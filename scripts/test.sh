@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then
 #   1. cargo fmt --check, clippy (-D warnings), rustdoc (-D warnings), cargo deny
-#   2. the client-only build: library and examples without the device crates
+#   2. the client-only build: library and examples without the device crates; the systemd unit
+#      (scripts/check-systemd-unit.sh: systemd-analyze verify and security)
 #   3. unit + integration tests (real SoftHSM tokens per test, independent verifiers)
 #   4. the virtual YubiKey: unit tests, then end to end through pcscd + vpcd with Yubico's tools
 #      (needs root for pcscd; set SIGILD_SKIP_YUBIKEY_E2E=1 to skip on a workstation)
@@ -43,6 +44,9 @@ grep -q '^sigild ' <<<"$client_tree" || fail "cargo tree printed no graph for th
 if device_crates=$(grep -E '^(cryptoki|cryptoki-sys|yubikey|pcsc|pcsc-sys) ' <<<"$client_tree"); then
     fail "the client build depends on device crates: $(sort -u <<<"$device_crates" | tr '\n' ' ')"
 fi
+
+echo "== systemd unit (hsm-config/sigild.service: systemd-analyze verify and security)"
+scripts/check-systemd-unit.sh
 
 echo "== virtual YubiKey emulator (release build)"
 # Built here, before the tests, rather than by the first YubiKey test through vyk-up.sh: the
