@@ -15,9 +15,11 @@ import { execFile } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 
-import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import {
+  compactVerify, createLocalJWKSet, decodeProtectedHeader, jwtVerify,
+} from 'jose';
 
-import { SigildClient, SigildKeySet } from '../lib/index.mjs';
+import { SigildClient, SigildKeySet, SigildSigningKey } from '../lib/index.mjs';
 import { startOp } from '../demo/op.mjs';
 import { clientMetadata, RelyingParty } from '../demo/rp.mjs';
 import { startDevDaemon } from './support.mjs';
@@ -85,6 +87,31 @@ async function until(what, condition, ms = 10_000) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+test('SigildSigningKey sends node-oidc-provider\'s signing input to SignJws byte for byte', async () => {
+  const key = new SigildSigningKey(opClient, keySet, OP_KEY);
+  const { kid, alg } = keySet.active(OP_KEY);
+  assert.equal(key.kid, kid);
+  assert.equal(key.alg, 'ES256');
+  assert.equal(key.kty, 'EC');
+  assert.equal(key.crv, 'P-256');
+  assert.equal(key.keyObject().asymmetricKeyType, 'ec');
+  // a header with odd spacing and a non-ASCII member, as no serializer of sigild's would write it
+  const header = Buffer.from(`{ "alg":"${alg}",  "kid":"${kid}", "x-note":"été" }`);
+  const payload = Buffer.from('{"sub":"byte-for-byte","n":1.50}');
+  const input = `${header.toString('base64url')}.${payload.toString('base64url')}`;
+  const signature = await key.sign(Buffer.from(input));
+  const jws = `${input}.${signature.toString('base64url')}`;
+  const verified = await compactVerify(jws, createLocalJWKSet(keySet.jwks));
+  assert.deepEqual(Buffer.from(verified.payload), payload);
+  assert.equal(verified.protectedHeader['x-note'], 'été');
+  // a kid that is none of the key's versions: sigild refuses, nothing is signed
+  const wrong = Buffer.from(`{"alg":"${alg}","kid":"not-a-version"}`).toString('base64url');
+  await assert.rejects(key.sign(Buffer.from(`${wrong}.${payload.toString('base64url')}`)), (e) => {
+    assert.ok(e.code !== undefined, `a gRPC status, got ${e.message}`);
+    return true;
+  });
+});
 
 test('a FAPI 2.0 login: ID token signed by sigild with the active kid, verified by jose', async () => {
   const { kid, version } = keySet.active(OP_KEY);
