@@ -32,7 +32,12 @@ function jwksOf(keys) {
   return { keys: out };
 }
 
-/** The published versions of some sigild keys, kept current. Emits 'change' (KeySet-like). */
+/**
+ * The published versions of some sigild keys, kept current. Events: 'change' (the set
+ * changed), 'disconnect' (sigild unreachable; the last set is kept, retried every second),
+ * 'warning' (a set this OP cannot use, e.g. a key without an active version; the last one is
+ * kept).
+ */
 export class SigildKeySet extends EventEmitter {
   #client;
 
@@ -76,7 +81,12 @@ export class SigildKeySet extends EventEmitter {
 
   /** Resolves with the first key set (from WatchKeys, or ListKeys without it). */
   async start() {
-    await new Promise((resolve, reject) => this.#watch(resolve, reject));
+    try {
+      await new Promise((resolve, reject) => this.#watch(resolve, reject));
+    } catch (e) {
+      this.close();
+      throw e;
+    }
     return this;
   }
 
@@ -106,8 +116,9 @@ export class SigildKeySet extends EventEmitter {
         this.#apply(set.keys, JSON.parse(set.jwks_json), Number(set.generation));
         if (first) resolve?.();
       } catch (e) {
-        if (first) reject?.(e);
-        else this.emit('error', e);
+        // a key set this OP cannot use (a key gone, no active version): keep the last one
+        if (first && reject) reject(e);
+        else this.emit('warning', e);
       }
       first = false;
     });
@@ -116,27 +127,40 @@ export class SigildKeySet extends EventEmitter {
       if (err.code === status.UNIMPLEMENTED) {
         // a daemon without WatchKeys: poll ListKeys
         this.mode = 'poll';
-        this.#poll().then(() => resolve?.(), reject);
+        this.#poll().then(() => resolve?.(), (e) => (reject ? reject(e) : this.emit('disconnect', e)));
         return;
       }
-      if (first) {
-        reject?.(err);
+      if (first && reject) {
+        // start() fails: the daemon is not reachable or refuses this caller
+        reject(err);
         return;
       }
       // the daemon went away (restart, drain): keep the last set, try again shortly
       this.emit('disconnect', err);
-      this.#timer = setTimeout(() => this.#watch(), 1000);
+      this.#rewatch(stream);
     });
     stream.on('end', () => {
-      if (!this.#closed && !first) this.#timer = setTimeout(() => this.#watch(), 1000);
+      if (!first) this.#rewatch(stream);
     });
   }
 
+  // Watches again in a second, once per ended stream (grpc-js may report both 'error' and
+  // 'end' for one stream).
+  #rewatch(stream) {
+    if (this.#closed || stream !== this.#stream) return;
+    this.#stream = undefined;
+    // unref'd: following keys never keeps a process alive by itself
+    this.#timer = setTimeout(() => this.#watch(), 1000).unref();
+  }
+
   async #poll() {
-    const { keys } = await this.#client.keys.ListKeys({});
-    this.#apply(keys, undefined, this.generation + 1);
-    if (!this.#closed) {
-      this.#timer = setTimeout(() => this.#poll().catch((e) => this.emit('disconnect', e)), this.#pollMs);
+    try {
+      const { keys } = await this.#client.keys.ListKeys({});
+      this.#apply(keys, undefined, this.generation + 1);
+    } finally {
+      if (!this.#closed) {
+        this.#timer = setTimeout(() => this.#poll().catch((e) => this.emit('disconnect', e)), this.#pollMs).unref();
+      }
     }
   }
 
