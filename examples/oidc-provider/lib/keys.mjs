@@ -20,18 +20,6 @@ import { ExternalSigningKey } from 'oidc-provider';
 
 import { status } from './client.mjs';
 
-const PUBLISHED = new Set(['KEY_STATE_NEXT', 'KEY_STATE_ACTIVE', 'KEY_STATE_RETIRED']);
-
-function jwksOf(keys) {
-  const out = [];
-  for (const key of keys) {
-    for (const v of key.versions) {
-      if (PUBLISHED.has(v.state)) out.push(JSON.parse(v.public_jwk_json));
-    }
-  }
-  return { keys: out };
-}
-
 /**
  * The published versions of some sigild keys, kept current. Events: 'change' (the set
  * changed), 'disconnect' (sigild unreachable; the last set is kept, retried every second),
@@ -100,7 +88,7 @@ export class SigildKeySet extends EventEmitter {
     }
     const before = JSON.stringify([...this.#keys.values()]);
     this.#keys = new Map(mine.map((k) => [k.name, k]));
-    this.jwks = jwks ?? jwksOf(mine);
+    this.jwks = jwks;
     this.generation = generation;
     if (before !== JSON.stringify(mine)) this.emit('change', this);
   }
@@ -155,8 +143,15 @@ export class SigildKeySet extends EventEmitter {
 
   async #poll() {
     try {
-      const { keys } = await this.#client.keys.ListKeys({});
-      this.#apply(keys, undefined, this.generation + 1);
+      const [{ keys }, { jwks_json: jwksJson }] = await Promise.all([
+        this.#client.keys.ListKeys({}),
+        this.#client.keys.GetJwks({}),
+      ]);
+      // GetJwks publishes every key's versions: keep those of the followed keys
+      const wanted = new Set(this.#names);
+      const kids = new Set(keys.filter((k) => wanted.has(k.name)).flatMap((k) => k.versions.map((v) => v.kid)));
+      const jwks = { keys: JSON.parse(jwksJson).keys.filter((k) => kids.has(k.kid)) };
+      this.#apply(keys, jwks, this.generation + 1);
     } finally {
       if (!this.#closed) {
         this.#timer = setTimeout(() => this.#poll().catch((e) => this.emit('disconnect', e)), this.#pollMs).unref();
