@@ -27,8 +27,10 @@ import { startDevDaemon } from './support.mjs';
 const FLOWS = Number(process.env.OIDC_FLOWS ?? 200);
 const CONCURRENCY = Number(process.env.OIDC_CONCURRENCY ?? 8);
 const OP_KEY = 'op-idtoken';
-const RP_KEY = 'dev-ps256';
-const DPOP_KEY = 'dev-eddsa';
+// The relying party's keys: ES256, the cheapest of FAPI 2.0's algorithms on SoftHSM (PS256 and
+// EdDSA cost several times more per signature, and a flow makes six of them)
+const RP_KEY = 'rp-jar';
+const DPOP_KEY = 'rp-dpop';
 
 let daemon;
 let opClient;
@@ -48,7 +50,7 @@ before(async () => {
   rpClient = new SigildClient({
     endpoint: daemon.https, ca: daemon.ca, cert: daemon.cert, key: daemon.key,
   });
-  await cli('key', 'create', OP_KEY, '--alg', 'ES256');
+  for (const name of [OP_KEY, RP_KEY, DPOP_KEY]) await cli('key', 'create', name, '--alg', 'ES256');
   // without WatchKeys (an older daemon) the key set is polled: often, so that the test still
   // sees the activation quickly
   keySet = await new SigildKeySet(opClient, [OP_KEY], { pollSeconds: 0.5 }).start();
