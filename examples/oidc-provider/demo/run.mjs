@@ -24,10 +24,6 @@ const client = new SigildClient();
 const keySet = await new SigildKeySet(client, [opKey]).start();
 const idTokenAlg = keySet.active(opKey).alg;
 console.log(`sigild at ${client.endpoint}: OP key ${opKey} v${keySet.active(opKey).version} kid ${keySet.active(opKey).kid} (${idTokenAlg}), key set followed by ${keySet.mode === 'watch' ? 'WatchKeys' : 'polling ListKeys'}`);
-keySet.on('change', () => {
-  const a = keySet.active(opKey);
-  console.log(`key set changed: ${opKey} active v${a.version} kid ${a.kid}; JWKS has ${keySet.jwks.keys.length} keys`);
-});
 keySet.on('disconnect', (e) => console.error(`sigild unreachable (${e.message}); keeping the last key set`));
 
 const clientId = 'demo-rp';
@@ -47,6 +43,20 @@ console.log('  header:', JSON.stringify(result.header));
 console.log('  claims:', JSON.stringify(result.claims));
 console.log('  access token:', result.tokens.token_type, `(cnf.jkt bound), userinfo: ${JSON.stringify(result.userinfo)}`);
 console.log(`  id_token: ${result.idToken}`);
+
+// At every change: what the OP publishes now, and after an activation one more login, whose ID
+// token carries the new kid.
+let shownKid = keySet.active(opKey).kid;
+keySet.on('change', () => {
+  const a = keySet.active(opKey);
+  console.log(`key set changed: ${opKey} active v${a.version} kid ${a.kid}; the OP publishes ${keySet.jwks.keys.map((k) => k.kid).join(', ')}`);
+  if (a.kid === shownKid) return;
+  shownKid = a.kid;
+  rp.login('alice').then(
+    (r) => console.log(`login as alice after the activation: ID token kid ${r.header.kid}, verified`),
+    (e) => console.error(`login after the activation failed: ${e.message}`),
+  );
+});
 
 if (once) {
   keySet.close();
