@@ -192,6 +192,14 @@ test(`${FLOWS} logins with the OP key rotated and activated in the middle: no fa
     kids.set(kid, (kids.get(kid) ?? 0) + 1);
   }
   assert.deepEqual([...kids.keys()].sort(), [before.kid, newKid].sort());
+  // what an OP that has not seen the activation yet does, on purpose: a header naming the old
+  // kid is still signed (by the old version, within its grace period) and verifies
+  const key = new SigildSigningKey(opClient, keySet, OP_KEY);
+  const header = Buffer.from(JSON.stringify({ alg: 'ES256', kid: before.kid })).toString('base64url');
+  const input = `${header}.${Buffer.from('{"sub":"late"}').toString('base64url')}`;
+  const late = `${input}.${(await key.sign(Buffer.from(input))).toString('base64url')}`;
+  const { protectedHeader } = await compactVerify(late, jwks);
+  assert.equal(protectedHeader.kid, before.kid);
   t.diagnostic(`${FLOWS} flows (+1), concurrency ${CONCURRENCY}, ${seconds.toFixed(1)} s (${(FLOWS / seconds).toFixed(1)} flows/s), 0 failed`);
   t.diagnostic(`key set followed by ${keySet.mode === 'watch' ? 'WatchKeys' : 'polling ListKeys'}; rotate after flow ${rotatedAt}, activate after flow ${activatedAt}`);
   t.diagnostic(`tokens: ${kids.get(before.kid)} under the old kid, ${kids.get(newKid)} under the new; ${graceSigned} of ${afterActivation} flows started after the activation still got the old kid (grace)`);
