@@ -35,6 +35,16 @@ export async function startOp({ client, keySet, clients, port = 0 }) {
     jwks: sigildJwks(client, keySet),
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     clientAuthMethods: ['private_key_jwt'],
+    // seconds; short-lived artifacts, as FAPI deployments keep them
+    ttl: {
+      AccessToken: 600,
+      AuthorizationCode: 60,
+      Grant: 3600,
+      IdToken: 600,
+      Interaction: 600,
+      PushedAuthorizationRequest: 60,
+      Session: 3600,
+    },
     responseTypes: ['code'],
     features: {
       fapi: { enabled: true, profile: '2.0' },

@@ -88,6 +88,7 @@ export class SigildClient {
     const pkg = sigilPackage(options.protoDir ?? PROTO_DIR);
     let target;
     let credentials;
+    const channelOverrides = {};
     if (endpoint.startsWith('unix:')) {
       // the daemon knows a Unix socket caller by its uid (peer credentials)
       target = endpoint;
@@ -96,7 +97,13 @@ export class SigildClient {
       if (!ca || !cert || !key) {
         throw new Error(`${endpoint}: mutual TLS needs ca, cert and key (SIGILD_CA, SIGILD_CERT, SIGILD_KEY)`);
       }
-      target = new URL(endpoint).host;
+      const url = new URL(endpoint);
+      target = url.host;
+      // an IP address is no TLS server name (RFC 6066): present the dev certificate's DNS name
+      // for loopback addresses instead (node warns otherwise); a real host name is sent as is
+      if (/^(127\.|\[::1\]$)/.test(url.hostname)) {
+        channelOverrides['grpc.ssl_target_name_override'] = 'localhost';
+      }
       credentials = grpc.credentials.createSsl(
         readFileSync(ca),
         readFileSync(key),
@@ -106,7 +113,7 @@ export class SigildClient {
       throw new Error(`${endpoint}: expected unix:/path or https://host:port`);
     }
     this.endpoint = endpoint;
-    const channelOptions = { 'grpc.keepalive_time_ms': 30_000 };
+    const channelOptions = { 'grpc.keepalive_time_ms': 30_000, ...channelOverrides };
     this.#signing = new pkg.SigningService(target, credentials, channelOptions);
     this.#keys = new pkg.KeyService(target, credentials, channelOptions);
     this.signing = Object.fromEntries(
