@@ -10,7 +10,8 @@
 #                                    PyKCS11 (non-extractable keys made outside sigild),
 #                                    libp11-kit-dev (<p11-kit/pkcs11.h> for the tests'
 #                                    fault-injecting PKCS#11 module, built with cc),
-#                                    Node peers in tests/node (npm ci: jose, oidc-provider),
+#                                    Node peers in tests/node (npm ci: jose, oidc-provider)
+#                                    and examples/oidc-provider (npm ci, its test),
 #                                    cargo-nextest and cargo-deny,
 #                                    systemd (systemd-analyze for the unit file)
 set -euo pipefail
@@ -67,12 +68,15 @@ PY
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
     fi
+    # The same for examples/oidc-provider (node-oidc-provider on sigild, run by test.sh).
     here="$(cd "$(dirname "$0")/.." && pwd)"
-    if ! cmp -s "$here/tests/node/package-lock.json" "$here/tests/node/node_modules/.package-lock.json.installed" 2>/dev/null; then
-        echo "install-deps: installing the Node test peers (npm ci in tests/node)" >&2
-        npm ci --prefix "$here/tests/node" --no-audit --no-fund --loglevel=error >/dev/null
-        cp "$here/tests/node/package-lock.json" "$here/tests/node/node_modules/.package-lock.json.installed"
-    fi
+    for node_dir in tests/node examples/oidc-provider; do
+        if ! cmp -s "$here/$node_dir/package-lock.json" "$here/$node_dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
+            echo "install-deps: installing the Node packages of $node_dir (npm ci)" >&2
+            npm ci --prefix "$here/$node_dir" --no-audit --no-fund --loglevel=error >/dev/null
+            cp "$here/$node_dir/package-lock.json" "$here/$node_dir/node_modules/.package-lock.json.installed"
+        fi
+    done
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "install-deps: installing cargo-nextest" >&2
         cargo install --quiet --locked cargo-nextest

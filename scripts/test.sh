@@ -3,7 +3,8 @@
 #   1. cargo fmt --check, clippy (-D warnings), rustdoc (-D warnings), cargo deny
 #   2. the client-only build: library and examples without the device crates; the systemd unit
 #      (scripts/check-systemd-unit.sh: systemd-analyze verify and security)
-#   3. unit + integration tests (real SoftHSM tokens per test, independent verifiers)
+#   3. unit + integration tests (real SoftHSM tokens per test, independent verifiers), and
+#      node-oidc-provider on sigild (examples/oidc-provider, node --test)
 #   4. the virtual YubiKey: unit tests, then end to end through pcscd + vpcd with Yubico's tools
 #      (needs root for pcscd; set SIGILD_SKIP_YUBIKEY_E2E=1 to skip on a workstation)
 #   5. a short `sigild bench` smoke run (figures come from scripts/bench.sh, not from here), and a
@@ -60,6 +61,14 @@ echo "== sigild tests"
 # nextest fails a run that executes no test (--no-tests=fail), e.g. when a filter or a feature
 # gate leaves nothing to run; install-deps.sh --test installs it.
 cargo nextest run --no-fail-fast --no-tests=fail
+
+echo "== node-oidc-provider on sigild (examples/oidc-provider)"
+# The adapter's own test (node --test): a throw-away `sigild dev`, full FAPI 2.0 logins through
+# node-oidc-provider with the OP key rotated in the middle. It runs the debug sigild built above.
+cargo build --quiet --bin sigild
+SIGILD_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/sigild"
+export SIGILD_BIN
+(cd examples/oidc-provider && node --test test/*.test.mjs) || fail "examples/oidc-provider: node --test"
 
 echo "== virtual YubiKey"
 cargo nextest run --release --no-tests=fail --manifest-path tests/virtual-yubikey/Cargo.toml

@@ -807,12 +807,51 @@ impl KeyService for Api {
         >,
     >;
 
-    // PLACEHOLDER(lead)
     async fn watch_keys(
         &self,
-        _req: Request<pb::WatchKeysRequest>,
+        req: Request<pb::WatchKeysRequest>,
     ) -> Result<Self::WatchKeysStream> {
-        Err(Status::unimplemented("WatchKeys is not implemented yet"))
+        let origin = self.origin(&req)?;
+        let names = req.into_inner().names;
+        let mut watch = self
+            .service
+            .watch_keys(&origin, &names)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        // One key set in flight: a slow watcher holds back only its own stream, and a
+        // watcher that went away is noticed while waiting for the next change.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let request_id = origin.request_id.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = watch.next() => n,
+                    () = tx.closed() => return,
+                };
+                let item = match next {
+                    None => return,
+                    Some(Ok(set)) => Ok(key_set_to_pb(set)),
+                    Some(Err(e)) => Err(status_for(&e, &request_id)),
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(respond(
+            &origin,
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as Self::WatchKeysStream,
+        ))
+    }
+}
+
+#[cfg(feature = "server")]
+fn key_set_to_pb(set: service::KeySet) -> pb::KeySet {
+    pb::KeySet {
+        jwks_json: set.jwks.to_string(),
+        keys: set.keys.into_iter().map(key_to_pb).collect(),
+        generation: set.generation,
     }
 }
 
@@ -851,6 +890,7 @@ impl SigningService for Api {
     async fn sign_jws(&self, req: Request<pb::SignJwsRequest>) -> Result<pb::SignJwsResponse> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let origin = origin.with_version(r.version);
         let s = self
             .service
             .sign_jws(&origin, &r.key, &r.protected_header, &r.payload)
@@ -862,6 +902,7 @@ impl SigningService for Api {
     async fn sign_raw(&self, req: Request<pb::SignRawRequest>) -> Result<pb::SignRawResponse> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let origin = origin.with_version(r.version);
         let alg = match opt(r.alg) {
             Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
             None => None,
@@ -888,6 +929,7 @@ impl SigningService for Api {
     ) -> Result<pb::SignJwsResponse> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
+        let origin = origin.with_version(r.version);
         let input = service::IdTokenInput {
             claims_json: r.claims_json,
             lifetime: r.lifetime_seconds.into(),

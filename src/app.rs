@@ -243,7 +243,11 @@ async fn assemble(
         tracing::warn!(error = %issue, "device not usable yet; serving NOT_SERVING until it is");
     }
     stop.check()?;
-    let keyring = Arc::new(Keyring::new(backend));
+    let keyring = Arc::new(
+        Keyring::new(backend)
+            .with_grace(Duration::from_secs(config.keyring.grace_seconds))
+            .with_max_watchers(config.keyring.max_watchers),
+    );
     if startup_issue.is_none()
         && let Err(e) = keyring.refresh().await
     {

@@ -58,6 +58,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,11 @@ use crate::backend::{
 };
 use crate::crypto::{Curve, KeyKind, KeyPurpose, PublicKey};
 use crate::jose::{self, Alg, JoseError, KeyAlg, TokenType};
+
+mod watch;
+
+use watch::Changes;
+pub use watch::Watch;
 
 /// Prefix of the device labels of sigild's records and keys.
 const LABEL_PREFIX: &str = "sigild";
@@ -200,6 +206,13 @@ struct VersionRecord {
         with = "serves_names"
     )]
     serves: BTreeSet<TokenType>,
+    /// Unix seconds when the version stopped being active (activation of another version, or
+    /// retirement), so that every replica agrees on its grace period
+    /// ([`Keyring::signing_version`]). Absent while it is or never was active, and in records
+    /// of releases before it existed: such a version gets no grace. Left out when absent, so
+    /// records of versions that never stopped being active stay readable by older releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deactivated_at: Option<i64>,
 }
 
 /// `serves` as the token types' names ([`TokenType::name`]) in a JSON array.
@@ -245,6 +258,7 @@ impl VersionRecord {
             created_at: v.created_at,
             generation: 0,
             serves: v.serves.clone(),
+            deactivated_at: v.deactivated_at,
         }
     }
 }
@@ -283,6 +297,10 @@ pub struct VersionInfo {
     /// Set when the key is made and carried to every new version, so a key made for ID tokens
     /// cannot mint access tokens whatever a caller's rules allow.
     pub serves: BTreeSet<TokenType>,
+    /// Unix seconds when the version stopped being active, kept on the device so every replica
+    /// agrees; `None` while it is active, if it never was, or if an older release retired it.
+    /// A named request may sign with it until the grace period after this has passed.
+    pub deactivated_at: Option<i64>,
 }
 
 impl VersionInfo {
@@ -452,6 +470,50 @@ pub enum KeyringError {
         /// Version.
         version: u32,
     },
+    /// A request named a version that may not sign now: it is not active, and it did not stop
+    /// being active less than the grace period ago. Names the active kid, so an OP that
+    /// cached an old one knows what to switch to.
+    #[error(
+        "key {name:?} version {version} (kid {kid}) is {state} and does not sign: only the \
+         active version signs, and a version that stopped being active for {grace_seconds} s \
+         after that; {}",
+        match active_kid {
+            Some(k) => format!("the active kid is {k}"),
+            None => "the key has no active version".to_owned(),
+        }
+    )]
+    VersionNotSigning {
+        /// Key name.
+        name: String,
+        /// The version named.
+        version: u32,
+        /// Its kid.
+        kid: String,
+        /// Its state.
+        state: &'static str,
+        /// The grace period (`keyring.grace_seconds`).
+        grace_seconds: u64,
+        /// The kid of the active version, if there is one.
+        active_kid: Option<String>,
+    },
+    /// Every slot for key watchers (`WatchKeys` streams) is taken.
+    #[error("too many key watchers ({0} at most); retry later")]
+    TooManyWatchers(usize),
+    /// The daemon is shutting down: no new key watchers, and open ones end.
+    #[error("the daemon is shutting down; watch the keys on another instance")]
+    WatchesClosed,
+}
+
+/// Which version of a key a signing request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick<'a> {
+    /// The active version: the request named none.
+    Active,
+    /// A version by number.
+    Version(u32),
+    /// The version whose kid this is (a generic JWS header's `kid`). When no version of the
+    /// key has it, the active version, whose kid check then refuses the header as before.
+    Kid(&'a str),
 }
 
 /// A version's certificate chain as stored on the device (`sigild/chain/<name>/<version>`).
@@ -721,7 +783,18 @@ pub struct Keyring {
     generation: AtomicU64,
     /// What the last successful load found in the records besides the keyring.
     scan: RwLock<RecordScan>,
+    /// How long after it stopped being active a version still signs for requests that name
+    /// it ([`Keyring::signing_version`]).
+    grace: Duration,
+    /// Tells key watchers ([`Keyring::watch`]) when the keyring changed.
+    changes: Changes,
 }
+
+/// The default grace period of a version that stopped being active (`keyring.grace_seconds`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+
+/// The default number of key watchers at once (`keyring.max_watchers`).
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
 
 impl Keyring {
     /// An empty keyring on `backend`; call [`Keyring::refresh`] to load it.
@@ -733,7 +806,44 @@ impl Keyring {
             admin: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             scan: RwLock::new(RecordScan::default()),
+            grace: DEFAULT_GRACE,
+            changes: Changes::new(DEFAULT_MAX_WATCHERS),
         }
+    }
+
+    /// The same keyring with another grace period for versions that stopped being active.
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The same keyring with another bound on key watchers at once.
+    #[must_use]
+    pub fn with_max_watchers(mut self, max: usize) -> Self {
+        self.changes = Changes::new(max);
+        self
+    }
+
+    /// The grace period of versions that stopped being active.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Watch the keyring: the watch wakes at every change of what it holds (made through this
+    /// process, or seen on the device by a refresh, so another replica's within the refresh
+    /// period). Bounded: each open watch takes a slot until dropped.
+    ///
+    /// # Errors
+    /// [`KeyringError::TooManyWatchers`]; [`KeyringError::WatchesClosed`] after
+    /// [`Keyring::close_watches`].
+    pub fn watch(&self) -> Result<Watch, KeyringError> {
+        self.changes.subscribe()
+    }
+
+    /// End every watch (shutdown): open watches see their end at once, new ones are refused.
+    pub fn close_watches(&self) {
+        self.changes.close();
     }
 
     /// The backend holding the keys.
@@ -957,7 +1067,15 @@ impl Keyring {
                 },
             );
         }
-        *self.keys.write().map_err(|_| poisoned())? = map;
+        let changed = {
+            let mut keys = self.keys.write().map_err(|_| poisoned())?;
+            let changed = *keys != map;
+            *keys = map;
+            changed
+        };
+        if changed {
+            self.changes.changed();
+        }
         let mut last = self.scan.write().map_err(|_| poisoned())?;
         if last.leftovers != scan.leftovers {
             for l in &scan.leftovers {
@@ -1123,6 +1241,9 @@ impl Keyring {
             created_at: rec.created_at,
             attestation,
             serves: rec.serves.clone(),
+            // A version served as retired because a later activation superseded it (an
+            // interrupted activation) was never retired on record: no grace.
+            deactivated_at: rec.deactivated_at,
         }))
     }
 
@@ -1172,6 +1293,73 @@ impl Keyring {
         }
     }
 
+    /// The version of a signing key that `pick` names, with the JWS alg it signs with by
+    /// default, if it may sign at `now` (Unix seconds): the active version, or a version that
+    /// stopped being active less than the grace period ago (its `deactivated_at` is on the
+    /// device, so every replica decides alike). This lets a caller that cached the previous
+    /// kid keep signing with it across a rotation while it re-reads the key set.
+    ///
+    /// # Errors
+    /// As for [`Keyring::signing`]; [`KeyringError::VersionNotFound`];
+    /// [`KeyringError::VersionNotSigning`] naming the active kid.
+    pub fn signing_version(
+        &self,
+        name: &str,
+        pick: Pick<'_>,
+        now: i64,
+    ) -> Result<(Arc<VersionInfo>, Alg), KeyringError> {
+        let target = {
+            let not_found = || KeyringError::KeyNotFound(name.to_owned());
+            let map = self.loaded()?;
+            let key_name = KeyName::new(name).map_err(|_| not_found())?;
+            let key = map.get(&key_name).ok_or_else(not_found)?;
+            let named = match pick {
+                Pick::Active => None,
+                Pick::Version(n) => Some(find_version(key, n)?),
+                Pick::Kid(kid) => key
+                    .versions
+                    .iter()
+                    .find(|v| v.kid == kid && v.state != KeyState::Destroyed)
+                    .cloned(),
+            };
+            match named {
+                None => None,
+                Some(v) if v.state == KeyState::Active => Some(v),
+                Some(v) if self.in_grace(&v, now) => Some(v),
+                Some(v) => {
+                    return Err(KeyringError::VersionNotSigning {
+                        name: name.to_owned(),
+                        version: v.version,
+                        kid: v.kid.clone(),
+                        state: v.state.as_str(),
+                        grace_seconds: self.grace.as_secs(),
+                        active_kid: key.active().map(|a| a.kid.clone()),
+                    });
+                }
+            }
+        };
+        let Some(v) = target else {
+            return self.signing(name);
+        };
+        match v.alg.sign_alg() {
+            Some(alg) => Ok((v, alg)),
+            None => Err(KeyringError::WrongPurpose {
+                name: name.to_owned(),
+                purpose: v.purpose(),
+                want: "sign",
+            }),
+        }
+    }
+
+    /// Whether a version that is not active stopped being active less than the grace period
+    /// before `now`. A retired version only: one made `next` or destroyed since never signs.
+    fn in_grace(&self, v: &VersionInfo, now: i64) -> bool {
+        let grace = i64::try_from(self.grace.as_secs()).unwrap_or(i64::MAX);
+        v.state == KeyState::Retired
+            && v.deactivated_at
+                .is_some_and(|at| now >= at && now - at < grace)
+    }
+
     /// One key with its versions.
     ///
     /// # Errors
@@ -1198,13 +1386,7 @@ impl Keyring {
     /// From the JOSE layer; [`KeyringError::NotLoaded`].
     pub fn jwks(&self) -> Result<serde_json::Value, KeyringError> {
         let map = self.loaded()?;
-        let entries = map
-            .values()
-            .flat_map(|k| k.versions.iter())
-            .filter(|v| v.state.published())
-            .map(|v| v.jwk())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(jose::jwks(entries)?)
+        jwks_of(map.values())
     }
 
     /// Generate a new key; its version 1 is active at once.
@@ -1400,7 +1582,12 @@ impl Keyring {
     ///
     /// # Errors
     /// Not found, or the version is not `next`/`retired`.
-    pub async fn activate(&self, name: &str, version: u32) -> Result<KeyInfo, KeyringError> {
+    pub async fn activate(
+        &self,
+        name: &str,
+        version: u32,
+        now: i64,
+    ) -> Result<KeyInfo, KeyringError> {
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         let key = self.get(name)?;
@@ -1427,9 +1614,9 @@ impl Keyring {
         let previous = key.active().cloned();
         // New active first: a crash in between leaves two actives, which load resolves to the
         // newest, never zero.
-        self.set_state(&target, KeyState::Active).await?;
+        self.set_state(&target, KeyState::Active, now).await?;
         if let Some(prev) = previous {
-            self.set_state(&prev, KeyState::Retired).await?;
+            self.set_state(&prev, KeyState::Retired, now).await?;
         }
         self.refresh_locked().await?;
         self.get(name)
@@ -1439,7 +1626,12 @@ impl Keyring {
     ///
     /// # Errors
     /// Not found, or the version is already retired or destroyed.
-    pub async fn retire(&self, name: &str, version: u32) -> Result<KeyInfo, KeyringError> {
+    pub async fn retire(
+        &self,
+        name: &str,
+        version: u32,
+        now: i64,
+    ) -> Result<KeyInfo, KeyringError> {
         let _guard = self.admin.lock().await;
         self.refresh_locked().await?;
         let key = self.get(name)?;
@@ -1455,7 +1647,7 @@ impl Keyring {
             &[KeyState::Next, KeyState::Active],
             "only a `next` or `active` version can be retired",
         )?;
-        self.set_state(&target, KeyState::Retired).await?;
+        self.set_state(&target, KeyState::Retired, now).await?;
         self.refresh_locked().await?;
         self.get(name)
     }
@@ -1476,7 +1668,7 @@ impl Keyring {
         )?;
         // Record first: a crash after it leaves an orphan key pair (visible in vendor tools),
         // never a published key that cannot sign.
-        self.set_state(&target, KeyState::Destroyed).await?;
+        self.set_state(&target, KeyState::Destroyed, 0).await?;
         match self.backend.destroy(&target.key_id).await {
             Ok(()) | Err(BackendError::KeyNotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -1517,6 +1709,7 @@ impl Keyring {
             created_at: now,
             generation: 0,
             serves,
+            deactivated_at: None,
         };
         if let Err(e) = self.put(&rec).await {
             // No record, no key: do not leave an unreachable key pair behind.
@@ -1527,9 +1720,23 @@ impl Keyring {
         self.get(name.as_str())
     }
 
-    async fn set_state(&self, v: &VersionInfo, state: KeyState) -> Result<(), KeyringError> {
+    /// Record `v` in `state` as of `now`: a version that stops being active notes when, so a
+    /// named request may still sign with it during the grace period; one that becomes active
+    /// again forgets it.
+    async fn set_state(
+        &self,
+        v: &VersionInfo,
+        state: KeyState,
+        now: i64,
+    ) -> Result<(), KeyringError> {
+        let deactivated_at = match (v.state, state) {
+            (_, KeyState::Active) => None,
+            (KeyState::Active, _) => Some(now),
+            _ => v.deactivated_at,
+        };
         self.put(&VersionRecord {
             state,
+            deactivated_at,
             ..VersionRecord::of(v)
         })
         .await
@@ -1641,6 +1848,22 @@ impl Keyring {
             .await?;
         Ok(())
     }
+}
+
+/// The JWK Set of the published versions of `keys`, without duplicate kids.
+///
+/// # Errors
+/// From the JOSE layer.
+pub fn jwks_of<'a>(
+    keys: impl IntoIterator<Item = &'a KeyInfo>,
+) -> Result<serde_json::Value, KeyringError> {
+    let entries = keys
+        .into_iter()
+        .flat_map(|k| k.versions.iter())
+        .filter(|v| v.state.published())
+        .map(|v| v.jwk())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(jose::jwks(entries)?)
 }
 
 /// The binding of a new key: the token types it will serve, for a signing key only (a
@@ -1807,8 +2030,12 @@ mod tests {
             created_at: 1_700_000_000,
             generation: 3,
             serves: BTreeSet::new(),
+            deactivated_at: None,
         };
         let json = serde_json::to_string(&rec)?;
+        // Versions that never stopped being active write no `deactivated_at`: releases
+        // before it read their records.
+        assert!(!json.contains("deactivated_at"), "{json}");
         assert!(json.contains("\"state\":\"next\""));
         // Unbound keys write no `serves`: releases before bindings read their records.
         assert!(!json.contains("serves"), "{json}");
@@ -1841,6 +2068,22 @@ mod tests {
             "\"generation\":2,\"serves\":[\"sd-jwt\"]",
         );
         assert!(serde_json::from_str::<VersionRecord>(&newer).is_err());
+    }
+
+    #[test]
+    fn the_time_a_version_stopped_being_active_is_recorded_and_older_records_have_none()
+    -> Result<(), serde_json::Error> {
+        let old = r#"{"format":1,"name":"idp","version":1,"state":"retired","alg":"ES256","fapi2":false,"key_id":"00ff","origin":"generated","created_at":1700000000,"generation":2}"#;
+        let rec = serde_json::from_str::<VersionRecord>(old)?;
+        assert_eq!(rec.deactivated_at, None, "older records: no grace");
+        let newer = VersionRecord {
+            deactivated_at: Some(1_700_000_300),
+            ..rec
+        };
+        let json = serde_json::to_string(&newer)?;
+        assert!(json.contains("\"deactivated_at\":1700000300"), "{json}");
+        assert_eq!(serde_json::from_str::<VersionRecord>(&json)?, newer);
+        Ok(())
     }
 
     #[test]

@@ -131,24 +131,27 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
     assert_invariants(&k)?;
 
     // Activate the newest `next`: v2 signs, v1 retires (and stays published).
-    let key = k.activate("idp", 0).await?;
+    let key = k.activate("idp", 0, 0).await?;
     assert_eq!(states(&key), [Retired, Active]);
     assert_eq!(k.active("idp")?.version, 2);
     assert_invariants(&k)?;
 
     // Another round, then a rollback to a retired version.
     k.rotate("idp", None, KeySize::default(), NOW + 2).await?;
-    let key = k.activate("idp", 0).await?;
+    let key = k.activate("idp", 0, 0).await?;
     assert_eq!(states(&key), [Retired, Retired, Active]);
-    let key = k.activate("idp", 2).await?;
+    let key = k.activate("idp", 2, 0).await?;
     assert_eq!(states(&key), [Retired, Active, Retired]);
     assert_invariants(&k)?;
 
     // Neither the active version nor an already active one moves the wrong way.
     assert!(k.destroy("idp", 2).await.is_err(), "active destroyed");
-    assert!(k.activate("idp", 2).await.is_err(), "active re-activated");
     assert!(
-        k.activate("idp", 0).await.is_err(),
+        k.activate("idp", 2, 0).await.is_err(),
+        "active re-activated"
+    );
+    assert!(
+        k.activate("idp", 0, 0).await.is_err(),
         "activated with no `next`"
     );
     assert_eq!(states(&k.get("idp")?), [Retired, Active, Retired]);
@@ -160,13 +163,13 @@ async fn rotation_moves_versions_next_active_retired() -> TestResult {
     assert!(!backend.key_ids()?.contains(&v1.key_id));
     assert!(!jwks_kids(&k)?.contains(&v1.kid));
     assert!(
-        k.activate("idp", 1).await.is_err(),
+        k.activate("idp", 1, 0).await.is_err(),
         "destroyed re-activated"
     );
     assert_invariants(&k)?;
 
     // Retire the active one: nothing signs, everything still published.
-    let key = k.retire("idp", 0).await?;
+    let key = k.retire("idp", 0, 0).await?;
     assert_eq!(states(&key), [Destroyed, Retired, Retired]);
     assert!(matches!(
         k.active("idp"),
@@ -322,7 +325,7 @@ async fn a_crash_half_way_through_activation_leaves_the_newest_active() -> TestR
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     // The first write (v2 active) lands, the second (v1 retired) does not.
     backend.fail_put_record_after(1)?;
-    assert!(k.activate("idp", 0).await.is_err());
+    assert!(k.activate("idp", 0, 0).await.is_err());
     for keyring in [&k, &reloaded(&backend).await?] {
         keyring.refresh().await?;
         let key = keyring.get("idp")?;
@@ -348,7 +351,7 @@ async fn a_crash_between_destroy_record_and_key_destroy_unpublishes_the_version(
     )
     .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
-    k.activate("idp", 0).await?;
+    k.activate("idp", 0, 0).await?;
     let v1 = k.get("idp")?.versions[0].clone();
     backend.fail_destroy()?;
     assert!(k.destroy("idp", 1).await.is_err());
@@ -376,7 +379,7 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
     )
     .await?;
     k.rotate("idp", None, KeySize::default(), NOW + 10).await?;
-    k.activate("idp", 0).await?;
+    k.activate("idp", 0, 0).await?;
     k.rotate("idp", None, KeySize::default(), NOW + 20).await?;
     k.destroy("idp", 1).await?;
     k.create(
@@ -388,7 +391,7 @@ async fn reloading_from_the_records_gives_the_same_keyring() -> TestResult {
         NOW + 30,
     )
     .await?;
-    k.retire("client", 0).await?;
+    k.retire("client", 0, 0).await?;
     k.create(
         "dpop",
         Alg::Ed25519.into(),
@@ -650,7 +653,7 @@ async fn an_activation_interrupted_in_its_first_record_replacement_is_repaired()
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     // v2's new record (active) is written, its old copy (next) stays; v1 is still active.
     backend.crash_in_record_replacement_after(0)?;
-    assert!(k.activate("idp", 0).await.is_err());
+    assert!(k.activate("idp", 0, 0).await.is_err());
     let r = reloaded(&backend).await?;
     assert_eq!(
         states(&r.get("idp")?),
@@ -680,7 +683,7 @@ async fn an_activation_interrupted_in_its_second_record_replacement_is_repaired(
     .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
     backend.crash_in_record_replacement_after(1)?;
-    assert!(k.activate("idp", 0).await.is_err());
+    assert!(k.activate("idp", 0, 0).await.is_err());
     let r = repair_finds(&backend, &["stale-record"]).await?;
     assert_eq!(
         states(&r.get("idp")?),
@@ -703,10 +706,10 @@ async fn the_later_of_two_activations_wins_even_for_an_older_version() -> TestRe
     )
     .await?;
     k.rotate("idp", None, KeySize::default(), NOW).await?;
-    k.activate("idp", 0).await?;
+    k.activate("idp", 0, 0).await?;
     // Roll back to v1: v1's record says active, the process dies before v2 is retired.
     backend.fail_put_record_after(1)?;
-    assert!(k.activate("idp", 1).await.is_err());
+    assert!(k.activate("idp", 1, 0).await.is_err());
     let r = reloaded(&backend).await?;
     assert_eq!(
         r.active("idp")?.version,
@@ -739,7 +742,7 @@ async fn a_retirement_interrupted_in_its_record_replacement_is_repaired() -> Tes
     )
     .await?;
     backend.crash_in_record_replacement_after(0)?;
-    assert!(k.retire("idp", 0).await.is_err());
+    assert!(k.retire("idp", 0, 0).await.is_err());
     let r = reloaded(&backend).await?;
     assert_eq!(states(&r.get("idp")?), [KeyState::Retired]);
     repair_finds(&backend, &["stale-record"]).await?;
@@ -761,7 +764,7 @@ async fn a_destruction_interrupted_anywhere_is_repaired() -> TestResult {
         )
         .await?;
         k.rotate("idp", None, KeySize::default(), NOW).await?;
-        k.activate("idp", 0).await?;
+        k.activate("idp", 0, 0).await?;
         let v1 = k.get("idp")?.versions[0].clone();
         let expected: &[&str] = if crash == 0 {
             // Between writing the destroyed record and removing its old copy.
@@ -823,7 +826,7 @@ async fn a_version_whose_key_pair_is_gone_is_reported_then_recorded_destroyed() 
     );
     // Rotation numbers on and activation brings the key back.
     r.rotate("idp", None, KeySize::default(), NOW).await?;
-    r.activate("idp", 0).await?;
+    r.activate("idp", 0, 0).await?;
     assert_eq!(r.active("idp")?.version, 3);
     Ok(())
 }
@@ -1023,7 +1026,7 @@ async fn bindings_are_recorded_carried_across_rotation_and_reloaded() -> TestRes
     let rotated = k.rotate("idp", None, KeySize::default(), NOW + 1).await?;
     assert_eq!(rotated.serves, want);
     assert!(rotated.versions.iter().all(|v| v.serves == want));
-    k.activate("idp", 2).await?;
+    k.activate("idp", 2, 0).await?;
     assert_eq!(k.signing("idp")?.0.serves, want);
     // A restart reads the same bindings back; the unbound key stays unbound.
     let r = reloaded(&backend).await?;
@@ -1047,5 +1050,104 @@ async fn bindings_are_recorded_carried_across_rotation_and_reloaded() -> TestRes
         "{e:?}"
     );
     assert!(matches!(k.get("enc"), Err(KeyringError::KeyNotFound(_))));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_named_version_signs_while_active_or_within_its_grace_period() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend).with_grace(Duration::from_secs(300));
+    k.create(
+        "idp",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
+    k.rotate("idp", None, KeySize::default(), NOW).await?;
+    // v2 is `next`: never active, never signs when named.
+    assert!(matches!(
+        k.signing_version("idp", Pick::Version(2), NOW),
+        Err(KeyringError::VersionNotSigning { version: 2, .. })
+    ));
+    k.activate("idp", 2, NOW + 10).await?;
+    let key = k.get("idp")?;
+    let (v1, v2) = (key.versions[0].clone(), key.versions[1].clone());
+    assert_eq!(v1.deactivated_at, Some(NOW + 10));
+    assert_eq!(v2.deactivated_at, None);
+    for pick in [Pick::Version(1), Pick::Kid(&v1.kid)] {
+        let (v, _) = k.signing_version("idp", pick, NOW + 10 + 299)?;
+        assert_eq!(v.version, 1, "{pick:?} within the grace period");
+        match k.signing_version("idp", pick, NOW + 10 + 300) {
+            Err(KeyringError::VersionNotSigning { active_kid, .. }) => {
+                assert_eq!(active_kid.as_deref(), Some(v2.kid.as_str()));
+            }
+            other => panic!("{pick:?} after the grace period: {other:?}"),
+        }
+    }
+    // The active one, named or not; a kid of no version: the active one (whose kid check
+    // then refuses the header).
+    assert_eq!(
+        k.signing_version("idp", Pick::Version(2), NOW)?.0.version,
+        2
+    );
+    assert_eq!(k.signing_version("idp", Pick::Active, NOW)?.0.version, 2);
+    assert_eq!(
+        k.signing_version("idp", Pick::Kid("nope"), NOW)?.0.version,
+        2
+    );
+    assert!(matches!(
+        k.signing_version("idp", Pick::Version(7), NOW),
+        Err(KeyringError::VersionNotFound { .. })
+    ));
+    // Every replica reads the same time from the device.
+    let replica = reloaded(&backend)
+        .await?
+        .with_grace(Duration::from_secs(300));
+    assert_eq!(
+        replica.get("idp")?.versions[0].deactivated_at,
+        Some(NOW + 10)
+    );
+    // Activated again, it forgets; retired by hand, the grace starts then.
+    k.activate("idp", 1, NOW + 20).await?;
+    assert_eq!(k.get("idp")?.versions[0].deactivated_at, None);
+    assert_eq!(k.get("idp")?.versions[1].deactivated_at, Some(NOW + 20));
+    k.retire("idp", 1, NOW + 30).await?;
+    assert!(k.signing_version("idp", Pick::Version(1), NOW + 31).is_ok());
+    assert!(matches!(
+        k.signing_version("idp", Pick::Version(1), NOW + 330),
+        Err(KeyringError::VersionNotSigning {
+            active_kid: None,
+            ..
+        })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn watches_wake_when_a_load_finds_the_keyring_changed() -> TestResult {
+    let backend = MemoryBackend::new();
+    let k = keyring(&backend);
+    k.refresh().await?;
+    let mut w = k.watch()?;
+    k.create(
+        "idp",
+        Alg::Es256.into(),
+        KeySize::default(),
+        false,
+        &[],
+        NOW,
+    )
+    .await?;
+    assert!(w.changed().await);
+    // A change made by another process is seen at the next refresh.
+    let other = reloaded(&backend).await?;
+    other.rotate("idp", None, KeySize::default(), NOW).await?;
+    k.refresh().await?;
+    assert!(w.changed().await);
+    k.close_watches();
+    assert!(!w.changed().await);
     Ok(())
 }

@@ -95,6 +95,9 @@ pub struct Serving {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     /// The Unix-socket server task.
     unix_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// The keyring, whose key watches ([`crate::keyring::Keyring::watch`]) are ended first
+    /// thing at shutdown.
+    keyring: Arc<crate::keyring::Keyring>,
 }
 
 /// How long requests answered UNAVAILABLE after the grace period get to reach their callers
@@ -125,6 +128,8 @@ impl Serving {
         let _ = (&mut self.maintain).await;
         set_health(&self.health, false).await;
         let _ = self.stop.send(true);
+        // Key watches never end by themselves: end them now so they do not hold the drain.
+        self.keyring.close_watches();
         tracing::info!(
             grace_seconds = self.grace.as_secs_f64(),
             "stopped accepting; finishing requests in flight"
@@ -231,8 +236,12 @@ struct ShutdownService<S> {
 /// Whether the gRPC method at `path` changes the keyring (through several device and record
 /// steps) and so must never be cut off once started.
 fn completes(path: &str) -> bool {
-    path.strip_prefix("/sigil.v1.KeyService/")
-        .is_some_and(|m| !matches!(m, "ListKeys" | "GetKey" | "GetJwks" | "GetCertificateChain"))
+    path.strip_prefix("/sigil.v1.KeyService/").is_some_and(|m| {
+        !matches!(
+            m,
+            "ListKeys" | "GetKey" | "GetJwks" | "GetCertificateChain" | "WatchKeys"
+        )
+    })
 }
 
 impl<S, B> tower::Service<http::Request<B>> for ShutdownService<S>
@@ -406,6 +415,7 @@ pub async fn serve(
         maintain,
         server: tcp_server,
         unix_server,
+        keyring: Arc::clone(service.keyring()),
     })
 }
 

@@ -37,6 +37,7 @@ mod httpsig;
 mod issued;
 pub mod quarantine;
 mod responses;
+mod rotation;
 
 pub use decrypt::Decrypted;
 pub use error::{Chain, Error, ErrorKind, UNDECRYPTABLE};
@@ -44,6 +45,7 @@ pub use httpsig::{HttpRequestInput, HttpResponseInput, SignedHttpMessage};
 pub use issued::{AccessTokenInput, CibaRequestInput, LogoutTokenInput};
 pub use quarantine::Quarantine;
 pub use responses::{IntrospectionInput, JARM_DEFAULT_LIFETIME, JarmInput, UserinfoInput};
+pub use rotation::{KeySet, KeyWatch};
 
 /// A source of time, so tests can pin it and the JOSE layer never reads a clock.
 pub trait Clock: Send + Sync + 'static {
@@ -229,6 +231,10 @@ pub struct Origin {
     /// up by then even when `[signing] timeout_ms` is longer, and refused at once when it has
     /// passed already.
     pub deadline: Option<std::time::Instant>,
+    /// The key version the request names (its `version` field); 0: the active one, or for a
+    /// generic JWS the version its header's `kid` names. A named version signs while it is
+    /// active or within the grace period after it stopped being ([`rotation`]).
+    pub version: u32,
 }
 
 impl Origin {
@@ -238,7 +244,13 @@ impl Origin {
             caller,
             request_id: request_id(),
             deadline: None,
+            version: 0,
         }
+    }
+
+    /// The same request naming key version `version` (0: the active one).
+    pub fn with_version(self, version: u32) -> Origin {
+        Origin { version, ..self }
     }
 
     /// The same request with the caller's deadline.
@@ -278,6 +290,10 @@ struct Call {
     /// A generic JWS's header `typ` (None: none, or not a generic JWS): policy and the key's
     /// binding treat a JWS whose `typ` a profile owns as that profile's token.
     typ: Option<String>,
+    /// The key version the request names ([`Origin::version`]); 0: none.
+    version: u32,
+    /// A generic JWS's header `kid`, which may name a version other than the active one.
+    kid: Option<String>,
 }
 
 impl Call {
@@ -473,6 +489,8 @@ impl Service {
             grant: None,
             deadline: origin.deadline,
             typ: None,
+            version: origin.version,
+            kid: None,
         }
     }
 
@@ -683,17 +701,18 @@ impl Service {
         })
     }
 
-    /// The active version of `key`, checked for signing with `alg` (the version's own alg
-    /// unless the caller named one) for the use `call` is making of it: a key bound to token
-    /// types ([`VersionInfo::serves`]) signs only those, for every caller. Every signing path
-    /// resolves its key here, so none can get around the binding.
+    /// The version of `key` the request names (the active one unless it names another, which
+    /// signs only within its grace period: [`rotation`]), checked for signing with `alg` (the
+    /// version's own alg unless the caller named one) for the use `call` is making of it: a
+    /// key bound to token types ([`VersionInfo::serves`]) signs only those, for every caller.
+    /// Every signing path resolves its key here, so none can get around the binding.
     fn resolve(
         &self,
         call: &mut Call,
         key: &str,
         alg: Option<Alg>,
     ) -> Result<(Arc<VersionInfo>, Alg), Error> {
-        let (version, own) = self.keyring.signing(key)?;
+        let (version, own) = self.named_version(call, key)?;
         if let Some(token) = call.token() {
             let via_jws = call.op == Operation::Sign(TokenType::Jws);
             policy_rules::check_binding(key, &version.serves, token, via_jws)
@@ -724,6 +743,7 @@ impl Service {
                 self.authorize(call)?;
                 self.check_size("header and payload", header.len() + payload.len())?;
                 call.typ = jose::header_typ(header)?;
+                call.kid = jose::header_kid(header)?;
                 call.note_token();
                 let (version, _) = self.resolve(call, key, None)?;
                 let alg = jose::check_header(header, version.kind, &version.kid)?;
@@ -1093,7 +1113,7 @@ impl Service {
         version: u32,
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:activate", name, version, async || {
-            Ok(self.keyring.activate(name, version).await?)
+            Ok(self.keyring.activate(name, version, self.now()).await?)
         })
         .await
     }
@@ -1109,7 +1129,7 @@ impl Service {
         version: u32,
     ) -> Result<KeyInfo, Error> {
         self.admin(origin, "admin:retire", name, version, async || {
-            Ok(self.keyring.retire(name, version).await?)
+            Ok(self.keyring.retire(name, version, self.now()).await?)
         })
         .await
     }

@@ -96,19 +96,29 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
 }
 
-/// Keyring refresh.
+/// Keyring refresh, rotation grace and key watchers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyringConfig {
     /// How often to re-read the keyring from the token, to see other replicas' changes.
     #[serde(default = "default_refresh")]
     pub refresh_seconds: u64,
+    /// How long a version that stopped being active still signs for requests that name it
+    /// (by `version` or a JWS header's `kid`), so an OP that cached the previous kid keeps
+    /// working across a rotation until it has re-read the key set.
+    #[serde(default = "default_grace")]
+    pub grace_seconds: u64,
+    /// How many `WatchKeys` streams may be open at once; more are refused RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_watchers")]
+    pub max_watchers: usize,
 }
 
 impl Default for KeyringConfig {
     fn default() -> Self {
         KeyringConfig {
             refresh_seconds: default_refresh(),
+            grace_seconds: default_grace(),
+            max_watchers: default_max_watchers(),
         }
     }
 }
@@ -193,6 +203,12 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_refresh() -> u64 {
     10
+}
+fn default_grace() -> u64 {
+    300
+}
+fn default_max_watchers() -> usize {
+    64
 }
 fn default_max_payload() -> usize {
     64 * 1024
@@ -360,6 +376,18 @@ impl Config {
             return Err(invalid(
                 "keyring.refresh_seconds",
                 "must be at least 1".into(),
+            ));
+        }
+        if self.keyring.grace_seconds > 7 * 24 * 3600 {
+            return Err(invalid(
+                "keyring.grace_seconds",
+                "must be at most 604800 (a week)".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.keyring.max_watchers) {
+            return Err(invalid(
+                "keyring.max_watchers",
+                "must be between 1 and 10000".into(),
             ));
         }
         if !(256..=16 * 1024 * 1024).contains(&self.signing.max_payload_bytes) {

@@ -152,6 +152,22 @@ pub fn header_typ(header: &[u8]) -> Result<Option<String>, JoseError> {
     }
 }
 
+/// The `kid` member of a caller-built protected header (`None` when it has none), read before
+/// the key is resolved: it may name a version of the key other than the active one.
+///
+/// # Errors
+/// As [`header_typ`]; [`JoseError::InvalidHeaderMember`] for a `kid` that is not a string.
+pub fn header_kid(header: &[u8]) -> Result<Option<String>, JoseError> {
+    match parse_object(header)?.get("kid") {
+        None => Ok(None),
+        Some(Value::String(k)) => Ok(Some(k.clone())),
+        Some(_) => Err(JoseError::InvalidHeaderMember {
+            member: "kid",
+            reason: "must be a string",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -364,10 +364,12 @@ fn keyring_kind(e: &KeyringError) -> ErrorKind {
         | KeyringError::NoChain { .. } => ErrorKind::NotFound,
         KeyringError::AlreadyExists(_) => ErrorKind::AlreadyExists,
         KeyringError::NoActiveVersion(_)
+        | KeyringError::VersionNotSigning { .. }
         | KeyringError::InvalidState { .. }
         | KeyringError::PurposeChange { .. }
         | KeyringError::WrongPurpose { .. } => ErrorKind::FailedPrecondition,
-        KeyringError::NotLoaded { .. } => ErrorKind::Unavailable,
+        KeyringError::NotLoaded { .. } | KeyringError::WatchesClosed => ErrorKind::Unavailable,
+        KeyringError::TooManyWatchers(_) => ErrorKind::ResourceExhausted,
         KeyringError::Jose(j) => jose_kind(j),
         KeyringError::Backend(b) => backend_kind(b),
         KeyringError::Encode(_) => ErrorKind::Internal,
