@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod auth;
+pub mod ops;
 pub mod pkcs11;
 pub mod yubikey;
 
 pub use auth::{AuditConfig, CallerConfig, LimitsConfig, TlsConfig, UnixConfig};
+pub use ops::{LogConfig, LogFormat, OpsConfig, OpsTlsConfig};
 pub use pkcs11::Pkcs11Config;
 pub use yubikey::{PinPolicy, TouchPolicy, YubikeyConfig};
 
@@ -51,6 +53,12 @@ pub struct Config {
     /// The audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The operations listener (probes, metrics); none without the table.
+    #[serde(default)]
+    pub ops: Option<OpsConfig>,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// The gRPC listener.
@@ -331,6 +339,9 @@ impl Config {
             }
             (Some(p11), None) => p11.validate(path)?,
             (None, Some(yk)) => yk.validate(path)?,
+        }
+        if let Some(ops) = &self.ops {
+            ops.validate(path)?;
         }
         if self.server.max_connections == 0 {
             return Err(invalid(
