@@ -248,3 +248,40 @@ async fn readyz_says_why_while_the_token_is_absent() -> TestResult {
     assert_eq!(sample(&m, "sigild_keyring_loaded", &[]), 0.0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ops_serves_https_with_its_own_certificate() -> TestResult {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let token = Token::new()?;
+    let extra = format!(
+        "{OPS_TABLE}[ops.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        token.pki.server_cert.display(),
+        token.pki.server_key.display()
+    );
+    let d = Daemon::start_with(&token, &extra)?;
+    let ops = ops_addr(&d)?;
+    // Plain HTTP is not served there.
+    assert!(http(ops, "GET", "/livez").is_err());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in sigild::tls::pem_certificates(&std::fs::read(&token.pki.ca_pem)?) {
+        roots.add(rustls::pki_types::CertificateDer::from(der))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(ops).await?;
+    let mut tls = connector
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"ready\":true"), "{answer}");
+    Ok(())
+}
