@@ -200,8 +200,8 @@ pub struct Prepared {
     refresh: Duration,
     /// The `[ops]` table, for [`Prepared::serve`].
     ops: Option<crate::config::OpsConfig>,
-    /// Whether an operations listener that cannot be bound is only a warning ([`Prepared::
-    /// ops_best_effort`]).
+    /// Whether an operations listener that cannot be bound is only a warning
+    /// ([`Prepared::ops_best_effort`]).
     ops_best_effort: bool,
 }
 
