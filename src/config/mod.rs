@@ -427,6 +427,9 @@ impl Config {
                 .into_iter()
                 .map(|p| locate(&p.field, p.message)),
         );
+        if let Some(ops) = &self.ops {
+            errors.extend(ops.check_files().into_iter().map(|(f, m)| locate(&f, m)));
+        }
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),

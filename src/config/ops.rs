@@ -72,6 +72,26 @@ impl OpsConfig {
         }
         Ok(())
     }
+
+    /// The files `[ops.tls]` names, read as the listener will read them: each problem as
+    /// (field, message).
+    pub fn check_files(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.tls {
+            if let Err(e) = crate::tls::read_certificates(std::slice::from_ref(&t.cert)) {
+                out.push(("ops.tls.cert".to_owned(), e.to_string()));
+            }
+            if let Err(e) = crate::secret::SecretSource::File(t.key.clone()).read() {
+                out.push(("ops.tls.key".to_owned(), e.to_string()));
+            }
+            for (i, ca) in t.client_ca.iter().enumerate() {
+                if let Err(e) = crate::tls::read_certificates(std::slice::from_ref(ca)) {
+                    out.push((format!("ops.tls.client_ca[{i}]"), e.to_string()));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// `[log]`: how log lines are written (to stderr).
@@ -139,5 +159,18 @@ mod tests {
         assert!(toml::from_str::<Doc>("[ops]\n[log]\nformat = \"xml\"\n").is_err());
         assert_eq!(LogFormat::parse(" JSON"), Some(LogFormat::Json));
         assert_eq!(LogFormat::parse("yaml"), None);
+    }
+
+    #[test]
+    fn missing_tls_files_are_named() {
+        let d: Doc = toml::from_str(
+            "[ops]\n[ops.tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\nclient_ca = [\"/nonexistent/ca.pem\"]\n",
+        )
+        .unwrap();
+        let fields: Vec<String> = d.ops.check_files().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            ["ops.tls.cert", "ops.tls.key", "ops.tls.client_ca[0]"]
+        );
     }
 }
