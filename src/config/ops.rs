@@ -56,6 +56,14 @@ fn default_ops_listen() -> SocketAddr {
 }
 
 impl OpsConfig {
+    /// Plain HTTP on [`DEFAULT_OPS_LISTEN`]: `sigild dev`'s.
+    pub fn loopback() -> OpsConfig {
+        OpsConfig {
+            listen: DEFAULT_OPS_LISTEN,
+            tls: None,
+        }
+    }
+
     /// The checks that need only the file.
     ///
     /// # Errors

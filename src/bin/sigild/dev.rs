@@ -185,10 +185,6 @@ admin = true
 [audit]
 file = "{audit}"
 
-# Probes and metrics: http://127.0.0.1:7712/livez, /readyz, /metrics
-[ops]
-listen = "127.0.0.1:7712"
-
 [pkcs11]
 module = "{module}"
 token = "pkcs11:token={DEV_TOKEN_LABEL}"

@@ -215,7 +215,11 @@ async fn dev_mode(
         tracing::info!("stopped during start-up");
         return Ok(());
     }
-    let c = Config::load(&paths.config)?;
+    let mut c = Config::load(&paths.config)?;
+    // Probes and metrics on 127.0.0.1:7712 (set here, not in the dev config file, which the
+    // benchmark reuses and whose daemons must not compete for the port).
+    c.ops
+        .get_or_insert_with(sigild::config::OpsConfig::loopback);
     let socket = app::reserve(c.server.listen)?;
     let Some(prepared) = unless_stopped(app::prepare(&c, &paths.config, stop).await)? else {
         return Ok(());
