@@ -49,17 +49,17 @@ fi
 if [ $want_test = 1 ]; then
     # Pinned, so that a new release cannot change what the independent verifiers and JWE
     # producers accept (wheels exist for Python 3.11 on glibc >= 2.28, i.e. Debian 12).
-    py_pins=(jwcrypto==1.6.1 cryptography==50.0.2 PyKCS11==1.5.20 http-message-signatures==3.0.0 http-sf==1.5.0)
+    py_pins=(jwcrypto==1.6.1 cryptography==50.0.2 PyKCS11==1.5.20 http-message-signatures==3.0.0 http-sf==1.5.0 prometheus-client==0.26.0)
     if ! python3 - "${py_pins[@]}" 2>/dev/null <<'PY'
 import sys
 from importlib.metadata import version
 sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
 PY
     then
-        echo "install-deps: installing Python ${py_pins[*]} (independent verifiers, JWE producer; keys made by another tool)" >&2
+        echo "install-deps: installing Python ${py_pins[*]} (independent verifiers, JWE producer; keys made by another tool; the Prometheus text parser)" >&2
         python3 -m pip install --quiet --disable-pip-version-check "${py_pins[@]}" 2>/dev/null \
             || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pins[@]}" \
-            || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography python3-pykcs11 >/dev/null; }
+            || { $SUDO apt-get install -y -qq python3-jwcrypto python3-cryptography python3-pykcs11 python3-prometheus-client >/dev/null; }
     fi
     # Node peers (tests/node): node jose and the OpenID Provider, exactly as package-lock.json
     # pins them; re-installed whenever the lock file changes.

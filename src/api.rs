@@ -449,6 +449,7 @@ pub fn code(kind: ErrorKind) -> tonic::Code {
 /// be decrypted).
 #[cfg(feature = "server")]
 pub fn status_for(e: &service::Error, request_id: &str) -> Status {
+    crate::metrics::metrics().failed(e);
     let kind = e.kind();
     let chain = e.chain();
     let mut message = e.message();

@@ -107,6 +107,9 @@ pub struct Running {
     /// The device, released last at shutdown (workers joined, then the module finalised), so
     /// no device call races the process's teardown.
     device: Device,
+    /// The operations listener (`[ops]`), stopped after the device is released so probes see
+    /// the drain (`/readyz` 503) to its end.
+    ops: Option<crate::ops::OpsServer>,
 }
 
 impl Running {
@@ -127,6 +130,11 @@ impl Running {
         )
     }
 
+    /// The operations listener's address, when one is served.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(crate::ops::OpsServer::addr)
+    }
+
     /// Run until the servers stop by themselves or `signal` completes, then shut down in
     /// order: health NOT_SERVING and no new connections, in-flight requests finished within
     /// `[server] shutdown_grace_seconds` and the rest answered UNAVAILABLE, then the device
@@ -142,6 +150,9 @@ impl Running {
         drop(self.service);
         drop(self.pkcs11);
         self.device.release().await;
+        if let Some(ops) = self.ops {
+            ops.stop().await;
+        }
         Ok(served?)
     }
 }
@@ -199,6 +210,11 @@ pub struct Prepared {
     server: ServerConfig,
     /// How often the keyring is re-read.
     refresh: Duration,
+    /// The `[ops]` table, for [`Prepared::serve`].
+    ops: Option<crate::config::OpsConfig>,
+    /// Whether an operations listener that cannot be bound is only a warning
+    /// ([`Prepared::ops_best_effort`]).
+    ops_best_effort: bool,
 }
 
 /// Open the device and load the keyring, checking `stop` between the steps (a step already
@@ -222,6 +238,8 @@ pub async fn prepare(
             device,
             server: config.server.clone(),
             refresh: Duration::from_secs(config.keyring.refresh_seconds),
+            ops: config.ops.clone(),
+            ops_best_effort: false,
         }),
         Err(e) => {
             drop(pkcs11);
@@ -285,6 +303,13 @@ impl Prepared {
                 return Err(ServeError::Listen { addr, source }.into());
             }
         };
+        let ops = match self.bind_ops().await {
+            Ok(ops) => ops,
+            Err(e) => {
+                self.shutdown().await;
+                return Err(e.into());
+            }
+        };
         let served = crate::server::serve(
             Arc::clone(&self.service),
             &self.server,
@@ -294,6 +319,17 @@ impl Prepared {
         .await;
         match served {
             Ok(serving) => Ok(Running {
+                ops: ops.map(|(listener, tls)| {
+                    crate::ops::serve(
+                        listener,
+                        tls,
+                        crate::ops::OpsState {
+                            service: Arc::clone(&self.service),
+                            health: serving.health(),
+                            listener: Arc::clone(&serving.counters),
+                        },
+                    )
+                }),
                 serving,
                 service: self.service,
                 pkcs11: self.pkcs11,
@@ -306,6 +342,28 @@ impl Prepared {
         }
     }
 
+    /// Make an operations listener that cannot be bound (its port taken) a warning rather than
+    /// a start-up failure: `sigild dev`, where several may run on one machine.
+    pub fn ops_best_effort(mut self) -> Self {
+        self.ops_best_effort = true;
+        self
+    }
+
+    /// Bind the `[ops]` listener, if configured.
+    async fn bind_ops(&self) -> Result<Option<OpsBound>, ServeError> {
+        let Some(ops) = &self.ops else {
+            return Ok(None);
+        };
+        match crate::ops::bind(ops).await {
+            Ok(bound) => Ok(Some(bound)),
+            Err(e) if self.ops_best_effort => {
+                tracing::warn!(error = %e, "no operations listener");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Stop here, before serving: release the device (workers joined, module finalised).
     pub async fn shutdown(self) {
         drop(self.service);
@@ -313,6 +371,9 @@ impl Prepared {
         self.device.release().await;
     }
 }
+
+/// A bound operations listener and its TLS, if any.
+type OpsBound = (tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>);
 
 /// Connections the kernel queues for the TCP listener before they are accepted.
 const LISTEN_BACKLOG: u32 = 1024;

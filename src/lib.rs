@@ -26,6 +26,10 @@ pub mod jose;
 #[cfg(feature = "server")]
 pub mod keyring;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod ops;
+#[cfg(feature = "server")]
 pub mod policy;
 pub mod secret;
 #[cfg(feature = "server")]

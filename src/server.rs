@@ -116,6 +116,12 @@ const ADMIN_PERMITS: u32 = 1 << 20;
 pub const SHUTTING_DOWN: &str = "the daemon is shutting down; retry on another instance";
 
 impl Serving {
+    /// The health statuses the gRPC health service answers with, for the operations
+    /// listener's readiness probe ([`crate::ops`]).
+    pub fn health(&self) -> tonic_health::server::HealthReporter {
+        self.health.clone()
+    }
+
     /// Stop: health NOT_SERVING, no new connections (the listeners close, open connections are
     /// told to go away), requests in flight finish within the grace period and those still
     /// running then are answered UNAVAILABLE; returns once no request is being served. The
@@ -326,7 +332,9 @@ pub async fn serve(
         addr: server.listen,
         source,
     })?;
-    let mut builder = listen::server_builder(server).layer(shutdown_layer.clone());
+    let mut builder = listen::server_builder(server)
+        .layer(crate::metrics::RequestLayer)
+        .layer(shutdown_layer.clone());
     let (listener_kind, tls) = match &server.tls {
         Some(t) => (
             Listener::Tls(t.identity),
@@ -388,6 +396,7 @@ pub async fn serve(
             let listener = bind_unix(&path, mode).map_err(&unix_error)?;
             let api = Api::new(Arc::clone(&service), Listener::Unix);
             let router = listen::server_builder(server)
+                .layer(crate::metrics::RequestLayer)
                 .layer(shutdown_layer)
                 .add_service(health_service)
                 .add_service(reflection)

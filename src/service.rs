@@ -507,6 +507,7 @@ impl Service {
             Ok(()) => r,
             Err(e) => {
                 tracing::error!(request_id = %call.record.request_id, error = %e, "audit record not written");
+                crate::metrics::metrics().audit_write_failed();
                 // Fail-closed withholds signatures and plaintexts. A key-management action has
                 // already happened on the device, and reads return public data: saying
                 // "failed" for those would mislead, so they are only logged.

@@ -185,6 +185,42 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The server side of a plain HTTPS listener (the operations listener): our certificate and
+/// key, ALPN `http/1.1`, and client certificates required only when `client_ca` names CAs.
+///
+/// # Errors
+/// As for [`server_config`].
+pub fn http_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &[PathBuf],
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    if !client_ca.is_empty() {
+        let mut config = Arc::unwrap_or_clone(server_config(cert, key, client_ca)?);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        return Ok(Arc::new(config));
+    }
+    install_crypto_provider();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        pem_certificates(&read_certificates(&[cert.to_owned()])?)
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+    let key_pem = SecretSource::File(key.to_owned()).read()?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
+        .map_err(|_| TlsError::NoPrivateKey(key.to_owned()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The client side: the CA that issued the server's certificate and our own certificate and
 /// key. `domain` is the name checked against the server certificate (default: the
 /// endpoint's host, which may be an IP address).

@@ -137,6 +137,8 @@ struct Job<D> {
     /// When the worker running it counts as stuck in the device (the job's deadline plus the
     /// pool's grace); `None` for jobs without a deadline, which may take as long as they take.
     stuck_at: Option<Instant>,
+    /// When it was queued, for the queue-wait metric.
+    queued: Instant,
     /// The work, replying to its caller.
     run: Box<dyn FnOnce(&mut D) + Send>,
 }
@@ -382,6 +384,7 @@ impl<D: Device> Pool<D> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
             stuck_at,
+            queued: Instant::now(),
             run: Box::new(move |device: &mut D| {
                 if answer_by.is_some_and(|d| Instant::now() >= d) {
                     // The caller has had its late answer; the device stays untouched.
@@ -394,10 +397,13 @@ impl<D: Device> Pool<D> {
                 let _ = reply.send(f(device));
             }),
         };
+        // Counted before it is sent, so a worker never takes it off the count first.
+        let queued = crate::metrics::metrics().job_queued();
         let sent = match &*self.tx.read().unwrap_or_else(PoisonError::into_inner) {
             Some(tx) => tx.try_send(job),
             None => Err(TrySendError::Disconnected(job)),
         };
+        queued.sent(sent.is_ok());
         match sent {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(BackendError::Busy(self.queue_depth)),
@@ -673,12 +679,16 @@ fn work<D: Device>(index: usize, watch: &Watch<D>, device: D) {
     let _leave = Leave { watch, index };
     let mut device = device;
     while let Ok(job) = watch.rx.recv() {
+        let metrics = crate::metrics::metrics();
         if watch.closing.load(Ordering::Acquire) {
+            metrics.job_dropped();
             // Dropping the job drops its reply channel: the caller gets ShuttingDown.
             continue;
         }
+        let started = metrics.job_started(job.queued);
         watch.begin(index, job.stuck_at);
         (job.run)(&mut device);
+        metrics.job_done(started);
         if watch.end(index) {
             tracing::warn!(worker = %format!("{}-{index}", watch.name), "abandoned device worker returned from the device; releasing its connection and leaving");
             return;

@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod auth;
+pub mod ops;
 pub mod pkcs11;
 pub mod yubikey;
 
 pub use auth::{AuditConfig, CallerConfig, LimitsConfig, TlsConfig, UnixConfig};
+pub use ops::{LogConfig, LogFormat, OpsConfig, OpsTlsConfig};
 pub use pkcs11::Pkcs11Config;
 pub use yubikey::{PinPolicy, TouchPolicy, YubikeyConfig};
 
@@ -51,6 +53,12 @@ pub struct Config {
     /// The audit trail.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The operations listener (probes, metrics); none without the table.
+    #[serde(default)]
+    pub ops: Option<OpsConfig>,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// The gRPC listener.
@@ -348,6 +356,9 @@ impl Config {
             (Some(p11), None) => p11.validate(path)?,
             (None, Some(yk)) => yk.validate(path)?,
         }
+        if let Some(ops) = &self.ops {
+            ops.validate(path)?;
+        }
         if self.server.max_connections == 0 {
             return Err(invalid(
                 "server.max_connections",
@@ -444,6 +455,9 @@ impl Config {
                 .into_iter()
                 .map(|p| locate(&p.field, p.message)),
         );
+        if let Some(ops) = &self.ops {
+            errors.extend(ops.check_files().into_iter().map(|(f, m)| locate(&f, m)));
+        }
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),

@@ -26,6 +26,7 @@ pub mod jwe;
 pub mod ock;
 pub mod op;
 pub mod reload;
+pub mod ops;
 pub mod tls;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
@@ -330,17 +331,9 @@ impl Daemon {
         let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split("addr=")
-                    .nth(1)
-                    .filter(|_| line.contains("listening"))
-                {
-                    let _ = tx.send(
-                        addr.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
+                // Text (`addr=…`) or JSON (`"addr":"…"`) log lines.
+                if let Some(addr) = ops::addr_in(&line).filter(|_| line.contains("listening")) {
+                    let _ = tx.send(addr.to_string());
                 }
                 log2.lock().unwrap().push(line);
             }

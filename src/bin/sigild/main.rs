@@ -12,11 +12,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use cli::{Cli, Command};
-use sigild::{app, config::Config};
+use sigild::app;
+use sigild::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(log_format(&cli));
     // Dev and bench run on a SoftHSM token store of their own: set SOFTHSM2_CONF while the
     // process is still single-threaded (before the runtime starts).
     let dev_paths = match &cli.command {
@@ -111,8 +112,25 @@ fn set_softhsm_conf(path: &std::path::Path) {
     unsafe { std::env::set_var("SOFTHSM2_CONF", path) };
 }
 
-/// Logs go to stderr (stdout is for results), level from `SIGILD_LOG` (default `info`).
-fn init_logging() {
+/// The log format: `SIGILD_LOG_FORMAT` (`text` or `json`), else `sigild serve`'s `[log]
+/// format`, else text. A config that does not load is reported by `serve` itself, later.
+fn log_format(cli: &Cli) -> Result<LogFormat, String> {
+    if let Ok(v) = std::env::var("SIGILD_LOG_FORMAT") {
+        return LogFormat::parse(&v).ok_or_else(|| {
+            format!("SIGILD_LOG_FORMAT={v:?} is neither text nor json; logging text")
+        });
+    }
+    Ok(match &cli.command {
+        Command::Serve { config } => Config::load(config)
+            .map(|c| c.log.format)
+            .unwrap_or_default(),
+        _ => LogFormat::Text,
+    })
+}
+
+/// Logs go to stderr (stdout is for results), level from `SIGILD_LOG` (default `info`), as
+/// text or as one JSON object per line (`format`; an unknown one is logged as text and said).
+fn init_logging(format: Result<LogFormat, String>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGILD_LOG")
         // cryptoki logs an error for every session it cannot close after the module was
         // re-initialised (sigild does that to recover a token); those sessions are gone anyway.
@@ -120,11 +138,22 @@ fn init_logging() {
             tracing_subscriber::EnvFilter::new("info,cryptoki::session::session_management=off")
         });
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match &format {
+        Ok(LogFormat::Json) => builder
+            .json()
+            // The event's fields (request_id among them) at the top level of each object.
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        _ => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    if let Err(e) = format {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Take over SIGTERM, SIGINT and SIGHUP now (the handlers are installed before this returns,
@@ -211,11 +240,17 @@ async fn dev_mode(
         tracing::info!("stopped during start-up");
         return Ok(());
     }
-    let c = Config::load(&paths.config)?;
+    let mut c = Config::load(&paths.config)?;
+    // Probes and metrics on 127.0.0.1:7712 (set here, not in the dev config file, which the
+    // benchmark reuses and whose daemons must not compete for the port).
+    c.ops
+        .get_or_insert_with(sigild::config::OpsConfig::loopback);
     let socket = app::reserve(c.server.listen)?;
     let Some(prepared) = unless_stopped(app::prepare(&c, &paths.config, stop).await)? else {
         return Ok(());
     };
+    // Several dev daemons may run on one machine: only the first gets the operations port.
+    let prepared = prepared.ops_best_effort();
     let keys = match dev::ensure_default_keys(prepared.service(), stop).await {
         Ok(keys) => keys,
         Err(e) => {
