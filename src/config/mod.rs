@@ -721,7 +721,7 @@ per_key = "1/d"
         assert!(err.contains("p.toml:20: field `caller[1].rate`"), "{err}");
         assert!(err.contains("field `caller[1].keys`"), "{err}");
         assert!(
-            err.contains("p.toml:18: field `caller[1].operations`: raw and tls"),
+            err.contains("p.toml:18: field `caller[1].operations`: raw, tls and digest"),
             "{err}"
         );
         assert!(err.contains("uid/gid rules need a Unix socket"), "{err}");
