@@ -371,6 +371,20 @@ async fn sign_digest_verifies_with_cryptography_and_needs_its_own_grant() -> Tes
             "sig_b64": b64(&r.signature),
         }));
     }
+    // The CLI reads the digest from stdin (as `openssl dgst -binary` writes it).
+    let out = d.cli(&["sign", "digest", "--key", "ec"], Some(&sha256))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    checks.push(serde_json::json!({
+        "op": "raw",
+        "alg": "ES256",
+        "jwk": active_jwk(&ec)?,
+        "data_b64": b64(message),
+        "sig_b64": String::from_utf8(out.stdout)?.trim(),
+    }));
     python_batch(&checks)?;
 
     // Digests of the wrong length and algorithms that do not sign digests are refused.
