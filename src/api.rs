@@ -1218,12 +1218,31 @@ impl SigningService for Api {
         Err(Status::unimplemented("SignStream is not implemented yet"))
     }
 
-    // PLACEHOLDER(lead)
     async fn sign_digest(
         &self,
-        _req: Request<pb::SignDigestRequest>,
+        req: Request<pb::SignDigestRequest>,
     ) -> Result<pb::SignRawResponse> {
-        Err(Status::unimplemented("SignDigest is not implemented yet"))
+        let origin = self.origin(&req)?;
+        let r = req.into_inner();
+        let origin = origin.with_version(r.version);
+        let alg = match opt(r.alg) {
+            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
+            None => None,
+        };
+        let s = self
+            .service
+            .sign_digest(&origin, &r.key, alg, &r.digest)
+            .await
+            .map_err(|e| status_for(&e, &origin.request_id))?;
+        Ok(respond(
+            &origin,
+            pb::SignRawResponse {
+                signature: s.signature,
+                kid: s.kid,
+                alg: s.alg.name().to_owned(),
+                key_version: s.version,
+            },
+        ))
     }
 }
 

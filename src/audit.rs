@@ -121,6 +121,10 @@ pub struct Record {
     /// the ciphertext without holding it (the plaintext is never recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwe_sha256: Option<String>,
+    /// SHA-256 of the caller's digest signed by `SignDigest`, base64url ([`digest`]): what was
+    /// signed cannot be recorded otherwise, since sigild never sees the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_sha256: Option<String>,
     /// Protected header `typ`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,

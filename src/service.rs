@@ -32,6 +32,7 @@ use crate::policy::{
 };
 
 mod decrypt;
+mod digest;
 mod error;
 mod httpsig;
 mod issued;

@@ -330,3 +330,105 @@ async fn a_named_version_signs_within_its_grace_period_only() -> TestResult {
     assert_eq!(code, tonic::Code::NotFound);
     Ok(())
 }
+
+#[tokio::test]
+async fn sign_digest_verifies_with_cryptography_and_needs_its_own_grant() -> TestResult {
+    use sha2::Digest as _;
+    let token = Token::new()?;
+    let extra = "\n[[caller]]\nidentity = \"spiffe://sigild.test/rawonly\"\nkeys = [\"*\"]\noperations = [\"raw\", \"jws\"]\n\n[audit]\nstdout = true\n";
+    let d = Daemon::start_with(&token, extra)?;
+    let ec = d.create("ec", "ES256", 0).await?;
+    let ec384 = d.create("ec384", "ES384", 0).await?;
+    let rsa = d.create("rsa", "PS256", 2048).await?;
+    let message = b"the message the caller hashed itself";
+    let sha256 = sha2::Sha256::digest(message).to_vec();
+    let sha384 = sha2::Sha384::digest(message).to_vec();
+    let mut s = d.signer().await?;
+    let mut checks = Vec::new();
+    for (key, info, alg, digest) in [
+        ("ec", &ec, "", &sha256),
+        ("ec384", &ec384, "ES384", &sha384),
+        ("rsa", &rsa, "", &sha256),
+        ("rsa", &rsa, "PS384", &sha384),
+        ("rsa", &rsa, "RS256", &sha256),
+    ] {
+        let r = s
+            .sign_digest(pb::SignDigestRequest {
+                key: key.into(),
+                alg: alg.into(),
+                digest: digest.clone(),
+                version: 0,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.kid, info.versions[0].kid);
+        // `cryptography` hashes the message itself: the signature is over its digest.
+        checks.push(serde_json::json!({
+            "op": "raw",
+            "alg": r.alg,
+            "jwk": active_jwk(info)?,
+            "data_b64": b64(message),
+            "sig_b64": b64(&r.signature),
+        }));
+    }
+    // The CLI reads the digest from stdin (as `openssl dgst -binary` writes it).
+    let out = d.cli(&["sign", "digest", "--key", "ec"], Some(&sha256))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    checks.push(serde_json::json!({
+        "op": "raw",
+        "alg": "ES256",
+        "jwk": active_jwk(&ec)?,
+        "data_b64": b64(message),
+        "sig_b64": String::from_utf8(out.stdout)?.trim(),
+    }));
+    python_batch(&checks)?;
+
+    // Digests of the wrong length and algorithms that do not sign digests are refused.
+    for (key, alg, digest) in [
+        ("ec", "", sha384.clone()),
+        ("rsa", "PS512", vec![0; 64]),
+        ("ec", "", Vec::new()),
+    ] {
+        let (code, msg) = code_of(
+            s.sign_digest(pb::SignDigestRequest {
+                key: key.into(),
+                alg: alg.into(),
+                digest,
+                version: 0,
+            })
+            .await,
+        )?;
+        assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    }
+
+    // `raw` (and `jws`) do not imply `digest`.
+    let rawonly = token.pki.caller("rawonly")?;
+    let mut other = d.signer_as(&rawonly).await?;
+    let (code, msg) = code_of(
+        other
+            .sign_digest(pb::SignDigestRequest {
+                key: "ec".into(),
+                digest: sha256.clone(),
+                ..Default::default()
+            })
+            .await,
+    )?;
+    assert_eq!(code, tonic::Code::PermissionDenied, "{msg}");
+    assert!(msg.contains("digest"), "{msg}");
+
+    // Audited with the SHA-256 of the digest (the message is never seen).
+    let want = b64(&sha2::Sha256::digest(&sha256));
+    audit_until(&d, |records| {
+        records.iter().any(|r| {
+            r["operation"] == "digest" && r["outcome"] == "ok" && r["digest_sha256"] == want
+        }) && records
+            .iter()
+            .any(|r| r["operation"] == "digest" && r["decision"] == "deny")
+    })
+    .await?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ mod cert;
 mod decrypt;
 mod dpop;
 mod httpsig;
+mod rotation;
 mod signer;
 
 use std::path::{Path, PathBuf};

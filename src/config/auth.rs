@@ -125,8 +125,8 @@ pub struct CallerConfig {
     pub keys: Option<Vec<String>>,
     /// Operations: the signing uses (jws, raw, tls, id-token, jar, client-assertion, dpop,
     /// jarm, introspection, access-token, logout, userinfo, ciba, http-request,
-    /// http-response) and decrypt. `raw` and `tls` are separate: `tls` signs TLS 1.3
-    /// handshakes only; a TLS 1.2 client key also needs `raw` (its handshake signature cannot be
+    /// http-response, digest) and decrypt; `digest` (SignDigest) is implied by no other.
+    /// `raw` and `tls` are separate: `tls` signs TLS 1.3 handshakes only; a TLS 1.2 client key also needs `raw` (its handshake signature cannot be
     /// told apart from other bytes).
     #[serde(default)]
     pub operations: Vec<String>,
@@ -298,13 +298,15 @@ pub fn validate(
             && ops.iter().any(|o| {
                 matches!(
                     o,
-                    Operation::Sign(TokenType::Raw) | Operation::Sign(TokenType::Tls)
+                    Operation::Sign(TokenType::Raw)
+                        | Operation::Sign(TokenType::Tls)
+                        | Operation::Sign(TokenType::Digest)
                 )
             })
         {
             out.push(problem(
                 f("operations"),
-                "raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id, htu_prefix or target_uri_prefix; put them in a separate [[caller]] rule",
+                "raw, tls and digest signatures carry no claims, so they cannot be combined with iss, aud, client_id, htu_prefix or target_uri_prefix; put them in a separate [[caller]] rule",
             ));
         }
         for (name, claim, list) in [

@@ -729,13 +729,13 @@ per_key = "1/d"
             .unwrap_or_default();
         let lines: Vec<&str> = err.lines().collect();
         assert!(
-            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, tls, id-token, jar, client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba, http-request, http-response, decrypt (key administration is admin = true)"),
+            lines.contains(&"p.toml:14: field `caller[0].operations[1]`: unknown operation \"sign-everything\"; expected one of jws, raw, tls, id-token, jar, client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba, http-request, http-response, digest, decrypt (key administration is admin = true)"),
             "{err}"
         );
         assert!(err.contains("p.toml:20: field `caller[1].rate`"), "{err}");
         assert!(err.contains("field `caller[1].keys`"), "{err}");
         assert!(
-            err.contains("p.toml:18: field `caller[1].operations`: raw and tls"),
+            err.contains("p.toml:18: field `caller[1].operations`: raw, tls and digest"),
             "{err}"
         );
         assert!(err.contains("uid/gid rules need a Unix socket"), "{err}");
@@ -804,7 +804,7 @@ jws_typs = []
             "field `caller[0].jws_typs`: has no effect: the rule's operations do not include jws",
             "field `caller[0].jws_typs[0]`: \"logout+jwt\" is the typ of logout tokens: a generic JWS with it also needs logout in operations",
             "field `caller[0].jws_typs[1]`: \" JWT\" has surrounding spaces",
-            "field `caller[0].operations`: raw and tls signatures carry no claims, so they cannot be combined with iss, aud, client_id, htu_prefix or target_uri_prefix",
+            "field `caller[0].operations`: raw, tls and digest signatures carry no claims, so they cannot be combined with iss, aud, client_id, htu_prefix or target_uri_prefix",
             "field `caller[0].target_uri_prefix`: has no effect: none of this rule's operations (id-token, tls) signs a target_uri claim",
             "field `caller[1].jws_typs`: an empty list allows no generic JWS",
         ] {

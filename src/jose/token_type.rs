@@ -1,6 +1,6 @@
 //! What a signature is made for: one of the token types sigild builds itself (ID token, JAR,
 //! JARM, access token, …, and the two RFC 9421 HTTP message signatures), or one of the generic
-//! paths that sign whatever the caller assembled (`jws`, `raw`, `tls`).
+//! paths that sign whatever the caller assembled (`jws`, `raw`, `tls`, `digest`).
 //!
 //! One vocabulary serves three rules that must agree: the operations a caller rule grants, the
 //! token types a key is bound to (stored with the key on the token), and the `typ` header values
@@ -46,11 +46,15 @@ pub enum TokenType {
     HttpRequest,
     /// An RFC 9421 signature over an HTTP response, bound to the request it answers.
     HttpResponse,
+    /// A signature over a digest the caller computed (`SignDigest`). Whatever the digest is of
+    /// (a JWS signing input, a handshake, a document) is unknown to sigild, so no content rule
+    /// can apply and no other grant implies it, `raw` included.
+    Digest,
 }
 
 impl TokenType {
     /// Every signing use, in the order messages list them.
-    pub const ALL: [TokenType; 15] = [
+    pub const ALL: [TokenType; 16] = [
         TokenType::Jws,
         TokenType::Raw,
         TokenType::Tls,
@@ -66,6 +70,7 @@ impl TokenType {
         TokenType::Ciba,
         TokenType::HttpRequest,
         TokenType::HttpResponse,
+        TokenType::Digest,
     ];
 
     /// The config / CLI / audit name.
@@ -86,6 +91,7 @@ impl TokenType {
             TokenType::Ciba => "ciba",
             TokenType::HttpRequest => "http-request",
             TokenType::HttpResponse => "http-response",
+            TokenType::Digest => "digest",
         }
     }
 
@@ -125,7 +131,10 @@ impl TokenType {
     /// Whether this is one of the generic paths (the caller assembles what is signed), as
     /// opposed to a profile sigild builds itself.
     pub fn is_generic(self) -> bool {
-        matches!(self, TokenType::Jws | TokenType::Raw | TokenType::Tls)
+        matches!(
+            self,
+            TokenType::Jws | TokenType::Raw | TokenType::Tls | TokenType::Digest
+        )
     }
 }
 

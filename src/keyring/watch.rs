@@ -86,7 +86,8 @@ impl Watch {
     /// Wait until the keyring changes after the last call (or after the watch was made).
     /// `false` once watching is over (shutdown): the watcher should end.
     pub async fn changed(&mut self) -> bool {
-        if self.rx.borrow_and_update().closed {
+        // `borrow`, not `borrow_and_update`: a change not yet seen must still wake the wait.
+        if self.rx.borrow().closed {
             return false;
         }
         // An error means the keyring is gone, which ends watching too.

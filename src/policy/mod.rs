@@ -105,8 +105,8 @@ pub enum Operation {
 impl Operation {
     /// Every operation a `[[caller]]` rule may list in `operations`: every signing use, then
     /// `decrypt`.
-    pub const CONFIGURABLE: [Operation; 16] = {
-        let mut all = [Operation::Decrypt; 16];
+    pub const CONFIGURABLE: [Operation; 17] = {
+        let mut all = [Operation::Decrypt; 17];
         let mut i = 0;
         while i < TokenType::ALL.len() {
             all[i] = Operation::Sign(TokenType::ALL[i]);
@@ -174,7 +174,7 @@ impl Operation {
 
     /// Whether the signed content is a JSON claims set that content rules can check.
     fn has_claims(self) -> bool {
-        matches!(self, Operation::Sign(t) if !matches!(t, TokenType::Raw | TokenType::Tls))
+        matches!(self, Operation::Sign(t) if !matches!(t, TokenType::Raw | TokenType::Tls | TokenType::Digest))
     }
 }
 
@@ -1417,7 +1417,7 @@ mod tests {
         assert!(!Operation::Sign(TokenType::Jws).carries("target_uri"));
         for t in TokenType::ALL {
             let op = Operation::Sign(t);
-            if matches!(t, TokenType::Raw | TokenType::Tls) {
+            if matches!(t, TokenType::Raw | TokenType::Tls | TokenType::Digest) {
                 assert!(
                     !["iss", "aud", "client_id", "htu", "target_uri"]
                         .iter()
@@ -1444,6 +1444,7 @@ mod tests {
             TokenType::Raw,
             TokenType::Tls,
             TokenType::Jws,
+            TokenType::Digest,
         ] {
             assert!(
                 check_binding("idp", &idp, t, t == TokenType::Jws).is_err(),

@@ -181,6 +181,23 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// `SignDigest` with an algorithm it does not offer (only those whose device operation
+    /// takes a digest: ES256, ES384, PS256, PS384, RS256).
+    #[error("SignDigest does not sign {alg}: use ES256, ES384, PS256, PS384 or RS256")]
+    DigestAlg {
+        /// The alg asked for (or the key's own).
+        alg: crate::jose::Alg,
+    },
+    /// `SignDigest` with a digest that is not the alg's hash length.
+    #[error("a digest for {alg} must be {want} bytes, not {len}")]
+    DigestLength {
+        /// The alg.
+        alg: crate::jose::Alg,
+        /// The length given.
+        len: usize,
+        /// The hash length of the alg.
+        want: usize,
+    },
     /// A name in a key's `serves` list that is no token type.
     #[error("serves: unknown token type {name:?}")]
     UnknownTokenType {
@@ -210,6 +227,8 @@ impl Error {
             | Error::InvalidJson { .. }
             | Error::Undecryptable { .. }
             | Error::UnknownJweName { .. }
+            | Error::DigestAlg { .. }
+            | Error::DigestLength { .. }
             | Error::UnknownTokenType { .. } => ErrorKind::InvalidArgument,
             // A passed deadline is UNAVAILABLE like a device that missed it, so the one code
             // table keeps its kinds; the caller's own stack reports DEADLINE_EXCEEDED anyway.
@@ -235,6 +254,8 @@ impl Error {
             | Error::InvalidJson { .. }
             | Error::Undecryptable { .. }
             | Error::UnknownJweName { .. }
+            | Error::DigestAlg { .. }
+            | Error::DigestLength { .. }
             | Error::UnknownTokenType { .. } => false,
             Error::Keyring(e) => keyring_fault(e),
             Error::Jose(e) => jose_fault(e),
@@ -274,9 +295,11 @@ impl Error {
                     "the signing device cannot {doing} {alg}: it lacks the mechanism or key type"
                 ),
             },
-            Error::TooLarge { .. } | Error::NotAnObject { .. } | Error::InvalidJson { .. } => {
-                self.to_string()
-            }
+            Error::TooLarge { .. }
+            | Error::NotAnObject { .. }
+            | Error::InvalidJson { .. }
+            | Error::DigestAlg { .. }
+            | Error::DigestLength { .. } => self.to_string(),
             Error::Timeout { ms, .. } => {
                 format!("the signing device did not answer within {ms} ms")
             }

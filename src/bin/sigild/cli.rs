@@ -312,7 +312,7 @@ pub enum KeyCommand {
         fapi2: bool,
         /// Bind the key to these token types for life (comma-separated: id-token, jar,
         /// client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba,
-        /// http-request, http-response, jws, raw, tls); it then signs nothing else, whatever a
+        /// http-request, http-response, jws, raw, tls, digest); it then signs nothing else, whatever a
         /// caller's rules allow. Stored on the token and carried to every new version.
         #[arg(long, value_delimiter = ',')]
         serves: Vec<String>,
@@ -382,7 +382,7 @@ pub enum KeyCommand {
         fapi2: bool,
         /// Bind the key to these token types for life (comma-separated: id-token, jar,
         /// client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba,
-        /// http-request, http-response, jws, raw, tls); it then signs nothing else, whatever a
+        /// http-request, http-response, jws, raw, tls, digest); it then signs nothing else, whatever a
         /// caller's rules allow. Stored on the token and carried to every new version.
         #[arg(long, value_delimiter = ',')]
         serves: Vec<String>,
@@ -402,10 +402,16 @@ pub enum KeyCommand {
         fapi2: bool,
         /// Bind the key to these token types for life (comma-separated: id-token, jar,
         /// client-assertion, dpop, jarm, introspection, access-token, logout, userinfo, ciba,
-        /// http-request, http-response, jws, raw, tls); it then signs nothing else, whatever a
+        /// http-request, http-response, jws, raw, tls, digest); it then signs nothing else, whatever a
         /// caller's rules allow. Stored on the token and carried to every new version.
         #[arg(long, value_delimiter = ',')]
         serves: Vec<String>,
+    },
+    /// Follow keys as they change: one JSON line per key set (at once, then at every
+    /// rotation, activation, retirement or destruction), until the daemon stops or Ctrl-C.
+    Watch {
+        /// Key names to watch; none: every key.
+        names: Vec<String>,
     },
     /// Find what interrupted key operations (a crash, kill -9) left on the token and remove
     /// it: key pairs no record names, older record copies, a second active record, versions
@@ -431,6 +437,10 @@ pub enum SignCommand {
         /// Payload JSON.
         #[arg(long)]
         payload_json: String,
+        /// Sign with this version (0: the active one, or the one the header's kid names); a
+        /// version that is not active signs only within keyring.grace_seconds after it was.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
     },
     /// Sign the bytes on stdin; prints the base64url JOSE signature.
     Raw {
@@ -440,6 +450,23 @@ pub enum SignCommand {
         /// Alg other than the key's own.
         #[arg(long, default_value = "")]
         alg: String,
+        /// Sign with this version (0: the active one; see `sign jws --version`).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Sign a digest read from stdin (raw bytes, e.g. `openssl dgst -sha256 -binary`) with
+    /// ES256, ES384, PS256, PS384 or RS256; prints the base64url JOSE signature. Needs the
+    /// `digest` operation; no content rule can apply to a digest.
+    Digest {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Alg other than the key's own.
+        #[arg(long, default_value = "")]
+        alg: String,
+        /// Sign with this version (0: the active one; see `sign jws --version`).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
     },
     /// An OpenID Connect ID token.
     IdToken {
@@ -465,6 +492,9 @@ pub enum SignCommand {
         /// An explicit typ header, e.g. JWT (never another token type's, such as at+jwt).
         #[arg(long)]
         typ: Option<String>,
+        /// Sign with this version (0: the active one; see `sign jws --version`).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
     },
     /// A JWT-secured authorization response (JARM): iss, aud, iat and exp are set by sigild.
     Jarm {
@@ -931,6 +961,16 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// One key set of `key watch` as one JSON object: the generation, each key as `key show`
+/// prints it, and the JWKS.
+fn key_set_json(set: &pb::KeySet) -> serde_json::Value {
+    serde_json::json!({
+        "generation": set.generation,
+        "keys": set.keys.iter().map(key_json).collect::<Vec<_>>(),
+        "jwks": serde_json::from_str::<serde_json::Value>(&set.jwks_json).unwrap_or_default(),
+    })
+}
+
 fn print_key(k: &pb::Key) -> Result<(), CliError> {
     print(&serde_json::to_string_pretty(&key_json(k)).unwrap_or_default())
 }
@@ -1056,6 +1096,16 @@ pub async fn key_command(conn: &Conn, cmd: KeyCommand) -> Result<(), CliError> {
             zeroize::Zeroize::zeroize(&mut req.pkcs8_der);
             print_key(&result?.into_inner())
         }
+        KeyCommand::Watch { names } => {
+            let mut sets = c
+                .watch_keys(pb::WatchKeysRequest { names })
+                .await?
+                .into_inner();
+            while let Some(set) = sets.message().await? {
+                print(&key_set_json(&set).to_string())?;
+            }
+            Ok(())
+        }
         KeyCommand::Repair { dry_run } => {
             let r = c
                 .repair_keyring(pb::RepairKeyringRequest { dry_run })
@@ -1112,26 +1162,44 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             key,
             header_json,
             payload_json,
+            version,
         } => {
             let req = pb::SignJwsRequest {
-                version: 0,
+                version,
                 key,
                 protected_header: header_json.into_bytes(),
                 payload: payload_json.into_bytes(),
             };
             c.sign_jws(req).await?.into_inner().compact
         }
-        SignCommand::Raw { key, alg } => {
+        SignCommand::Raw { key, alg, version } => {
             let mut data = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut data)
                 .map_err(|e| CliError::Local(format!("stdin: {e}")))?;
             let sig = c
                 .sign_raw(pb::SignRawRequest {
-                    version: 0,
+                    version,
                     key,
                     data,
                     alg,
+                })
+                .await?
+                .into_inner()
+                .signature;
+            jose::b64(&sig)
+        }
+        SignCommand::Digest { key, alg, version } => {
+            let mut digest = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut digest)
+                .map_err(|e| CliError::Local(format!("stdin: {e}")))?;
+            let sig = c
+                .sign_digest(pb::SignDigestRequest {
+                    key,
+                    alg,
+                    digest,
+                    version,
                 })
                 .await?
                 .into_inner()
@@ -1146,11 +1214,12 @@ pub async fn sign_command(conn: &Conn, cmd: SignCommand) -> Result<(), CliError>
             code_file,
             state,
             typ,
+            version,
         } => {
             let access_token = opt_secret(&access_token_file)?;
             let code = opt_secret(&code_file)?;
             let req = pb::SignIdTokenRequest {
-                version: 0,
+                version,
                 state: state.unwrap_or_default(),
                 typ: typ.unwrap_or_default(),
                 key,
