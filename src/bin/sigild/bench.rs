@@ -324,7 +324,16 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
             };
             let mut rows_here = vec![direct_row(p11, &version, &m, "direct PKCS#11").await?];
             if let Some(peer) = &peer {
-                rows_here.push(direct_row(&peer.backend, &version, &m, p11kit::PATH).await?);
+                match p11kit::can_sign(peer, &version, alg, &input).await {
+                    Ok(()) => {
+                        rows_here.push(direct_row(&peer.backend, &version, &m, p11kit::PATH).await?)
+                    }
+                    Err(e) => println!(
+                        "{} row skipped for {} ({clients} clients): {e}",
+                        p11kit::PATH,
+                        alg.name()
+                    ),
+                }
             }
             rows_here.extend([
                 service_row(&service, &m).await?,

@@ -143,7 +143,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
     );
 
     set_control(paths, "")?;
-    let cpu_workers = 2;
+    let cpu_workers = 8;
     let cpu = measure(&config, paths, args, alg, cpu_workers, duration, false).await?;
     println!(
         "CPU limit (no injected latency, {cpu_workers} sessions, {} callers): {:.0} sig/s, p50 {:.3} ms ({} errors)",

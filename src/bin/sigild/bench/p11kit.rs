@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use sigild::backend::Backend as _;
 use sigild::backend::pkcs11::{Pkcs11Backend, Pkcs11Settings};
 use sigild::config::Pkcs11Config;
+use sigild::jose::Alg;
+use sigild::keyring::VersionInfo;
 
 use crate::dev::DevPaths;
 
@@ -117,6 +119,33 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.backend.shutdown();
     }
+}
+
+/// One signature through the peer, so that an algorithm p11-kit's RPC cannot carry (0.24 has
+/// no `CKM_EDDSA`) is reported once instead of as an error per call.
+///
+/// # Errors
+/// Why the peer cannot sign with `version`'s key.
+pub async fn can_sign(
+    peer: &Peer,
+    version: &Arc<VersionInfo>,
+    alg: Alg,
+    input: &Arc<Vec<u8>>,
+) -> Result<(), String> {
+    let (backend, version, input) = (
+        Arc::clone(&peer.backend),
+        Arc::clone(version),
+        Arc::clone(input),
+    );
+    tokio::task::spawn_blocking(move || {
+        backend
+            .direct_signer(&version.key_id, version.kind)
+            .and_then(|s| s.sign(&alg.sign_op(&input)))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The server process, killed when dropped.
