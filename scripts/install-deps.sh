@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what sigild needs on a Debian machine, only what is missing (idempotent, quiet).
-#   scripts/install-deps.sh          build + run deps (SoftHSM2, protoc, PC/SC headers)
+#   scripts/install-deps.sh          build + run deps (SoftHSM2, protoc, PC/SC headers), and
+#                                    p11-kit + p11-kit-modules (`p11-kit server` and
+#                                    p11-kit-client.so: the peer row of `sigild bench`)
 #   scripts/install-deps.sh --test   also the test tools: OpenSC (pkcs11-tool), openssl,
 #                                    pcscd + vsmartcard-vpcd + Yubico tools (virtual YubiKey),
 #                                    openCryptoki (a second PKCS#11 implementation; the tests
@@ -21,7 +23,7 @@ SUDO=""
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-pkgs=(softhsm2 protobuf-compiler pkg-config libpcsclite-dev ca-certificates)
+pkgs=(softhsm2 protobuf-compiler pkg-config libpcsclite-dev ca-certificates p11-kit p11-kit-modules)
 if [ $want_test = 1 ]; then
     pkgs+=(opensc openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 yubikey-manager opencryptoki python3 libp11-kit-dev)
 fi

@@ -7,8 +7,10 @@
 #      node-oidc-provider on sigild (examples/oidc-provider, node --test)
 #   4. the virtual YubiKey: unit tests, then end to end through pcscd + vpcd with Yubico's tools
 #      (needs root for pcscd; set SIGILD_SKIP_YUBIKEY_E2E=1 to skip on a workstation)
-#   5. a short `sigild bench` smoke run (figures come from scripts/bench.sh, not from here), and a
-#      two-second `sigild bench --overload` that fails on any error but RESOURCE_EXHAUSTED
+#   5. a short `sigild bench` smoke run with its p11-kit peer row (figures come from
+#      scripts/bench.sh, not from here), a sub-second `--device-latency-ms` pool-scaling run, a
+#      small `--memory` run, and a two-second `sigild bench --overload` that fails on any error
+#      but RESOURCE_EXHAUSTED
 #
 # Every check is a command of its own, so `set -e` stops the run at the first one that fails.
 # (Never chain checks with `&&`: bash ignores a failure anywhere but in the last command of an
@@ -93,6 +95,38 @@ awk '$1 == "ES256" || $1 == "RSA-OAEP-256" || $1 == "ECDH-ES+A256KW" {
          rows[$1]++; if ($NF != 0 || $(NF-4) <= 0) bad++ }
      END { if (!rows["ES256"] || !rows["RSA-OAEP-256"] || !rows["ECDH-ES+A256KW"] || bad > 0) exit 1 }' <<<"$bench_out" \
     || { cat "$bench_err" >&2; fail "bench smoke: a missing ES256 or decryption row, or a row with errors or no operations"; }
+
+# The p11-kit peer row must be there too (p11-kit is installed by install-deps.sh).
+grep -q '^ES256 .* p11-kit client ' <<<"$bench_out" \
+    || { cat "$bench_err" >&2; fail "bench smoke: no p11-kit client row (p11-kit server or p11-kit-client.so missing?)"; }
+
+echo "== bench device-latency smoke"
+# Pool sizing through the fault-injecting module (2 ms per signature), two small session
+# counts for a fraction of a second: every row present with signatures and no errors (the
+# run also exits non-zero on any error); the figures themselves are not checked.
+if ! latency_out=$(cargo run --quiet --bin sigild -- bench --device-latency-ms 2 --sessions 1,4 --seconds 0.3 --algs ES256 2>"$bench_err"); then
+    echo "$latency_out"
+    cat "$bench_err" >&2
+    fail "sigild bench --device-latency-ms exited non-zero"
+fi
+echo "$latency_out"
+awk '$1 ~ /^[0-9]+$/ && NF >= 9 { rows++; if ($7 != 0 || $3 <= 0 || $8 <= 0) bad++ }
+     END { if (rows != 2 || bad > 0) exit 1 }' <<<"$latency_out" \
+    || { cat "$bench_err" >&2; fail "bench device-latency smoke: a missing row, or one with errors or no signatures"; }
+
+echo "== bench memory smoke"
+# The daemon in its own process with 50 idle connections and 50 requests in flight, then 256
+# worker sessions: every figure printed, no request failed (the run exits non-zero otherwise).
+if ! memory_out=$(cargo run --quiet --bin sigild -- bench --memory --idle-connections 50 --in-flight 50 --algs ES256 2>"$bench_err"); then
+    echo "$memory_out"
+    cat "$bench_err" >&2
+    fail "sigild bench --memory exited non-zero"
+fi
+echo "$memory_out"
+for what in "per 1,000 idle connections" "per 1,000 in flight" "per worker" "errors: 0"; do
+    grep -q "$what" <<<"$memory_out" \
+        || { cat "$bench_err" >&2; fail "bench memory smoke: no \"$what\" figure"; }
+done
 
 echo "== bench overload smoke"
 # Two seconds at three times the measured capacity, with a short queue so that the daemon

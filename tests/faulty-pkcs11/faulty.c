@@ -26,6 +26,8 @@
  *                                  real sessions stay open, so the login survives
  *   sign_delay_ms=N             sleep before every data-producing C_Sign
  *   generate_delay_ms=N         sleep before every C_GenerateKeyPair (a slow key generation)
+ *   no_stats=1                  do not write the stats file (`sigild bench` at thousands of
+ *                               signatures/s: the file is rewritten under the module's lock)
  *   hang=1                      the data-producing C_Sign blocks until the file says hang=0
  *   hang_count=N                data-producing C_Signs block while the stat `hung` is below N
  *                               (so N in the process's life, `hang` included), each until the
@@ -94,6 +96,7 @@ struct control {
 	unsigned long kill_at_n;
 	char kill_after[64];
 	unsigned long kill_after_n;
+	int no_stats;
 };
 
 enum session_state { LIVE, DEAD_OPEN, DEAD_CLOSED };
@@ -204,7 +207,7 @@ static void write_stats(void)
 {
 	char tmp[4300];
 	FILE *f;
-	if (!stats_path[0])
+	if (!stats_path[0] || ctl.no_stats)
 		return;
 	snprintf(tmp, sizeof tmp, "%s.%d.tmp", stats_path, (int)getpid());
 	f = fopen(tmp, "w");
@@ -295,6 +298,8 @@ static void reload_locked(void)
 			c.keep_login = atoi(val);
 		else if (!strcmp(key, "sign_delay_ms"))
 			c.sign_delay_ms = strtoul(val, NULL, 10);
+		else if (!strcmp(key, "no_stats"))
+			c.no_stats = atoi(val);
 		else if (!strcmp(key, "generate_delay_ms"))
 			c.generate_delay_ms = strtoul(val, NULL, 10);
 		else if (!strcmp(key, "hang"))

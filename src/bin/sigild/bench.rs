@@ -14,9 +14,11 @@ use clap::Args;
 
 use crate::dev::{self, DevPaths};
 
+mod latency;
+mod memory;
 mod overload;
+mod p11kit;
 
-pub use overload::run as run_overload;
 use sigild::api::{Api, Listener, pb};
 use sigild::app;
 use sigild::backend::pkcs11::Pkcs11Backend;
@@ -62,7 +64,7 @@ pub struct BenchArgs {
     /// With `--overload`: offered load as a multiple of the measured capacity.
     #[arg(long, default_value_t = 3.0)]
     pub factor: f64,
-    /// With `--overload`: the PKCS#11 workers (default: the dev config's).
+    /// With `--overload` or `--memory`: the PKCS#11 workers (default: the dev config's, 2).
     #[arg(long)]
     pub workers: Option<usize>,
     /// With `--overload`: the workers' queue depth (default: the dev config's).
@@ -71,6 +73,56 @@ pub struct BenchArgs {
     /// With `--overload`: HTTP/2 connections the offered load is spread over.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// Pool sizing for network HSMs instead of the table: the token behind the fault-injecting
+    /// module (tests/faulty-pkcs11, built with cc) answering every signature this many
+    /// milliseconds late, the daemon with `--sessions` workers each in turn; reports
+    /// signatures/s against the latency bound sessions / latency.
+    #[arg(long)]
+    pub device_latency_ms: Option<u64>,
+    /// With `--device-latency-ms`: the worker session counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    pub sessions: Vec<usize>,
+    /// Memory instead of the table: the daemon in a process of its own; its RSS at rest, with
+    /// `--idle-connections` open, with `--in-flight` requests inside it, and with 256 worker
+    /// sessions, from /proc/<pid>/status.
+    #[arg(long)]
+    pub memory: bool,
+    /// With `--memory`: idle HTTP/2 connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_connections: usize,
+    /// With `--memory`: requests to keep in flight (queued or at a worker) at once.
+    #[arg(long, default_value_t = 1000)]
+    pub in_flight: usize,
+    /// Internal (`--memory`): serve the bench daemon in this process until stdin closes.
+    #[arg(long, hide = true)]
+    pub serve_daemon: bool,
+}
+
+/// Set what the bench's modules read from the environment (the p11-kit client's server
+/// address, the fault-injecting module's target and control file) — by `main`, before any
+/// thread exists.
+pub fn environment(paths: &DevPaths) -> Vec<(&'static str, std::ffi::OsString)> {
+    let mut env = p11kit::environment(paths);
+    env.extend(latency::environment(paths));
+    env
+}
+
+/// Run the mode `args` selects.
+///
+/// # Errors
+/// Set-up failures, as text; a mode's own failure (errors during an overload run).
+pub async fn run_mode(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
+    if args.serve_daemon {
+        memory::serve(paths, args).await
+    } else if args.memory {
+        memory::run(paths, args).await
+    } else if args.device_latency_ms.is_some() {
+        latency::run(paths, args).await
+    } else if args.overload {
+        overload::run(paths, args).await
+    } else {
+        run(paths, args).await.map(drop)
+    }
 }
 
 /// One measured row.
@@ -223,6 +275,21 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         );
     }
 
+    // The peer: p11-kit's remote PKCS#11 on the same token (skipped, and said so, where p11-kit
+    // is not installed).
+    let peer = match config.pkcs11.clone() {
+        Some(p11) => {
+            let paths = paths.clone();
+            tokio::task::spawn_blocking(move || p11kit::Peer::start(&paths, &p11))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        None => Err("no [pkcs11] token".into()),
+    };
+    let peer = peer
+        .inspect_err(|e| println!("{} row skipped: {e}", p11kit::PATH))
+        .ok();
+
     let input = Arc::new(sample_input());
     let duration = Duration::from_secs_f64(args.seconds.unwrap_or(3.0).clamp(0.2, 600.0));
     let mut rows = Vec::new();
@@ -255,8 +322,20 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 duration,
                 input: Arc::clone(&input),
             };
-            let rows_here = [
-                direct_row(p11, &version, &m).await?,
+            let mut rows_here = vec![direct_row(p11, &version, &m, "direct PKCS#11").await?];
+            if let Some(peer) = &peer {
+                match p11kit::can_sign(peer, &version, alg, &input).await {
+                    Ok(()) => {
+                        rows_here.push(direct_row(&peer.backend, &version, &m, p11kit::PATH).await?)
+                    }
+                    Err(e) => println!(
+                        "{} row skipped for {} ({clients} clients): {e}",
+                        p11kit::PATH,
+                        alg.name()
+                    ),
+                }
+            }
+            rows_here.extend([
                 service_row(&service, &m).await?,
                 daemon_row(
                     Transport::TcpChannel(running.addr),
@@ -271,7 +350,8 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                     "gRPC UDS, unverified",
                 )
                 .await?,
-            ];
+            ]);
+            // Rows of other signing paths (the streaming API) go here.
             for r in rows_here {
                 print_row(&r, &rows);
                 rows.push(r);
@@ -296,10 +376,68 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
             }
         }
     }
+    // The peer's sessions and server go first: nothing made with the client module may
+    // outlive the run.
+    if let Some(peer) = peer {
+        tokio::task::spawn_blocking(move || drop(peer))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    print_ratios(&rows);
     tokio::task::spawn_blocking(move || running.shutdown())
         .await
         .map_err(|e| e.to_string())?;
     Ok(rows)
+}
+
+/// The summary: every path's signatures/s as a share of the direct row at the same algorithm
+/// and concurrency, and the unary UDS path against the p11-kit peer.
+fn print_ratios(rows: &[Row]) {
+    let mut paths: Vec<&str> = Vec::new();
+    for r in rows {
+        if r.path != "direct PKCS#11" && !paths.contains(&r.path) {
+            paths.push(r.path);
+        }
+    }
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for r in rows {
+        if !groups.contains(&(r.alg.as_str(), r.clients)) {
+            groups.push((r.alg.as_str(), r.clients));
+        }
+    }
+    if groups.is_empty() {
+        return;
+    }
+    println!();
+    println!("ratios to direct PKCS#11 (same algorithm, same concurrency, this run):");
+    let mut header = format!("{:<14} {:>7} {:>10}", "alg", "clients", "direct/s");
+    for p in &paths {
+        header.push_str(&format!(" | {p:>w$}", w = p.len().max(6)));
+    }
+    header.push_str(" | UDS verified ÷ p11-kit");
+    println!("{header}");
+    for (alg, clients) in groups {
+        let find = |path: &str| {
+            rows.iter()
+                .find(|r| r.alg == alg && r.clients == clients && r.path == path)
+                .map(|r| r.ops_per_sec)
+        };
+        let Some(direct) = find("direct PKCS#11").filter(|d| *d > 0.0) else {
+            continue;
+        };
+        let mut line = format!("{alg:<14} {clients:>7} {direct:>10.0}");
+        for p in &paths {
+            let cell =
+                find(p).map_or_else(|| "-".into(), |v| format!("{:.0}%", 100.0 * v / direct));
+            line.push_str(&format!(" | {cell:>w$}", w = p.len().max(6)));
+        }
+        let vs_peer = match (find("gRPC UDS, verified"), find(p11kit::PATH)) {
+            (Some(uds), Some(peer)) if peer > 0.0 => format!("{:.2}×", uds / peer),
+            _ => "-".into(),
+        };
+        line.push_str(&format!(" | {vs_peer:>22}"));
+        println!("{line}");
+    }
 }
 
 /// A decryption key of the benchmark, one JWE to it and the device step that JWE needs.
@@ -599,6 +737,7 @@ async fn direct_row(
     backend: &Arc<Pkcs11Backend>,
     version: &Arc<VersionInfo>,
     m: &Measure,
+    path: &'static str,
 ) -> Result<Row, String> {
     let (backend, version, input, alg) = (
         Arc::clone(backend),
@@ -614,7 +753,7 @@ async fn direct_row(
         Ok(move || signer.sign(&alg.sign_op(&input)).map(drop))
     })
     .await?;
-    Ok(summarise(m, "direct PKCS#11", all, errors))
+    Ok(summarise(m, path, all, errors))
 }
 
 /// The service called in-process (worker pool, hashing, verification; no gRPC).

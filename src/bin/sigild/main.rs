@@ -38,6 +38,9 @@ fn main() -> ExitCode {
     if let Some(p) = &dev_paths {
         set_softhsm_conf(&p.softhsm_conf);
     }
+    if let (Command::Bench(_), Some(p)) = (&cli.command, &dev_paths) {
+        set_env(&bench::environment(p));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,11 +69,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {
                 let paths = dev_paths.ok_or("bench paths missing")?;
-                let result = if args.overload {
-                    bench::run_overload(&paths, &args).await
-                } else {
-                    bench::run(&paths, &args).await.map(drop)
-                };
+                let result = bench::run_mode(&paths, &args).await;
                 if args.state_dir.is_none() {
                     let _ = std::fs::remove_dir_all(&paths.dir);
                 }
@@ -110,6 +109,15 @@ fn set_softhsm_conf(path: &std::path::Path) {
     // SAFETY: called from `main` before the tokio runtime or any other thread is started, so
     // no other thread can be reading the environment concurrently.
     unsafe { std::env::set_var("SOFTHSM2_CONF", path) };
+}
+
+#[allow(unsafe_code)]
+fn set_env(vars: &[(&str, std::ffi::OsString)]) {
+    for (name, value) in vars {
+        // SAFETY: called from `main` before the tokio runtime or any other thread is started,
+        // so no other thread can be reading the environment concurrently.
+        unsafe { std::env::set_var(name, value) };
+    }
 }
 
 /// The log format: `SIGILD_LOG_FORMAT` (`text` or `json`), else `sigild serve`'s `[log]

@@ -29,12 +29,12 @@ use super::{BenchArgs, bench_key, for_benchmark, sample_input};
 use crate::dev::{self, DevPaths};
 
 /// A signing client on one HTTP/2 connection.
-type Client = pb::signing_service_client::SigningServiceClient<H2>;
+pub(super) type Client = pb::signing_service_client::SigningServiceClient<H2>;
 
 /// One HTTP/2 connection, driven directly by hyper (no buffer task between the caller and
 /// the connection, unlike tonic's `Channel`), as a tower service for the generated client.
 #[derive(Clone)]
-struct H2 {
+pub(super) struct H2 {
     /// The connection's request handle.
     send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
 }
@@ -62,7 +62,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2 {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<Client, String> {
+pub(super) async fn connect(addr: SocketAddr) -> Result<Client, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -80,7 +80,7 @@ async fn connect(addr: SocketAddr) -> Result<Client, String> {
 
 /// Latencies in microseconds, in a fixed number of buckets: exact below 1024 µs, then 128
 /// buckets per power of two (under 1 % relative error) up to about 2^40 µs.
-struct Histogram {
+pub(super) struct Histogram {
     /// Count per bucket.
     counts: Vec<AtomicU64>,
     /// Largest value recorded, µs.
@@ -130,12 +130,12 @@ impl Histogram {
         self.max.fetch_max(us, Ordering::Relaxed);
     }
 
-    fn count(&self) -> u64 {
+    pub(super) fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// The `p` quantile (0..=1), µs (the bucket's upper edge, capped at the maximum).
-    fn quantile(&self, p: f64) -> u64 {
+    pub(super) fn quantile(&self, p: f64) -> u64 {
         let total = self.count();
         if total == 0 {
             return 0;
@@ -152,7 +152,7 @@ impl Histogram {
     }
 
     /// `p50 … ms, p99 … ms, max … ms`.
-    fn summary(&self) -> String {
+    pub(super) fn summary(&self) -> String {
         format!(
             "p50 {}, p99 {}, max {}",
             ms(self.quantile(0.50)),
@@ -168,21 +168,21 @@ fn ms(us: u64) -> String {
 }
 
 /// What the clients saw.
-struct Outcomes {
+pub(super) struct Outcomes {
     /// Latency of signatures returned.
-    accepted: Histogram,
+    pub(super) accepted: Histogram,
     /// Latency of RESOURCE_EXHAUSTED answers.
-    exhausted: Histogram,
+    pub(super) exhausted: Histogram,
     /// Every other outcome, by status code and message.
-    other: Mutex<BTreeMap<String, u64>>,
+    pub(super) other: Mutex<BTreeMap<String, u64>>,
     /// Requests sent and not yet answered.
-    outstanding: AtomicU64,
+    pub(super) outstanding: AtomicU64,
     /// The most ever outstanding.
     max_outstanding: AtomicU64,
 }
 
 impl Outcomes {
-    fn new() -> Outcomes {
+    pub(super) fn new() -> Outcomes {
         Outcomes {
             accepted: Histogram::new(),
             exhausted: Histogram::new(),
@@ -192,7 +192,7 @@ impl Outcomes {
         }
     }
 
-    fn other_count(&self) -> u64 {
+    pub(super) fn other_count(&self) -> u64 {
         self.other
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -201,7 +201,7 @@ impl Outcomes {
     }
 
     /// Send one request on `client` and record how it ended.
-    async fn call(&self, mut client: Client, key: &str, data: &[u8]) {
+    pub(super) async fn call(&self, mut client: Client, key: &str, data: &[u8]) {
         let now = self.outstanding.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_outstanding.fetch_max(now, Ordering::Relaxed);
         let t = Instant::now();
@@ -243,7 +243,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn mib(kib: u64) -> String {
+pub(super) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -513,7 +513,7 @@ async fn measure(
 
 /// `concurrency` callers, each sending its next request when the last is answered, spread
 /// over the connections, for `duration`.
-async fn closed_loop(
+pub(super) async fn closed_loop(
     clients: &[Client],
     outcomes: &Arc<Outcomes>,
     key: &Arc<str>,
