@@ -15,8 +15,10 @@ use clap::Args;
 use crate::dev::{self, DevPaths};
 
 mod overload;
+mod profile;
 
 pub use overload::run as run_overload;
+pub use profile::run as run_profile;
 use sigild::api::{Api, Listener, pb};
 use sigild::app;
 use sigild::backend::pkcs11::Pkcs11Backend;
@@ -71,6 +73,14 @@ pub struct BenchArgs {
     /// With `--overload`: HTTP/2 connections the offered load is spread over.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// Instead of the table: exactly `--iterations` signatures with the first of `--algs`
+    /// through one path (`direct`, `service`, `jws`, `uds`), one caller, for instruction-level
+    /// profilers (see bench/profile.rs).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// With `--profile`: how many signatures.
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: u64,
 }
 
 /// One measured row.

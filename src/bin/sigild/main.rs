@@ -63,7 +63,9 @@ fn main() -> ExitCode {
             Command::CheckConfig { config, offline } => cli::check_config(&config, offline)?,
             Command::Bench(args) => {
                 let paths = dev_paths.ok_or("bench paths missing")?;
-                let result = if args.overload {
+                let result = if let Some(path) = &args.profile {
+                    bench::run_profile(&paths, &args, path).await
+                } else if args.overload {
                     bench::run_overload(&paths, &args).await
                 } else {
                     bench::run(&paths, &args).await.map(drop)
