@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::audit::{self, Audit, Record};
-use crate::backend::PrivateKeyMaterial;
+use crate::backend::{PrivateKeyMaterial, SignCheck};
 use crate::jose::{self, Alg, KeyAlg, TokenType};
 use crate::keyring::{KeyInfo, KeySize, Keyring, VersionInfo};
 use crate::policy::{
@@ -265,11 +265,28 @@ impl Origin {
     }
 }
 
-/// 64 random bits, hex. A failing RNG only makes ids less unique, never blocks a request.
+/// 64 bits, hex: unique per thread, random across threads and runs. Each thread seeds a
+/// counter from the OS RNG once and gives out SplitMix64 of its successive values (a
+/// bijection, so one thread never repeats an id), which keeps a system call off every request.
+/// A failing RNG only makes ids less unique, never blocks a request.
 pub fn request_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    base16ct::lower::encode_string(&b)
+    thread_local! {
+        static NEXT: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b)
+        });
+    }
+    let n = NEXT.with(|c| {
+        let n = c.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        c.set(n);
+        n
+    });
+    let mut z = n;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    base16ct::lower::encode_string(&z.to_be_bytes())
 }
 
 /// One request in flight: what policy and the audit record need to know about it. It owns
@@ -611,32 +628,51 @@ impl Service {
             return Err(Error::Quarantined);
         }
         let deadline = sign_deadline(self.options.sign_timeout, deadline)?;
-        let sig = self
-            .device_sign(version, alg, input, deadline, false)
-            .await?;
-        if self.verifies(version, alg, input, &sig) {
-            self.quarantine.verified();
-            return Ok(sig);
-        }
-        tracing::warn!(
-            request_id,
-            key = %version.name.as_str(),
-            version = version.version,
-            "the device's signature does not verify; withheld, signing again afresh"
+        // One job on the device worker: sign, check, and only on a failed check sign afresh
+        // and check again; the caller is woken once, with the outcome.
+        let pending = Arc::clone(self.keyring.backend()).sign_checked(
+            &version.key_id,
+            version.kind,
+            alg.sign_op(input),
+            self.check_for(version, alg, input),
+            deadline,
         );
-        let sig = self
-            .device_sign(version, alg, input, deadline, true)
-            .await?;
-        if self.verifies(version, alg, input, &sig) {
+        // Every backend answers by the deadline itself (its contract; the pool's own timer),
+        // so no second timer is set here.
+        let checked = pending
+            .await
+            .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
+        if checked.retried {
+            tracing::warn!(
+                request_id,
+                key = %version.name.as_str(),
+                version = version.version,
+                "the device's signature does not verify; withheld, signing again afresh"
+            );
+        }
+        if checked.passed {
             self.quarantine.verified();
-            return Ok(sig);
+            return Ok(checked.signature);
         }
         self.quarantine.failed(request_id);
-        alg.check_signature(version.kind, &sig)?;
+        alg.check_signature(version.kind, &checked.signature)?;
         Err(Error::BadSignature {
             key: version.name.to_string(),
             version: version.version,
             kid: version.kid.clone(),
+        })
+    }
+
+    /// [`Service::verifies`] for a signature of `input` by `version`, as a check the device
+    /// worker runs right after signing (it owns copies of what it needs).
+    fn check_for(&self, version: &VersionInfo, alg: Alg, input: &[u8]) -> SignCheck {
+        let kind = version.kind;
+        if !self.options.verify_signatures {
+            return Box::new(move |sig: &[u8]| alg.check_signature(kind, sig).is_ok());
+        }
+        let (public, input) = (version.public.clone(), input.to_vec());
+        Box::new(move |sig: &[u8]| {
+            alg.check_signature(kind, sig).is_ok() && jose::verify(&public, alg, &input, sig)
         })
     }
 
@@ -744,11 +780,14 @@ impl Service {
             async |call| {
                 self.authorize(call)?;
                 self.check_size("header and payload", header.len() + payload.len())?;
-                call.typ = jose::header_typ(header)?;
-                call.kid = jose::header_kid(header)?;
+                // Parsed once: `typ` decides the token type before the key is resolved, the
+                // rest is checked against the resolved version.
+                let mut parsed = jose::JwsHeader::parse(header)?;
+                call.typ = parsed.take_typ();
+                call.kid = parsed.kid().map(str::to_owned);
                 call.note_token();
                 let (version, _) = self.resolve(call, key, None)?;
-                let alg = jose::check_header(header, version.kind, &version.kid)?;
+                let alg = parsed.check(version.kind, &version.kid)?;
                 jose::check_alg(alg, version.kind, version.fapi2)?;
                 let parts = jose::JwsParts {
                     alg,
@@ -1458,6 +1497,19 @@ mod tests {
             parse_serves(&names(&["x"])).map_err(|e| e.kind()).err(),
             Some(ErrorKind::InvalidArgument)
         );
+    }
+
+    #[test]
+    fn request_ids_are_distinct_16_hex_digits() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = request_id();
+            assert_eq!(id.len(), 16);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(seen.insert(id));
+        }
+        let other = std::thread::spawn(request_id).join().unwrap_or_default();
+        assert!(!seen.contains(&other));
     }
 
     #[test]

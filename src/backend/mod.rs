@@ -22,6 +22,7 @@ pub mod yubikey;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::crypto::{DecryptOp, KeyKind, KeyPurpose, PublicKey, SignOp};
@@ -157,6 +158,43 @@ pub enum BackendError {
     ShuttingDown,
 }
 
+/// Whether a signature the device made may leave (its length, and the signature itself
+/// verified against the public key unless the service is configured not to). The service
+/// supplies it; a backend only calls it, on whatever thread made the signature.
+pub type SignCheck = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+/// What [`Backend::sign_checked`] made.
+#[derive(Debug)]
+pub struct Checked {
+    /// The last signature the device made: the first, or the one made afresh after the first
+    /// failed its check.
+    pub signature: Vec<u8>,
+    /// The first signature failed its check and was withheld (the service logs it).
+    pub retried: bool,
+    /// `signature` passed the check.
+    pub passed: bool,
+}
+
+impl Checked {
+    /// The first signature, which passed.
+    pub fn first(signature: Vec<u8>) -> Checked {
+        Checked {
+            signature,
+            retried: false,
+            passed: true,
+        }
+    }
+
+    /// The signature made afresh after the first failed, and whether it passed.
+    pub fn again(signature: Vec<u8>, passed: bool) -> Checked {
+        Checked {
+            signature,
+            retried: true,
+            passed,
+        }
+    }
+}
+
 /// A device that holds private keys and signs with them.
 ///
 /// Contract: the caller hashes for ECDSA and RSA (see [`SignOp`]); results are normalised
@@ -189,6 +227,34 @@ pub trait Backend: Send + Sync + 'static {
         op: SignOp,
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>>;
+
+    /// One signature that must pass `check` before it leaves, as one job: sign, check the
+    /// result; when it fails, sign once more afresh (as [`Backend::sign_afresh`]) and check
+    /// that. A backend with its own workers runs the whole of it on the worker that signs, so
+    /// the caller is woken once, with a checked answer, and the check's CPU time stays off the
+    /// async runtime. `deadline` bounds both attempts together, as for [`Backend::sign`].
+    ///
+    /// The default runs the two steps from the caller's future (backends whose device calls
+    /// are rare or instant need nothing more).
+    fn sign_checked(
+        self: Arc<Self>,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        check: SignCheck,
+        deadline: Instant,
+    ) -> BackendFuture<Checked> {
+        let key = key.clone();
+        Box::pin(async move {
+            let signature = self.sign(&key, kind, op.clone(), deadline).await?;
+            if check(&signature) {
+                return Ok(Checked::first(signature));
+            }
+            let signature = self.sign_afresh(&key, kind, op, deadline).await?;
+            let passed = check(&signature);
+            Ok(Checked::again(signature, passed))
+        })
+    }
 
     /// Perform the private-key step of a decryption with the decryption key `key` of kind
     /// `kind` by `deadline` (as for [`Backend::sign`]): RSA-OAEP decryption or ECDH (see

@@ -22,15 +22,7 @@ use crate::crypto::KeyKind;
 /// [`UniqueVisitor`]. Nested objects (a `jwk` member, say) are not checked for duplicates.
 pub(super) fn parse_object(header: &[u8]) -> Result<Map<String, Value>, JoseError> {
     let text = std::str::from_utf8(header).map_err(|_| JoseError::HeaderNotUtf8)?;
-    // First: is it JSON at all, and an object? This gives the caller a precise syntax error.
-    let value: Value = serde_json::from_str(text).map_err(|e| JoseError::HeaderNotJson {
-        line: e.line(),
-        column: e.column(),
-    })?;
-    if !value.is_object() {
-        return Err(JoseError::HeaderNotObject);
-    }
-    // Then read it again, refusing repeated names.
+    // One pass on the hot path: read the object refusing repeated names, and nothing after it.
     let mut duplicate = None;
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = de::Deserializer::deserialize_map(
@@ -38,12 +30,24 @@ pub(super) fn parse_object(header: &[u8]) -> Result<Map<String, Value>, JoseErro
         UniqueVisitor {
             duplicate: &mut duplicate,
         },
-    );
-    match (parsed, duplicate) {
-        (_, Some(name)) => Err(JoseError::DuplicateHeaderMember { name: shown(&name) }),
-        (Ok(m), None) => Ok(m),
-        // Unreachable in practice: the text already parsed as an object above.
-        (Err(_), None) => Err(JoseError::HeaderNotObject),
+    )
+    .and_then(|m| de.end().map(|()| m));
+    if let (Ok(m), None) = (parsed, &duplicate) {
+        return Ok(m);
+    }
+    // Only for a header that failed: read it again as any JSON value, which gives the caller
+    // a precise syntax error first (as before any duplicate), then "not an object".
+    let value: Value = serde_json::from_str(text).map_err(|e| JoseError::HeaderNotJson {
+        line: e.line(),
+        column: e.column(),
+    })?;
+    if !value.is_object() {
+        return Err(JoseError::HeaderNotObject);
+    }
+    match duplicate {
+        Some(name) => Err(JoseError::DuplicateHeaderMember { name: shown(&name) }),
+        // Unreachable in practice: the text parses as an object.
+        None => Err(JoseError::HeaderNotObject),
     }
 }
 
@@ -91,46 +95,12 @@ impl<'de> Visitor<'de> for UniqueVisitor<'_> {
 /// [`JoseError::InvalidHeaderMember`], [`JoseError::AlgNone`], [`JoseError::UnsupportedAlg`],
 /// [`JoseError::AlgKeyMismatch`] or [`JoseError::KidMismatch`], whichever is found first.
 pub fn check_header(header: &[u8], key_kind: KeyKind, kid: &str) -> Result<Alg, JoseError> {
-    let m = parse_object(header)?;
-    let alg = match m.get("alg") {
-        None => return Err(JoseError::MissingAlg),
-        Some(Value::String(s)) => Alg::parse(s)?,
-        Some(_) => {
-            return Err(JoseError::InvalidHeaderMember {
-                member: "alg",
-                reason: "must be a string",
-            });
-        }
-    };
-    if !alg.fits(key_kind) {
-        return Err(JoseError::AlgKeyMismatch { alg, key: key_kind });
+    // `typ` is not this check's business (see [`header_typ`]).
+    JwsHeader {
+        members: parse_object(header)?,
+        typ: None,
     }
-    match m.get("kid") {
-        None => {}
-        Some(Value::String(found)) if found == kid => {}
-        Some(Value::String(found)) => {
-            return Err(JoseError::KidMismatch {
-                expected: kid.to_owned(),
-                found: shown(found),
-            });
-        }
-        Some(_) => {
-            return Err(JoseError::InvalidHeaderMember {
-                member: "kid",
-                reason: "must be a string",
-            });
-        }
-    }
-    match m.get("b64") {
-        None | Some(Value::Bool(true)) => {}
-        Some(_) => {
-            return Err(JoseError::InvalidHeaderMember {
-                member: "b64",
-                reason: "must be absent or true: unencoded payloads (RFC 7797) are not supported",
-            });
-        }
-    }
-    Ok(alg)
+    .check(key_kind, kid)
 }
 
 /// The `typ` member of a caller-built protected header (`None` when it has none), read before
@@ -138,17 +108,109 @@ pub fn check_header(header: &[u8], key_kind: KeyKind, kid: &str) -> Result<Alg, 
 /// JWS is.
 ///
 /// # Errors
-/// As [`check_header`] for a header that is not a JSON object with unique members;
-/// [`JoseError::InvalidHeaderMember`] for a `typ` that is not a string (a verifier could read
-/// such a header in ways policy cannot foresee).
+/// As [`JwsHeader::parse`].
 pub fn header_typ(header: &[u8]) -> Result<Option<String>, JoseError> {
-    match parse_object(header)?.get("typ") {
-        None => Ok(None),
-        Some(Value::String(t)) => Ok(Some(t.clone())),
-        Some(_) => Err(JoseError::InvalidHeaderMember {
-            member: "typ",
-            reason: "must be a string",
-        }),
+    Ok(JwsHeader::parse(header)?.typ)
+}
+
+/// A caller-built protected header, parsed once: what the service needs before the key is
+/// resolved (`typ`, and `kid` to pick a version) and, once it is, the checks of
+/// [`check_header`] against that key ([`JwsHeader::check`]) without reading the JSON again.
+#[derive(Debug, Clone)]
+pub struct JwsHeader {
+    /// The top-level members (unique names).
+    members: Map<String, Value>,
+    /// `typ`, checked to be a string when present.
+    typ: Option<String>,
+}
+
+impl JwsHeader {
+    /// Parse `header`: UTF-8, a JSON object with unique top-level member names, `typ` (if
+    /// present) a string.
+    ///
+    /// # Errors
+    /// [`JoseError::HeaderNotUtf8`], [`JoseError::HeaderNotJson`],
+    /// [`JoseError::HeaderNotObject`], [`JoseError::DuplicateHeaderMember`] or
+    /// [`JoseError::InvalidHeaderMember`] (`typ`).
+    pub fn parse(header: &[u8]) -> Result<JwsHeader, JoseError> {
+        let members = parse_object(header)?;
+        let typ = match members.get("typ") {
+            None => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => {
+                return Err(JoseError::InvalidHeaderMember {
+                    member: "typ",
+                    reason: "must be a string",
+                });
+            }
+        };
+        Ok(JwsHeader { members, typ })
+    }
+
+    /// The header's `typ`.
+    pub fn typ(&self) -> Option<&str> {
+        self.typ.as_deref()
+    }
+
+    /// Hand over the header's `typ` (the service keeps it with the request).
+    pub fn take_typ(&mut self) -> Option<String> {
+        self.typ.take()
+    }
+
+    /// The header's `kid` when it is a string (a named key version; checked by
+    /// [`JwsHeader::check`]).
+    pub fn kid(&self) -> Option<&str> {
+        self.members.get("kid").and_then(Value::as_str)
+    }
+
+    /// The rules of [`check_header`] after parsing, for a key of `key_kind` whose kid is
+    /// `kid`: the algorithm to sign with.
+    ///
+    /// # Errors
+    /// [`JoseError::MissingAlg`], [`JoseError::InvalidHeaderMember`], [`JoseError::AlgNone`],
+    /// [`JoseError::UnsupportedAlg`], [`JoseError::AlgKeyMismatch`] or
+    /// [`JoseError::KidMismatch`], whichever is found first.
+    pub fn check(&self, key_kind: KeyKind, kid: &str) -> Result<Alg, JoseError> {
+        let m = &self.members;
+        let alg = match m.get("alg") {
+            None => return Err(JoseError::MissingAlg),
+            Some(Value::String(s)) => Alg::parse(s)?,
+            Some(_) => {
+                return Err(JoseError::InvalidHeaderMember {
+                    member: "alg",
+                    reason: "must be a string",
+                });
+            }
+        };
+        if !alg.fits(key_kind) {
+            return Err(JoseError::AlgKeyMismatch { alg, key: key_kind });
+        }
+        match m.get("kid") {
+            None => {}
+            Some(Value::String(found)) if found == kid => {}
+            Some(Value::String(found)) => {
+                return Err(JoseError::KidMismatch {
+                    expected: kid.to_owned(),
+                    found: shown(found),
+                });
+            }
+            Some(_) => {
+                return Err(JoseError::InvalidHeaderMember {
+                    member: "kid",
+                    reason: "must be a string",
+                });
+            }
+        }
+        match m.get("b64") {
+            None | Some(Value::Bool(true)) => {}
+            Some(_) => {
+                return Err(JoseError::InvalidHeaderMember {
+                    member: "b64",
+                    reason: "must be absent or true: unencoded payloads (RFC 7797) are not supported",
+                });
+            }
+        }
+        Ok(alg)
     }
 }
 
@@ -185,6 +247,50 @@ mod tests {
             Err(JoseError::InvalidHeaderMember { member: "typ", .. })
         ));
         assert!(header_typ(br#"{"typ":"a","typ":"b"}"#).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_header_parsed_once_gives_typ_kid_and_the_same_checks() -> Result<(), JoseError> {
+        let text = format!(r#"{{"alg":"ES256","kid":"{KID}","typ":"dpop+jwt"}}"#);
+        let mut h = JwsHeader::parse(text.as_bytes())?;
+        assert_eq!(h.typ(), Some("dpop+jwt"));
+        assert_eq!(h.kid(), Some(KID));
+        assert_eq!(h.check(P256, KID)?, Alg::Es256);
+        assert_eq!(h.take_typ().as_deref(), Some("dpop+jwt"));
+        assert!(matches!(
+            h.check(P256, "another"),
+            Err(JoseError::KidMismatch { .. })
+        ));
+        // Errors come in the same order as from the two separate reads.
+        for bad in [
+            &br#"{"alg":"ES256","alg":"ES256"}"#[..],
+            br#"{"alg":"ES256"} x"#,
+            br#"{"alg":"ES256","alg":"ES256""#,
+            br#"["alg"]"#,
+            b"\xff",
+        ] {
+            assert_eq!(
+                JwsHeader::parse(bad).map(|_| ()),
+                header_typ(bad).map(|_| ())
+            );
+            assert_eq!(
+                JwsHeader::parse(bad).map(|_| ()),
+                check_header(bad, P256, KID).map(|_| ())
+            );
+        }
+        assert!(matches!(
+            JwsHeader::parse(br#"{"alg":"ES256","alg":"ES256"}"#),
+            Err(JoseError::DuplicateHeaderMember { .. })
+        ));
+        assert!(matches!(
+            JwsHeader::parse(br#"{"alg":"ES256","alg":"ES256""#),
+            Err(JoseError::HeaderNotJson { .. })
+        ));
+        assert!(matches!(
+            JwsHeader::parse(br#"{"alg":"ES256"} x"#),
+            Err(JoseError::HeaderNotJson { .. })
+        ));
         Ok(())
     }
 

@@ -25,7 +25,7 @@ mod verify;
 
 pub use alg::{Alg, KeyAlg};
 pub use fapi::{check_alg, check_fapi2, check_key_alg};
-pub use header::{check_header, header_kid, header_typ};
+pub use header::{JwsHeader, check_header, header_kid, header_typ};
 pub use issued::{
     AccessTokenRequest, BACKCHANNEL_LOGOUT_EVENT, CibaRequest, Confirmation, LogoutTokenRequest,
     access_token, ciba_request, logout_token,

@@ -39,8 +39,8 @@ use cryptoki::slot::Slot;
 
 use super::worker::{Device, Failure, Fault, Pool, PoolSettings, Retry};
 use super::{
-    Backend, BackendError, BackendFuture, KeyId, KeyObject, KeySpec, PrivateKeyMaterial, Record,
-    StoredKeyPair,
+    Backend, BackendError, BackendFuture, Checked, KeyId, KeyObject, KeySpec, PrivateKeyMaterial,
+    Record, SignCheck, StoredKeyPair,
 };
 use crate::crypto::{DecryptOp, KeyKind, KeyPurpose, SignOp};
 use crate::secret::{Secret, SecretBytes};
@@ -323,6 +323,40 @@ impl Pkcs11Backend {
                 } else {
                     w.sign(&key, kind, &op)
                 }
+            },
+        )
+    }
+
+    /// Queue one checked signature ([`Backend::sign_checked`]) for a worker: sign, check,
+    /// and only when the check fails sign afresh and check again, all on that worker, which
+    /// then wakes the caller once.
+    fn submit_checked(
+        &self,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        check: SignCheck,
+        deadline: Instant,
+    ) -> BackendFuture<Checked> {
+        if let Err(e) = self.shared.capable(|c| c.check_sign(kind, &op)) {
+            return Box::pin(async { Err(e) });
+        }
+        let key = key.clone();
+        self.pool.submit_by(
+            deadline,
+            || {
+                BackendError::Unavailable(
+                    "the PKCS#11 token did not sign before the deadline".into(),
+                )
+            },
+            move |w| {
+                let signature = w.sign(&key, kind, &op)?;
+                if check(&signature) {
+                    return Ok(Checked::first(signature));
+                }
+                let signature = w.sign_afresh(&key, kind, &op)?;
+                let passed = check(&signature);
+                Ok(Checked::again(signature, passed))
             },
         )
     }
@@ -750,6 +784,17 @@ impl Backend for Pkcs11Backend {
         deadline: Instant,
     ) -> BackendFuture<Vec<u8>> {
         self.submit_sign(key, kind, op, deadline, true)
+    }
+
+    fn sign_checked(
+        self: Arc<Self>,
+        key: &KeyId,
+        kind: KeyKind,
+        op: SignOp,
+        check: SignCheck,
+        deadline: Instant,
+    ) -> BackendFuture<Checked> {
+        self.submit_checked(key, kind, op, check, deadline)
     }
 
     fn decrypt(

@@ -18,6 +18,7 @@ mod latency;
 mod memory;
 mod overload;
 mod p11kit;
+mod profile;
 
 use sigild::api::{Api, Listener, pb};
 use sigild::app;
@@ -96,6 +97,14 @@ pub struct BenchArgs {
     /// Internal (`--memory`): serve the bench daemon in this process until stdin closes.
     #[arg(long, hide = true)]
     pub serve_daemon: bool,
+    /// Instead of the table: exactly `--iterations` signatures with the first of `--algs`
+    /// through one path (`direct`, `service`, `jws`, `uds`), one caller, for instruction-level
+    /// profilers (see bench/profile.rs).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// With `--profile`: how many signatures.
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: u64,
 }
 
 /// Set what the bench's modules read from the environment (the p11-kit client's server
@@ -112,7 +121,9 @@ pub fn environment(paths: &DevPaths) -> Vec<(&'static str, std::ffi::OsString)> 
 /// # Errors
 /// Set-up failures, as text; a mode's own failure (errors during an overload run).
 pub async fn run_mode(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
-    if args.serve_daemon {
+    if let Some(path) = &args.profile {
+        profile::run(paths, args, path).await
+    } else if args.serve_daemon {
         memory::serve(paths, args).await
     } else if args.memory {
         memory::run(paths, args).await
