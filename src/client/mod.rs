@@ -16,6 +16,7 @@ mod decrypt;
 mod dpop;
 mod httpsig;
 mod signer;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,7 @@ pub use decrypt::{Decrypted, NestedTokenError, VerifiedToken, verify_nested};
 pub use dpop::{DpopOutcome, DpopRequest, dpop_jkt, use_dpop_nonce, x5t_s256};
 pub use httpsig::{VerifiedResponse, verify_http_response};
 pub use signer::{SigildSigningKey, SignerOptions, client_config, tls_schemes};
+pub use stream::{DEFAULT_WINDOW, Pending, SignPipeline, Signed};
 
 /// Everything that can go wrong talking to sigild.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use clap::Args;
 use crate::dev::{self, DevPaths};
 
 mod overload;
+mod stream;
 
 pub use overload::run as run_overload;
 use sigild::api::{Api, Listener, pb};
@@ -272,6 +273,9 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 )
                 .await?,
             ];
+            let rows_here = rows_here
+                .into_iter()
+                .chain(stream::rows(&uds, &uds_unverified, &m).await?);
             for r in rows_here {
                 print_row(&r, &rows);
                 rows.push(r);
