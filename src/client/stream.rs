@@ -18,6 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::{ClientError, Result};
 use crate::api::pb;
 use crate::api::pb::sign_stream_request::Request as Item;
+/// One request of a stream: which signing RPC's request it is (`Jws`, `Raw`, `IdToken`, …).
+pub use crate::api::pb::sign_stream_request::Request as StreamRequest;
 use crate::api::pb::sign_stream_response::Result as Answer;
 use crate::api::pb::signing_service_client::SigningServiceClient;
 
