@@ -368,11 +368,9 @@ fn alg_for_create(rng: &mut Rng) -> String {
 
 /// A valid (or, for the names and versions it picks, plausibly valid) request for `rpc`.
 fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
-    if rpc == Rpc::SignStream {
-        return stream_item(rng, |rng, inner| valid_request(inner, rng, fx));
-    }
     let (key, alg) = signing_key(rng);
     match rpc {
+        Rpc::SignStream => stream_item(rng, |rng, inner| valid_request(inner, rng, fx)),
         Rpc::SignJws => {
             let header = match rng.below(3) {
                 0 => json!({"alg": alg, "typ": "JWT"}),
@@ -791,9 +789,6 @@ fn stream_item(rng: &mut Rng, make: impl Fn(&mut Rng, Rpc) -> Vec<u8>) -> Vec<u8
 }
 
 fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
-    if rpc == Rpc::SignStream {
-        return stream_item(rng, |rng, inner| random_fields(inner, rng));
-    }
     let n = |rng: &mut Rng| -> u32 {
         if rng.chance(50) {
             rng.below(5) as u32
@@ -802,6 +797,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
     };
     match rpc {
+        Rpc::SignStream => stream_item(rng, |rng, inner| random_fields(inner, rng)),
         Rpc::SignJws => pb::SignJwsRequest {
             version: 0,
             key: rng.text(),
