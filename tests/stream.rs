@@ -219,7 +219,7 @@ async fn protocol_errors_end_only_their_item_or_their_stream() -> TestResult {
         request: Some(jws_item("es-a", "ES256", "a")),
     })
     .await?;
-    let mut answers = vec![
+    let mut answers = [
         s.next().await?.ok_or("ended")?,
         s.next().await?.ok_or("ended")?,
     ];
