@@ -85,12 +85,18 @@ impl Api {
         let origin = self.origin(&req)?;
         let (_, extensions, inbound) = req.into_parts();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-        let (api, stream_id) = (self.clone(), origin.request_id.clone());
+        let (api, stream_id, mut drain) =
+            (self.clone(), origin.request_id.clone(), self.drain.clone());
         tracing::debug!(request_id = %origin.request_id, caller = %origin.caller, "sign stream opened");
         tokio::spawn(async move {
             let end = api.serve_stream(extensions, inbound, &tx).await;
             if let Some(status) = end {
-                let _ = tx.send(Err(status)).await;
+                // Waits for a caller that reads slowly, but not past the grace period.
+                tokio::select! {
+                    biased;
+                    _ = tx.send(Err(status)) => {}
+                    () = raised(&mut drain.cancel) => {}
+                }
             }
             tracing::debug!(request_id = %stream_id, "sign stream closed");
         });
@@ -124,12 +130,13 @@ impl Api {
                 biased;
                 () = tx.closed() => return None,
                 () = raised(&mut drain.cancel), if !running.is_empty() => {
-                    // The grace period is over: what is still running is given up.
+                    // The grace period is over: what is still running is given up, and told so
+                    // as far as the caller reads (a caller that does not read is not waited for).
                     running.abort_all();
                     for id in in_flight.drain() {
                         let answer = failed(id, String::new(), &Status::unavailable(crate::server::SHUTTING_DOWN));
-                        if tx.send(Ok(answer)).await.is_err() {
-                            return None;
+                        if tx.try_send(Ok(answer)).is_err() {
+                            break;
                         }
                     }
                     return Some(Status::unavailable(crate::server::SHUTTING_DOWN));
