@@ -27,6 +27,11 @@ use crate::service::{self, ErrorKind, Origin, Service};
 #[cfg(feature = "server")]
 use crate::tls::IdentityKind;
 
+#[cfg(feature = "server")]
+mod stream;
+#[cfg(feature = "server")]
+pub use stream::{Drain, MAX_IN_FLIGHT as STREAM_MAX_IN_FLIGHT};
+
 /// Generated protobuf and gRPC code for `sigil.v1`, fenced here so nothing else names it by
 /// path.
 #[allow(
@@ -310,13 +315,27 @@ pub struct Api {
     service: Arc<Service>,
     /// How this listener's callers are identified.
     listener: Listener,
+    /// The shutdown signals that `SignStream` streams, which outlive their RPC's first
+    /// answer, drain on.
+    drain: Drain,
 }
 
 #[cfg(feature = "server")]
 impl Api {
     /// Wrap a service for a listener.
     pub fn new(service: Arc<Service>, listener: Listener) -> Self {
-        Api { service, listener }
+        Api {
+            service,
+            listener,
+            drain: Drain::default(),
+        }
+    }
+
+    /// The same API with its `SignStream` streams following the servers' shutdown: read no
+    /// more once `drain` says stop, answer what is in flight, then end UNAVAILABLE.
+    #[must_use]
+    pub fn draining(self, drain: Drain) -> Self {
+        Api { drain, ..self }
     }
 
     /// Who sent `req`, with a fresh request id.
@@ -1210,12 +1229,11 @@ impl SigningService for Api {
         >,
     >;
 
-    // PLACEHOLDER(lead)
     async fn sign_stream(
         &self,
-        _req: Request<tonic::Streaming<pb::SignStreamRequest>>,
+        req: Request<tonic::Streaming<pb::SignStreamRequest>>,
     ) -> Result<Self::SignStreamStream> {
-        Err(Status::unimplemented("SignStream is not implemented yet"))
+        self.open_sign_stream(req)
     }
 
     async fn sign_digest(

@@ -348,7 +348,8 @@ pub async fn serve(
             (Listener::DangerPlaintext, None)
         }
     };
-    let api = Api::new(Arc::clone(&service), listener_kind);
+    let drain = crate::api::Drain::new(stopped.clone(), shutdown_layer.cancel.clone());
+    let api = Api::new(Arc::clone(&service), listener_kind).draining(drain.clone());
     let router = builder
         .add_service(health_service.clone())
         .add_service(reflection.clone())
@@ -394,7 +395,7 @@ pub async fn serve(
             };
             let mode = u.mode_bits().map_err(&unix_error)?;
             let listener = bind_unix(&path, mode).map_err(&unix_error)?;
-            let api = Api::new(Arc::clone(&service), Listener::Unix);
+            let api = Api::new(Arc::clone(&service), Listener::Unix).draining(drain);
             let router = listen::server_builder(server)
                 .layer(crate::metrics::RequestLayer)
                 .layer(shutdown_layer)

@@ -143,6 +143,8 @@ impl Rng {
 enum Rpc {
     SignJws,
     SignRaw,
+    /// One item on a `SignStream` (sent as a unary call: one message, then half-close).
+    SignStream,
     SignTlsHandshake,
     SignIdToken,
     SignRequestObject,
@@ -175,9 +177,10 @@ enum Rpc {
     Unknown,
 }
 
-const RPCS: [Rpc; 31] = [
+const RPCS: [Rpc; 32] = [
     Rpc::SignJws,
     Rpc::SignRaw,
+    Rpc::SignStream,
     Rpc::SignTlsHandshake,
     Rpc::SignIdToken,
     Rpc::SignRequestObject,
@@ -214,6 +217,7 @@ impl Rpc {
         let (service, method) = match self {
             Rpc::SignJws => ("sigil.v1.SigningService", "SignJws"),
             Rpc::SignRaw => ("sigil.v1.SigningService", "SignRaw"),
+            Rpc::SignStream => ("sigil.v1.SigningService", "SignStream"),
             Rpc::SignTlsHandshake => ("sigil.v1.SigningService", "SignTlsHandshake"),
             Rpc::SignIdToken => ("sigil.v1.SigningService", "SignIdToken"),
             Rpc::SignRequestObject => ("sigil.v1.SigningService", "SignRequestObject"),
@@ -263,6 +267,7 @@ impl Rpc {
         match self {
             Rpc::SignJws => pb::SignJwsRequest::decode(bytes).is_ok(),
             Rpc::SignRaw => pb::SignRawRequest::decode(bytes).is_ok(),
+            Rpc::SignStream => pb::SignStreamRequest::decode(bytes).is_ok(),
             Rpc::SignTlsHandshake => pb::SignTlsHandshakeRequest::decode(bytes).is_ok(),
             Rpc::SignIdToken => pb::SignIdTokenRequest::decode(bytes).is_ok(),
             Rpc::SignRequestObject => pb::SignRequestObjectRequest::decode(bytes).is_ok(),
@@ -373,6 +378,7 @@ fn alg_for_create(rng: &mut Rng) -> String {
 fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
     let (key, alg) = signing_key(rng);
     match rpc {
+        Rpc::SignStream => stream_item(rng, |rng, inner| valid_request(inner, rng, fx)),
         Rpc::SignJws => {
             let header = match rng.below(3) {
                 0 => json!({"alg": alg, "typ": "JWT"}),
@@ -762,6 +768,49 @@ fn valid_request(rpc: Rpc, rng: &mut Rng, fx: &Fixtures) -> Vec<u8> {
 }
 
 /// Valid protobuf of the RPC's request type, every field filled with random content.
+/// A `SignStream` item wrapping a request of one of the signing RPCs the stream carries, made
+/// by `make` (valid or random), or now and then an item without a request.
+fn stream_item(rng: &mut Rng, make: impl Fn(&mut Rng, Rpc) -> Vec<u8>) -> Vec<u8> {
+    use pb::sign_stream_request::Request as Item;
+    let id = rng.next();
+    let inner = *rng.pick(&[
+        Rpc::SignJws,
+        Rpc::SignRaw,
+        Rpc::SignIdToken,
+        Rpc::SignClientAssertion,
+        Rpc::SignDpopProof,
+        Rpc::SignRequestObject,
+        Rpc::SignAccessToken,
+        Rpc::Unknown,
+    ]);
+    let bytes = make(rng, inner);
+    let request = match inner {
+        Rpc::SignJws => pb::SignJwsRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::Jws),
+        Rpc::SignRaw => pb::SignRawRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::Raw),
+        Rpc::SignIdToken => pb::SignIdTokenRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::IdToken),
+        Rpc::SignClientAssertion => pb::SignClientAssertionRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::ClientAssertion),
+        Rpc::SignDpopProof => pb::SignDpopProofRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::DpopProof),
+        Rpc::SignRequestObject => pb::SignRequestObjectRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::RequestObject),
+        Rpc::SignAccessToken => pb::SignAccessTokenRequest::decode(bytes.as_slice())
+            .ok()
+            .map(Item::AccessToken),
+        _ => None,
+    };
+    pb::SignStreamRequest { id, request }.encode_to_vec()
+}
+
 fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
     let n = |rng: &mut Rng| -> u32 {
         if rng.chance(50) {
@@ -771,6 +820,7 @@ fn random_fields(rpc: Rpc, rng: &mut Rng) -> Vec<u8> {
         }
     };
     match rpc {
+        Rpc::SignStream => stream_item(rng, |rng, inner| random_fields(inner, rng)),
         Rpc::SignJws => pb::SignJwsRequest {
             version: 0,
             key: rng.text(),
@@ -1289,6 +1339,42 @@ fn verification(
                 "data_b64": b64(DIGEST_MESSAGE), "sig_b64": b64(&resp.signature),
             })))
         }
+        Rpc::SignStream => {
+            // One answer: a signature to check like its unary RPC's, or the item's refusal
+            // with a code that RPC may answer.
+            use pb::sign_stream_response::Result as Answer;
+            let req =
+                pb::SignStreamRequest::decode(o.request.as_slice()).map_err(|e| e.to_string())?;
+            let resp =
+                pb::SignStreamResponse::decode(body.as_slice()).map_err(|e| e.to_string())?;
+            if resp.id != req.id {
+                return Err(format!(
+                    "SignStream: answer to id {} for id {}",
+                    resp.id, req.id
+                ));
+            }
+            match resp.result {
+                Some(Answer::Jws(r)) => {
+                    if r.signature.is_empty() || !r.compact.ends_with(&r.signature) {
+                        return Err("SignStream: signature field is not the compact's".into());
+                    }
+                    Ok(Some(json!({
+                        "op": "jws", "jws": r.compact, "jwks": {"keys": [jwk(&r.kid)?]},
+                    })))
+                }
+                Some(Answer::Raw(r)) => {
+                    let Some(pb::sign_stream_request::Request::Raw(raw)) = req.request else {
+                        return Err("SignStream: a raw answer to a request that is not raw".into());
+                    };
+                    Ok(Some(json!({
+                        "op": "raw", "alg": r.alg, "jwk": jwk(&r.kid)?,
+                        "data_b64": b64(&raw.data), "sig_b64": b64(&r.signature),
+                    })))
+                }
+                Some(Answer::Error(e)) if Rpc::SignJws.allowed(Code::from_i32(e.code)) => Ok(None),
+                other => Err(format!("SignStream: unexpected answer {other:?}")),
+            }
+        }
         Rpc::SignRaw => {
             let req =
                 pb::SignRawRequest::decode(o.request.as_slice()).map_err(|e| e.to_string())?;
@@ -1628,6 +1714,10 @@ async fn daemon_survives_random_and_mutated_messages() -> TestResult {
             // is the only code it may get (sigild's code never sees the request).
             code == Code::Internal && message.contains("failed to decode Protobuf message")
                 || o.rpc == Rpc::Unknown && code == Code::Unimplemented
+                // A stream ends with INVALID_ARGUMENT for a frame it cannot decode.
+                || o.rpc == Rpc::SignStream
+                    && code == Code::InvalidArgument
+                    && message.contains("failed to decode Protobuf message")
         } else {
             o.rpc.allowed(code)
         };

@@ -3,7 +3,8 @@
 //! on loopback), a thin typed [`Client`] for every RPC, a rustls signer whose private-key
 //! operation is a `SignRaw` call ([`SigildSigningKey`]), the certificate and DPoP helpers
 //! a FAPI client needs, RFC 9421 HTTP message signatures (sign an `http::Request` through sigild,
-//! [`verify_http_response`]), and JWE decryption with a check of nested tokens ([`verify_nested`]).
+//! [`verify_http_response`]), JWE decryption with a check of nested tokens ([`verify_nested`]), and
+//! many signatures in flight on one `SignStream` for callers that sign a lot ([`SignPipeline`]).
 //!
 //! Built by the `client` feature, which pulls in neither `cryptoki` nor `yubikey`: this module
 //! may depend on the generated [`crate::api::pb`] types, on the pure [`crate::jose`] and
@@ -17,6 +18,7 @@ mod dpop;
 mod httpsig;
 mod rotation;
 mod signer;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,7 @@ pub use decrypt::{Decrypted, NestedTokenError, VerifiedToken, verify_nested};
 pub use dpop::{DpopOutcome, DpopRequest, dpop_jkt, use_dpop_nonce, x5t_s256};
 pub use httpsig::{VerifiedResponse, verify_http_response};
 pub use signer::{SigildSigningKey, SignerOptions, client_config, tls_schemes};
+pub use stream::{DEFAULT_WINDOW, Pending, SignPipeline, Signed, StreamRequest};
 
 /// Everything that can go wrong talking to sigild.
 #[derive(Debug, thiserror::Error)]

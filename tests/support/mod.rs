@@ -5,7 +5,8 @@
 //! suite's devices), `yubikey` (pcscd + the virtual YubiKey), `ock` (openCryptoki's soft token),
 //! `tls` (TLS test peers), `faulty` (the fault-injecting PKCS#11 module), `jwe` (JWEs made by
 //! jwcrypto and node jose, for the decryption tests), `httpsig` (RFC 9421 messages and their
-//! verification by `http-message-signatures`).
+//! verification by `http-message-signatures`), `stream` (`SignStream` clients: pipelined, by hand,
+//! raw bytes).
 //!
 //! Daemons serve mutual TLS: each token directory holds a test PKI (`pki/`: a CA, a server
 //! certificate for 127.0.0.1/localhost and an admin client certificate), and [`Token::config`]
@@ -27,6 +28,7 @@ pub mod ock;
 pub mod op;
 pub mod reload;
 pub mod ops;
+pub mod stream;
 pub mod tls;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;

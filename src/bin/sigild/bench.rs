@@ -19,6 +19,7 @@ mod memory;
 mod overload;
 mod p11kit;
 mod profile;
+mod stream;
 
 use sigild::api::{Api, Listener, pb};
 use sigild::app;
@@ -362,7 +363,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 )
                 .await?,
             ]);
-            // Rows of other signing paths (the streaming API) go here.
+            rows_here.extend(stream::rows(&uds, &uds_unverified, &m).await?);
             for r in rows_here {
                 print_row(&r, &rows);
                 rows.push(r);
