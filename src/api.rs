@@ -377,7 +377,11 @@ impl Api {
             }
             Listener::DangerPlaintext => Caller::plaintext(),
         };
-        Ok(Origin::new(caller).with_deadline(caller_deadline(req.metadata())))
+        let mut origin = Origin::new(caller).with_deadline(caller_deadline(req.metadata()));
+        if let Some(id) = req.extensions().get::<service::RequestId>() {
+            origin.request_id.clone_from(&id.0);
+        }
+        Ok(origin)
     }
 
     /// The key management gRPC service.

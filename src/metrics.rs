@@ -410,25 +410,37 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        use tracing::Instrument as _;
         let operation = operation(req.uri().path());
         let started = Instant::now();
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            let answer = answer.await;
-            let code = match &answer {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-                // The transport failed the request: no gRPC answer went out.
-                Err(_) => 14,
-            };
-            metrics().request(operation, code, started.elapsed());
-            answer
-        })
+        // The request's id from its first line on: every log line of the request carries it
+        // (the span's field), and the handler, its audit record and its answer use the same.
+        let id = crate::service::request_id();
+        let span = tracing::info_span!("request", request_id = %id);
+        req.extensions_mut().insert(crate::service::RequestId(id));
+        let answer = {
+            let _in = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(
+            async move {
+                let answer = answer.await;
+                let code = match &answer {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    // The transport failed the request: no gRPC answer went out.
+                    Err(_) => 14,
+                };
+                metrics().request(operation, code, started.elapsed());
+                answer
+            }
+            .instrument(span),
+        )
     }
 }
 

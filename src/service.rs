@@ -265,6 +265,11 @@ impl Origin {
     }
 }
 
+/// The id the gRPC layer gave a request before its handler ran (an `http` request extension),
+/// so the handler's [`Origin`] uses the id its log lines already carry.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// 64 bits, hex: unique per thread, random across threads and runs. Each thread seeds a
 /// counter from the OS RNG once and gives out SplitMix64 of its successive values (a
 /// bijection, so one thread never repeats an id), which keeps a system call off every request.

@@ -264,7 +264,9 @@ impl Api {
 /// A unary request for one item, with the connection's identity (peer certificate or
 /// credentials). The stream's metadata does not go with it: a `grpc-timeout` is the whole
 /// stream's, not each item's, which the configured signing timeout bounds instead.
-fn item_request<T>(extensions: http::Extensions, message: T) -> Request<T> {
+fn item_request<T>(mut extensions: http::Extensions, message: T) -> Request<T> {
+    // Each item is a request of its own, with an id of its own (not the stream's).
+    extensions.remove::<crate::service::RequestId>();
     Request::from_parts(tonic::metadata::MetadataMap::new(), extensions, message)
 }
 

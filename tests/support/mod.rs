@@ -26,8 +26,8 @@ pub mod httpsig;
 pub mod jwe;
 pub mod ock;
 pub mod op;
-pub mod reload;
 pub mod ops;
+pub mod reload;
 pub mod stream;
 pub mod tls;
 #[cfg(feature = "yubikey")]
