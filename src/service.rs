@@ -234,7 +234,7 @@ pub struct Origin {
     pub deadline: Option<std::time::Instant>,
     /// The key version the request names (its `version` field); 0: the active one, or for a
     /// generic JWS the version its header's `kid` names. A named version signs while it is
-    /// active or within the grace period after it stopped being ([`rotation`]).
+    /// active or within the grace period after it stopped being (`keyring.grace_seconds`).
     pub version: u32,
 }
 
