@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::{self, Audit, Record};
 use crate::backend::{PrivateKeyMaterial, SignCheck};
+use crate::crypto::SignOp;
 use crate::jose::{self, Alg, KeyAlg, TokenType};
 use crate::keyring::{KeyInfo, KeySize, Keyring, VersionInfo};
 use crate::policy::{
@@ -629,17 +630,39 @@ impl Service {
         request_id: &str,
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<u8>, Error> {
+        let check = self.check_for(version, alg, input);
+        self.sign_op_checked(
+            version,
+            alg,
+            alg.sign_op(input),
+            check,
+            request_id,
+            deadline,
+        )
+        .await
+    }
+
+    /// One device signature by `op`, released only once `check` passes: one job on the device
+    /// worker signs, checks, and only on a failed check signs afresh and checks again (the
+    /// caller is woken once, with the outcome); a second failure quarantines the device.
+    async fn sign_op_checked(
+        &self,
+        version: &VersionInfo,
+        alg: Alg,
+        op: SignOp,
+        check: SignCheck,
+        request_id: &str,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<u8>, Error> {
         if self.quarantine.since().is_some() {
             return Err(Error::Quarantined);
         }
         let deadline = sign_deadline(self.options.sign_timeout, deadline)?;
-        // One job on the device worker: sign, check, and only on a failed check sign afresh
-        // and check again; the caller is woken once, with the outcome.
         let pending = Arc::clone(self.keyring.backend()).sign_checked(
             &version.key_id,
             version.kind,
-            alg.sign_op(input),
-            self.check_for(version, alg, input),
+            op,
+            check,
             deadline,
         );
         // Every backend answers by the deadline itself (its contract; the pool's own timer),

@@ -20,14 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
 use prost::Message as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256, Sha384};
 use sigild::api::pb;
+use support::stream::RawCodec;
 use support::*;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The longest any one call may take before it counts as a hang (generous: RSA keys are
@@ -36,45 +36,6 @@ const CALL_DEADLINE: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // A pass-through codec: the request is sent as the exact bytes given, the reply kept as bytes.
-
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Randomness: SplitMix64, seeded and printed, so a run can be repeated.

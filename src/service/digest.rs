@@ -11,7 +11,8 @@
 //!
 //! Depends on the keyring, the backend contract and the RustCrypto verifiers; never on gRPC.
 
-use super::{Call, Error, Origin, RawSignature, Service, by_deadline, note_version, sign_deadline};
+use super::{Call, Error, Origin, RawSignature, Service, note_version};
+use crate::backend::SignCheck;
 use crate::crypto::{HashAlg, PublicKey, SignOp};
 use crate::jose::{Alg, TokenType};
 use crate::keyring::VersionInfo;
@@ -67,8 +68,8 @@ impl Service {
         .await
     }
 
-    /// Have the device sign `digest` and verify the signature before releasing it (once more
-    /// afresh when it does not verify), as [`Service::sign_input`] does for whole messages.
+    /// Have the device sign `digest`, released once it verifies over the digest (the path of
+    /// every signature: [`Service::sign_op_checked`]).
     async fn sign_given_digest(
         &self,
         call: &Call,
@@ -77,42 +78,24 @@ impl Service {
         hash: HashAlg,
         digest: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        if self.quarantine.since().is_some() {
-            return Err(Error::Quarantined);
-        }
-        let deadline = sign_deadline(self.options.sign_timeout, call.deadline)?;
-        let backend = self.keyring.backend();
-        for fresh in [false, true] {
-            let op = sign_op(alg, hash, digest);
-            let pending = if fresh {
-                backend.sign_afresh(&version.key_id, version.kind, op, deadline)
-            } else {
-                backend.sign(&version.key_id, version.kind, op, deadline)
-            };
-            let sig = by_deadline(version, deadline, pending)
-                .await?
-                .map_err(|e| Error::from(e).for_alg(alg, "sign with"))?;
-            if alg.check_signature(version.kind, &sig).is_ok()
-                && (!self.options.verify_signatures
-                    || verify_digest(&version.public, alg, digest, &sig))
-            {
-                self.quarantine.verified();
-                return Ok(sig);
-            }
-            tracing::warn!(
-                request_id = %call.record.request_id,
-                key = %version.name.as_str(),
-                version = version.version,
-                fresh,
-                "the device's digest signature does not verify; withheld"
-            );
-        }
-        self.quarantine.failed(&call.record.request_id);
-        Err(Error::BadSignature {
-            key: version.name.to_string(),
-            version: version.version,
-            kid: version.kid.clone(),
-        })
+        let kind = version.kind;
+        let check: SignCheck = if self.options.verify_signatures {
+            let (public, digest) = (version.public.clone(), digest.to_vec());
+            Box::new(move |sig: &[u8]| {
+                alg.check_signature(kind, sig).is_ok() && verify_digest(&public, alg, &digest, sig)
+            })
+        } else {
+            Box::new(move |sig: &[u8]| alg.check_signature(kind, sig).is_ok())
+        };
+        self.sign_op_checked(
+            version,
+            alg,
+            sign_op(alg, hash, digest),
+            check,
+            &call.record.request_id,
+            call.deadline,
+        )
+        .await
     }
 }
 

@@ -137,6 +137,22 @@ pub async fn run_mode(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> 
     }
 }
 
+/// The bench's daemon in this process, serving `config` on an ephemeral loopback port with
+/// `threads` runtime threads (started off the async runtime: start-up blocks on the device).
+pub(crate) async fn start_daemon(
+    config: Config,
+    paths: &DevPaths,
+    threads: usize,
+) -> Result<app::Detached, String> {
+    let path = paths.config.clone();
+    tokio::task::spawn_blocking(move || {
+        app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
 /// One measured row.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -249,16 +265,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     if let Some(p11) = config.pkcs11.as_mut() {
         p11.workers = max_clients.max(1);
     }
-    let threads = args.server_threads;
-    let running = {
-        let (config, path) = (config.clone(), paths.config.clone());
-        tokio::task::spawn_blocking(move || {
-            app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
+    let running = start_daemon(config.clone(), paths, args.server_threads).await?;
     let service = Arc::clone(&running.service);
     // The same service on a Unix socket, and the same keyring with verification off, both
     // served by the daemon's own runtime.
@@ -310,7 +317,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
         duration.as_secs_f64(),
         paths.dir.display(),
         config.pkcs11.as_ref().map_or(0, |p| p.workers),
-        threads,
+        args.server_threads,
         input.len()
     );
     let floor = grpc_floor(running.addr, duration).await?;

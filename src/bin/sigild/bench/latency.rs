@@ -10,7 +10,6 @@
 //! the device directly for comparison.
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use sigild::config::Config;
 use sigild::jose::Alg;
 
 use super::overload::{Outcomes, closed_loop, connect};
-use super::{BenchArgs, Measure, bench_key, direct_row, for_benchmark, sample_input};
+use super::{BenchArgs, Measure, bench_key, direct_row, for_benchmark, sample_input, start_daemon};
 use crate::dev::{self, DevPaths};
 
 /// The fault-injecting module's source (the tests build it the same way).
@@ -216,16 +215,7 @@ async fn measure(
         p11.workers = sessions;
         p11.queue_depth = p11.queue_depth.max(4 * sessions);
     }
-    let threads = args.server_threads;
-    let running = {
-        let path = paths.config.clone();
-        tokio::task::spawn_blocking(move || {
-            app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
+    let running = start_daemon(config, paths, args.server_threads).await?;
     let result = measure_on(&running, alg, sessions, duration, direct).await;
     tokio::task::spawn_blocking(move || running.shutdown())
         .await

@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sigild::app;
 use sigild::config::Config;
 use sigild::jose::Alg;
 
 use super::latency::{faulty_module, set_control};
 use super::overload::{Client, Outcomes, closed_loop, connect, mib};
-use super::{BenchArgs, bench_key, for_benchmark, sample_input};
+use super::{BenchArgs, bench_key, for_benchmark, sample_input, start_daemon};
 use crate::dev::{self, DevPaths};
 
 /// Worker sessions of the second daemon (the configuration's bound).
@@ -63,16 +62,7 @@ pub async fn serve(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())??
     };
-    let threads = args.server_threads;
-    let running = {
-        let path = paths.config.clone();
-        tokio::task::spawn_blocking(move || {
-            app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
+    let running = start_daemon(config, paths, args.server_threads).await?;
     let alg =
         Alg::parse(args.algs.first().map_or("ES256", String::as_str)).map_err(|e| e.to_string());
     let key = match alg {

@@ -25,7 +25,7 @@ use sigild::app;
 use sigild::config::Config;
 use sigild::jose::Alg;
 
-use super::{BenchArgs, bench_key, for_benchmark, sample_input};
+use super::{BenchArgs, bench_key, for_benchmark, sample_input, start_daemon};
 use crate::dev::{self, DevPaths};
 
 /// A signing client on one HTTP/2 connection.
@@ -272,16 +272,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
     }
     let (workers, queue_depth) = (p11.workers, p11.queue_depth);
     let audit_file = config.audit.file.clone();
-    let threads = args.server_threads;
-    let running = {
-        let (config, path) = (config.clone(), paths.config.clone());
-        tokio::task::spawn_blocking(move || {
-            app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
+    let running = start_daemon(config.clone(), paths, args.server_threads).await?;
     let streams = usize::try_from(config.server.max_concurrent_streams).unwrap_or(usize::MAX);
     let result = measure(&running, args, workers, queue_depth, streams).await;
     tokio::task::spawn_blocking(move || running.shutdown())

@@ -10,16 +10,14 @@
 //! same plus the generic JWS header checks and the compact form), `uds` (`SignRaw` over gRPC
 //! on a Unix socket to the daemon's own runtime).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sigild::api::{Api, Listener, pb};
-use sigild::app;
 use sigild::config::Config;
 use sigild::jose::Alg;
 use sigild::service::Origin;
 
-use super::{BenchArgs, bench_key, for_benchmark, sample_input};
+use super::{BenchArgs, bench_key, for_benchmark, sample_input, start_daemon};
 use crate::dev::{self, DevPaths};
 
 /// Run `args.iterations` signatures through `path`, printing how many succeeded.
@@ -37,16 +35,7 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs, path: &str) -> Result<(), S
     if let Some(p11) = config.pkcs11.as_mut() {
         p11.workers = 1;
     }
-    let threads = args.server_threads;
-    let running = {
-        let (config, path) = (config.clone(), paths.config.clone());
-        tokio::task::spawn_blocking(move || {
-            app::Detached::start(config, path, SocketAddr::from(([127, 0, 0, 1], 0)), threads)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
+    let running = start_daemon(config.clone(), paths, args.server_threads).await?;
     let service = Arc::clone(&running.service);
     let alg_name = args.algs.first().map_or("ES256", String::as_str);
     let alg = Alg::parse(alg_name).map_err(|e| e.to_string())?;
