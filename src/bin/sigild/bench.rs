@@ -282,7 +282,10 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
     );
     let uds = paths.dir.join("bench.sock");
     let uds_unverified = paths.dir.join("bench-unverified.sock");
-    for (path, svc) in [(&uds, Arc::clone(&service)), (&uds_unverified, unverified)] {
+    for (path, svc) in [
+        (&uds, Arc::clone(&service)),
+        (&uds_unverified, Arc::clone(&unverified)),
+    ] {
         let _ = std::fs::remove_file(path);
         let _guard = running.runtime.enter();
         let listener =
@@ -355,7 +358,8 @@ pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String>
                 }
             }
             rows_here.extend([
-                service_row(&service, &m).await?,
+                service_row(&service, &m, "service in-process").await?,
+                service_row(&unverified, &m, "service in-process, unverified").await?,
                 daemon_row(
                     Transport::TcpChannel(running.addr),
                     &m,
@@ -776,7 +780,11 @@ async fn direct_row(
 }
 
 /// The service called in-process (worker pool, hashing, verification; no gRPC).
-async fn service_row(service: &Arc<Service>, m: &Measure) -> Result<Row, String> {
+async fn service_row(
+    service: &Arc<Service>,
+    m: &Measure,
+    path: &'static str,
+) -> Result<Row, String> {
     let mut tasks = Vec::new();
     for _ in 0..m.clients {
         let (service, m) = (Arc::clone(service), m.clone());
@@ -795,7 +803,7 @@ async fn service_row(service: &Arc<Service>, m: &Measure) -> Result<Row, String>
         }));
     }
     let (all, errors) = pooled(tasks).await?;
-    Ok(summarise(m, "service in-process", all, errors))
+    Ok(summarise(m, path, all, errors))
 }
 
 /// `clients` gRPC clients, each on its own connection, thread and current-thread runtime (a
