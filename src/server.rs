@@ -307,11 +307,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    // Health is right from the first answer: the service is ready (keyring loaded) when this
-    // is called, so only the device's state is left to report.
-    let ready = tokio::time::timeout(FIRST_CHECK, service.keyring().backend().check())
+    // Health is right from the first answer: SERVING when the device answers and the keyring
+    // is loaded (read again here if the first read failed on a device that answers now).
+    let answers = tokio::time::timeout(FIRST_CHECK, service.keyring().backend().check())
         .await
         .is_ok_and(|r| r.is_ok());
+    let ready = answers && keyring_loaded(&service).await;
     set_health(&health, ready).await;
     let (stop, mut stopped) = watch::channel(false);
     let (cancel, cancelled) = watch::channel(false);
@@ -475,18 +476,22 @@ async fn maintain(
         let Some(ready) = device_ready(service.keyring().backend().as_ref(), tick).await else {
             continue;
         };
-        let ok = ready && service.probe_quarantine().await;
+        let answers = ready && service.probe_quarantine().await;
         since_refresh += tick;
-        if ok && (serving != Some(true) || since_refresh >= period) {
+        let due = serving != Some(true) || since_refresh >= period || never_loaded(&service);
+        if answers && due {
             since_refresh = Duration::ZERO;
             if let Err(e) = service.keyring().refresh().await {
                 tracing::warn!(error = %e, "keyring refresh failed");
             }
         }
+        let ok = answers && !never_loaded(&service);
         if serving != Some(ok) {
             set_health(&health, ok).await;
             if ok {
                 tracing::info!("device available: SERVING");
+            } else if answers {
+                tracing::warn!("the keyring could not be read from the device yet: NOT_SERVING");
             } else if service.keyring().backend().stalled() {
                 tracing::warn!("every device worker is stuck inside the device: NOT_SERVING");
             } else if service.quarantine().since().is_some() {
@@ -497,6 +502,27 @@ async fn maintain(
             serving = Some(ok);
         }
     }
+}
+
+/// Whether the keyring was never loaded: its keys are unknown, so readiness would promise
+/// signatures that answer UNAVAILABLE.
+fn never_loaded(service: &Service) -> bool {
+    matches!(
+        service.keyring().freshness(),
+        crate::keyring::Freshness::NeverLoaded { .. }
+    )
+}
+
+/// Whether the keyring is loaded, reading it now if it never was: a device that was busy or
+/// briefly unreadable when the keyring was first read (a YubiKey still held by the process that
+/// just exited) is read again as soon as it answers, not a refresh period later.
+async fn keyring_loaded(service: &Service) -> bool {
+    if never_loaded(service)
+        && let Err(e) = service.keyring().refresh().await
+    {
+        tracing::warn!(error = %e, "cannot load the keyring yet");
+    }
+    !never_loaded(service)
 }
 
 /// Whether the device can serve now: not while every worker is stuck inside it (asked without
@@ -564,6 +590,74 @@ mod tests {
             device_ready(&backend, Duration::from_secs(1)).await,
             Some(false)
         );
+    }
+
+    /// A restarted daemon whose first keyring read fails on a device that answers its checks
+    /// (a YubiKey still held by the process that just exited) is NOT_SERVING until a read
+    /// succeeds, and SERVING at the next tick after that, not a refresh period later.
+    #[tokio::test]
+    async fn serving_waits_for_the_keyring_not_only_the_device() {
+        use crate::jose::Alg;
+        use crate::keyring::{KeySize, Keyring};
+        use crate::service::{ServiceOptions, SystemClock};
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_server::Health as _;
+
+        let backend = MemoryBackend::new();
+        let before = Keyring::new(Arc::new(backend.clone()));
+        before.refresh().await.unwrap();
+        let alg = Alg::EdDsa.into();
+        before
+            .create("k", alg, KeySize::default(), false, &[], 1_700_000_000)
+            .await
+            .unwrap();
+        backend.fail_key_reads(usize::MAX).unwrap();
+        let keyring = Arc::new(Keyring::new(Arc::new(backend.clone())));
+        assert!(keyring.refresh().await.is_err());
+        let service = Arc::new(Service::new(
+            keyring,
+            Arc::new(SystemClock),
+            ServiceOptions::default(),
+        ));
+        assert!(device_ready(&backend, Duration::from_secs(1)).await == Some(true));
+        assert!(
+            !keyring_loaded(&service).await,
+            "a failed read counted as loaded"
+        );
+
+        let reporter = tonic_health::server::HealthReporter::new();
+        let health = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(maintain(
+            Arc::clone(&service),
+            reporter,
+            Duration::from_secs(3600),
+            Some(false),
+            stopped,
+        ));
+        let status = || async {
+            health
+                .check(tonic::Request::new(HealthCheckRequest {
+                    service: "sigil.v1.SigningService".into(),
+                }))
+                .await
+                .map(|r| r.into_inner().status)
+                .unwrap_or(-1)
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_ne!(status().await, ServingStatus::Serving as i32);
+        backend.fail_key_reads(0).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while status().await != ServingStatus::Serving as i32 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never SERVING after the keyring became readable"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(service.keyring().list().unwrap().len(), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[test]

@@ -81,7 +81,7 @@ async fn fw_5_7_1_attestation_and_pin_lockout() -> TestResult {
     let _one_pcscd = serial_guard().await;
     let card = VirtualCard::start("5.7.1", &[])?;
     let config = card.write_config(&card.config("timeout_ms = 8000"))?;
-    let d = Daemon::start_config(&card.work(), &config)?;
+    let d = card.daemon(&config).await?;
 
     // Generated keys go in the retired slots (82…95).
     for (name, alg) in ALGS_57 {
@@ -178,7 +178,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
     let card = VirtualCard::start("5.4.3", &[])?;
     let config = card.write_config(&card.config("slots = [\"95\", \"94\", \"93\", \"92\"]"))?;
     let kid = {
-        let d = Daemon::start_config(&card.work(), &config)?;
+        let d = card.daemon(&config).await?;
         let k = d.create("es256", "ES256", 0).await?;
         assert_eq!(
             k.versions[0].uri,
@@ -236,7 +236,7 @@ async fn fw_5_4_3_3des_no_ed25519_and_keyring_on_the_card() -> TestResult {
         kid
     };
     // A new daemon finds the keyring on the card (records in PIV data objects).
-    let d = Daemon::start_config(&card.work(), &config)?;
+    let d = card.daemon(&config).await?;
     let keys = d
         .keys()
         .await?
@@ -254,7 +254,7 @@ async fn touch_accepted_timed_out_and_required() -> TestResult {
     let _one_pcscd = serial_guard().await;
     let card = VirtualCard::start("5.7.1", &["--touch", "accept", "--touch-delay-ms", "200"])?;
     let config = card.write_config(&card.config("touch_policy = \"always\"\ntimeout_ms = 2000"))?;
-    let d = Daemon::start_config(&card.work(), &config)?;
+    let d = card.daemon(&config).await?;
     d.create("touchy", "ES256", 0).await?;
     // Touched: signs.
     sign_verified(&d, "touchy", "ES256").await?;
@@ -289,7 +289,7 @@ async fn touch_required_reaches_a_caller_whose_deadline_is_sooner() -> TestResul
         card.config("touch_policy = \"always\"\ntimeout_ms = 10000")
     );
     let config = card.write_config(&text)?;
-    let d = Daemon::start_config(&card.work(), &config)?;
+    let d = card.daemon(&config).await?;
     d.create("touchy", "ES256", 0).await?;
     sign_verified(&d, "touchy", "ES256").await?;
 
@@ -317,7 +317,7 @@ async fn tls_client_key_on_the_card() -> TestResult {
     let _one_pcscd = serial_guard().await;
     let card = VirtualCard::start("5.7.1", &[])?;
     let config = card.write_config(&card.config("timeout_ms = 8000"))?;
-    let d = Daemon::start_config(&card.work(), &config)?;
+    let d = card.daemon(&config).await?;
     d.create("tls-yk", "ES256", 0).await?;
 
     let conn = Connection::danger_plaintext_loopback(d.endpoint.clone())?;
@@ -546,7 +546,7 @@ async fn fw_5_7_1_decrypt_jwe_adopted_9d_and_pin_always() -> TestResult {
     ykman_generate(&card, "RSA2048", "9d")?;
     ykman_generate(&card, "ECCP256", "9a")?;
     let config = card.write_config(&card.config("timeout_ms = 8000\npin_policy = \"always\""))?;
-    let d = Daemon::start_config(&card.work(), &config)?;
+    let d = card.daemon(&config).await?;
     let mut keys = d.keys().await?;
 
     let r = keys

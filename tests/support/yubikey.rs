@@ -178,6 +178,22 @@ impl VirtualCard {
         Ok(p)
     }
 
+    /// `sigild serve` on `config`, returned once it reports SERVING. A daemon that starts while
+    /// the card is still held or being reset for a daemon that just exited answers UNAVAILABLE
+    /// until its next device check finds the card; a client waits for readiness, and so do
+    /// these tests.
+    pub async fn daemon(&self, config: &Path) -> TestResult<super::Daemon> {
+        let d = super::Daemon::start_config(&self.work(), config)?;
+        super::wait_health(
+            &d,
+            "",
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok(d)
+    }
+
     /// Run yubico-piv-tool against the card.
     pub fn piv_tool(&self, args: &[&str]) -> TestResult<std::process::Output> {
         Ok(Command::new("yubico-piv-tool").args(args).output()?)
