@@ -511,6 +511,14 @@ fn opt(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
+/// A request's optional `alg` field ("" = the key's own), parsed.
+#[cfg(feature = "server")]
+fn opt_alg(alg: String, origin: &Origin) -> std::result::Result<Option<Alg>, Status> {
+    opt(alg)
+        .map(|a| Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id)))
+        .transpose()
+}
+
 /// The size fields of a create or rotate request.
 #[cfg(feature = "server")]
 fn key_size(rsa_bits: u32, curve: &str, origin: &Origin) -> std::result::Result<KeySize, Status> {
@@ -583,6 +591,16 @@ fn key_to_pb(k: KeyInfo) -> pb::Key {
 fn signed(s: service::SignedJws) -> pb::SignJwsResponse {
     pb::SignJwsResponse {
         compact: s.compact,
+        signature: s.signature,
+        kid: s.kid,
+        alg: s.alg.name().to_owned(),
+        key_version: s.version,
+    }
+}
+
+#[cfg(feature = "server")]
+fn raw_signed(s: service::RawSignature) -> pb::SignRawResponse {
+    pb::SignRawResponse {
         signature: s.signature,
         kid: s.kid,
         alg: s.alg.name().to_owned(),
@@ -927,24 +945,13 @@ impl SigningService for Api {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
         let origin = origin.with_version(r.version);
-        let alg = match opt(r.alg) {
-            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
-            None => None,
-        };
+        let alg = opt_alg(r.alg, &origin)?;
         let s = self
             .service
             .sign_raw(&origin, &r.key, &r.data, alg)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
-        Ok(respond(
-            &origin,
-            pb::SignRawResponse {
-                signature: s.signature,
-                kid: s.kid,
-                alg: s.alg.name().to_owned(),
-                key_version: s.version,
-            },
-        ))
+        Ok(respond(&origin, raw_signed(s)))
     }
 
     async fn sign_id_token(
@@ -1037,24 +1044,13 @@ impl SigningService for Api {
     ) -> Result<pb::SignRawResponse> {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
-        let alg = match opt(r.alg) {
-            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
-            None => None,
-        };
+        let alg = opt_alg(r.alg, &origin)?;
         let s = self
             .service
             .sign_tls_handshake(&origin, &r.key, &r.message, alg)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
-        Ok(respond(
-            &origin,
-            pb::SignRawResponse {
-                signature: s.signature,
-                kid: s.kid,
-                alg: s.alg.name().to_owned(),
-                key_version: s.version,
-            },
-        ))
+        Ok(respond(&origin, raw_signed(s)))
     }
 
     async fn sign_jarm(&self, req: Request<pb::SignJarmRequest>) -> Result<pb::SignJwsResponse> {
@@ -1247,24 +1243,13 @@ impl SigningService for Api {
         let origin = self.origin(&req)?;
         let r = req.into_inner();
         let origin = origin.with_version(r.version);
-        let alg = match opt(r.alg) {
-            Some(a) => Some(Alg::parse(&a).map_err(|e| status_for(&e.into(), &origin.request_id))?),
-            None => None,
-        };
+        let alg = opt_alg(r.alg, &origin)?;
         let s = self
             .service
             .sign_digest(&origin, &r.key, alg, &r.digest)
             .await
             .map_err(|e| status_for(&e, &origin.request_id))?;
-        Ok(respond(
-            &origin,
-            pb::SignRawResponse {
-                signature: s.signature,
-                kid: s.kid,
-                alg: s.alg.name().to_owned(),
-                key_version: s.version,
-            },
-        ))
+        Ok(respond(&origin, raw_signed(s)))
     }
 }
 

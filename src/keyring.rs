@@ -769,6 +769,19 @@ impl Freshness {
     }
 }
 
+/// Version `v` of key `name` with the JWS alg it signs with by default;
+/// [`KeyringError::WrongPurpose`] for a decryption key.
+fn signs(name: &str, v: Arc<VersionInfo>) -> Result<(Arc<VersionInfo>, Alg), KeyringError> {
+    match v.alg.sign_alg() {
+        Some(alg) => Ok((v, alg)),
+        None => Err(KeyringError::WrongPurpose {
+            name: name.to_owned(),
+            purpose: v.purpose(),
+            want: "sign",
+        }),
+    }
+}
+
 /// The key names → versions map, kept on and refreshed from one backend.
 pub struct Keyring {
     /// The device that holds keys and records.
@@ -1282,15 +1295,7 @@ impl Keyring {
     /// # Errors
     /// As for [`Keyring::active`]; [`KeyringError::WrongPurpose`] for a decryption key.
     pub fn signing(&self, name: &str) -> Result<(Arc<VersionInfo>, Alg), KeyringError> {
-        let v = self.active(name)?;
-        match v.alg.sign_alg() {
-            Some(alg) => Ok((v, alg)),
-            None => Err(KeyringError::WrongPurpose {
-                name: name.to_owned(),
-                purpose: v.purpose(),
-                want: "sign",
-            }),
-        }
+        signs(name, self.active(name)?)
     }
 
     /// The version of a signing key that `pick` names, with the JWS alg it signs with by
@@ -1341,14 +1346,7 @@ impl Keyring {
         let Some(v) = target else {
             return self.signing(name);
         };
-        match v.alg.sign_alg() {
-            Some(alg) => Ok((v, alg)),
-            None => Err(KeyringError::WrongPurpose {
-                name: name.to_owned(),
-                purpose: v.purpose(),
-                want: "sign",
-            }),
-        }
+        signs(name, v)
     }
 
     /// Whether a version that is not active stopped being active less than the grace period

@@ -155,34 +155,7 @@ pub fn server_config(
     key: &Path,
     client_ca: &[PathBuf],
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use std::sync::Arc;
-    install_crypto_provider();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> =
-        pem_certificates(&read_certificates(&[cert.to_owned()])?)
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
-    let key_pem = SecretSource::File(key.to_owned()).read()?;
-    let key_der = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
-        .map_err(|_| TlsError::NoPrivateKey(key.to_owned()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in pem_certificates(&read_certificates(client_ca)?) {
-        roots.add(CertificateDer::from(der))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::clone(&provider),
-    )
-    .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key_der)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    tls_server_config(cert, key, Some(client_ca), b"h2")
 }
 
 /// The server side of a plain HTTPS listener (the operations listener): our certificate and
@@ -195,14 +168,22 @@ pub fn http_server_config(
     key: &Path,
     client_ca: &[PathBuf],
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+    let client_ca = (!client_ca.is_empty()).then_some(client_ca);
+    tls_server_config(cert, key, client_ca, b"http/1.1")
+}
+
+/// A server config with our certificate and key, offering `alpn`; with `client_ca`, client
+/// certificates that chain to those CAs are required (none named is an error), without it
+/// none are asked for.
+fn tls_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&[PathBuf]>,
+    alpn: &[u8],
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::sync::Arc;
-    if !client_ca.is_empty() {
-        let mut config = Arc::unwrap_or_clone(server_config(cert, key, client_ca)?);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        return Ok(Arc::new(config));
-    }
     install_crypto_provider();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain: Vec<CertificateDer<'static>> =
@@ -213,11 +194,25 @@ pub fn http_server_config(
     let key_pem = SecretSource::File(key.to_owned()).read()?;
     let key_der = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
         .map_err(|_| TlsError::NoPrivateKey(key.to_owned()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(client_ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in pem_certificates(&read_certificates(client_ca)?) {
+                roots.add(CertificateDer::from(der))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

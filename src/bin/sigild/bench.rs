@@ -249,18 +249,28 @@ pub(crate) fn for_benchmark(config: &mut Config) {
     }
 }
 
-/// Create the bench token (if needed) and run every measurement, printing a table.
+/// The bench token's config, the token created first if needed, made fit for a benchmark
+/// ([`for_benchmark`]).
 ///
 /// # Errors
-/// Set-up failures, as text.
-pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String> {
-    let paths2 = paths.clone();
-    tokio::task::spawn_blocking(move || dev::ensure_token(&paths2))
+/// The token cannot be created or its config read, as text.
+pub(crate) async fn benchmark_config(paths: &DevPaths) -> Result<Config, String> {
+    let owned = paths.clone();
+    tokio::task::spawn_blocking(move || dev::ensure_token(&owned))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
     for_benchmark(&mut config);
+    Ok(config)
+}
+
+/// Create the bench token (if needed) and run every measurement, printing a table.
+///
+/// # Errors
+/// Set-up failures, as text.
+pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<Vec<Row>, String> {
+    let mut config = benchmark_config(paths).await?;
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     if let Some(p11) = config.pkcs11.as_mut() {
         p11.workers = max_clients.max(1);
@@ -889,38 +899,7 @@ async fn daemon_row(transport: Transport, m: &Measure, path: &'static str) -> Re
                             .await)
                         }
                         Transport::Uds(path) => {
-                            let stream = tokio::net::UnixStream::connect(&path)
-                                .await
-                                .map_err(|e| e.to_string())?;
-                            let (send, conn) = hyper::client::conn::http2::handshake(
-                                hyper_util::rt::TokioExecutor::new(),
-                                hyper_util::rt::TokioIo::new(stream),
-                            )
-                            .await
-                            .map_err(|e| e.to_string())?;
-                            tokio::spawn(conn);
-                            let svc = tower::service_fn(
-                                move |mut req: http::Request<tonic::body::Body>| {
-                                    let mut send = send.clone();
-                                    async move {
-                                        // gRPC needs an absolute URI; the authority is not used on a socket.
-                                        let uri = http::Uri::builder()
-                                            .scheme("http")
-                                            .authority("localhost")
-                                            .path_and_query(req.uri().path())
-                                            .build();
-                                        if let Ok(uri) = uri {
-                                            *req.uri_mut() = uri;
-                                        }
-                                        send.send_request(req).await
-                                    }
-                                },
-                            );
-                            Ok(drive(
-                                pb::signing_service_client::SigningServiceClient::new(svc),
-                                &m,
-                            )
-                            .await)
+                            Ok(drive(uds_signing_client(&path).await?, &m).await)
                         }
                     }
                 })
@@ -929,6 +908,51 @@ async fn daemon_row(transport: Transport, m: &Measure, path: &'static str) -> Re
     }
     let (all, errors) = pooled(threads).await?;
     Ok(summarise(m, path, all, errors))
+}
+
+/// A `SigningService` client on one bare HTTP/2 connection (hyper, no tonic `Channel`) to the
+/// daemon's Unix socket at `path`.
+///
+/// # Errors
+/// The socket cannot be connected or the HTTP/2 handshake fails.
+async fn uds_signing_client(
+    path: &std::path::Path,
+) -> Result<
+    pb::signing_service_client::SigningServiceClient<
+        impl tonic::client::GrpcService<
+            tonic::body::Body,
+            ResponseBody = hyper::body::Incoming,
+            Error = hyper::Error,
+        >,
+    >,
+    String,
+> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let svc = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
+        let mut send = send.clone();
+        async move {
+            // gRPC needs an absolute URI; the authority is not used on a socket.
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority("localhost")
+                .path_and_query(req.uri().path())
+                .build();
+            if let Ok(uri) = uri {
+                *req.uri_mut() = uri;
+            }
+            send.send_request(req).await
+        }
+    });
+    Ok(pb::signing_service_client::SigningServiceClient::new(svc))
 }
 
 /// Warm up, then call `SignRaw` until the deadline, recording latencies.

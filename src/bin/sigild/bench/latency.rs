@@ -19,8 +19,10 @@ use sigild::config::Config;
 use sigild::jose::Alg;
 
 use super::overload::{Outcomes, closed_loop, connect};
-use super::{BenchArgs, Measure, bench_key, direct_row, for_benchmark, sample_input, start_daemon};
-use crate::dev::{self, DevPaths};
+use super::{
+    BenchArgs, Measure, bench_key, benchmark_config, direct_row, sample_input, start_daemon,
+};
+use crate::dev::DevPaths;
 
 /// The fault-injecting module's source (the tests build it the same way).
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faulty-pkcs11/faulty.c");
@@ -117,15 +119,11 @@ struct Scaled {
 /// Set-up failures; a run in which any request failed.
 pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
     let delay_ms = args.device_latency_ms.unwrap_or(2).max(1);
+    let mut config = benchmark_config(paths).await?;
     let paths2 = paths.clone();
-    let module = tokio::task::spawn_blocking(move || {
-        dev::ensure_token(&paths2).map_err(|e| e.to_string())?;
-        faulty_module(&paths2)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
-    for_benchmark(&mut config);
+    let module = tokio::task::spawn_blocking(move || faulty_module(&paths2))
+        .await
+        .map_err(|e| e.to_string())??;
     let p11 = config
         .pkcs11
         .as_mut()

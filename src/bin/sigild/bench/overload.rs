@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 
 use sigild::api::pb;
 use sigild::app;
-use sigild::config::Config;
 use sigild::jose::Alg;
 
-use super::{BenchArgs, bench_key, for_benchmark, sample_input, start_daemon};
-use crate::dev::{self, DevPaths};
+use super::{BenchArgs, bench_key, benchmark_config, sample_input, start_daemon};
+use crate::dev::DevPaths;
 
 /// A signing client on one HTTP/2 connection.
 pub(super) type Client = pb::signing_service_client::SigningServiceClient<H2>;
@@ -253,13 +252,7 @@ pub(super) fn mib(kib: u64) -> String {
 /// Set-up failures, and a run in which an error other than RESOURCE_EXHAUSTED occurred or
 /// nothing was signed.
 pub async fn run(paths: &DevPaths, args: &BenchArgs) -> Result<(), String> {
-    let paths2 = paths.clone();
-    tokio::task::spawn_blocking(move || dev::ensure_token(&paths2))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
-    for_benchmark(&mut config);
+    let mut config = benchmark_config(paths).await?;
     let p11 = config
         .pkcs11
         .as_mut()

@@ -13,25 +13,20 @@
 use std::sync::Arc;
 
 use sigild::api::{Api, Listener, pb};
-use sigild::config::Config;
 use sigild::jose::Alg;
 use sigild::service::Origin;
 
-use super::{BenchArgs, bench_key, for_benchmark, sample_input, start_daemon};
-use crate::dev::{self, DevPaths};
+use super::{
+    BenchArgs, bench_key, benchmark_config, sample_input, start_daemon, uds_signing_client,
+};
+use crate::dev::DevPaths;
 
 /// Run `args.iterations` signatures through `path`, printing how many succeeded.
 ///
 /// # Errors
 /// Set-up failures and an unknown path, as text.
 pub async fn run(paths: &DevPaths, args: &BenchArgs, path: &str) -> Result<(), String> {
-    let paths2 = paths.clone();
-    tokio::task::spawn_blocking(move || dev::ensure_token(&paths2))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let mut config = Config::load(&paths.config).map_err(|e| e.to_string())?;
-    for_benchmark(&mut config);
+    let mut config = benchmark_config(paths).await?;
     if let Some(p11) = config.pkcs11.as_mut() {
         p11.workers = 1;
     }
@@ -126,31 +121,7 @@ fn uds_client(sock: &std::path::Path, key: &str, input: &[u8], n: u64) -> Result
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let stream = tokio::net::UnixStream::connect(sock)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let svc = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
-            let mut send = send.clone();
-            async move {
-                let uri = http::Uri::builder()
-                    .scheme("http")
-                    .authority("localhost")
-                    .path_and_query(req.uri().path())
-                    .build();
-                if let Ok(uri) = uri {
-                    *req.uri_mut() = uri;
-                }
-                send.send_request(req).await
-            }
-        });
-        let mut client = pb::signing_service_client::SigningServiceClient::new(svc);
+        let mut client = uds_signing_client(sock).await?;
         let mut ok = 0;
         for _ in 0..n {
             let req = pb::SignRawRequest {
