@@ -345,8 +345,9 @@ async fn requests_past_the_grace_period_get_unavailable() -> TestResult {
 }
 
 /// A slow device (the fault-injecting module delays every `C_Sign` by 4 s): signing requests
-/// inside the device or queued for it at SIGTERM are answered UNAVAILABLE at the end of a 1 s
-/// grace period, and the daemon still exits 0 after its workers have left the module.
+/// inside the device at SIGTERM are answered UNAVAILABLE at the end of a 1 s grace period, and
+/// the daemon still exits 0 after its workers have left the module. (Requests queued behind a
+/// busy device: `requests_past_the_grace_period_get_unavailable`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_device_requests_past_the_grace_period_get_unavailable() -> TestResult {
     let token = Token::new()?;
@@ -357,7 +358,9 @@ async fn slow_device_requests_past_the_grace_period_get_unavailable() -> TestRes
             "listen = \"127.0.0.1:0\"\n",
             "listen = \"127.0.0.1:0\"\nshutdown_grace_seconds = 1\n",
             1,
-        );
+        )
+        .replacen("workers = 2", "workers = 4", 1);
+    assert!(text.contains("workers = 4"), "{text}");
     let config = token.write_config("slow.toml", &text)?;
     let mut d = Daemon::start_config_env(&token.conf, &config, &faults.env())?;
     d.create("sd-es256", "ES256", 0).await?;
@@ -377,12 +380,14 @@ async fn slow_device_requests_past_the_grace_period_get_unavailable() -> TestRes
             (r, Instant::now())
         }));
     }
-    // SIGTERM once the delay is seen at work inside the device.
+    // SIGTERM once all four are inside the device (one worker each): a request whose HTTP/2
+    // stream had not reached the daemon yet would be refused by the shutdown instead.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while faults.stats().get("delayed") == 0 {
+    while faults.stats().get("delayed") < 4 {
         assert!(
             Instant::now() < deadline,
-            "no C_Sign was delayed\n{}",
+            "not every C_Sign was delayed: {}\n{}",
+            faults.stats(),
             d.log_text()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
